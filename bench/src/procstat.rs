@@ -1,0 +1,174 @@
+//! CPU time and memory of a process, read from /proc/<pid>/stat and /proc/<pid>/status.
+
+use std::fs;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Failures reading /proc.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    /// The file could not be read (the process may have exited).
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file did not have the expected layout.
+    #[error("unexpected layout of {0}")]
+    Layout(String),
+}
+
+/// A process observed through /proc.
+#[derive(Debug, Clone)]
+pub struct Proc {
+    /// `"self"` or a pid.
+    id: String,
+    ticks_per_s: f64,
+}
+
+/// One observation of a process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// User plus system CPU time, in seconds.
+    pub cpu_s: f64,
+    /// Resident set size, in KiB.
+    pub rss_kib: u64,
+    /// Peak resident set size so far (VmHWM), in KiB.
+    pub hwm_kib: u64,
+}
+
+impl Proc {
+    /// The process with this pid.
+    pub fn pid(pid: u32) -> Self {
+        Proc {
+            id: pid.to_string(),
+            ticks_per_s: clock_ticks(),
+        }
+    }
+
+    /// The current process.
+    pub fn current() -> Self {
+        Proc {
+            id: "self".into(),
+            ticks_per_s: clock_ticks(),
+        }
+    }
+
+    fn read(&self, file: &str) -> Result<String, ProcError> {
+        let path = format!("/proc/{}/{file}", self.id);
+        fs::read_to_string(&path).map_err(|source| ProcError::Read { path, source })
+    }
+
+    /// User + system CPU seconds consumed so far.
+    pub fn cpu_seconds(&self) -> Result<f64, ProcError> {
+        let stat = self.read("stat")?;
+        // The command name may hold spaces: fields are counted after its closing parenthesis.
+        let after = stat
+            .rfind(')')
+            .map(|i| &stat[i + 1..])
+            .ok_or_else(|| ProcError::Layout("stat".into()))?;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // After the name: state is field 3, utime 14 and stime 15 (1-based) => indexes 11, 12.
+        let parse = |i: usize| -> Result<f64, ProcError> {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(|v| v as f64)
+                .ok_or_else(|| ProcError::Layout("stat".into()))
+        };
+        Ok((parse(11)? + parse(12)?) / self.ticks_per_s)
+    }
+
+    /// Current and peak resident set size in KiB.
+    pub fn memory_kib(&self) -> Result<(u64, u64), ProcError> {
+        let status = self.read("status")?;
+        let field = |name: &str| -> Result<u64, ProcError> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| ProcError::Layout(format!("status: {name}")))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// CPU and memory now.
+    pub fn sample(&self) -> Result<Sample, ProcError> {
+        let cpu_s = self.cpu_seconds()?;
+        let (rss_kib, hwm_kib) = self.memory_kib()?;
+        Ok(Sample {
+            cpu_s,
+            rss_kib,
+            hwm_kib,
+        })
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // USER_HZ is 100 on every Linux architecture this runs on; `getconf` confirms when present.
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// Samples a process's RSS every few milliseconds on a background thread and keeps the peak;
+/// stops when dropped.
+#[derive(Debug)]
+pub struct PeakRss {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl PeakRss {
+    /// Starts sampling `proc` every `every`.
+    pub fn start(proc: Proc, every: Duration) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Ok((rss, _)) = proc.memory_kib() {
+                    p.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(every);
+            }
+        });
+        PeakRss { peak, stop }
+    }
+
+    /// The highest RSS seen so far, in KiB.
+    pub fn peak_kib(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for PeakRss {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_cpu_and_memory() {
+        let me = Proc::current();
+        let s = me.sample().expect("reads /proc/self");
+        assert!(s.rss_kib > 0 && s.hwm_kib >= s.rss_kib);
+        assert!(s.cpu_s >= 0.0);
+        let pid = Proc::pid(std::process::id());
+        assert!(pid.sample().expect("reads /proc/<pid>").rss_kib > 0);
+        assert!(Proc::pid(u32::MAX).sample().is_err());
+    }
+}

@@ -1,0 +1,515 @@
+//! The benchmark workloads (W1–W5) and the harness they share: sizes per mode, connecting many
+//! clients, stopping them, and the result record each workload returns.
+
+mod w1_replay;
+mod w2_classroom;
+mod w3_idle;
+mod w4_join;
+mod w5_concurrent;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::client::{connect, ClientError, Sender};
+use crate::peer::{read_loop, Ended, Peer, PeerOpts, Progress};
+use crate::procstat::{PeakRss, Proc, Sample};
+use crate::target::Target;
+
+/// A workload.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Trace replay: one writer, many readers.
+    W1,
+    /// Classroom: many clients on one document, a few typing with presence.
+    W2,
+    /// Idle connections spread over many documents.
+    W3,
+    /// Join storm on a large document.
+    W4,
+    /// Concurrent trace replay by two writers.
+    W5,
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", format!("{self:?}").to_lowercase())
+    }
+}
+
+/// Quick (smoke test, seconds) or full (the published numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Small sizes.
+    Quick,
+    /// The sizes of the benchmark table.
+    Full,
+}
+
+/// Every size a workload uses. Any field can be overridden with `--size key=value`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sizes {
+    /// W1: transactions replayed (`null` = the whole trace).
+    pub w1_txns: Option<usize>,
+    /// W1: readers.
+    pub w1_readers: usize,
+    /// W1: readers that apply every update to their own document and compare the text.
+    pub w1_full_check: usize,
+    /// W1: most updates in flight (sent, not yet received by the slowest reader).
+    pub w1_window: usize,
+    /// W2: clients on the document (typists included).
+    pub w2_clients: usize,
+    /// W2: typists.
+    pub w2_typists: usize,
+    /// W2: keystrokes per second per typist.
+    pub w2_rate_hz: f64,
+    /// W2: typing duration in seconds.
+    pub w2_seconds: f64,
+    /// W2: seconds allowed after the last keystroke for every delivery to arrive.
+    pub w2_drain_seconds: f64,
+    /// W3: connections.
+    pub w3_conns: usize,
+    /// W3: documents.
+    pub w3_docs: usize,
+    /// W3: seconds to hold the connections before reading memory.
+    pub w3_hold_seconds: f64,
+    /// W4: joining clients.
+    pub w4_joiners: usize,
+    /// W4: the joins are spread evenly over this many milliseconds.
+    pub w4_spread_ms: u64,
+    /// W4: transactions of the trace in the document (`null` = the whole trace).
+    pub w4_txns: Option<usize>,
+    /// W5: transactions replayed (`null` = the whole trace).
+    pub w5_txns: Option<usize>,
+    /// W5: readers (each applies every update and must converge).
+    pub w5_readers: usize,
+    /// W5: most updates a writer has in flight (sent, not yet seen by the slowest reader).
+    pub w5_window: usize,
+    /// Handshakes in flight while connecting many clients.
+    pub connect_concurrency: usize,
+    /// Seconds to wait for a phase (sync, presence, delivery) before failing it.
+    pub phase_timeout_seconds: f64,
+}
+
+impl Sizes {
+    /// The sizes of a mode.
+    pub fn of(mode: Mode) -> Self {
+        match mode {
+            Mode::Quick => Sizes {
+                w1_txns: Some(3_000),
+                w1_readers: 10,
+                w1_full_check: 10,
+                w1_window: 256,
+                w2_clients: 50,
+                w2_typists: 3,
+                w2_rate_hz: 20.0,
+                w2_seconds: 2.0,
+                w2_drain_seconds: 30.0,
+                w3_conns: 500,
+                w3_docs: 50,
+                w3_hold_seconds: 0.5,
+                w4_joiners: 50,
+                w4_spread_ms: 200,
+                w4_txns: Some(20_000),
+                w5_txns: Some(3_000),
+                w5_readers: 5,
+                w5_window: 256,
+                connect_concurrency: 64,
+                phase_timeout_seconds: 30.0,
+            },
+            Mode::Full => Sizes {
+                w1_txns: None,
+                w1_readers: 100,
+                w1_full_check: 2,
+                w1_window: 256,
+                w2_clients: 1_000,
+                w2_typists: 10,
+                w2_rate_hz: 20.0,
+                w2_seconds: 60.0,
+                w2_drain_seconds: 120.0,
+                w3_conns: 10_000,
+                w3_docs: 1_000,
+                w3_hold_seconds: 3.0,
+                w4_joiners: 500,
+                w4_spread_ms: 1_000,
+                w4_txns: None,
+                w5_txns: None,
+                w5_readers: 50,
+                w5_window: 256,
+                connect_concurrency: 128,
+                phase_timeout_seconds: 300.0,
+            },
+        }
+    }
+
+    /// Applies `key=value` overrides (values in JSON syntax; bare words are strings).
+    pub fn with_overrides(self, overrides: &[String]) -> Result<Self> {
+        let mut v = serde_json::to_value(&self)?;
+        let map = v.as_object_mut().context("sizes serialize to an object")?;
+        for o in overrides {
+            let (k, val) = o
+                .split_once('=')
+                .with_context(|| format!("--size {o}: expected key=value"))?;
+            if !map.contains_key(k) {
+                bail!("--size {o}: unknown size {k:?}");
+            }
+            let parsed = serde_json::from_str(val)
+                .unwrap_or_else(|_| serde_json::Value::String(val.to_string()));
+            map.insert(k.to_string(), parsed);
+        }
+        serde_json::from_value(v).context("--size values")
+    }
+
+    fn phase_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.phase_timeout_seconds)
+    }
+}
+
+/// Everything a workload needs.
+pub struct Env {
+    /// The server under test.
+    pub target: Target,
+    /// The server's process, for CPU and memory (absent: not measured).
+    pub server: Option<Proc>,
+    /// Sizes.
+    pub sizes: Sizes,
+    /// Folder holding the editing traces.
+    pub traces: PathBuf,
+    /// Suffix making this run's document names unique.
+    pub nonce: String,
+    /// Folder caching replayed traces between runs.
+    pub cache: Option<PathBuf>,
+}
+
+impl Env {
+    fn doc(&self, name: &str) -> String {
+        format!("{name}-{}", self.nonce)
+    }
+
+    fn server_sample(&self) -> Option<Sample> {
+        self.server.as_ref().and_then(|p| p.sample().ok())
+    }
+
+    fn peak_rss(&self) -> Option<PeakRss> {
+        self.server
+            .clone()
+            .map(|p| PeakRss::start(p, Duration::from_millis(50)))
+    }
+}
+
+/// What a workload measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkloadResult {
+    /// Which workload.
+    pub workload: String,
+    /// Whether its correctness checks passed.
+    pub ok: bool,
+    /// Failed checks, one line each.
+    pub failures: Vec<String>,
+    /// Named numbers (see the report for units: the name ends with one).
+    pub metrics: BTreeMap<String, f64>,
+    /// Facts about how it ran.
+    pub notes: Vec<String>,
+}
+
+/// All workloads run against one server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The server.
+    pub server: crate::target::Server,
+    /// The mode.
+    pub mode: Mode,
+    /// The sizes used.
+    pub sizes: Sizes,
+    /// One result per workload.
+    pub workloads: Vec<WorkloadResult>,
+}
+
+impl WorkloadResult {
+    /// A workload that could not run at all.
+    pub fn errored(w: Workload, e: &anyhow::Error) -> Self {
+        let mut r = WorkloadResult::new(w);
+        r.fail(format!("did not run: {e:#}"));
+        r
+    }
+
+    fn new(w: Workload) -> Self {
+        WorkloadResult {
+            workload: w.to_string(),
+            ok: true,
+            ..Default::default()
+        }
+    }
+
+    fn metric(&mut self, k: &str, v: f64) {
+        self.metrics.insert(k.to_string(), v);
+    }
+
+    fn fail(&mut self, why: impl Into<String>) {
+        self.ok = false;
+        self.failures.push(why.into());
+    }
+
+    fn note(&mut self, n: impl Into<String>) {
+        self.notes.push(n.into());
+    }
+
+    fn latency(&mut self, prefix: &str, s: &crate::stats::LatencySummary) {
+        self.metric(&format!("{prefix}_count"), s.count as f64);
+        self.metric(&format!("{prefix}_p50_ms"), s.p50_ms);
+        self.metric(&format!("{prefix}_p99_ms"), s.p99_ms);
+        self.metric(&format!("{prefix}_p999_ms"), s.p999_ms);
+        self.metric(&format!("{prefix}_max_ms"), s.max_ms);
+        self.metric(&format!("{prefix}_mean_ms"), s.mean_ms);
+    }
+
+    fn server_usage(
+        &mut self,
+        before: Option<Sample>,
+        after: Option<Sample>,
+        peak: Option<PeakRss>,
+    ) {
+        if let (Some(b), Some(a)) = (before, after) {
+            self.metric("server_cpu_s", a.cpu_s - b.cpu_s);
+            self.metric("server_rss_mib", a.rss_kib as f64 / 1024.0);
+        }
+        if let Some(p) = peak {
+            let last = after.map(|a| a.rss_kib).unwrap_or(0);
+            self.metric(
+                "server_rss_peak_mib",
+                p.peak_kib().max(last) as f64 / 1024.0,
+            );
+        }
+    }
+}
+
+/// Runs one workload.
+pub async fn run(w: Workload, env: &Env) -> Result<WorkloadResult> {
+    let me = Proc::current();
+    let gen_before = me.cpu_seconds().ok();
+    let started = std::time::Instant::now();
+    let mut r = match w {
+        Workload::W1 => w1_replay::run(env).await?,
+        Workload::W2 => w2_classroom::run(env).await?,
+        Workload::W3 => w3_idle::run(env).await?,
+        Workload::W4 => w4_join::run(env).await?,
+        Workload::W5 => w5_concurrent::run(env).await?,
+    };
+    r.metric("wall_s", started.elapsed().as_secs_f64());
+    if let (Some(b), Ok(a)) = (gen_before, me.cpu_seconds()) {
+        r.metric("generator_cpu_s", a - b);
+    }
+    Ok(r)
+}
+
+/// One client to connect.
+pub struct ClientSpec {
+    /// Document name.
+    pub doc: String,
+    /// Awareness update sent on open.
+    pub awareness: Option<Vec<u8>>,
+    /// How it treats what it receives.
+    pub opts: PeerOpts,
+}
+
+/// A connected client: its sending half and its read task.
+pub struct Client {
+    /// Sending half.
+    pub sender: Sender,
+    /// The read task.
+    pub task: JoinHandle<(Peer, Ended)>,
+}
+
+/// A group of clients that stop together.
+pub struct Fleet {
+    /// Counters the clients publish.
+    pub progress: Arc<Progress>,
+    stop_tx: watch::Sender<bool>,
+    stop_rx: watch::Receiver<bool>,
+    /// Read tasks, in connection order.
+    pub tasks: Vec<JoinHandle<(Peer, Ended)>>,
+    /// Sending halves of the clients connected by [`Fleet::connect_all`], in the same order.
+    pub senders: Vec<Sender>,
+    /// Clients that could not connect, with the reason.
+    pub failed: Vec<(usize, ClientError)>,
+}
+
+impl Fleet {
+    /// An empty fleet.
+    pub fn new() -> Self {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        Fleet {
+            progress: Arc::new(Progress::default()),
+            stop_tx,
+            stop_rx,
+            tasks: Vec::new(),
+            senders: Vec::new(),
+            failed: Vec::new(),
+        }
+    }
+
+    /// Connects one client, opens its session and starts its read task; the caller keeps
+    /// both (push the task into [`Fleet::tasks`] to have it stopped with the others).
+    pub async fn connect_one(
+        &self,
+        target: &Target,
+        spec: ClientSpec,
+    ) -> Result<Client, ClientError> {
+        self.handle().connect(target, spec).await
+    }
+
+    /// What a task needs to connect clients into this fleet.
+    pub fn handle(&self) -> FleetHandle {
+        FleetHandle {
+            progress: self.progress.clone(),
+            stop_rx: self.stop_rx.clone(),
+        }
+    }
+
+    /// Connects many clients, at most `concurrency` handshakes at a time.
+    pub async fn connect_all(
+        &mut self,
+        target: &Target,
+        specs: Vec<ClientSpec>,
+        concurrency: usize,
+    ) {
+        let results: Vec<Result<Client, ClientError>> = futures_util::stream::iter(specs)
+            .map(|spec| self.connect_one(target, spec))
+            .buffered(concurrency.max(1))
+            .collect()
+            .await;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(c) => {
+                    self.senders.push(c.sender);
+                    self.tasks.push(c.task);
+                }
+                Err(e) => self.failed.push((i, e)),
+            }
+        }
+    }
+
+    /// Stops every read task and returns the clients' final states, in task order.
+    pub async fn stop(&mut self) -> Vec<(Peer, Ended)> {
+        let _ = self.stop_tx.send(true);
+        let mut out = Vec::with_capacity(self.tasks.len());
+        for t in self.tasks.drain(..) {
+            match t.await {
+                Ok(p) => out.push(p),
+                Err(e) => log(&format!("client task failed: {e}")),
+            }
+        }
+        self.senders.clear();
+        out
+    }
+}
+
+/// A cloneable handle that connects clients reporting to a [`Fleet`]'s progress and stopping
+/// with it.
+#[derive(Clone)]
+pub struct FleetHandle {
+    progress: Arc<Progress>,
+    stop_rx: watch::Receiver<bool>,
+}
+
+impl FleetHandle {
+    /// Connects one client, opens its session and starts its read task.
+    pub async fn connect(&self, target: &Target, spec: ClientSpec) -> Result<Client, ClientError> {
+        let mut conn = connect(target, &spec.doc).await?;
+        conn.open(target, spec.awareness.as_deref()).await?;
+        let dialect = conn.dialect.clone();
+        let (sender, rx) = conn.split();
+        let peer = Peer::new(spec.opts, self.progress.clone());
+        let task = tokio::spawn(read_loop(rx, peer, dialect, self.stop_rx.clone()));
+        Ok(Client { sender, task })
+    }
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Progress lines go to stderr; stdout stays for results.
+pub fn log(msg: &str) {
+    eprintln!("[tandem-bench] {msg}");
+}
+
+/// Adds failures for clients that could not connect or whose connection ended early.
+fn check_connections(
+    r: &mut WorkloadResult,
+    failed: &[(usize, ClientError)],
+    peers: &[(Peer, Ended)],
+) {
+    if !failed.is_empty() {
+        r.fail(format!(
+            "{} clients could not connect (first: client {}: {})",
+            failed.len(),
+            failed[0].0,
+            failed[0].1
+        ));
+    }
+    let ended: Vec<String> = peers
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Ended::Stopped => None,
+            Ended::Closed => Some("the connection ended without a close frame".to_string()),
+            Ended::Failed(err) => Some(err.to_string()),
+        })
+        .collect();
+    if !ended.is_empty() {
+        r.fail(format!(
+            "{} connections ended before the workload did (first: {})",
+            ended.len(),
+            ended[0]
+        ));
+    }
+    let denied = peers.iter().filter(|(p, _)| p.denied.is_some()).count();
+    if denied > 0 {
+        r.fail(format!("{denied} clients were refused by the server"));
+    }
+    let errors: u64 = peers.iter().map(|(p, _)| p.errors).sum();
+    if errors > 0 {
+        let first = peers
+            .iter()
+            .find_map(|(p, _)| p.first_error.clone())
+            .unwrap_or_default();
+        r.fail(format!(
+            "{errors} received messages failed to decode or apply (first: {first})"
+        ));
+    }
+}
+
+/// Counts deliveries that never arrived and records them as censored latencies (see
+/// [`Peer::record_missing`]); adds a failure line when there are any.
+fn account_missing(r: &mut WorkloadResult, peers: &[(Peer, Ended)], waited_s: f64) {
+    let now = crate::tracker::now_ns();
+    let missing: u64 = peers.iter().map(|(p, _)| p.record_missing(now)).sum();
+    r.metric("undelivered", missing as f64);
+    if missing > 0 {
+        let clients = peers.iter().filter(|(p, _)| !p.is_complete()).count();
+        r.fail(format!(
+            "{missing} deliveries (to {clients} clients) had not arrived {waited_s:.0} s after the \
+             last send; they count in the latency percentiles with the time waited (a lower bound)"
+        ));
+    }
+}
+
+/// The presence state a simulated client announces.
+fn presence_json(name: &str) -> String {
+    format!("{{\"user\":{{\"name\":\"{name}\",\"color\":\"#30bced\"}}}}")
+}

@@ -1,0 +1,225 @@
+//! W2 classroom: many clients on one document, each announcing its presence on join; a few of
+//! them type at a steady rate, every keystroke a document update followed by an awareness
+//! update (the cursor), as a stock editor binding sends them.
+//!
+//! Measured: keystroke-to-reader latency at every other client, awareness latency, server CPU
+//! seconds per million deliveries, server memory. Correctness: every client receives every
+//! other client's keystrokes and cursor updates.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+
+use super::{
+    account_missing, check_connections, log, presence_json, ClientSpec, Env, Fleet, Workload,
+    WorkloadResult,
+};
+use crate::peer::PeerOpts;
+use crate::protocol::awareness_update;
+use crate::stats::LatencyRecorder;
+use crate::trace::{Editor, Patch};
+use crate::tracker::{now_ns, TrackerBuilder};
+
+/// Client ids are `BASE_CLIENT + index`; typists are the first clients.
+const BASE_CLIENT: u64 = 2_000_000;
+
+const TYPING: &str = "the quick brown fox jumps over the lazy dog while the class takes notes ";
+
+fn cursor_json(typist: usize, client: u64, clock: u32) -> String {
+    format!(
+        "{{\"user\":{{\"name\":\"typist-{typist}\",\"color\":\"#ee6352\"}},\
+         \"cursor\":{{\"anchor\":{{\"type\":null,\"tname\":\"text\",\"item\":{{\"client\":{client},\"clock\":{clock}}},\"assoc\":0}},\
+         \"head\":{{\"type\":null,\"tname\":\"text\",\"item\":{{\"client\":{client},\"clock\":{clock}}},\"assoc\":0}}}}}}"
+    )
+}
+
+/// One typist's precomputed keystrokes.
+struct Script {
+    /// Per keystroke: (doc seq, doc update, awareness seq, awareness update).
+    keys: Vec<(u32, Vec<u8>, u32, Vec<u8>)>,
+}
+
+pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
+    let mut r = WorkloadResult::new(Workload::W2);
+    let s = &env.sizes;
+    let typists = s.w2_typists.min(s.w2_clients);
+    let keystrokes = (s.w2_rate_hz * s.w2_seconds).round().max(1.0) as usize;
+    r.metric("clients", s.w2_clients as f64);
+    r.metric("typists", typists as f64);
+    r.metric("keystrokes_per_typist", keystrokes as f64);
+    r.note(format!(
+        "{} clients on one document, each sending its presence on join; {typists} type {} \
+         keystrokes/s for {} s, each keystroke one update plus one awareness update; a delivery \
+         is one keystroke or awareness update received by a client other than its sender",
+        s.w2_clients, s.w2_rate_hz, s.w2_seconds
+    ));
+
+    // Each typist types at the end of its own paragraph, on its own document.
+    let mut doc_b = TrackerBuilder::default();
+    let mut aw_b = TrackerBuilder::default();
+    let mut scripts = Vec::with_capacity(typists);
+    for t in 0..typists {
+        let client = BASE_CLIENT + t as u64;
+        let ed = Editor::new(client).ascii_only(true);
+        let mut keys = Vec::with_capacity(keystrokes);
+        for k in 0..keystrokes {
+            let ch = &TYPING[k % TYPING.len()..k % TYPING.len() + 1];
+            let u = ed.apply(&[Patch(k, 0, ch.to_string())])?;
+            let dseq = doc_b
+                .add_update(t as u32, &u)
+                .context("scanning a keystroke")?
+                .context("a keystroke changes the document")?;
+            // Clock 1 is the presence sent on join.
+            let clock = k as u32 + 2;
+            let aseq = aw_b.add_awareness(t as u32, client, clock);
+            let aw = awareness_update(client, clock, &cursor_json(t, client, k as u32));
+            keys.push((dseq, u, aseq, aw));
+        }
+        scripts.push(Script { keys });
+    }
+    let doc_track = Arc::new(doc_b.build());
+    let aw_track = Arc::new(aw_b.build());
+    let doc_lat = Arc::new(LatencyRecorder::new(64));
+    let aw_lat = Arc::new(LatencyRecorder::new(64));
+
+    let doc = env.doc("w2");
+    let mut fleet = Fleet::new();
+    let specs = (0..s.w2_clients)
+        .map(|i| {
+            let client = BASE_CLIENT + i as u64;
+            let name = if i < typists {
+                format!("typist-{i}")
+            } else {
+                format!("reader-{i}")
+            };
+            ClientSpec {
+                doc: doc.clone(),
+                awareness: Some(awareness_update(client, 1, &presence_json(&name))),
+                opts: PeerOpts {
+                    doc_track: Some(doc_track.clone()),
+                    aw_track: Some(aw_track.clone()),
+                    doc_latency: Some(doc_lat.clone()),
+                    aw_latency: Some(aw_lat.clone()),
+                    me: (i < typists).then_some(i as u32),
+                    my_client: Some(client),
+                    presence_target: Some(s.w2_clients - 1),
+                    shard: i,
+                    ..Default::default()
+                },
+            }
+        })
+        .collect();
+    let join_start = now_ns();
+    fleet
+        .connect_all(&env.target, specs, s.connect_concurrency)
+        .await;
+    let n = fleet.tasks.len();
+    let progress = fleet.progress.clone();
+    let synced = progress
+        .wait("clients to sync", s.phase_timeout(), |p| {
+            p.synced.load(Ordering::Acquire) >= n
+        })
+        .await;
+    let presence = progress
+        .wait("presence to converge", s.phase_timeout(), |p| {
+            p.presence.load(Ordering::Acquire) >= n
+        })
+        .await;
+    r.metric("join_s", (now_ns() - join_start) as f64 / 1e9);
+    if !synced {
+        r.fail("not every client synced");
+    }
+    if !presence {
+        r.fail(format!(
+            "presence did not converge: {} of {n} clients saw everyone",
+            progress.presence.load(Ordering::Acquire)
+        ));
+    }
+
+    // Typing.
+    let before = env.server_sample();
+    let peak = env.peak_rss();
+    let messages_before = progress.messages.load(Ordering::Relaxed);
+    let start = now_ns();
+    let period = Duration::from_secs_f64(1.0 / s.w2_rate_hz.max(0.001));
+    let mut typing = Vec::with_capacity(typists);
+    let senders: Vec<_> = fleet.senders.drain(..typists.min(n)).collect();
+    for (t, (mut sender, script)) in senders.into_iter().zip(scripts).enumerate() {
+        let doc_track = doc_track.clone();
+        let aw_track = aw_track.clone();
+        // Stagger the typists evenly over one period.
+        let offset = period.mul_f64(t as f64 / typists as f64);
+        typing.push(tokio::spawn(async move {
+            let mut tick = interval_at(Instant::now() + offset, period);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+            for (dseq, u, aseq, aw) in &script.keys {
+                tick.tick().await;
+                doc_track.mark_sent(*dseq);
+                sender.send(sender.dialect.update(u)).await?;
+                aw_track.mark_sent(*aseq);
+                sender.send(sender.dialect.awareness(aw)).await?;
+            }
+            anyhow::Ok(sender)
+        }));
+    }
+    let mut typist_senders = Vec::new();
+    let mut typist_errors = Vec::new();
+    for t in typing {
+        match t.await {
+            Ok(Ok(sender)) => typist_senders.push(sender),
+            Ok(Err(e)) => typist_errors.push(format!("{e:#}")),
+            Err(e) => typist_errors.push(e.to_string()),
+        }
+    }
+    if let Some(first) = typist_errors.first() {
+        r.fail(format!(
+            "{} of {typists} typists could not send every keystroke (first: {first})",
+            typist_errors.len()
+        ));
+    }
+    let typed = now_ns();
+    let all = progress
+        .wait(
+            "every keystroke to be delivered",
+            Duration::from_secs_f64(s.w2_drain_seconds),
+            |p| p.complete.load(Ordering::Acquire) >= n,
+        )
+        .await;
+    let drained = now_ns();
+    let after = env.server_sample();
+    let peers = fleet.stop().await;
+    // Exact counts from every client (the shared totals are batched). Tracked edits only
+    // start with the typing, so every delivery falls inside the measured window.
+    let deliveries = peers.iter().map(|(p, _)| p.delivered).sum::<u64>();
+    let messages = progress.messages.load(Ordering::Relaxed) - messages_before;
+    drop(typist_senders);
+    check_connections(&mut r, &fleet.failed, &peers);
+    if !all {
+        account_missing(&mut r, &peers, (drained - typed) as f64 / 1e9);
+    }
+    let typed_s = (typed - start) as f64 / 1e9;
+    r.metric("typing_s", typed_s);
+    r.metric("drain_s", (drained - typed) as f64 / 1e9);
+    r.metric(
+        "keystrokes_per_s",
+        (keystrokes * typists) as f64 / typed_s.max(1e-9),
+    );
+    r.metric("deliveries", deliveries as f64);
+    r.metric("messages_received", messages as f64);
+    r.latency("keystroke", &doc_lat.summary());
+    r.latency("awareness", &aw_lat.summary());
+    r.server_usage(before, after, peak);
+    if let Some(cpu) = r.metrics.get("server_cpu_s").copied() {
+        if deliveries > 0 {
+            r.metric(
+                "server_cpu_s_per_1m_deliveries",
+                cpu / (deliveries as f64 / 1e6),
+            );
+        }
+    }
+    log(&format!("w2: {deliveries} deliveries"));
+    Ok(r)
+}

@@ -1,0 +1,725 @@
+//! A tandem document: a yrs `Doc` with named text fields, registers and per-user undo.
+//!
+//! Every text field is a top-level `Y.Text` named after the field, so plain Yjs clients can
+//! co-edit it; offsets are UTF-16 code units, as in JavaScript. Registers live in the top-level
+//! map described in [`crate::register`]. Names starting with `tandem:` are reserved.
+//!
+//! Every mutating method returns the Yjs update (v1 encoding) its transaction produced, ready to
+//! be sent to peers and stored. Changes — local or remote — are collected as [`Change`]s carrying
+//! their author, drained with [`Document::take_changes`].
+
+use crate::error::DocumentError;
+use crate::guard::{self, Split};
+use crate::register::{Entry, FieldValue, Stamp, REGISTERS_MAP};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use yrs::types::map::MapEvent;
+use yrs::types::text::{TextEvent, YChange};
+use yrs::types::Delta;
+use yrs::undo::UndoManager;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{
+    Any, Doc, Map, MapRef, Observable, OffsetKind, Options, Origin, Out, ReadTxn, StateVector,
+    Text, TextRef, Transact, TransactionMut, Update,
+};
+
+/// Longest accepted field or register name, in bytes.
+pub const MAX_NAME_LEN: usize = 256;
+/// Prefix of names tandem reserves for its own top-level types.
+pub const RESERVED_PREFIX: &str = "tandem:";
+/// Keystrokes closer together than this form one undo step.
+pub const UNDO_CAPTURE_MS: u64 = 500;
+
+/// One step of a text delta, in UTF-16 code units (Quill-style JSON: `{"retain": 3}`,
+/// `{"insert": "x"}`, `{"delete": 1}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaOp {
+    /// Keep this many units.
+    Retain(u32),
+    /// Insert this text.
+    Insert(String),
+    /// Remove this many units.
+    Delete(u32),
+}
+
+/// A change to the document, local or remote, with its author when known.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// A text field changed.
+    Text {
+        /// Field name.
+        field: String,
+        /// What changed, relative to the text before the change.
+        delta: Vec<DeltaOp>,
+        /// Who made the change.
+        author: Option<String>,
+    },
+    /// A register's winning value changed.
+    Field {
+        /// Register name.
+        name: String,
+        /// The new state; `None` when the register was deleted.
+        value: Option<FieldValue>,
+        /// Who caused the change.
+        author: Option<String>,
+    },
+}
+
+/// What applying a remote update did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// False when the update held nothing new (a duplicate).
+    pub changed: bool,
+}
+
+/// State shared with yrs observers (which run inside a transaction's commit).
+#[derive(Default)]
+struct Feed {
+    /// Record changes at all (off when nobody listens).
+    enabled: bool,
+    changes: Vec<Change>,
+    /// Current winning stamp of each register, to report only real changes.
+    winners: HashMap<String, Stamp>,
+    /// Undo managers' transaction origins, mapped to their users.
+    undo_origins: HashMap<Origin, String>,
+}
+
+fn lock(feed: &Mutex<Feed>) -> MutexGuard<'_, Feed> {
+    // A panic inside an observer poisons the lock; the feed's data stays usable.
+    feed.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn author_of(feed: &Feed, origin: Option<&Origin>) -> Option<String> {
+    let origin = origin?;
+    if let Some(user) = feed.undo_origins.get(origin) {
+        return Some(user.clone());
+    }
+    std::str::from_utf8(origin.as_ref()).ok().map(str::to_owned)
+}
+
+/// A replica of one document.
+pub struct Document {
+    doc: Doc,
+    registers: MapRef,
+    texts: HashMap<String, TextRef>,
+    feed: Arc<Mutex<Feed>>,
+    now: Arc<AtomicU64>,
+    undo: HashMap<String, UndoManager<()>>,
+    capture: Arc<(AtomicBool, Mutex<Vec<Vec<u8>>>)>,
+    /// Updates waiting for their dependencies, and their total size.
+    waiting: Vec<Waiting>,
+    waiting_bytes: usize,
+}
+
+/// A remote update whose dependencies have not all arrived.
+struct Waiting {
+    update: Vec<u8>,
+    author: Option<String>,
+    summary: guard::UpdateSummary,
+}
+
+impl std::fmt::Debug for Document {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Document")
+            .field("client_id", &self.client_id())
+            .field("fields", &self.texts.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Checks a field or register name.
+pub fn check_name(name: &str) -> Result<(), DocumentError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.starts_with(RESERVED_PREFIX) {
+        return Err(DocumentError::InvalidFieldName(name.to_owned()));
+    }
+    Ok(())
+}
+
+impl Document {
+    /// A new, empty replica whose local edits carry Yjs client id `client_id` (below 2^53).
+    pub fn new(client_id: u64) -> Self {
+        let mut options = Options::with_client_id(yrs::ClientID::new(
+            client_id & crate::wire::MAX_SAFE_INTEGER,
+        ));
+        options.offset_kind = OffsetKind::Utf16;
+        let doc = Doc::with_options(options);
+        let registers = doc.get_or_insert_map(REGISTERS_MAP);
+        let feed = Arc::new(Mutex::new(Feed::default()));
+        let f = feed.clone();
+        let reg = registers.clone();
+        registers.observe("tandem", move |txn: &TransactionMut, e: &MapEvent| {
+            let mut names: Vec<&str> = e
+                .keys(txn)
+                .keys()
+                .filter_map(|k| k.rsplit_once('#').map(|(n, _)| n))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            let mut feed = lock(&f);
+            let author = author_of(&feed, txn.origin());
+            for name in names {
+                let winner = winner(&reg, txn, name);
+                let stamp = winner.as_ref().map(Entry::stamp);
+                let before = feed.winners.get(name).copied();
+                if stamp == before {
+                    continue;
+                }
+                match stamp {
+                    Some(s) => feed.winners.insert(name.to_owned(), s),
+                    None => feed.winners.remove(name),
+                };
+                if feed.enabled {
+                    let value = winner.filter(|e| !e.deleted).map(|e| FieldValue::from(&e));
+                    feed.changes.push(Change::Field {
+                        name: name.to_owned(),
+                        value,
+                        author: author.clone(),
+                    });
+                }
+            }
+        });
+        let capture: Arc<(AtomicBool, Mutex<Vec<Vec<u8>>>)> = Arc::default();
+        let c = capture.clone();
+        // Only used to learn the update an undo or redo produced; off otherwise.
+        let _ = doc.observe_update_v1("tandem-capture", move |_, e| {
+            if c.0.load(Ordering::Relaxed) {
+                let mut buf = c.1.lock().unwrap_or_else(|p| p.into_inner());
+                buf.push(e.update.clone());
+            }
+        });
+        Document {
+            doc,
+            registers,
+            texts: HashMap::new(),
+            feed,
+            now: Arc::new(AtomicU64::new(0)),
+            undo: HashMap::new(),
+            capture,
+            waiting: Vec::new(),
+            waiting_bytes: 0,
+        }
+    }
+
+    /// The underlying yrs document (for presence and bindings).
+    pub fn doc(&self) -> &Doc {
+        &self.doc
+    }
+
+    /// This replica's Yjs client id.
+    pub fn client_id(&self) -> u64 {
+        self.doc.client_id().get()
+    }
+
+    /// Sets the current time (ms since the Unix epoch); used for undo grouping and register
+    /// clocks. The engine never reads a clock itself.
+    pub fn set_time(&self, now_ms: u64) {
+        self.now.store(now_ms, Ordering::Relaxed);
+    }
+
+    fn now(&self) -> u64 {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    /// Turns the change feed on or off. Off by default; while off, [`Document::take_changes`]
+    /// returns nothing and no deltas are computed.
+    pub fn set_change_feed(&mut self, on: bool) {
+        let mut feed = lock(&self.feed);
+        feed.enabled = on;
+        if !on {
+            feed.changes.clear();
+        }
+    }
+
+    /// Drains the changes recorded since the last call.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut lock(&self.feed).changes)
+    }
+
+    /// The text field `field`, registered with an observer the first time it is seen. `None`
+    /// when a root of that name already exists as another shared type (an application made it
+    /// a map or an array through [`Document::doc`]): it is not a text field.
+    fn text_ref(&mut self, field: &str) -> Option<TextRef> {
+        if let Some(t) = self.texts.get(field) {
+            return Some(t.clone());
+        }
+        // Observing a map or array root as a text makes yrs panic on its next change
+        // ("subscribed callback expected TextRef collection"). Found by the `protocol` fuzz
+        // target; see engine/tests/fuzz_regressions.rs.
+        if let Some(root) = self.doc.transact().get(field) {
+            if !matches!(root, Out::YText(_) | Out::UndefinedRef(_)) {
+                return None;
+            }
+        }
+        let text = self.doc.get_or_insert_text(field);
+        let f = self.feed.clone();
+        let name = field.to_owned();
+        text.observe("tandem", move |txn: &TransactionMut, e: &TextEvent| {
+            let mut feed = lock(&f);
+            if !feed.enabled {
+                return;
+            }
+            let delta = e.delta(txn).iter().filter_map(delta_op).collect();
+            let author = author_of(&feed, txn.origin());
+            feed.changes.push(Change::Text {
+                field: name.clone(),
+                delta,
+                author,
+            });
+        });
+        self.texts.insert(field.to_owned(), text.clone());
+        Some(text)
+    }
+
+    /// Names of the text fields this replica knows, sorted.
+    pub fn field_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.texts.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The current text of `field`, or `None` if the field does not exist. An embedded value
+    /// (`Y.Text.insertEmbed`, a nested type) shows as U+FFFC, one UTF-16 unit, as in the
+    /// change feed's deltas and in every offset.
+    pub fn text(&self, field: &str) -> Option<String> {
+        let text = self.texts.get(field)?;
+        Some(text_content(text, &self.doc.transact()))
+    }
+
+    /// Every text field with its content (embedded values as in [`Document::text`]).
+    pub fn texts(&self) -> BTreeMap<String, String> {
+        let txn = self.doc.transact();
+        self.texts
+            .iter()
+            .map(|(k, t)| (k.clone(), text_content(t, &txn)))
+            .collect()
+    }
+
+    /// Length of `field` in UTF-16 units (0 when it does not exist).
+    pub fn text_len(&self, field: &str) -> u32 {
+        self.texts
+            .get(field)
+            .map(|t| t.len(&self.doc.transact()))
+            .unwrap_or(0)
+    }
+
+    /// Replaces `delete` units at `index` of `field` with `insert`, as `user`.
+    pub fn edit(
+        &mut self,
+        user: &str,
+        field: &str,
+        index: u32,
+        delete: u32,
+        insert: &str,
+    ) -> Result<Vec<u8>, DocumentError> {
+        self.edit_many(user, field, &[(index, delete, insert)])
+    }
+
+    /// Applies several `(index, delete, insert)` patches to `field` in one transaction, each
+    /// relative to the text the previous one left. Nothing changes if any patch is out of range.
+    pub fn edit_many(
+        &mut self,
+        user: &str,
+        field: &str,
+        patches: &[(u32, u32, &str)],
+    ) -> Result<Vec<u8>, DocumentError> {
+        check_name(field)?;
+        let text = self
+            .text_ref(field)
+            .ok_or_else(|| DocumentError::InvalidFieldName(field.to_owned()))?;
+        self.track(user, &text);
+        let mut txn = self
+            .doc
+            .try_transact_mut_with(user)
+            .map_err(|_| DocumentError::Busy)?;
+        // Check the whole batch first so a failure leaves the document untouched.
+        let mut len = u64::from(text.len(&txn));
+        for &(index, delete, insert) in patches {
+            let end = u64::from(index) + u64::from(delete);
+            if end > len {
+                return Err(DocumentError::OutOfRange {
+                    index,
+                    end,
+                    len: len as u32,
+                });
+            }
+            len = len - u64::from(delete) + insert.encode_utf16().count() as u64;
+        }
+        for &(index, delete, insert) in patches {
+            if delete > 0 {
+                text.remove_range(&mut txn, index, delete);
+            }
+            if !insert.is_empty() {
+                text.insert(&mut txn, index, insert);
+            }
+        }
+        Ok(txn.encode_update_v1())
+    }
+
+    /// Inserts `chunk` at UTF-16 offset `index` of `field`, as `user`.
+    pub fn insert(
+        &mut self,
+        user: &str,
+        field: &str,
+        index: u32,
+        chunk: &str,
+    ) -> Result<Vec<u8>, DocumentError> {
+        self.edit(user, field, index, 0, chunk)
+    }
+
+    /// Deletes `len` UTF-16 units at `index` of `field`, as `user`.
+    pub fn delete(
+        &mut self,
+        user: &str,
+        field: &str,
+        index: u32,
+        len: u32,
+    ) -> Result<Vec<u8>, DocumentError> {
+        self.edit(user, field, index, len, "")
+    }
+
+    /// The current state of register `name`, `None` when unset or deleted.
+    pub fn field(&self, name: &str) -> Option<FieldValue> {
+        let txn = self.doc.transact();
+        winner(&self.registers, &txn, name)
+            .filter(|e| !e.deleted)
+            .map(|e| FieldValue::from(&e))
+    }
+
+    /// Every register that has a value.
+    pub fn fields(&self) -> BTreeMap<String, FieldValue> {
+        let txn = self.doc.transact();
+        let mut best: BTreeMap<String, Entry> = BTreeMap::new();
+        for entry in entries(&self.registers, &txn) {
+            match best.get(&entry.name) {
+                Some(b) if b.stamp() >= entry.stamp() => {}
+                _ => {
+                    best.insert(entry.name.clone(), entry);
+                }
+            }
+        }
+        best.into_iter()
+            .filter(|(_, e)| !e.deleted)
+            .map(|(k, e)| (k, FieldValue::from(&e)))
+            .collect()
+    }
+
+    /// Writes register `name` as `user`; `None` deletes it. Returns the new state and the update.
+    pub fn set_field(
+        &mut self,
+        user: &str,
+        name: &str,
+        value: Option<serde_json::Value>,
+    ) -> Result<(Option<FieldValue>, Vec<u8>), DocumentError> {
+        check_name(name)?;
+        let registers = self.registers.clone();
+        self.track(user, &registers);
+        let now = self.now();
+        let client = self.client_id();
+        let mut txn = self
+            .doc
+            .try_transact_mut_with(user)
+            .map_err(|_| DocumentError::Busy)?;
+        let seen: Vec<Entry> = entries(&registers, &txn)
+            .filter(|e| e.name == name)
+            .collect();
+        let stamp = Stamp::next(now, client, seen.iter().map(Entry::stamp));
+        for old in &seen {
+            registers.remove(&mut txn, &old.key());
+        }
+        let entry = Entry {
+            name: name.to_owned(),
+            deleted: value.is_none(),
+            value: value.unwrap_or(serde_json::Value::Null),
+            wall: stamp.wall,
+            counter: stamp.counter,
+            client: stamp.client,
+            author: Some(user.to_owned()),
+        };
+        let json = serde_json::to_string(&entry).map_err(|_| DocumentError::Busy)?;
+        registers.insert(&mut txn, entry.key(), json);
+        let update = txn.encode_update_v1();
+        let state = (!entry.deleted).then(|| FieldValue::from(&entry));
+        Ok((state, update))
+    }
+
+    fn manager(&mut self, user: &str) -> &mut UndoManager<()> {
+        let doc = &self.doc;
+        let now = self.now.clone();
+        let feed = &self.feed;
+        let registers = &self.registers;
+        self.undo.entry(user.to_owned()).or_insert_with(|| {
+            let options = yrs::undo::Options {
+                capture_timeout_millis: UNDO_CAPTURE_MS,
+                tracked_origins: [Origin::from(user)].into_iter().collect(),
+                capture_transaction: None,
+                timestamp: Arc::new(move || now.load(Ordering::Relaxed)),
+                init_undo_stack: Vec::new(),
+                init_redo_stack: Vec::new(),
+            };
+            let mut mgr = UndoManager::with_options(options);
+            mgr.expand_scope(doc, registers);
+            lock(feed)
+                .undo_origins
+                .insert(mgr.as_origin(), user.to_owned());
+            mgr
+        })
+    }
+
+    fn track<T: AsRef<yrs::branch::Branch>>(&mut self, user: &str, scope: &T) {
+        let doc = self.doc.clone();
+        self.manager(user).expand_scope(&doc, scope);
+    }
+
+    /// Undoes `user`'s last step (never anyone else's). Returns the update, or `None` when
+    /// there was nothing to undo.
+    pub fn undo(&mut self, user: &str) -> Option<Vec<u8>> {
+        self.undo_redo(user, true)
+    }
+
+    /// Redoes `user`'s last undone step.
+    pub fn redo(&mut self, user: &str) -> Option<Vec<u8>> {
+        self.undo_redo(user, false)
+    }
+
+    /// Whether `user` has a step to undo.
+    pub fn can_undo(&self, user: &str) -> bool {
+        self.undo.get(user).is_some_and(|m| m.can_undo())
+    }
+
+    /// Whether `user` has a step to redo.
+    pub fn can_redo(&self, user: &str) -> bool {
+        self.undo.get(user).is_some_and(|m| m.can_redo())
+    }
+
+    /// Ends `user`'s current undo step, so the next edit starts a new one.
+    pub fn stop_capturing(&mut self, user: &str) {
+        if let Some(m) = self.undo.get_mut(user) {
+            m.reset();
+        }
+    }
+
+    fn undo_redo(&mut self, user: &str, undo: bool) -> Option<Vec<u8>> {
+        let capture = self.capture.clone();
+        let mgr = self.undo.get_mut(user)?;
+        capture.0.store(true, Ordering::Relaxed);
+        let done = if undo {
+            mgr.undo_blocking()
+        } else {
+            mgr.redo_blocking()
+        };
+        capture.0.store(false, Ordering::Relaxed);
+        // An undo may commit more than one transaction: hand out all of them as one update.
+        let updates = std::mem::take(&mut *capture.1.lock().unwrap_or_else(|p| p.into_inner()));
+        let update = match updates.len() {
+            0 => return None,
+            1 => updates.into_iter().next().unwrap_or_default(),
+            _ => {
+                let parts: Vec<&[u8]> = updates.iter().map(Vec::as_slice).collect();
+                yrs::merge_updates_v1(&parts).ok()?
+            }
+        };
+        done.then_some(update)
+    }
+
+    /// This replica's state vector (sync step 1 payload).
+    pub fn state_vector(&self) -> Vec<u8> {
+        self.doc.transact().state_vector().encode_v1()
+    }
+
+    /// The update a peer with state vector `sv` is missing (sync step 2 payload).
+    pub fn diff(&self, sv: &[u8]) -> Result<Vec<u8>, DocumentError> {
+        guard::check_state_vector(sv)?;
+        let sv = StateVector::decode_v1(sv).map_err(|e| DocumentError::Apply(e.to_string()))?;
+        let diff = self.doc.transact().encode_diff_v1(&sv);
+        Ok(self.with_waiting(diff))
+    }
+
+    /// The whole document as one update, updates still waiting for their dependencies
+    /// included (as Yjs's `encodeStateAsUpdate` includes its pending structs).
+    pub fn encode_state(&self) -> Vec<u8> {
+        let state = self
+            .doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        self.with_waiting(state)
+    }
+
+    /// `update` merged with every waiting update. Without them, a snapshot (`encode_state`,
+    /// what compaction stores) or a joiner's step 2 (`diff`) silently lacked updates the
+    /// document had accepted and integrates later: the `protocol` fuzz target found the
+    /// reloaded document and late joiners missing text (engine/tests/fuzz_regressions.rs).
+    fn with_waiting(&self, update: Vec<u8>) -> Vec<u8> {
+        if self.waiting.is_empty() {
+            return update;
+        }
+        let mut parts: Vec<&[u8]> = vec![&update];
+        parts.extend(self.waiting.iter().map(|w| w.update.as_slice()));
+        // Every part is a valid update (validated on arrival or encoded by yrs).
+        yrs::merge_updates_v1(&parts).unwrap_or(update)
+    }
+
+    /// Applies a remote update (v1) made by `author`. The bytes are validated first.
+    ///
+    /// An update whose dependencies (earlier blocks, the items it refers to, what it deletes)
+    /// are not all here yet waits in the document, and is integrated as soon as they arrive.
+    /// tandem keeps this queue itself rather than relying on yrs's pending updates, which
+    /// were seen to diverge under out-of-order delivery.
+    pub fn apply_update(
+        &mut self,
+        update: &[u8],
+        author: Option<&str>,
+    ) -> Result<Applied, DocumentError> {
+        let summary = guard::check_update_v1(update)?;
+        for root in &summary.roots {
+            if !root.starts_with(RESERVED_PREFIX) && !self.texts.contains_key(root.as_str()) {
+                self.text_ref(root);
+            }
+        }
+        if !self.dependencies_met(&summary) {
+            if self.waiting.iter().any(|w| w.update == update) {
+                return Ok(Applied { changed: false });
+            }
+            // Part of it may be ready: a snapshot or step 2 carries the document next to the
+            // updates that were waiting in it (see `with_waiting`). That part is integrated
+            // now and only the rest waits; yrs never sees blocks past a gap.
+            let sv = self.doc.transact().state_vector();
+            let (ready, rest) =
+                match guard::split_ready(update, |c| sv.get(&yrs::ClientID::new(c)))? {
+                    Split::Ready => (Some(update.to_vec()), None),
+                    Split::Waiting => (None, Some((update.to_vec(), summary))),
+                    Split::Parts { ready, rest } => {
+                        let rest_summary = guard::check_update_v1(&rest)?;
+                        (Some(ready), Some((rest, rest_summary)))
+                    }
+                };
+            let mut changed = false;
+            if let Some(ready) = &ready {
+                changed = self.integrate(ready, author)?;
+            }
+            // The rest is cut the same way every time, so a resend is recognised.
+            if let Some((rest, summary)) = rest {
+                if !self.waiting.iter().any(|w| w.update == rest) {
+                    self.waiting_bytes += rest.len();
+                    self.waiting.push(Waiting {
+                        update: rest,
+                        author: author.map(str::to_owned),
+                        summary,
+                    });
+                    changed = true;
+                }
+            }
+            if ready.is_some() && !self.waiting.is_empty() {
+                self.integrate_waiting();
+            }
+            return Ok(Applied { changed });
+        }
+        let changed = self.integrate(update, author)?;
+        if changed && !self.waiting.is_empty() {
+            self.integrate_waiting();
+        }
+        Ok(Applied { changed })
+    }
+
+    fn dependencies_met(&self, summary: &guard::UpdateSummary) -> bool {
+        let sv = self.doc.transact().state_vector();
+        summary.dependencies_met(|client| sv.get(&yrs::ClientID::new(client)))
+    }
+
+    /// Hands an update whose dependencies are met to yrs; returns whether anything changed.
+    fn integrate(&mut self, update: &[u8], author: Option<&str>) -> Result<bool, DocumentError> {
+        let decoded = Update::decode_v1(update).map_err(|e| DocumentError::Apply(e.to_string()))?;
+        let mut txn = match author {
+            Some(a) => self.doc.try_transact_mut_with(a),
+            None => self.doc.try_transact_mut(),
+        }
+        .map_err(|_| DocumentError::Busy)?;
+        let before = txn.state_vector();
+        txn.apply_update(decoded)
+            .map_err(|e| DocumentError::Apply(e.to_string()))?;
+        Ok(txn.state_vector() != before || !txn.delete_set().is_empty())
+    }
+
+    /// Integrates waiting updates whose dependencies have arrived, until none is left that can.
+    fn integrate_waiting(&mut self) {
+        loop {
+            let ready = self
+                .waiting
+                .iter()
+                .position(|w| self.dependencies_met(&w.summary));
+            let Some(i) = ready else { return };
+            let w = self.waiting.swap_remove(i);
+            self.waiting_bytes -= w.update.len();
+            // It was validated on arrival; an error here leaves the document as it was.
+            let _ = self.integrate(&w.update, w.author.as_deref());
+        }
+    }
+
+    /// Bytes of updates waiting for missing dependencies.
+    pub fn pending_len(&self) -> usize {
+        self.waiting_bytes + pending_len(&self.doc.transact())
+    }
+}
+
+fn pending_len<T: ReadTxn>(txn: &T) -> usize {
+    let store = txn.store();
+    let blocks = store
+        .pending_update()
+        .map(|p| p.update.encode_v1().len())
+        .unwrap_or(0);
+    let ds = store
+        .pending_ds()
+        .filter(|d| !d.is_empty())
+        .map(|d| d.encode_v1().len())
+        .unwrap_or(0);
+    blocks + ds
+}
+
+/// A text's content with every embedded value as U+FFFC. yrs's `get_string` leaves embeds
+/// out while its lengths, offsets and deltas count each as one unit, so a reader starting
+/// from the text and following the change feed went wrong after an embed (found by the
+/// `protocol` fuzz target with a captured y-websocket session; fuzz_regressions.rs).
+fn text_content<T: ReadTxn>(text: &TextRef, txn: &T) -> String {
+    let mut content = String::new();
+    for chunk in text.diff(txn, YChange::identity) {
+        match chunk.insert {
+            Out::Any(Any::String(s)) => content.push_str(&s),
+            _ => content.push('\u{fffc}'),
+        }
+    }
+    content
+}
+
+fn delta_op(d: &Delta) -> Option<DeltaOp> {
+    Some(match d {
+        Delta::Retain(n, _) => DeltaOp::Retain(*n),
+        Delta::Deleted(n) => DeltaOp::Delete(*n),
+        Delta::Inserted(Out::Any(Any::String(s)), _) => DeltaOp::Insert(s.to_string()),
+        // Embedded values count as one unit; shown as the object replacement character.
+        Delta::Inserted(_, _) => DeltaOp::Insert("\u{fffc}".to_owned()),
+    })
+}
+
+fn entries<'a, T: ReadTxn>(map: &'a MapRef, txn: &'a T) -> impl Iterator<Item = Entry> + 'a {
+    map.iter(txn).filter_map(|(_, v)| match v {
+        Out::Any(Any::String(s)) => Entry::parse(&s),
+        _ => None,
+    })
+}
+
+fn winner<T: ReadTxn>(map: &MapRef, txn: &T, name: &str) -> Option<Entry> {
+    let prefix_len = name.len() + 1;
+    map.iter(txn)
+        .filter(|(k, _)| {
+            k.len() > prefix_len && k.starts_with(name) && k.as_bytes()[name.len()] == b'#'
+        })
+        .filter_map(|(_, v)| match v {
+            Out::Any(Any::String(s)) => Entry::parse(&s),
+            _ => None,
+        })
+        .filter(|e| e.name == name)
+        .max_by_key(Entry::stamp)
+}

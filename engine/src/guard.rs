@@ -1,0 +1,542 @@
+//! Structural validation of untrusted Yjs binary data before yrs decodes it.
+//!
+//! yrs trusts the lengths it reads; a hostile peer can declare huge counts, client ids that
+//! JavaScript cannot represent (yrs asserts on those), clocks that overflow, or `Any` values
+//! nested deep enough to exhaust the stack. [`check_update_v1`] and [`check_state_vector`] walk
+//! the same grammar yrs decodes (lib0 v1 update encoding) with a bounded [`Reader`] and refuse
+//! anything out of bounds, so yrs only ever sees input whose every length fits in the bytes
+//! present.
+
+use crate::error::DecodeError;
+use crate::wire::{Reader, Writer};
+
+/// Deepest nesting of `Any` arrays and maps accepted in an update.
+pub const MAX_ANY_DEPTH: usize = 32;
+
+const HAS_ORIGIN: u8 = 0b1000_0000;
+const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
+const HAS_PARENT_SUB: u8 = 0b0010_0000;
+const BLOCK_GC: u8 = 0;
+const BLOCK_SKIP: u8 = 10;
+
+/// Checks an encoded state vector (sync step 1 payload).
+pub fn check_state_vector(bytes: &[u8]) -> Result<(), DecodeError> {
+    let mut r = Reader::new(bytes);
+    let n = r.len_prefix(2)?;
+    for _ in 0..n {
+        r.client_id()?;
+        r.var_u32()?;
+    }
+    trailing(&r)
+}
+
+/// What [`check_update_v1`] learned about a valid update.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpdateSummary {
+    /// Names of the top-level types the update's items are placed in directly.
+    pub roots: Vec<String>,
+    /// Clock ranges `(client, start, end)` of the blocks the update carries.
+    pub provides: Vec<(u64, u32, u32)>,
+    /// Ids `(client, clock)` its items refer to (origins, parents): they must exist first.
+    pub needs: Vec<(u64, u32)>,
+    /// Ends `(client, end)` of the ranges its delete set removes.
+    pub deletes: Vec<(u64, u32)>,
+}
+
+impl UpdateSummary {
+    /// Whether a replica whose state vector is `known` (client → next clock) holds everything
+    /// this update depends on, so it integrates completely instead of waiting as pending.
+    pub fn dependencies_met(&self, known: impl Fn(u64) -> u32) -> bool {
+        // What the replica would know after integrating the update's contiguous blocks.
+        let mut effective: Vec<(u64, u32)> = Vec::new();
+        for &(client, start, end) in &self.provides {
+            let have = known(client);
+            if start > have {
+                return false;
+            }
+            match effective.iter_mut().find(|(c, _)| *c == client) {
+                Some((_, e)) => *e = (*e).max(end),
+                None => effective.push((client, have.max(end))),
+            }
+        }
+        let reach = |client: u64| {
+            effective
+                .iter()
+                .find(|(c, _)| *c == client)
+                .map(|(_, e)| *e)
+                .unwrap_or_else(|| known(client))
+        };
+        self.needs.iter().all(|&(c, k)| k < reach(c))
+            && self.deletes.iter().all(|&(c, end)| end <= reach(c))
+    }
+}
+
+/// Checks a Yjs update in the v1 encoding (sync step 2 and update payloads).
+pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, DecodeError> {
+    let mut summary = UpdateSummary::default();
+    let mut r = Reader::new(bytes);
+    let clients = r.len_prefix(3)?;
+    for _ in 0..clients {
+        let blocks = r.len_prefix(1)?;
+        let client = r.client_id()?;
+        let mut clock = u64::from(r.var_u32()?);
+        for _ in 0..blocks {
+            let (len, skip) = block(&mut r, &mut summary)?;
+            if !skip {
+                let end = clock + len;
+                if end > u64::from(u32::MAX) {
+                    return Err(DecodeError::ClockOverflow);
+                }
+                match summary.provides.last_mut() {
+                    Some((c, _, e)) if *c == client && u64::from(*e) == clock => *e = end as u32,
+                    _ => summary.provides.push((client, clock as u32, end as u32)),
+                }
+            }
+            clock += len;
+            if clock > u64::from(u32::MAX) {
+                return Err(DecodeError::ClockOverflow);
+            }
+        }
+    }
+    delete_set(&mut r, &mut summary)?;
+    trailing(&r)?;
+    Ok(summary)
+}
+
+/// An update cut in two by [`split_ready`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Split {
+    /// Everything it depends on is known: integrate it as it is.
+    Ready,
+    /// Nothing of it can be integrated yet.
+    Waiting,
+    /// A part can be integrated now (`ready`), the rest (`rest`) must wait. Both are v1
+    /// updates made of the original's block bytes.
+    Parts {
+        /// Blocks and deletions whose dependencies are known.
+        ready: Vec<u8>,
+        /// The others.
+        rest: Vec<u8>,
+    },
+}
+
+/// One block of an update, as [`split_ready`] sees it.
+struct Block {
+    span: std::ops::Range<usize>,
+    clock: u32,
+    len: u32,
+    skip: bool,
+    needs: Vec<(u64, u32)>,
+}
+
+/// Splits a valid v1 update (checked by [`check_update_v1`]) into the part a replica whose
+/// state vector is `known` can integrate now and the rest. A client's blocks are ready in
+/// order while each starts at or below what is known of that client and everything it refers
+/// to is known (blocks made ready earlier in the update count); a deletion is ready when
+/// everything it removes is known.
+///
+/// A document that keeps updates with missing dependencies in its own queue needs this for
+/// updates that carry both kinds: a snapshot or step 2 holding a document next to the updates
+/// that were waiting in it. yrs is never handed blocks past a gap.
+pub fn split_ready(bytes: &[u8], known: impl Fn(u64) -> u32) -> Result<Split, DecodeError> {
+    let mut r = Reader::new(bytes);
+    let mut runs: Vec<(u64, Vec<Block>)> = Vec::new();
+    let clients = r.len_prefix(3)?;
+    for _ in 0..clients {
+        let n = r.len_prefix(1)?;
+        let client = r.client_id()?;
+        let mut clock = r.var_u32()?;
+        let mut blocks = Vec::with_capacity(n);
+        for _ in 0..n {
+            let start = r.position();
+            let mut summary = UpdateSummary::default();
+            let (len, skip) = block(&mut r, &mut summary)?;
+            let len = u32::try_from(len).map_err(|_| DecodeError::ClockOverflow)?;
+            blocks.push(Block {
+                span: start..r.position(),
+                clock,
+                len,
+                skip,
+                needs: summary.needs,
+            });
+            clock = clock.checked_add(len).ok_or(DecodeError::ClockOverflow)?;
+        }
+        runs.push((client, blocks));
+    }
+    let mut deletes: Vec<(u64, Vec<(u32, u32)>)> = Vec::new();
+    let ds_clients = r.len_prefix(2)?;
+    for _ in 0..ds_clients {
+        let client = r.client_id()?;
+        let n = r.len_prefix(2)?;
+        let mut ranges = Vec::with_capacity(n);
+        for _ in 0..n {
+            ranges.push((r.var_u32()?, r.var_u32()?));
+        }
+        deletes.push((client, ranges));
+    }
+    trailing(&r)?;
+
+    // What is known, growing as blocks are found ready.
+    let mut effective: Vec<(u64, u32)> = Vec::new();
+    let reach = |effective: &Vec<(u64, u32)>, client: u64| {
+        effective
+            .iter()
+            .find(|(c, _)| *c == client)
+            .map(|(_, e)| *e)
+            .unwrap_or_else(|| known(client))
+    };
+    let mut ready_blocks = vec![0usize; runs.len()];
+    loop {
+        let mut progress = false;
+        for (i, (client, blocks)) in runs.iter().enumerate() {
+            while let Some(b) = blocks.get(ready_blocks[i]) {
+                let have = reach(&effective, *client);
+                let end = b.clock + b.len;
+                let ok = if b.skip {
+                    // A gap: passable only over clocks already known.
+                    end <= have
+                } else {
+                    b.clock <= have && b.needs.iter().all(|&(c, k)| k < reach(&effective, c))
+                };
+                if !ok {
+                    break;
+                }
+                if !b.skip && end > have {
+                    match effective.iter_mut().find(|(c, _)| c == client) {
+                        Some((_, e)) => *e = end,
+                        None => effective.push((*client, end)),
+                    }
+                }
+                ready_blocks[i] += 1;
+                progress = true;
+            }
+        }
+        if !progress {
+            break;
+        }
+    }
+    let mut ready_ds: Vec<(u64, Vec<(u32, u32)>)> = Vec::new();
+    let mut rest_ds: Vec<(u64, Vec<(u32, u32)>)> = Vec::new();
+    for (client, ranges) in deletes {
+        let have = reach(&effective, client);
+        let (now, later): (Vec<_>, Vec<_>) = ranges.into_iter().partition(|&(clock, len)| {
+            len == 0 || u64::from(clock) + u64::from(len) <= u64::from(have)
+        });
+        if !now.is_empty() {
+            ready_ds.push((client, now));
+        }
+        if !later.is_empty() {
+            rest_ds.push((client, later));
+        }
+    }
+
+    let encode = |parts: Vec<(u64, u32, Vec<&Block>)>, ds: &[(u64, Vec<(u32, u32)>)]| {
+        let mut w = Writer::with_capacity(bytes.len());
+        w.var_u64(parts.len() as u64);
+        for (client, clock, blocks) in &parts {
+            w.var_u64(blocks.len() as u64)
+                .var_u64(*client)
+                .var_u64(u64::from(*clock));
+            for b in blocks {
+                w.raw(&bytes[b.span.clone()]);
+            }
+        }
+        w.var_u64(ds.len() as u64);
+        for (client, ranges) in ds {
+            w.var_u64(*client).var_u64(ranges.len() as u64);
+            for (clock, len) in ranges {
+                w.var_u64(u64::from(*clock)).var_u64(u64::from(*len));
+            }
+        }
+        w.finish()
+    };
+    let mut ready = Vec::new();
+    let mut rest = Vec::new();
+    for ((client, blocks), n) in runs.iter().zip(&ready_blocks) {
+        let (now, later) = blocks.split_at(*n);
+        let now = trim_skips(now);
+        let later = trim_skips(later);
+        if let Some(first) = now.first() {
+            ready.push((*client, first.clock, now));
+        }
+        if let Some(first) = later.first() {
+            rest.push((*client, first.clock, later));
+        }
+    }
+    if rest.is_empty() && rest_ds.is_empty() {
+        return Ok(Split::Ready);
+    }
+    if ready.is_empty() && ready_ds.is_empty() {
+        return Ok(Split::Waiting);
+    }
+    Ok(Split::Parts {
+        ready: encode(ready, &ready_ds),
+        rest: encode(rest, &rest_ds),
+    })
+}
+
+/// The blocks of `part` without leading and trailing skips (they carry nothing).
+fn trim_skips(part: &[Block]) -> Vec<&Block> {
+    let start = part.iter().position(|b| !b.skip).unwrap_or(part.len());
+    let end = part.iter().rposition(|b| !b.skip).map_or(start, |i| i + 1);
+    part[start..end].iter().collect()
+}
+
+fn trailing(r: &Reader<'_>) -> Result<(), DecodeError> {
+    if r.is_empty() {
+        Ok(())
+    } else {
+        Err(DecodeError::TrailingBytes(r.remaining()))
+    }
+}
+
+fn id(r: &mut Reader<'_>) -> Result<(u64, u32), DecodeError> {
+    Ok((r.client_id()?, r.var_u32()?))
+}
+
+/// Validates one block; returns the number of clock ticks it covers and whether it is a skip
+/// (a gap the update does not carry).
+fn block(r: &mut Reader<'_>, summary: &mut UpdateSummary) -> Result<(u64, bool), DecodeError> {
+    let info = r.u8()?;
+    match info {
+        BLOCK_GC | BLOCK_SKIP => {
+            let len = r.var_u32()?;
+            if len == 0 {
+                return Err(DecodeError::Malformed("empty block"));
+            }
+            Ok((u64::from(len), info == BLOCK_SKIP))
+        }
+        _ => {
+            let cant_copy_parent = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0;
+            if info & HAS_ORIGIN != 0 {
+                summary.needs.push(id(r)?);
+            }
+            if info & HAS_RIGHT_ORIGIN != 0 {
+                summary.needs.push(id(r)?);
+            }
+            if cant_copy_parent {
+                if r.var_u32()? == 1 {
+                    let root = r.var_str()?;
+                    if !summary.roots.iter().any(|n| n == root) {
+                        summary.roots.push(root.to_owned());
+                    }
+                } else {
+                    summary.needs.push(id(r)?);
+                }
+                if info & HAS_PARENT_SUB != 0 {
+                    r.var_str()?;
+                }
+            }
+            Ok((content(r, info & 0b1111)?, false))
+        }
+    }
+}
+
+fn content(r: &mut Reader<'_>, kind: u8) -> Result<u64, DecodeError> {
+    match kind {
+        // Deleted
+        1 => {
+            let len = r.var_u32()?;
+            if len == 0 {
+                return Err(DecodeError::Malformed("empty deleted content"));
+            }
+            Ok(u64::from(len))
+        }
+        // Binary
+        3 => r.var_bytes().map(|_| 1),
+        // String: its length counts UTF-16 code units.
+        4 => {
+            let s = r.var_str()?;
+            let units = s.encode_utf16().count() as u64;
+            if units == 0 {
+                return Err(DecodeError::Malformed("empty string content"));
+            }
+            Ok(units)
+        }
+        // Embed: one JSON value encoded as a string.
+        5 => json_string(r).map(|_| 1),
+        // Format: key, JSON value.
+        6 => {
+            r.var_str()?;
+            json_string(r).map(|_| 1)
+        }
+        // Type
+        7 => {
+            match r.u8()? {
+                0 | 1 | 2 | 4 | 6 | 9 | 15 => {}
+                3 | 5 => {
+                    r.var_str()?;
+                }
+                other => return Err(DecodeError::UnknownTypeRef(other)),
+            }
+            Ok(1)
+        }
+        // Any
+        8 => {
+            let n = r.len_prefix(1)?;
+            if n == 0 {
+                return Err(DecodeError::Malformed("empty any content"));
+            }
+            for _ in 0..n {
+                any(r, 0)?;
+            }
+            Ok(n as u64)
+        }
+        // Sub-document: guid, options.
+        9 => {
+            r.var_str()?;
+            any(r, 0)?;
+            Ok(1)
+        }
+        // 2 is the legacy ContentJSON, which current Yjs never writes; others are unknown.
+        other => Err(DecodeError::UnsupportedContent(other)),
+    }
+}
+
+fn json_string(r: &mut Reader<'_>) -> Result<(), DecodeError> {
+    let s = r.var_str()?;
+    serde_json::from_str::<serde::de::IgnoredAny>(s)
+        .map(drop)
+        .map_err(|_| DecodeError::InvalidJson)
+}
+
+/// Skips one lib0 `Any` value, bounding its nesting depth.
+fn any(r: &mut Reader<'_>, depth: usize) -> Result<(), DecodeError> {
+    if depth > MAX_ANY_DEPTH {
+        return Err(DecodeError::TooDeep);
+    }
+    match r.u8()? {
+        // undefined, null, false, true
+        127 | 126 | 121 | 120 => Ok(()),
+        125 => r.skip_var_i64(),
+        124 => r.bytes(4).map(drop),
+        123 | 122 => r.bytes(8).map(drop),
+        119 => r.var_str().map(drop),
+        118 => {
+            let n = r.len_prefix(2)?;
+            for _ in 0..n {
+                r.var_str()?;
+                any(r, depth + 1)?;
+            }
+            Ok(())
+        }
+        117 => {
+            let n = r.len_prefix(1)?;
+            for _ in 0..n {
+                any(r, depth + 1)?;
+            }
+            Ok(())
+        }
+        116 => r.var_bytes().map(drop),
+        other => Err(DecodeError::UnknownAnyTag(other)),
+    }
+}
+
+fn delete_set(r: &mut Reader<'_>, summary: &mut UpdateSummary) -> Result<(), DecodeError> {
+    let clients = r.len_prefix(2)?;
+    for _ in 0..clients {
+        let client = r.client_id()?;
+        let ranges = r.len_prefix(2)?;
+        let mut end = 0u32;
+        for _ in 0..ranges {
+            let clock = r.var_u32()?;
+            let len = r.var_u32()?;
+            let e = u64::from(clock) + u64::from(len);
+            if e > u64::from(u32::MAX) {
+                return Err(DecodeError::ClockOverflow);
+            }
+            end = end.max(e as u32);
+        }
+        if end > 0 {
+            summary.deletes.push((client, end));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Writer;
+    use yrs::updates::encoder::Encode;
+    use yrs::{Doc, Map, ReadTxn, StateVector, Text, Transact};
+
+    fn sample_update() -> Vec<u8> {
+        let doc = Doc::with_client_id(7);
+        let text = doc.get_or_insert_text("description");
+        let map = doc.get_or_insert_map("m");
+        {
+            let mut txn = doc.transact_mut();
+            text.insert(&mut txn, 0, "héllo 👋 world");
+            text.remove_range(&mut txn, 1, 3);
+            map.insert(&mut txn, "k", vec![1i64, 2, 3]);
+            map.insert(&mut txn, "n", 1.5f64);
+            map.insert(&mut txn, "s", "str");
+        }
+        let update = doc
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        update
+    }
+
+    #[test]
+    fn accepts_real_updates_and_state_vectors() {
+        let s = check_update_v1(&sample_update()).unwrap();
+        assert_eq!(s.roots, vec!["description".to_owned(), "m".to_owned()]);
+        assert!(s.dependencies_met(|_| 0), "a full state depends on nothing");
+        let doc = Doc::with_client_id(9);
+        doc.get_or_insert_text("t")
+            .insert(&mut doc.transact_mut(), 0, "x");
+        check_state_vector(&doc.transact().state_vector().encode_v1()).unwrap();
+        // The empty update Yjs clients send.
+        check_update_v1(&[0, 0]).unwrap();
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_without_panic() {
+        let good = sample_update();
+        for len in 0..good.len() {
+            assert!(check_update_v1(&good[..len]).is_err(), "prefix {len}");
+        }
+    }
+
+    #[test]
+    fn refuses_huge_counts_and_large_client_ids() {
+        let mut w = Writer::new();
+        w.var_u64(1 << 60);
+        assert!(check_update_v1(&w.finish()).is_err());
+
+        let mut w = Writer::new();
+        w.var_u64(1).var_u64(1 << 53).var_u64(0);
+        assert_eq!(
+            check_state_vector(&w.finish()),
+            Err(DecodeError::ClientIdTooLarge(1 << 53))
+        );
+    }
+
+    #[test]
+    fn refuses_deep_any_nesting() {
+        let mut w = Writer::new();
+        // one client, one block, client 1, clock 0, item with parent by name, Any content
+        w.var_u64(1).var_u64(1).var_u64(1).var_u64(0);
+        w.u8(8).var_u64(1).var_str("m").var_u64(1);
+        for _ in 0..1000 {
+            w.u8(117).var_u64(1);
+        }
+        w.u8(126);
+        w.var_u64(0);
+        assert_eq!(check_update_v1(&w.finish()), Err(DecodeError::TooDeep));
+    }
+
+    #[test]
+    fn single_byte_corruptions_never_panic() {
+        let good = sample_update();
+        for i in 0..good.len() {
+            for x in [0x01u8, 0x40, 0x7f, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[i] ^= x;
+                let _ = check_update_v1(&bad);
+            }
+        }
+    }
+}

@@ -1,0 +1,863 @@
+//! The y-websocket protocol, plus tandem's extensions, as a sans-IO state machine.
+//!
+//! A [`Room`] holds one document, its awareness (presence) states and the connections attached
+//! to it. The transport feeds it frames ([`Room::handle`]) and connection events
+//! ([`Room::join`], [`Room::leave`], [`Room::tick`]) and sends the [`Outgoing`] frames it gets
+//! back. Each broadcast frame is encoded once and shared (`Bytes`).
+//!
+//! # Messages (lib0 encoding, several may follow each other in one frame)
+//!
+//! | type | payload |
+//! | --- | --- |
+//! | 0 sync | 0 step1 `varBytes(state vector)`, 1 step2 `varBytes(update)`, 2 update `varBytes(update)` |
+//! | 1 awareness | `varBytes(awareness update)` |
+//! | 2 auth | 0 permission denied `varString(reason)` (server to client only) |
+//! | 3 query awareness | — |
+//! | 100 tandem | see below; only exchanged with connections that asked for extensions |
+//!
+//! tandem extension messages (`100`, then a `varUint` sub-type):
+//!
+//! | sub-type | direction | payload |
+//! | --- | --- | --- |
+//! | 0 ack | server → client | `varUint(count)`, `varUint(sid)`: the first `count` updates this connection sent are durable, the last of them at sequence number `sid` |
+//! | 1 set field | client → server | `varUint(request)`, `varUint(flags)` (bit 0: conditional, bit 1: delete), `varString(name)`, `varString(expected version, "" = unset)`, `varString(value JSON)` |
+//! | 2 field result | server → client | `varUint(request)`, `varUint(accepted 0/1)`, `varString(version)`, `varString(current value JSON, "null" when unset)` |
+//!
+//! # Presence identity
+//!
+//! A connection whose [`ConnInfo`] has both a `user` and a `name` (an authenticated one) cannot
+//! appear as anyone else: before its awareness states are stored or relayed,
+//! [`stamp_identity`] sets `user.id` and `user.name` of each state to its own, keeping every
+//! other member (`user.color`, cursors, …). A state that is not a JSON object is wrapped as
+//! `{"user": {...}, "value": <the state>}`, so every state names its real author; `null`
+//! (removal) is left alone. Connections without a name (open development mode) are not
+//! stamped: their states are relayed as sent.
+
+use crate::document::{Change, Document};
+use crate::error::{DecodeError, ProtocolError};
+use crate::guard;
+use crate::presence::Presence;
+use crate::register::FieldValue;
+use crate::wire::{Reader, Writer};
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
+use yrs::ClientID;
+
+/// Top-level message: document sync.
+pub const MSG_SYNC: u64 = 0;
+/// Top-level message: awareness update.
+pub const MSG_AWARENESS: u64 = 1;
+/// Top-level message: authentication.
+pub const MSG_AUTH: u64 = 2;
+/// Top-level message: request for every awareness state.
+pub const MSG_QUERY_AWARENESS: u64 = 3;
+/// Top-level message: tandem extension.
+pub const MSG_TANDEM: u64 = 100;
+/// Sync sub-message: state vector.
+pub const SYNC_STEP1: u64 = 0;
+/// Sync sub-message: reply to step 1.
+pub const SYNC_STEP2: u64 = 1;
+/// Sync sub-message: incremental update.
+pub const SYNC_UPDATE: u64 = 2;
+/// tandem sub-message: durability acknowledgement.
+pub const TANDEM_ACK: u64 = 0;
+/// tandem sub-message: register write request.
+pub const TANDEM_SET_FIELD: u64 = 1;
+/// tandem sub-message: register write result.
+pub const TANDEM_FIELD_RESULT: u64 = 2;
+/// Awareness states not renewed for this long are removed.
+pub const AWARENESS_TIMEOUT_MS: u64 = 30_000;
+
+/// Identifies a connection within a room; chosen by the transport.
+pub type ConnId = u64;
+
+/// What a connection may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Sync and presence only; updates are refused.
+    Read,
+    /// Full access to the document.
+    Write,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Access level.
+    pub role: Role,
+    /// Authenticated user id, used as the author of this connection's changes.
+    pub user: Option<String>,
+    /// Whether the client asked for tandem's extension messages.
+    pub extensions: bool,
+    /// Authenticated display name. With `user`, it is stamped on this connection's awareness
+    /// states (see [`stamp_identity`]); `None` relays states as sent.
+    pub name: Option<String>,
+}
+
+/// Bounds the room enforces on what clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame accepted, bytes.
+    pub max_frame: usize,
+    /// Largest awareness state (JSON) accepted, bytes.
+    pub max_awareness_state: usize,
+    /// Most awareness client ids one connection may own.
+    pub max_client_ids: usize,
+    /// Most bytes of updates waiting for missing dependencies.
+    pub max_pending: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame: 1 << 20,
+            max_awareness_state: 8 << 10,
+            max_client_ids: 16,
+            max_pending: 1 << 20,
+        }
+    }
+}
+
+/// Recipients of an outgoing frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum To {
+    /// One connection.
+    One(ConnId),
+    /// Every connection in the room.
+    All,
+    /// Every connection but one.
+    AllExcept(ConnId),
+}
+
+/// A frame to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Who gets it.
+    pub to: To,
+    /// The encoded frame, shared among recipients.
+    pub frame: Bytes,
+}
+
+/// A document update the room accepted; the transport stores it and later acks it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accepted {
+    /// The connection it came from (`None` for server-side edits).
+    pub conn: Option<ConnId>,
+    /// Author of the update.
+    pub author: Option<String>,
+    /// The update, v1 encoding.
+    pub update: Bytes,
+    /// What it changed, when the document's change feed is on (see
+    /// [`Document::set_change_feed`]); empty otherwise.
+    pub changes: Vec<Change>,
+}
+
+/// Everything one input produced.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Frames to send.
+    pub messages: Vec<Outgoing>,
+    /// Updates to store, in order.
+    pub accepted: Vec<Accepted>,
+    /// Set when the connection must be closed; messages before the error were still handled.
+    pub error: Option<ProtocolError>,
+    /// Whether any awareness state changed.
+    pub presence_changed: bool,
+}
+
+/// Outcome of a register write request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldWrite {
+    /// The write happened; the new state (`None` after a delete).
+    Accepted(Option<FieldValue>),
+    /// The expected version was stale; the current state.
+    Rejected(Option<FieldValue>),
+}
+
+#[derive(Debug)]
+struct Conn {
+    info: ConnInfo,
+    client_ids: Vec<u64>,
+    /// Updates received from this connection so far (for acks).
+    updates: u64,
+}
+
+/// One document with its connections and presence.
+pub struct Room {
+    doc: Document,
+    presence: Presence,
+    now: u64,
+    conns: HashMap<ConnId, Conn>,
+    owners: HashMap<u64, ConnId>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room")
+            .field("doc", &self.doc)
+            .field("connections", &self.conns.len())
+            .finish()
+    }
+}
+
+impl Room {
+    /// A room around `doc`.
+    pub fn new(doc: Document, limits: Limits) -> Self {
+        let presence =
+            Presence::new(doc.doc().clone()).expect("Document always uses UTF-16 offsets");
+        Room {
+            doc,
+            presence,
+            now: 0,
+            conns: HashMap::new(),
+            owners: HashMap::new(),
+            limits,
+        }
+    }
+
+    /// The document.
+    pub fn document(&self) -> &Document {
+        &self.doc
+    }
+
+    /// The document, for server-side reads that need `&mut` (change feed).
+    pub fn document_mut(&mut self) -> &mut Document {
+        &mut self.doc
+    }
+
+    /// The presence (awareness) states.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    /// Number of connections.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// True when no connection is attached.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// The room's limits.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn set_time(&mut self, now_ms: u64) {
+        self.now = now_ms;
+        self.doc.set_time(now_ms);
+    }
+
+    /// Attaches a connection. Returns the server's greeting to it: sync step 1 and every
+    /// current awareness state.
+    pub fn join(&mut self, conn: ConnId, info: ConnInfo, now_ms: u64) -> Output {
+        self.set_time(now_ms);
+        self.conns.insert(
+            conn,
+            Conn {
+                info,
+                client_ids: Vec::new(),
+                updates: 0,
+            },
+        );
+        let mut out = Output::default();
+        out.messages.push(Outgoing {
+            to: To::One(conn),
+            frame: sync_frame(SYNC_STEP1, &self.doc.state_vector()),
+        });
+        if let Some(frame) = self.full_awareness() {
+            out.messages.push(Outgoing {
+                to: To::One(conn),
+                frame,
+            });
+        }
+        out
+    }
+
+    /// Frames that bring a connection that missed messages back in sync: the whole document,
+    /// the server's state vector and every awareness state.
+    pub fn resync(&self, conn: ConnId) -> Vec<Outgoing> {
+        let mut frames = vec![
+            sync_frame(SYNC_STEP2, &self.doc.encode_state()),
+            sync_frame(SYNC_STEP1, &self.doc.state_vector()),
+        ];
+        frames.extend(self.full_awareness());
+        frames
+            .into_iter()
+            .map(|frame| Outgoing {
+                to: To::One(conn),
+                frame,
+            })
+            .collect()
+    }
+
+    /// Detaches a connection; its awareness states are broadcast as removed.
+    pub fn leave(&mut self, conn: ConnId, now_ms: u64) -> Output {
+        self.set_time(now_ms);
+        let mut out = Output::default();
+        let Some(c) = self.conns.remove(&conn) else {
+            return out;
+        };
+        for id in &c.client_ids {
+            self.owners.remove(id);
+        }
+        let ids: Vec<ClientID> = c.client_ids.iter().map(|id| ClientID::new(*id)).collect();
+        if let Ok(update) = self.presence.remove_clients(&ids, now_ms) {
+            if !update.clients.is_empty() {
+                out.presence_changed = true;
+                out.messages.push(Outgoing {
+                    to: To::All,
+                    frame: awareness_update_frame(&update),
+                });
+            }
+        }
+        out
+    }
+
+    /// Periodic housekeeping: removes awareness states not renewed for
+    /// [`AWARENESS_TIMEOUT_MS`] and broadcasts their removal.
+    pub fn tick(&mut self, now_ms: u64) -> Output {
+        self.set_time(now_ms);
+        let mut out = Output::default();
+        let expired = self.presence.expire(now_ms);
+        if !expired.is_empty() {
+            if let Ok(update) = self.presence.update_for(&expired) {
+                out.presence_changed = true;
+                out.messages.push(Outgoing {
+                    to: To::All,
+                    frame: awareness_update_frame(&update),
+                });
+            }
+        }
+        out
+    }
+
+    /// Handles one frame from `conn` (which may hold several messages).
+    pub fn handle(&mut self, conn: ConnId, frame: &[u8], now_ms: u64) -> Output {
+        self.set_time(now_ms);
+        let mut out = Output::default();
+        if frame.len() > self.limits.max_frame {
+            out.error = Some(ProtocolError::FrameTooLarge {
+                size: frame.len(),
+                limit: self.limits.max_frame,
+            });
+            return out;
+        }
+        if !self.conns.contains_key(&conn) {
+            out.error = Some(ProtocolError::UnknownConnection);
+            return out;
+        }
+        let mut r = Reader::new(frame);
+        while !r.is_empty() {
+            if let Err(e) = self.message(conn, &mut r, &mut out) {
+                out.error = Some(e);
+                break;
+            }
+        }
+        out
+    }
+
+    fn message(
+        &mut self,
+        conn: ConnId,
+        r: &mut Reader<'_>,
+        out: &mut Output,
+    ) -> Result<(), ProtocolError> {
+        match r.var_u64()? {
+            MSG_SYNC => self.sync(conn, r, out),
+            MSG_AWARENESS => {
+                let payload = r.var_bytes()?;
+                self.awareness_update(conn, payload, out)
+            }
+            MSG_AUTH => {
+                // Clients have nothing to say here; read and ignore.
+                r.var_u64()?;
+                r.var_str()?;
+                Ok(())
+            }
+            MSG_QUERY_AWARENESS => {
+                if let Some(frame) = self.full_awareness() {
+                    out.messages.push(Outgoing {
+                        to: To::One(conn),
+                        frame,
+                    });
+                }
+                Ok(())
+            }
+            MSG_TANDEM => self.tandem(conn, r, out),
+            other => Err(ProtocolError::UnknownMessage(other)),
+        }
+    }
+
+    fn sync(
+        &mut self,
+        conn: ConnId,
+        r: &mut Reader<'_>,
+        out: &mut Output,
+    ) -> Result<(), ProtocolError> {
+        match r.var_u64()? {
+            SYNC_STEP1 => {
+                let sv = r.var_bytes()?;
+                let diff = self.doc.diff(sv)?;
+                out.messages.push(Outgoing {
+                    to: To::One(conn),
+                    frame: sync_frame(SYNC_STEP2, &diff),
+                });
+                Ok(())
+            }
+            SYNC_STEP2 | SYNC_UPDATE => {
+                let update = r.var_bytes()?;
+                let c = self
+                    .conns
+                    .get(&conn)
+                    .ok_or(ProtocolError::UnknownConnection)?;
+                if c.info.role == Role::Read {
+                    // Still validate, so garbage is reported as such.
+                    guard::check_update_v1(update)?;
+                    out.messages.push(Outgoing {
+                        to: To::One(conn),
+                        frame: permission_denied_frame("read-only access: updates are not applied"),
+                    });
+                    return Ok(());
+                }
+                let author = c.info.user.clone();
+                let applied = self.doc.apply_update(update, author.as_deref())?;
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.updates += 1;
+                }
+                let update = Bytes::copy_from_slice(update);
+                if applied.changed {
+                    out.messages.push(Outgoing {
+                        to: To::AllExcept(conn),
+                        frame: sync_frame(SYNC_UPDATE, &update),
+                    });
+                }
+                // Stored even when it changed nothing, so the connection's ack count stays
+                // aligned with the updates it sent.
+                out.accepted.push(Accepted {
+                    conn: Some(conn),
+                    author,
+                    update,
+                    changes: self.doc.take_changes(),
+                });
+                let pending = self.doc.pending_len();
+                if pending > self.limits.max_pending {
+                    return Err(ProtocolError::TooManyPending(pending));
+                }
+                Ok(())
+            }
+            other => Err(ProtocolError::UnknownSyncMessage(other)),
+        }
+    }
+
+    fn awareness_update(
+        &mut self,
+        conn: ConnId,
+        payload: &[u8],
+        out: &mut Output,
+    ) -> Result<(), ProtocolError> {
+        let mut r = Reader::new(payload);
+        let n = r.len_prefix(3)?;
+        let mut entries: Vec<(u64, AwarenessUpdateEntry)> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = r.client_id()?;
+            let clock = r.var_u32()?;
+            let json = r.var_str()?;
+            if json.len() > self.limits.max_awareness_state {
+                return Err(ProtocolError::AwarenessTooLarge {
+                    size: json.len(),
+                    limit: self.limits.max_awareness_state,
+                });
+            }
+            if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
+                return Err(ProtocolError::AwarenessNotJson);
+            }
+            entries.push((
+                id,
+                AwarenessUpdateEntry {
+                    clock,
+                    json: Arc::from(json),
+                },
+            ));
+        }
+        if !r.is_empty() {
+            return Err(DecodeError::TrailingBytes(r.remaining()).into());
+        }
+        // Ownership. Stock clients relay every awareness change they see, peers' states
+        // included, so entries for ids this connection does not own are skipped when they
+        // are relays (not newer than what the room knows, or removals). A newer state for an
+        // id another connection owns is an attempt to impersonate it: an error. A newer state
+        // for an unowned id claims it.
+        let mut accepted: Vec<(u64, AwarenessUpdateEntry)> = Vec::with_capacity(entries.len());
+        for (id, entry) in entries {
+            let is_null = entry.json.trim() == "null";
+            let known = self
+                .presence
+                .awareness()
+                .meta(ClientID::new(id))
+                .map(|(c, _)| c);
+            let newer = known.is_none_or(|k| entry.clock > k);
+            match self.owners.get(&id) {
+                Some(owner) if *owner == conn => accepted.push((id, entry)),
+                Some(_) if newer && !is_null => return Err(ProtocolError::AwarenessNotOwned(id)),
+                Some(_) => {}
+                None if newer && !is_null => {
+                    let c = self
+                        .conns
+                        .get_mut(&conn)
+                        .ok_or(ProtocolError::UnknownConnection)?;
+                    if c.client_ids.len() >= self.limits.max_client_ids {
+                        return Err(ProtocolError::TooManyClientIds);
+                    }
+                    c.client_ids.push(id);
+                    self.owners.insert(id, conn);
+                    accepted.push((id, entry));
+                }
+                None => {}
+            }
+        }
+        if accepted.is_empty() {
+            return Ok(());
+        }
+        if let Some(Conn {
+            info:
+                ConnInfo {
+                    user: Some(user),
+                    name: Some(name),
+                    ..
+                },
+            ..
+        }) = self.conns.get(&conn)
+        {
+            for (_, entry) in &mut accepted {
+                if let Some(stamped) = stamp_identity(&entry.json, user, name) {
+                    entry.json = Arc::from(stamped);
+                }
+            }
+        }
+        let update = AwarenessUpdate {
+            clients: accepted
+                .iter()
+                .map(|(id, e)| (ClientID::new(*id), e.clone()))
+                .collect(),
+        };
+        let summary = self
+            .presence
+            .apply_update(update, self.now)
+            .map_err(|_| ProtocolError::AwarenessNotJson)?;
+        out.presence_changed |= summary.is_some();
+        // Echo to everyone, the sender included: stock clients count the echo as liveness.
+        out.messages.push(Outgoing {
+            to: To::All,
+            frame: awareness_frame(&accepted),
+        });
+        Ok(())
+    }
+
+    fn tandem(
+        &mut self,
+        conn: ConnId,
+        r: &mut Reader<'_>,
+        out: &mut Output,
+    ) -> Result<(), ProtocolError> {
+        match r.var_u64()? {
+            TANDEM_SET_FIELD => {
+                let request = r.var_u64()?;
+                let flags = r.var_u64()?;
+                let name = r.var_str()?;
+                let expected = r.var_str()?;
+                let value = r.var_str()?;
+                let value: serde_json::Value =
+                    serde_json::from_str(value).map_err(|_| DecodeError::InvalidJson)?;
+                let c = self
+                    .conns
+                    .get(&conn)
+                    .ok_or(ProtocolError::UnknownConnection)?;
+                if c.info.role == Role::Read {
+                    out.messages.push(Outgoing {
+                        to: To::One(conn),
+                        frame: permission_denied_frame(
+                            "read-only access: field writes are refused",
+                        ),
+                    });
+                    return Ok(());
+                }
+                let user = c.info.user.clone().unwrap_or_default();
+                let expected = (flags & 1 != 0).then_some(expected);
+                let value = (flags & 2 == 0).then_some(value);
+                let now = self.now;
+                let (result, more) = self.set_field(&user, name, value, expected, now)?;
+                out.messages.extend(more.messages);
+                out.accepted.extend(more.accepted);
+                out.messages.push(Outgoing {
+                    to: To::One(conn),
+                    frame: field_result_frame(request, &result),
+                });
+                Ok(())
+            }
+            other => Err(ProtocolError::UnknownTandemMessage(other)),
+        }
+    }
+
+    /// Writes register `name` as `user` (`None` deletes it). With `expected`, the write only
+    /// happens when the register's current version equals it (`""` expects the register to be
+    /// unset); otherwise it is rejected with the current state. Decided here, by the server.
+    pub fn set_field(
+        &mut self,
+        user: &str,
+        name: &str,
+        value: Option<serde_json::Value>,
+        expected: Option<&str>,
+        now_ms: u64,
+    ) -> Result<(FieldWrite, Output), ProtocolError> {
+        self.set_time(now_ms);
+        let current = self.doc.field(name);
+        if let Some(expected) = expected {
+            let current_version = current.as_ref().map(|f| f.version.as_str()).unwrap_or("");
+            if expected != current_version {
+                return Ok((FieldWrite::Rejected(current), Output::default()));
+            }
+        }
+        let (state, update) = self.doc.set_field(user, name, value)?;
+        Ok((
+            FieldWrite::Accepted(state),
+            self.local_update(update, Some(user)),
+        ))
+    }
+
+    /// Applies an update that arrived outside any connection (an HTTP write) by `author`:
+    /// validated, applied, broadcast to every connection and handed over for storage.
+    pub fn apply_update(
+        &mut self,
+        update: &[u8],
+        author: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Output, ProtocolError> {
+        self.set_time(now_ms);
+        let applied = self.doc.apply_update(update, author)?;
+        let update = Bytes::copy_from_slice(update);
+        let mut out = Output::default();
+        if applied.changed {
+            out.messages.push(Outgoing {
+                to: To::All,
+                frame: sync_frame(SYNC_UPDATE, &update),
+            });
+        }
+        out.accepted.push(Accepted {
+            conn: None,
+            author: author.map(str::to_owned),
+            update,
+            changes: self.doc.take_changes(),
+        });
+        let pending = self.doc.pending_len();
+        if pending > self.limits.max_pending {
+            out.error = Some(ProtocolError::TooManyPending(pending));
+        }
+        Ok(out)
+    }
+
+    /// Edits a text field on the server's replica as `user` (`index`/`delete` in UTF-16 units)
+    /// and broadcasts the result.
+    pub fn edit_text(
+        &mut self,
+        user: &str,
+        field: &str,
+        index: u32,
+        delete: u32,
+        insert: &str,
+        now_ms: u64,
+    ) -> Result<Output, ProtocolError> {
+        self.set_time(now_ms);
+        let update = self.doc.edit(user, field, index, delete, insert)?;
+        Ok(self.local_update(update, Some(user)))
+    }
+
+    /// Broadcasts and hands over for storage an update made on the server's own replica.
+    pub fn local_update(&mut self, update: Vec<u8>, author: Option<&str>) -> Output {
+        let update = Bytes::from(update);
+        Output {
+            messages: vec![Outgoing {
+                to: To::All,
+                frame: sync_frame(SYNC_UPDATE, &update),
+            }],
+            accepted: vec![Accepted {
+                conn: None,
+                author: author.map(str::to_owned),
+                update,
+                changes: self.doc.take_changes(),
+            }],
+            ..Output::default()
+        }
+    }
+
+    /// Every live awareness state as one frame, or `None` when there are none.
+    fn full_awareness(&self) -> Option<Bytes> {
+        let update = self.presence.full_update().ok()?;
+        (!update.clients.is_empty()).then(|| awareness_update_frame(&update))
+    }
+}
+
+/// Encodes the answer to a register write request.
+pub fn field_result_frame(request: u64, result: &FieldWrite) -> Bytes {
+    let (accepted, state) = match result {
+        FieldWrite::Accepted(s) => (1, s),
+        FieldWrite::Rejected(s) => (0, s),
+    };
+    let (version, value) = match state {
+        Some(f) => (f.version.as_str(), f.value.to_string()),
+        None => ("", "null".to_owned()),
+    };
+    let mut w = Writer::new();
+    w.var_u64(MSG_TANDEM)
+        .var_u64(TANDEM_FIELD_RESULT)
+        .var_u64(request)
+        .var_u64(accepted)
+        .var_str(version)
+        .var_str(&value);
+    Bytes::from(w.finish())
+}
+
+/// Stamps an awareness state (JSON) with its author: `user.id` = `user`, `user.name` = `name`,
+/// other members kept. Returns `None` when the state needs no change: `null` (a removal), or
+/// already carrying exactly this identity. A `user` member that is not an object is replaced;
+/// a state that is not an object is wrapped as `{"user": {...}, "value": <state>}`. Input that
+/// is not JSON is returned unchanged as `None` (the room refuses it before stamping).
+pub fn stamp_identity(state: &str, user: &str, name: &str) -> Option<String> {
+    use serde_json::{Map, Value};
+    let mut value: Value = serde_json::from_str(state).ok()?;
+    let identity = |m: &mut Map<String, Value>| {
+        m.insert("id".to_owned(), Value::from(user));
+        m.insert("name".to_owned(), Value::from(name));
+    };
+    match &mut value {
+        Value::Null => return None,
+        Value::Object(members) => match members.get_mut("user") {
+            Some(Value::Object(u))
+                if u.get("id").and_then(Value::as_str) == Some(user)
+                    && u.get("name").and_then(Value::as_str) == Some(name) =>
+            {
+                return None
+            }
+            Some(Value::Object(u)) => identity(u),
+            _ => {
+                let mut u = Map::new();
+                identity(&mut u);
+                members.insert("user".to_owned(), Value::Object(u));
+            }
+        },
+        other => {
+            let mut u = Map::new();
+            identity(&mut u);
+            let mut wrapped = Map::new();
+            wrapped.insert("user".to_owned(), Value::Object(u));
+            wrapped.insert("value".to_owned(), other.take());
+            value = Value::Object(wrapped);
+        }
+    }
+    Some(value.to_string())
+}
+
+/// Encodes a sync message.
+pub fn sync_frame(kind: u64, payload: &[u8]) -> Bytes {
+    let mut w = Writer::with_capacity(payload.len() + 8);
+    w.var_u64(MSG_SYNC).var_u64(kind).var_bytes(payload);
+    Bytes::from(w.finish())
+}
+
+/// Encodes an awareness message from a yrs awareness update, entries sorted by client id.
+pub fn awareness_update_frame(update: &AwarenessUpdate) -> Bytes {
+    let mut entries: Vec<(u64, AwarenessUpdateEntry)> = update
+        .clients
+        .iter()
+        .map(|(id, e)| (id.get(), e.clone()))
+        .collect();
+    entries.sort_unstable_by_key(|(id, _)| *id);
+    awareness_frame(&entries)
+}
+
+/// Encodes an awareness message from `(client id, entry)` pairs.
+pub fn awareness_frame(entries: &[(u64, AwarenessUpdateEntry)]) -> Bytes {
+    let mut inner = Writer::new();
+    inner.var_u64(entries.len() as u64);
+    for (id, e) in entries {
+        inner
+            .var_u64(*id)
+            .var_u64(u64::from(e.clock))
+            .var_str(&e.json);
+    }
+    let inner = inner.finish();
+    let mut w = Writer::with_capacity(inner.len() + 6);
+    w.var_u64(MSG_AWARENESS).var_bytes(&inner);
+    Bytes::from(w.finish())
+}
+
+/// Encodes the auth "permission denied" message.
+pub fn permission_denied_frame(reason: &str) -> Bytes {
+    let mut w = Writer::new();
+    w.var_u64(MSG_AUTH).var_u64(0).var_str(reason);
+    Bytes::from(w.finish())
+}
+
+/// Encodes a tandem durability ack: the first `count` updates of the connection are stored,
+/// the last at sequence number `sid`.
+pub fn ack_frame(count: u64, sid: u64) -> Bytes {
+    let mut w = Writer::new();
+    w.var_u64(MSG_TANDEM)
+        .var_u64(TANDEM_ACK)
+        .var_u64(count)
+        .var_u64(sid);
+    Bytes::from(w.finish())
+}
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::stamp_identity;
+    use serde_json::{json, Value};
+
+    fn stamp(state: &str) -> Option<Value> {
+        stamp_identity(state, "u1", "Ada").map(|s| serde_json::from_str(&s).unwrap())
+    }
+
+    #[test]
+    fn identity_replaces_claims_and_keeps_the_rest() {
+        assert_eq!(
+            stamp(r##"{"user":{"id":"u2","name":"Bob","color":"#f00"},"typing":"t"}"##),
+            Some(json!({"user": {"id": "u1", "name": "Ada", "color": "#f00"}, "typing": "t"}))
+        );
+        assert_eq!(
+            stamp(r#"{"cursor":null}"#),
+            Some(json!({"user": {"id": "u1", "name": "Ada"}, "cursor": null}))
+        );
+        assert_eq!(
+            stamp(r#"{"user":"Bob"}"#),
+            Some(json!({"user": {"id": "u1", "name": "Ada"}}))
+        );
+    }
+
+    #[test]
+    fn removals_and_correct_states_are_left_alone() {
+        assert_eq!(stamp("null"), None);
+        assert_eq!(
+            stamp(r#"{"user":{"name":"Ada","id":"u1","color":"x"}}"#),
+            None
+        );
+        assert_eq!(stamp("not json"), None);
+    }
+
+    #[test]
+    fn other_values_are_wrapped() {
+        assert_eq!(
+            stamp(r#""Bob""#),
+            Some(json!({"user": {"id": "u1", "name": "Ada"}, "value": "Bob"}))
+        );
+        assert_eq!(
+            stamp("[1,2]"),
+            Some(json!({"user": {"id": "u1", "name": "Ada"}, "value": [1, 2]}))
+        );
+    }
+}

@@ -1,0 +1,230 @@
+//! Document behaviour: texts, registers, undo, change feed.
+
+use tandem_engine::{Change, DeltaOp, Document, DocumentError};
+
+fn sync(from: &Document, to: &mut Document, author: &str) {
+    let update = from.diff(&to.state_vector()).unwrap();
+    to.apply_update(&update, Some(author)).unwrap();
+}
+
+#[test]
+fn utf16_offsets_match_javascript() {
+    let mut d = Document::new(1);
+    d.insert("u", "description", 0, "a😀b").unwrap();
+    // "😀" is two UTF-16 units: "b" is at 3.
+    assert_eq!(d.text_len("description"), 4);
+    d.insert("u", "description", 3, "X").unwrap();
+    assert_eq!(d.text("description").unwrap(), "a😀Xb");
+    d.delete("u", "description", 1, 2).unwrap();
+    assert_eq!(d.text("description").unwrap(), "aXb");
+}
+
+#[test]
+fn out_of_range_edits_and_bad_names_are_errors() {
+    let mut d = Document::new(1);
+    d.insert("u", "f", 0, "abc").unwrap();
+    assert!(matches!(
+        d.delete("u", "f", 2, 5),
+        Err(DocumentError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        d.insert("u", "f", 9, "x"),
+        Err(DocumentError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        d.insert("u", "", 0, "x"),
+        Err(DocumentError::InvalidFieldName(_))
+    ));
+    assert!(matches!(
+        d.insert("u", "tandem:registers", 0, "x"),
+        Err(DocumentError::InvalidFieldName(_))
+    ));
+    assert_eq!(d.text("f").unwrap(), "abc");
+}
+
+#[test]
+fn lists_fields_and_reads_texts_from_remote_updates() {
+    let mut a = Document::new(1);
+    a.insert("alice", "description", 0, "Hello").unwrap();
+    a.insert("alice", "comment:42", 0, "Hi").unwrap();
+    let mut b = Document::new(2);
+    b.apply_update(&a.encode_state(), None).unwrap();
+    assert_eq!(b.field_names(), vec!["comment:42", "description"]);
+    assert_eq!(b.texts()["comment:42"], "Hi");
+}
+
+#[test]
+fn register_write_later_by_clock_wins_although_delivered_first() {
+    // Bob's clock runs ahead; Alice writes first in real time, Bob later.
+    let mut alice = Document::new(1);
+    let mut bob = Document::new(2);
+    let mut carol = Document::new(3);
+    alice.set_time(10_000);
+    let (_, a) = alice
+        .set_field("alice", "status", Some("todo".into()))
+        .unwrap();
+    bob.set_time(10_500);
+    let (_, b) = bob.set_field("bob", "status", Some("done".into())).unwrap();
+    // Carol receives Bob's (later) write first, then Alice's.
+    carol.apply_update(&b, Some("bob")).unwrap();
+    carol.apply_update(&a, Some("alice")).unwrap();
+    let c = carol.field("status").unwrap();
+    assert_eq!(c.value, "done");
+    assert_eq!(c.author.as_deref(), Some("bob"));
+    // Everyone agrees, including the version token.
+    alice.apply_update(&b, Some("bob")).unwrap();
+    bob.apply_update(&a, Some("alice")).unwrap();
+    assert_eq!(alice.field("status"), carol.field("status"));
+    assert_eq!(bob.field("status"), carol.field("status"));
+}
+
+#[test]
+fn a_write_made_after_seeing_another_wins_even_with_a_slow_clock() {
+    let mut alice = Document::new(1);
+    let mut bob = Document::new(2);
+    alice.set_time(50_000);
+    let (_, a) = alice
+        .set_field("alice", "due", Some("monday".into()))
+        .unwrap();
+    bob.apply_update(&a, Some("alice")).unwrap();
+    bob.set_time(1_000); // far behind
+    let (state, b) = bob.set_field("bob", "due", Some("friday".into())).unwrap();
+    assert_eq!(state.unwrap().value, "friday");
+    alice.apply_update(&b, Some("bob")).unwrap();
+    assert_eq!(alice.field("due").unwrap().value, "friday");
+}
+
+#[test]
+fn register_delete_and_fields_listing() {
+    let mut d = Document::new(1);
+    d.set_time(1);
+    d.set_field("u", "flag", Some(true.into())).unwrap();
+    d.set_field("u", "status", Some("x".into())).unwrap();
+    assert_eq!(d.fields().len(), 2);
+    let (state, _) = d.set_field("u", "flag", None).unwrap();
+    assert!(state.is_none());
+    assert!(d.field("flag").is_none());
+    assert_eq!(d.fields().keys().collect::<Vec<_>>(), vec!["status"]);
+}
+
+#[test]
+fn undo_reverts_only_the_users_own_text() {
+    let mut alice = Document::new(1);
+    let mut bob = Document::new(2);
+    alice.set_time(1_000);
+    bob.set_time(1_000);
+    alice.insert("alice", "description", 0, "Alice ").unwrap();
+    sync(&alice, &mut bob, "alice");
+    bob.insert("bob", "description", 6, "Bob").unwrap();
+    sync(&bob, &mut alice, "bob");
+    assert_eq!(alice.text("description").unwrap(), "Alice Bob");
+    let undo = alice.undo("alice").expect("alice has something to undo");
+    assert_eq!(alice.text("description").unwrap(), "Bob");
+    bob.apply_update(&undo, Some("alice")).unwrap();
+    assert_eq!(bob.text("description").unwrap(), "Bob");
+    // Bob never typed on Alice's replica, so she cannot undo his text there.
+    assert!(alice.undo("bob").is_none());
+    // Redo brings Alice's text back.
+    alice.redo("alice").unwrap();
+    assert_eq!(alice.text("description").unwrap(), "Alice Bob");
+}
+
+#[test]
+fn keystrokes_in_quick_succession_are_one_undo_step() {
+    let mut d = Document::new(1);
+    for (i, ch) in "abc".chars().enumerate() {
+        d.set_time(1_000 + i as u64 * 100);
+        d.insert("u", "f", i as u32, &ch.to_string()).unwrap();
+    }
+    d.set_time(5_000); // a pause longer than the capture timeout
+    d.insert("u", "f", 3, "d").unwrap();
+    d.undo("u").unwrap();
+    assert_eq!(d.text("f").unwrap(), "abc");
+    d.undo("u").unwrap();
+    assert_eq!(d.text("f").unwrap(), "");
+    assert!(!d.can_undo("u"));
+}
+
+#[test]
+fn undo_covers_register_writes_and_spares_other_users() {
+    let mut alice = Document::new(1);
+    let mut bob = Document::new(2);
+    alice.set_time(1_000);
+    let (_, a) = alice
+        .set_field("alice", "status", Some("todo".into()))
+        .unwrap();
+    bob.apply_update(&a, Some("alice")).unwrap();
+    alice.set_time(3_000);
+    alice
+        .set_field("alice", "status", Some("doing".into()))
+        .unwrap();
+    alice.undo("alice").unwrap();
+    assert_eq!(alice.field("status").unwrap().value, "todo");
+
+    bob.set_time(5_000);
+    let (_, b) = bob.set_field("bob", "title", Some("Bob's".into())).unwrap();
+    alice.apply_update(&b, Some("bob")).unwrap();
+    alice.undo("alice").unwrap();
+    assert!(alice.field("status").is_none());
+    assert_eq!(alice.field("title").unwrap().value, "Bob's");
+}
+
+#[test]
+fn change_feed_reports_deltas_and_field_changes_with_authors() {
+    let mut a = Document::new(1);
+    let mut b = Document::new(2);
+    b.set_change_feed(true);
+    a.insert("alice", "description", 0, "Hello").unwrap();
+    let update = a.insert("alice", "description", 5, " 😀").unwrap();
+    b.apply_update(&a.encode_state(), Some("alice")).unwrap();
+    b.apply_update(&update, Some("alice")).unwrap(); // duplicate: no change
+    a.set_time(7);
+    let (_, f) = a.set_field("alice", "status", Some("done".into())).unwrap();
+    b.apply_update(&f, Some("alice")).unwrap();
+    let changes = b.take_changes();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(
+        changes[0],
+        Change::Text {
+            field: "description".into(),
+            delta: vec![DeltaOp::Insert("Hello 😀".into())],
+            author: Some("alice".into()),
+        }
+    );
+    match &changes[1] {
+        Change::Field {
+            name,
+            value,
+            author,
+        } => {
+            assert_eq!(name, "status");
+            assert_eq!(value.as_ref().unwrap().value, "done");
+            assert_eq!(author.as_deref(), Some("alice"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // Local deletes show as retain + delete in UTF-16 units.
+    b.delete("bob", "description", 6, 2).unwrap();
+    assert_eq!(
+        b.take_changes(),
+        vec![Change::Text {
+            field: "description".into(),
+            delta: vec![DeltaOp::Retain(6), DeltaOp::Delete(2)],
+            author: Some("bob".into()),
+        }]
+    );
+}
+
+#[test]
+fn malformed_updates_are_errors() {
+    let mut d = Document::new(1);
+    for bad in [
+        &[0xff][..],
+        &[1, 1],
+        &[0x80, 0x80, 0x80],
+        &[1, 1, 1, 0, 4, 1],
+    ] {
+        assert!(d.apply_update(bad, None).is_err(), "{bad:?}");
+    }
+    assert!(d.diff(&[5, 1]).is_err());
+}

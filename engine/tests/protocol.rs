@@ -1,0 +1,296 @@
+//! The sans-IO room, checked byte for byte against hand-decoded y-websocket frames.
+
+use tandem_engine::protocol::{
+    ConnInfo, FieldWrite, Limits, Outgoing, Role, Room, To, MSG_TANDEM, TANDEM_SET_FIELD,
+};
+use tandem_engine::wire::Writer;
+use tandem_engine::{Document, ProtocolError};
+
+fn writer(user: &str) -> ConnInfo {
+    ConnInfo {
+        role: Role::Write,
+        user: Some(user.into()),
+        extensions: false,
+        name: None,
+    }
+}
+
+fn reader(user: &str) -> ConnInfo {
+    ConnInfo {
+        role: Role::Read,
+        ..writer(user)
+    }
+}
+
+fn room() -> Room {
+    Room::new(Document::new(99), Limits::default())
+}
+
+fn out(to: To, frame: &[u8]) -> Outgoing {
+    Outgoing {
+        to,
+        frame: frame.to_vec().into(),
+    }
+}
+
+/// Update inserting "a" at the start of top-level text "t", by client 5 at clock 0:
+/// 1 client, 1 struct, client 5, clock 0; item info 4 (string content, parent by name);
+/// parent info 1, name "t"; content "a"; empty delete set.
+const INSERT_A: [u8; 11] = [1, 1, 5, 0, 4, 1, 1, b't', 1, b'a', 0];
+
+#[test]
+fn stock_client_session_byte_for_byte() {
+    let mut room = room();
+    // Server greeting: sync step 1 with the empty state vector [0].
+    let hello = room.join(1, writer("alice"), 0);
+    assert_eq!(hello.messages, vec![out(To::One(1), &[0, 0, 1, 0])]);
+    room.join(2, writer("bob"), 0);
+
+    // Client step 1 (empty state vector) -> step 2 holding the empty update [0, 0].
+    let o = room.handle(1, &[0, 0, 1, 0], 0);
+    assert_eq!(o.messages, vec![out(To::One(1), &[0, 1, 2, 0, 0])]);
+    assert!(o.error.is_none());
+
+    // An update is broadcast to the others, unchanged, and handed over for storage.
+    let mut frame = vec![0, 2, INSERT_A.len() as u8];
+    frame.extend_from_slice(&INSERT_A);
+    let o = room.handle(1, &frame, 0);
+    assert_eq!(o.messages, vec![out(To::AllExcept(1), &frame)]);
+    assert_eq!(o.accepted.len(), 1);
+    assert_eq!(&o.accepted[0].update[..], &INSERT_A);
+    assert_eq!(o.accepted[0].author.as_deref(), Some("alice"));
+    assert_eq!(room.document().text("t").as_deref(), Some("a"));
+
+    // A late joiner's step 1 gets the whole document back.
+    room.join(3, writer("carol"), 0);
+    let o = room.handle(3, &[0, 0, 1, 0], 0);
+    let mut step2 = vec![0, 1, INSERT_A.len() as u8];
+    step2.extend_from_slice(&INSERT_A);
+    assert_eq!(o.messages, vec![out(To::One(3), &step2)]);
+
+    // Awareness join: echoed to everyone, the sender included.
+    let aw = [1, 11, 1, 5, 1, 7, b'{', b'"', b'a', b'"', b':', b'1', b'}'];
+    let o = room.handle(1, &aw, 1_000);
+    assert_eq!(o.messages, vec![out(To::All, &aw)]);
+    assert!(o.presence_changed);
+
+    // A new connection is greeted with step 1 and the current awareness states.
+    let hello = room.join(4, writer("dave"), 2_000);
+    assert_eq!(hello.messages[1], out(To::One(4), &aw));
+
+    // Leave: the state is broadcast as removed with clock + 1 and JSON null.
+    let o = room.leave(1, 3_000);
+    assert_eq!(
+        o.messages,
+        vec![out(To::All, &[1, 8, 1, 5, 2, 4, b'n', b'u', b'l', b'l'])]
+    );
+    let hello = room.join(5, writer("erin"), 4_000);
+    assert_eq!(hello.messages.len(), 1, "no awareness state left");
+}
+
+#[test]
+fn several_messages_in_one_frame_are_all_handled() {
+    let mut room = room();
+    room.join(1, writer("a"), 0);
+    let mut frame = vec![0, 0, 1, 0]; // step 1
+    frame.extend_from_slice(&[0, 2, INSERT_A.len() as u8]);
+    frame.extend_from_slice(&INSERT_A);
+    frame.extend_from_slice(&[3]); // query awareness (no states: no answer)
+    let o = room.handle(1, &frame, 0);
+    assert!(o.error.is_none(), "{:?}", o.error);
+    assert_eq!(o.messages.len(), 2);
+    assert_eq!(o.accepted.len(), 1);
+}
+
+#[test]
+fn read_only_connections_sync_but_cannot_write() {
+    let mut room = room();
+    room.join(1, reader("viewer"), 0);
+    let o = room.handle(1, &[0, 0, 1, 0], 0);
+    assert_eq!(o.messages.len(), 1, "step 1 is answered");
+    let mut frame = vec![0, 2, INSERT_A.len() as u8];
+    frame.extend_from_slice(&INSERT_A);
+    let o = room.handle(1, &frame, 0);
+    assert!(o.error.is_none(), "the connection stays open");
+    assert!(o.accepted.is_empty());
+    // [2, 0, reason]: permission denied.
+    assert_eq!(&o.messages[0].frame[..2], &[2, 0]);
+    assert_eq!(o.messages[0].to, To::One(1));
+    assert_eq!(room.document().text("t"), None);
+}
+
+fn error_of(room: &mut Room, conn: u64, frame: &[u8]) -> ProtocolError {
+    let o = room.handle(conn, frame, 0);
+    o.error.unwrap_or_else(|| panic!("no error for {frame:?}"))
+}
+
+#[test]
+fn malformed_frames_are_errors_not_panics() {
+    let mut room = room();
+    room.join(1, writer("a"), 0);
+    room.join(2, writer("b"), 0);
+    // truncated varint
+    assert!(matches!(
+        error_of(&mut room, 1, &[0x80]),
+        ProtocolError::Decode(_)
+    ));
+    // a length larger than the frame
+    assert!(matches!(
+        error_of(&mut room, 1, &[0, 2, 50, 1, 2]),
+        ProtocolError::Decode(_)
+    ));
+    // a 2^60 length
+    let mut w = Writer::new();
+    w.var_u64(0).var_u64(2).var_u64(1 << 60);
+    assert!(matches!(
+        error_of(&mut room, 1, &w.finish()),
+        ProtocolError::Decode(_)
+    ));
+    // a client id above 2^53 in an update and in awareness
+    let mut w = Writer::new();
+    w.var_u64(1).var_u64(1).var_u64(1 << 53).var_u64(0);
+    let update = w.finish();
+    let mut w = Writer::new();
+    w.var_u64(0).var_u64(2).var_bytes(&update);
+    assert!(matches!(
+        error_of(&mut room, 1, &w.finish()),
+        ProtocolError::Decode(_)
+    ));
+    let mut inner = Writer::new();
+    inner.var_u64(1).var_u64(1 << 60).var_u64(1).var_str("{}");
+    let mut w = Writer::new();
+    w.var_u64(1).var_bytes(&inner.finish());
+    assert!(matches!(
+        error_of(&mut room, 1, &w.finish()),
+        ProtocolError::Decode(_)
+    ));
+    // awareness JSON that is not JSON
+    let mut inner = Writer::new();
+    inner.var_u64(1).var_u64(7).var_u64(1).var_str("{nope");
+    let mut w = Writer::new();
+    w.var_u64(1).var_bytes(&inner.finish());
+    assert_eq!(
+        error_of(&mut room, 1, &w.finish()),
+        ProtocolError::AwarenessNotJson
+    );
+    // awareness for another connection's id
+    let claim = |state: &str| {
+        let mut inner = Writer::new();
+        inner.var_u64(1).var_u64(7).var_u64(1).var_str(state);
+        let mut w = Writer::new();
+        w.var_u64(1).var_bytes(&inner.finish());
+        w.finish()
+    };
+    assert!(room.handle(1, &claim("{}"), 0).error.is_none());
+    // A stock client relaying the state it saw (same clock) is not an error, and changes nothing.
+    let relay = room.handle(2, &claim("{}"), 0);
+    assert!(relay.error.is_none() && relay.messages.is_empty());
+    // A newer state for that id from another connection is impersonation.
+    let mut inner = Writer::new();
+    inner
+        .var_u64(1)
+        .var_u64(7)
+        .var_u64(2)
+        .var_str("{\"evil\":1}");
+    let mut w = Writer::new();
+    w.var_u64(1).var_bytes(&inner.finish());
+    assert_eq!(
+        error_of(&mut room, 2, &w.finish()),
+        ProtocolError::AwarenessNotOwned(7)
+    );
+    // unknown message types
+    assert_eq!(
+        error_of(&mut room, 1, &[42]),
+        ProtocolError::UnknownMessage(42)
+    );
+    assert_eq!(
+        error_of(&mut room, 1, &[0, 9, 0]),
+        ProtocolError::UnknownSyncMessage(9)
+    );
+    // oversized frames and awareness states
+    let big = vec![0u8; Limits::default().max_frame + 1];
+    assert!(matches!(
+        error_of(&mut room, 1, &big),
+        ProtocolError::FrameTooLarge { .. }
+    ));
+    let huge_state = format!("{{\"x\":\"{}\"}}", "y".repeat(9_000));
+    assert!(matches!(
+        error_of(&mut room, 1, &claim(&huge_state)),
+        ProtocolError::AwarenessTooLarge { .. }
+    ));
+    // The document is still healthy and the room still works.
+    let mut frame = vec![0, 2, INSERT_A.len() as u8];
+    frame.extend_from_slice(&INSERT_A);
+    assert!(room.handle(2, &frame, 0).error.is_none());
+    assert_eq!(room.document().text("t").as_deref(), Some("a"));
+}
+
+#[test]
+fn awareness_expires_after_30_seconds_without_renewal() {
+    let mut room = room();
+    room.join(1, writer("a"), 0);
+    let aw = [1, 11, 1, 5, 1, 7, b'{', b'"', b'a', b'"', b':', b'1', b'}'];
+    room.handle(1, &aw, 1_000);
+    assert!(room.tick(30_999).messages.is_empty());
+    let o = room.tick(31_000);
+    // Expiry keeps the state's clock (clients accept a null at an equal clock), so the
+    // client's next renewal, one clock later, is accepted again at once.
+    assert_eq!(
+        o.messages,
+        vec![out(To::All, &[1, 8, 1, 5, 1, 4, b'n', b'u', b'l', b'l'])]
+    );
+    let renewal = [1, 11, 1, 5, 2, 7, b'{', b'"', b'a', b'"', b':', b'1', b'}'];
+    let o = room.handle(1, &renewal, 32_000);
+    assert!(o.presence_changed);
+    assert_eq!(room.presence().states().len(), 1);
+}
+
+fn set_field_frame(request: u64, flags: u64, name: &str, expected: &str, value: &str) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.var_u64(MSG_TANDEM)
+        .var_u64(TANDEM_SET_FIELD)
+        .var_u64(request)
+        .var_u64(flags)
+        .var_str(name)
+        .var_str(expected)
+        .var_str(value);
+    w.finish()
+}
+
+#[test]
+fn conditional_field_writes_are_decided_by_the_room() {
+    let mut room = room();
+    let (first, _) = room
+        .set_field("alice", "status", Some("todo".into()), Some(""), 1_000)
+        .unwrap();
+    let FieldWrite::Accepted(Some(v1)) = first else {
+        panic!("{first:?}")
+    };
+    let (second, _) = room
+        .set_field("bob", "status", Some("done".into()), Some(""), 1_001)
+        .unwrap();
+    assert_eq!(second, FieldWrite::Rejected(Some(v1.clone())));
+
+    room.join(1, writer("carol"), 2_000);
+    // Stale expected version over the WebSocket extension: rejected with the current value.
+    let o = room.handle(1, &set_field_frame(7, 1, "status", "0-0-1", "\"x\""), 2_000);
+    assert!(o.error.is_none());
+    let mut expect = Writer::new();
+    expect
+        .var_u64(MSG_TANDEM)
+        .var_u64(2)
+        .var_u64(7)
+        .var_u64(0)
+        .var_str(&v1.version)
+        .var_str("\"todo\"");
+    assert_eq!(o.messages, vec![out(To::One(1), &expect.finish())]);
+    // Current version: accepted, broadcast to everyone, stored.
+    let o = room.handle(
+        1,
+        &set_field_frame(8, 1, "status", &v1.version, "\"doing\""),
+        3_000,
+    );
+    assert_eq!(o.accepted.len(), 1);
+    assert_eq!(o.messages[0].to, To::All);
+    assert_eq!(room.document().field("status").unwrap().value, "doing");
+}

@@ -1,0 +1,229 @@
+//! The command line as typed: `tandem serve` and `tandem token`.
+//!
+//! These are the raw flags ("low args"). Every flag is also read from a `TANDEM_*` environment
+//! variable. [`crate::config::Config::from_args`] turns [`ServeArgs`] into a validated config;
+//! nothing else in the server reads these types.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::{DocPattern, Role};
+use crate::config::{defaults, ByteSize};
+
+/// tandem: real-time collaboration server (Yjs-compatible).
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print a signed access token (JWT, HS256).
+    Token(TokenArgs),
+}
+
+/// Flags of `tandem serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Without --auth-secret it must be a loopback address.
+    #[arg(long, env = "TANDEM_ADDR", default_value = defaults::ADDR)]
+    pub addr: String,
+
+    /// Directory for the embedded database (created if missing).
+    #[arg(long, env = "TANDEM_DATA_DIR", default_value = defaults::DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// Secret that signs access tokens. Without it the server runs in open development mode.
+    #[arg(long, env = "TANDEM_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// PostgreSQL storage instead of the embedded database (postgres://…).
+    #[arg(long, env = "TANDEM_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Redis for fan-out across several tandem nodes (redis://… or rediss://…).
+    #[arg(long, env = "TANDEM_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Largest WebSocket frame or HTTP update body accepted (e.g. 1MiB, 65536).
+    #[arg(long, env = "TANDEM_MAX_FRAME_SIZE", default_value = defaults::MAX_FRAME_SIZE)]
+    pub max_frame_size: ByteSize,
+
+    /// Largest awareness (presence) state of one client.
+    #[arg(long, env = "TANDEM_MAX_AWARENESS_SIZE", default_value = defaults::MAX_AWARENESS_SIZE)]
+    pub max_awareness_size: ByteSize,
+
+    /// Largest encoded document; updates that would grow it beyond are refused.
+    #[arg(long, env = "TANDEM_MAX_DOCUMENT_SIZE", default_value = defaults::MAX_DOCUMENT_SIZE)]
+    pub max_document_size: ByteSize,
+
+    /// Messages per second one connection may send, sustained (token bucket refill rate).
+    #[arg(long, env = "TANDEM_MESSAGE_RATE", default_value_t = defaults::MESSAGE_RATE)]
+    pub message_rate: u32,
+
+    /// Messages one connection may send in a burst (token bucket size).
+    #[arg(long, env = "TANDEM_MESSAGE_BURST", default_value_t = defaults::MESSAGE_BURST)]
+    pub message_burst: u32,
+
+    /// New connections per second from one IP address, sustained.
+    #[arg(long, env = "TANDEM_CONNECTION_RATE", default_value_t = defaults::CONNECTION_RATE)]
+    pub connection_rate: u32,
+
+    /// New connections one IP address may open in a burst.
+    #[arg(long, env = "TANDEM_CONNECTION_BURST", default_value_t = defaults::CONNECTION_BURST)]
+    pub connection_burst: u32,
+
+    /// Most simultaneous connections (WebSocket and SSE) the server accepts.
+    #[arg(long, env = "TANDEM_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// Most updates per document waiting for missing dependencies.
+    #[arg(long, env = "TANDEM_MAX_PENDING_UPDATES", default_value_t = defaults::MAX_PENDING_UPDATES)]
+    pub max_pending_updates: usize,
+
+    /// Keep a version-history checkpoint at least every this many updates of a document.
+    #[arg(long, env = "TANDEM_CHECKPOINT_EVERY", default_value_t = defaults::CHECKPOINT_EVERY)]
+    pub checkpoint_every: u64,
+
+    /// Keep a version-history checkpoint when this long has passed since the last one (e.g. 10m).
+    #[arg(long, env = "TANDEM_CHECKPOINT_INTERVAL", default_value = defaults::CHECKPOINT_INTERVAL, value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
+
+    /// Compact a document's update log into a snapshot once it holds this many updates.
+    #[arg(long, env = "TANDEM_COMPACT_AFTER", default_value_t = defaults::COMPACT_AFTER)]
+    pub compact_after: u64,
+
+    /// Compact a document's update log into a snapshot once it holds this many bytes.
+    #[arg(long, env = "TANDEM_COMPACT_AFTER_BYTES", default_value = defaults::COMPACT_AFTER_BYTES)]
+    pub compact_after_bytes: ByteSize,
+}
+
+/// Flags of `tandem token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The server's secret (the same as `serve --auth-secret`).
+    #[arg(long, env = "TANDEM_AUTH_SECRET", hide_env_values = true)]
+    pub secret: String,
+
+    /// User id (the token's `sub`).
+    #[arg(long, env = "TANDEM_TOKEN_USER")]
+    pub user: String,
+
+    /// Display name shown to other users.
+    #[arg(long, env = "TANDEM_TOKEN_NAME")]
+    pub name: Option<String>,
+
+    /// Documents the token opens: an exact name, or a prefix ending in `*`.
+    #[arg(long, env = "TANDEM_TOKEN_DOC")]
+    pub doc: DocPattern,
+
+    /// Role on those documents: read, write or admin.
+    #[arg(long, env = "TANDEM_TOKEN_ROLE")]
+    pub role: Role,
+
+    /// How long the token is valid (e.g. 1h, 30m, 7d).
+    #[arg(long, env = "TANDEM_TOKEN_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tandem").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_without_flags_uses_defaults() {
+        let Command::Serve(a) = parse(&["serve"]).unwrap().command else {
+            panic!("expected serve");
+        };
+        assert_eq!(a.addr, "127.0.0.1:8787");
+        assert_eq!(a.data_dir, PathBuf::from("./tandem-data"));
+        assert_eq!(a.max_frame_size, ByteSize(1024 * 1024));
+        assert_eq!(a.max_awareness_size, ByteSize(8 * 1024));
+        assert_eq!(a.checkpoint_interval, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn serve_flags_are_parsed() {
+        let Command::Serve(a) = parse(&[
+            "serve",
+            "--addr",
+            "0.0.0.0:9000",
+            "--auth-secret",
+            "s",
+            "--max-frame-size",
+            "64KiB",
+            "--message-rate",
+            "5",
+            "--checkpoint-interval",
+            "90s",
+            "--database-url",
+            "postgres://db/x",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected serve");
+        };
+        assert_eq!(a.addr, "0.0.0.0:9000");
+        assert_eq!(a.auth_secret.as_deref(), Some("s"));
+        assert_eq!(a.max_frame_size, ByteSize(64 * 1024));
+        assert_eq!(a.message_rate, 5);
+        assert_eq!(a.checkpoint_interval, Duration::from_secs(90));
+        assert_eq!(a.database_url.as_deref(), Some("postgres://db/x"));
+    }
+
+    #[test]
+    fn token_flags_are_parsed() {
+        let Command::Token(a) = parse(&[
+            "token", "--secret", "s", "--user", "u1", "--doc", "notes:*", "--role", "write",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected token");
+        };
+        assert_eq!(a.doc, DocPattern::Prefix("notes:".into()));
+        assert_eq!(a.role, Role::Write);
+        assert_eq!(a.ttl, Duration::from_secs(3600));
+        assert_eq!(a.name, None);
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_the_parser() {
+        let err = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(
+            err(&["token", "--secret", "s", "--user", "u", "--doc", "d", "--role", "owner"]),
+            clap::error::ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            err(&["serve", "--max-frame-size", "lots"]),
+            clap::error::ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            err(&["serve", "--checkpoint-interval", "soon"]),
+            clap::error::ErrorKind::ValueValidation
+        );
+    }
+}

@@ -1,0 +1,542 @@
+//! The registry of loaded documents: one owner task per document.
+//!
+//! [`Registry::join`] finds the document's task or starts one. A new task first loads the
+//! document from the store; commands sent meanwhile wait in its bounded queue, so concurrent
+//! first connections share one load. A failed load refuses every waiting connection and never
+//! stores anything. When the last connection has left and every accepted update is durable,
+//! the task removes itself from the registry and ends (the document unloads); a join racing
+//! with that is retried against a fresh task.
+
+mod task;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use std::collections::BTreeMap;
+use tandem_engine::protocol::{ConnId, ConnInfo};
+use tandem_engine::{Change, FieldValue};
+
+use crate::store::Sid;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Frames a document task may queue for one connection before the connection counts as a
+/// slow reader and is closed.
+pub const CONNECTION_QUEUE: usize = 512;
+/// Feed items queued for one event-stream subscriber before it is dropped as too slow (it
+/// resumes from its last event id, with no gap).
+pub const SUBSCRIBER_QUEUE: usize = 1024;
+/// Commands a document task queues before senders wait (backpressure on readers).
+const COMMAND_QUEUE: usize = 1024;
+
+/// Why a connection is being closed by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Close {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Human-readable reason (at most 123 bytes on the wire).
+    pub reason: String,
+}
+
+impl Close {
+    /// A close with `code` and `reason`.
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        Close {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Where a document task sends a connection's frames, and how it tells it to close.
+#[derive(Debug)]
+pub struct ConnSink {
+    /// Outgoing frames, bounded by [`CONNECTION_QUEUE`].
+    pub frames: mpsc::Sender<Bytes>,
+    /// Fired once when the server closes the connection.
+    pub close: oneshot::Sender<Close>,
+}
+
+/// Why a connection could not join a document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// Loading the document from storage failed; nothing was created.
+    #[error("the document could not be loaded")]
+    LoadFailed,
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// A document task's answer to a join.
+pub(crate) enum JoinReply {
+    Joined,
+    /// The task is unloading: try again with a fresh task.
+    Retry(ConnSink),
+    Failed(JoinError),
+}
+
+/// A document's current state as the HTTP API shows it.
+#[derive(Debug, Clone)]
+pub struct DocState {
+    /// Whether the document exists (has ever been written).
+    pub exists: bool,
+    /// Sequence number of the last durable update.
+    pub sid: Sid,
+    /// Text fields.
+    pub texts: BTreeMap<String, String>,
+    /// Registers.
+    pub fields: BTreeMap<String, FieldValue>,
+    /// The whole document as one Yjs update (only when asked for).
+    pub update: Option<Bytes>,
+}
+
+/// A durable update as subscribers see it.
+#[derive(Debug)]
+pub struct Published {
+    /// Its sequence number.
+    pub sid: Sid,
+    /// The update, v1 encoding.
+    pub update: Bytes,
+    /// Its author.
+    pub author: String,
+    /// What it changed (text deltas, register changes).
+    pub changes: Vec<Change>,
+}
+
+/// One user's presence as subscribers see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PresenceView {
+    /// The user (id, name, colour as the client set them; id stamped by the server).
+    pub user: serde_json::Value,
+    /// The field the user is typing in.
+    pub typing: Option<String>,
+    /// Whether the user is viewing the document.
+    pub viewing: bool,
+}
+
+/// A presence change: `join`, `leave` or `update`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PresenceChange {
+    /// `join`, `leave` or `update`.
+    pub action: &'static str,
+    /// The user's presence (the last known one for `leave`).
+    #[serde(flatten)]
+    pub view: PresenceView,
+}
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    /// An update became durable.
+    Update(Arc<Published>),
+    /// Presence changed; the sid is the document's current one.
+    Presence(Sid, Arc<Vec<PresenceChange>>),
+}
+
+/// Subscription handed to an event stream: the state at `state.sid` and every later change.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The state when the subscription started.
+    pub state: DocState,
+    /// Later changes, in order. Closes if the subscriber falls too far behind (it then
+    /// resumes from its last sid).
+    pub feed: mpsc::Receiver<FeedItem>,
+    /// Current presence, for a first `presence` listing.
+    pub presence: Vec<PresenceView>,
+}
+
+/// Why an HTTP operation on a document failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DocError {
+    /// The document does not exist.
+    #[error("no such document")]
+    NotFound,
+    /// The document could not be loaded or is shutting down.
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    /// The request was refused by the document (malformed update, bad field name, range).
+    #[error("{0}")]
+    Invalid(String),
+    /// A limit was reached.
+    #[error("{0}")]
+    Limit(String),
+    /// Storing the change failed; it was not applied durably.
+    #[error("storage failure")]
+    Storage,
+}
+
+/// Result of a register write through the HTTP API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldOutcome {
+    /// Written at this sid; the new state (`None` after a delete).
+    Written(Sid, Option<FieldValue>),
+    /// The expected version was stale; the current state.
+    Stale(Option<FieldValue>),
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, DocError>>;
+
+pub(crate) enum Command {
+    Read {
+        with_update: bool,
+        reply: Reply<DocState>,
+    },
+    Subscribe {
+        feed: mpsc::Sender<FeedItem>,
+        reply: Reply<(DocState, Vec<PresenceView>)>,
+    },
+    ApplyUpdate {
+        author: String,
+        update: Bytes,
+        reply: Reply<Sid>,
+    },
+    SetField {
+        user: String,
+        name: String,
+        value: Option<serde_json::Value>,
+        expected: Option<String>,
+        reply: Reply<FieldOutcome>,
+    },
+    EditText {
+        user: String,
+        field: String,
+        index: u32,
+        delete: u32,
+        insert: String,
+        reply: Reply<(Sid, String)>,
+    },
+    Join {
+        conn: ConnId,
+        info: ConnInfo,
+        sink: ConnSink,
+        reply: oneshot::Sender<JoinReply>,
+    },
+    Frame {
+        conn: ConnId,
+        frame: Bytes,
+        received: Instant,
+    },
+    Leave {
+        conn: ConnId,
+    },
+    Shutdown,
+}
+
+#[derive(Clone)]
+struct DocHandle {
+    id: u64,
+    tx: mpsc::Sender<Command>,
+}
+
+/// The loaded documents. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("loaded", &self.shared.docs.len())
+            .finish()
+    }
+}
+
+struct Shared {
+    docs: DashMap<String, DocHandle>,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    config: Arc<Config>,
+    next_id: AtomicU64,
+    /// Document tasks still running, and a wake-up when one ends.
+    live: AtomicUsize,
+    ended: Notify,
+    closing: AtomicBool,
+}
+
+/// A connection attached to a document. Leaves the document when dropped.
+#[derive(Debug)]
+pub struct Attached {
+    conn: ConnId,
+    tx: mpsc::Sender<Command>,
+    left: bool,
+}
+
+impl Attached {
+    /// This connection's id within the document.
+    pub fn id(&self) -> ConnId {
+        self.conn
+    }
+
+    /// Hands a received frame to the document; waits when the document is busy. Returns
+    /// `false` when the document is gone (the connection should close).
+    pub async fn frame(&self, frame: Bytes) -> bool {
+        self.tx
+            .send(Command::Frame {
+                conn: self.conn,
+                frame,
+                received: Instant::now(),
+            })
+            .await
+            .is_ok()
+    }
+
+    /// Leaves the document.
+    pub async fn leave(mut self) {
+        self.left = true;
+        let _ = self.tx.send(Command::Leave { conn: self.conn }).await;
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if !self.left {
+            let tx = self.tx.clone();
+            let conn = self.conn;
+            if tx.try_send(Command::Leave { conn }).is_err() {
+                tokio::spawn(async move {
+                    let _ = tx.send(Command::Leave { conn }).await;
+                });
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Registry {
+    /// An empty registry over `store`.
+    pub fn new(store: Arc<dyn Store>, metrics: Metrics, config: Arc<Config>) -> Self {
+        Registry {
+            shared: Arc::new(Shared {
+                docs: DashMap::new(),
+                store,
+                metrics,
+                config,
+                next_id: AtomicU64::new(1),
+                live: AtomicUsize::new(0),
+                ended: Notify::new(),
+                closing: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Number of documents loaded (or loading) now.
+    pub fn loaded(&self) -> usize {
+        self.shared.docs.len()
+    }
+
+    /// Whether `doc` is loaded now.
+    pub fn is_loaded(&self, doc: &str) -> bool {
+        self.shared.docs.contains_key(doc)
+    }
+
+    fn handle(&self, doc: &str) -> DocHandle {
+        if let Some(h) = self.shared.docs.get(doc) {
+            return h.clone();
+        }
+        self.shared
+            .docs
+            .entry(doc.to_owned())
+            .or_insert_with(|| {
+                let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+                let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+                let task = task::DocTask::new(self.clone(), doc.to_owned(), id, rx);
+                self.shared.live.fetch_add(1, Ordering::AcqRel);
+                let registry = self.clone();
+                tokio::spawn(async move {
+                    task.run().await;
+                    registry.shared.live.fetch_sub(1, Ordering::AcqRel);
+                    registry.shared.ended.notify_waiters();
+                });
+                DocHandle { id, tx }
+            })
+            .clone()
+    }
+
+    /// Attaches a connection to `doc`, loading the document if needed. Returns once the
+    /// connection is in the room (its greeting is queued on `sink`).
+    pub async fn join(
+        &self,
+        doc: &str,
+        info: ConnInfo,
+        sink: ConnSink,
+    ) -> Result<Attached, JoinError> {
+        let conn = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut sink = Some(sink);
+        loop {
+            if self.shared.closing.load(Ordering::Acquire) {
+                return Err(JoinError::ShuttingDown);
+            }
+            let handle = self.handle(doc);
+            let (reply, answer) = oneshot::channel();
+            let cmd = Command::Join {
+                conn,
+                info: info.clone(),
+                sink: sink.take().expect("sink is put back before retrying"),
+                reply,
+            };
+            match handle.tx.send(cmd).await {
+                Ok(()) => match answer.await {
+                    Ok(JoinReply::Joined) => {
+                        return Ok(Attached {
+                            conn,
+                            tx: handle.tx,
+                            left: false,
+                        })
+                    }
+                    Ok(JoinReply::Failed(e)) => return Err(e),
+                    Ok(JoinReply::Retry(s)) => {
+                        self.shared.docs.remove_if(doc, |_, h| h.id == handle.id);
+                        sink = Some(s);
+                    }
+                    // The task panicked without answering.
+                    Err(_) => return Err(JoinError::LoadFailed),
+                },
+                Err(mpsc::error::SendError(Command::Join { sink: s, .. })) => {
+                    // The task is unloading; it has left the registry or is about to.
+                    self.shared.docs.remove_if(doc, |_, h| h.id == handle.id);
+                    sink = Some(s);
+                }
+                Err(_) => unreachable!("only a join was sent"),
+            }
+        }
+    }
+
+    /// Stops accepting joins, asks every document to close its connections and store what it
+    /// holds, and waits for all of them to finish.
+    pub async fn close(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+        let handles: Vec<DocHandle> = self.shared.docs.iter().map(|e| e.value().clone()).collect();
+        for h in handles {
+            let _ = h.tx.send(Command::Shutdown).await;
+        }
+        loop {
+            let ended = self.shared.ended.notified();
+            if self.shared.live.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            ended.await;
+        }
+    }
+
+    /// Sends a command to `doc`'s task (loading the document if needed) and waits for the
+    /// answer; retried when the task was unloading.
+    async fn ask<T>(&self, doc: &str, make: impl Fn(Reply<T>) -> Command) -> Result<T, DocError> {
+        for _ in 0..8 {
+            if self.shared.closing.load(Ordering::Acquire) {
+                return Err(JoinError::ShuttingDown.into());
+            }
+            let handle = self.handle(doc);
+            let (reply, answer) = oneshot::channel();
+            if handle.tx.send(make(reply)).await.is_err() {
+                self.shared.docs.remove_if(doc, |_, h| h.id == handle.id);
+                continue;
+            }
+            match answer.await {
+                Ok(result) => return result,
+                // Dropped unanswered: the task was unloading or failed to load.
+                Err(_) => {
+                    self.shared.docs.remove_if(doc, |_, h| h.id == handle.id);
+                    continue;
+                }
+            }
+        }
+        Err(JoinError::LoadFailed.into())
+    }
+
+    /// The document's current state; [`DocError::NotFound`] if it was never written.
+    pub async fn read(&self, doc: &str, with_update: bool) -> Result<DocState, DocError> {
+        self.ask(doc, |reply| Command::Read { with_update, reply })
+            .await
+    }
+
+    /// Subscribes to the document's durable changes and presence.
+    pub async fn subscribe(&self, doc: &str) -> Result<Subscription, DocError> {
+        let (tx, feed) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let (state, presence) = self
+            .ask(doc, |reply| Command::Subscribe {
+                feed: tx.clone(),
+                reply,
+            })
+            .await?;
+        Ok(Subscription {
+            state,
+            feed,
+            presence,
+        })
+    }
+
+    /// Applies a binary update by `author`; returns its sid once durable.
+    pub async fn apply_update(
+        &self,
+        doc: &str,
+        author: &str,
+        update: Bytes,
+    ) -> Result<Sid, DocError> {
+        self.ask(doc, |reply| Command::ApplyUpdate {
+            author: author.to_owned(),
+            update: update.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Writes a register (the server decides a conditional write); answers once durable.
+    pub async fn set_field(
+        &self,
+        doc: &str,
+        user: &str,
+        name: &str,
+        value: Option<serde_json::Value>,
+        expected: Option<String>,
+    ) -> Result<FieldOutcome, DocError> {
+        self.ask(doc, |reply| Command::SetField {
+            user: user.to_owned(),
+            name: name.to_owned(),
+            value: value.clone(),
+            expected: expected.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// Edits a text field (UTF-16 offsets); returns the sid and the field's new text.
+    pub async fn edit_text(
+        &self,
+        doc: &str,
+        user: &str,
+        field: &str,
+        index: u32,
+        delete: u32,
+        insert: &str,
+    ) -> Result<(Sid, String), DocError> {
+        self.ask(doc, |reply| Command::EditText {
+            user: user.to_owned(),
+            field: field.to_owned(),
+            index,
+            delete,
+            insert: insert.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Removes `doc` from the registry if it is still the task `id`.
+    fn forget(&self, doc: &str, id: u64) {
+        self.shared.docs.remove_if(doc, |_, h| h.id == id);
+    }
+}

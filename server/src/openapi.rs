@@ -1,0 +1,194 @@
+//! `GET /openapi.json`: the OpenAPI 3.0 description of the HTTP API (the WebSocket route is
+//! described in the README). Checked against the running server by schemathesis in the tests.
+
+use axum::Json;
+use serde_json::{json, Value};
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    })
+}
+
+fn errors(codes: &[(&str, &str)]) -> serde_json::Map<String, Value> {
+    codes
+        .iter()
+        .map(|(code, what)| (code.to_string(), error_response(what)))
+        .collect()
+}
+
+fn with(mut base: serde_json::Map<String, Value>, code: &str, response: Value) -> Value {
+    base.insert(code.to_owned(), response);
+    Value::Object(base)
+}
+
+const AUTH: [(&str, &str); 4] = [
+    (
+        "400",
+        "Malformed request (document name, parameters or body)",
+    ),
+    ("401", "No valid token"),
+    ("403", "The token does not grant this access"),
+    ("503", "The server is shutting down"),
+];
+
+fn json_ok(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+/// The OpenAPI document.
+pub fn spec() -> Value {
+    let doc_param = json!({"name": "doc", "in": "path", "required": true,
+        "description": "Document name (1 to 256 bytes, no control characters)",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 256,
+                   "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"}});
+    let token_param = json!({"name": "token", "in": "query", "required": false,
+        "description": "Access token (alternative to `Authorization: Bearer`)",
+        "schema": {"type": "string"}});
+    let mut read_errors = errors(&AUTH);
+    read_errors.insert("404".into(), error_response("No such document"));
+    let mut write_errors = read_errors.clone();
+    write_errors.insert("413".into(), error_response("Body over the size limit"));
+    write_errors.insert("422".into(), error_response("Over a document limit"));
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "tandem",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Real-time collaboration server: Yjs documents with text fields and last-write-wins registers. Text offsets are UTF-16 code units. Errors are {\"error\": code, \"message\": text}."
+        },
+        "paths": {
+            "/healthz": {"get": {
+                "summary": "Liveness",
+                "responses": {
+                    "200": json_ok("Serving", json!({"type": "object", "required": ["status"],
+                        "properties": {"status": {"type": "string"}, "version": {"type": "string"},
+                                       "mode": {"type": "string", "enum": ["development", "secured"]}}})),
+                    "503": error_response("Shutting down")
+                }
+            }},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Prometheus text format",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}
+            }},
+            "/openapi.json": {"get": {
+                "summary": "This document",
+                "responses": {"200": json_ok("OpenAPI 3.0 document", json!({"type": "object"}))}
+            }},
+            "/docs/{doc}": {"get": {
+                "summary": "Snapshot of a document",
+                "parameters": [doc_param, token_param],
+                "responses": with(read_errors.clone(), "200",
+                    json_ok("The document", json!({"$ref": "#/components/schemas/Snapshot"})))
+            }},
+            "/docs/{doc}/events": {"get": {
+                "summary": "Server-Sent Events: snapshot, text, field and presence events; id = sid",
+                "parameters": [doc_param, token_param,
+                    {"name": "since", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "format", "in": "query", "required": false, "schema": {"type": "string", "enum": ["json", "yjs"]}},
+                    {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "integer", "minimum": 0}}],
+                "responses": with(read_errors.clone(), "200", json!({"description": "An event stream",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}}}))
+            }},
+            "/docs/{doc}/updates": {"get": {
+                "summary": "One binary Yjs update holding every change after `since`",
+                "parameters": [doc_param, token_param,
+                    {"name": "since", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}],
+                "responses": with(with(read_errors.clone().into_iter().collect(), "410",
+                        error_response("That part of the log was compacted away: do a full sync"))
+                    .as_object().cloned().unwrap_or_default(), "200",
+                    json!({"description": "Yjs update (v1)", "headers": {"X-Tandem-Sid": {"schema": {"type": "integer"}}},
+                        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}))
+            }},
+            "/docs/{doc}/update": {"post": {
+                "summary": "Apply a binary Yjs update (v1); answers once durable",
+                "parameters": [doc_param, token_param],
+                "requestBody": {"required": true, "content": {"application/octet-stream":
+                    {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": with(write_errors.clone(), "200",
+                    json_ok("Stored", json!({"type": "object", "required": ["sid"],
+                        "properties": {"sid": {"type": "integer", "minimum": 0}}})))
+            }},
+            "/docs/{doc}/fields/{name}": {
+                "parameters": [doc_param, {"name": "name", "in": "path", "required": true,
+                    "description": "Register name: 1 to 64 characters, not starting with `tandem:`",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 64,
+                               "pattern": "^(?!tandem:)"}}, token_param,
+                    {"name": "If-Match", "in": "header", "required": false,
+                     "description": "Write only if the register's version is still this one (quoted)",
+                     "schema": {"type": "string"}}],
+                "put": {
+                    "summary": "Set a register to the JSON body",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {}}}},
+                    "responses": with(with(write_errors.clone(), "412",
+                            error_response("The version in If-Match is stale; `current` holds the register"))
+                        .as_object().cloned().unwrap_or_default(), "200",
+                        json_ok("Written", json!({"$ref": "#/components/schemas/FieldWrite"})))
+                },
+                "delete": {
+                    "summary": "Delete a register",
+                    "responses": with(with(write_errors.clone(), "412",
+                            error_response("The version in If-Match is stale; `current` holds the register"))
+                        .as_object().cloned().unwrap_or_default(), "200",
+                        json_ok("Deleted", json!({"type": "object", "required": ["name", "deleted", "sid"],
+                            "properties": {"name": {"type": "string"}, "deleted": {"type": "boolean"},
+                                           "sid": {"type": "integer"}}})))
+                }
+            },
+            "/docs/{doc}/texts/{field}": {"post": {
+                "summary": "Edit a text field (UTF-16 offsets); answers once durable",
+                "parameters": [doc_param, {"name": "field", "in": "path", "required": true,
+                    "description": "Text field name: 1 to 64 characters, not starting with `tandem:`",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 64,
+                               "pattern": "^(?!tandem:)"}}, token_param],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["index"],
+                    "properties": {"index": {"type": "integer", "minimum": 0},
+                                   "delete": {"type": "integer", "minimum": 0},
+                                   "insert": {"type": "string"}}}}}},
+                "responses": with(write_errors.clone(), "200",
+                    json_ok("Edited", json!({"type": "object", "required": ["sid", "field", "text"],
+                        "properties": {"sid": {"type": "integer"}, "field": {"type": "string"},
+                                       "text": {"type": "string"}}})))
+            }},
+            "/docs/{doc}/history": {"get": {
+                "summary": "Retained checkpoints, oldest first",
+                "parameters": [doc_param, token_param],
+                "responses": with(read_errors.clone(), "200",
+                    json_ok("Checkpoints", json!({"type": "object", "required": ["doc", "checkpoints"],
+                        "properties": {"doc": {"type": "string"}, "checkpoints": {"type": "array",
+                            "items": {"type": "object", "required": ["sid", "at", "authors"],
+                                "properties": {"sid": {"type": "integer"}, "at": {"type": "integer"},
+                                    "authors": {"type": "array", "items": {"type": "string"}}}}}}})))
+            }},
+            "/docs/{doc}/history/{sid}": {"get": {
+                "summary": "The document as it was at a checkpoint",
+                "parameters": [doc_param, {"name": "sid", "in": "path", "required": true,
+                    "schema": {"type": "integer", "minimum": 0}}, token_param],
+                "responses": with(read_errors, "200",
+                    json_ok("The document", json!({"$ref": "#/components/schemas/Snapshot"})))
+            }}
+        },
+        "components": {"schemas": {
+            "Error": {"type": "object", "required": ["error", "message"],
+                "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
+            "Field": {"type": "object", "required": ["value", "version", "at"],
+                "properties": {"value": {}, "version": {"type": "string"},
+                    "author": {"type": "string", "nullable": true}, "at": {"type": "integer"}}},
+            "FieldWrite": {"allOf": [{"$ref": "#/components/schemas/Field"},
+                {"type": "object", "required": ["name", "sid"],
+                 "properties": {"name": {"type": "string"}, "sid": {"type": "integer"}}}]},
+            "Snapshot": {"type": "object", "required": ["doc", "sid", "texts", "fields"],
+                "properties": {"doc": {"type": "string"}, "sid": {"type": "integer"},
+                    "texts": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "fields": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Field"}}}}
+        }}
+    })
+}
+
+/// The handler.
+pub async fn document() -> Json<Value> {
+    Json(spec())
+}

@@ -1,0 +1,301 @@
+//! `GET /docs/{doc}/events`: a document's changes as Server-Sent Events.
+//!
+//! The stream starts with a `retry:` hint and a `snapshot` event, then carries `text` (field,
+//! UTF-16 delta, author), `field` (name, value, version, author, at) and `presence` (join,
+//! leave or update) events. Every event's `id:` is the document's sequence number (sid) it
+//! belongs to. Resuming with `Last-Event-ID` or `?since=SID` replays exactly the events after
+//! that sid, from the stored log; when the log no longer reaches back that far, the stream
+//! starts with a fresh `snapshot` carrying `"reset": true`. `?format=yjs` carries base64 Yjs
+//! updates (`update` events) instead of JSON deltas, for CRDT clients without a WebSocket.
+//! A comment line is sent every 15 s so proxies keep the stream open.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use base64::Engine as _;
+use futures_util::Stream;
+use serde_json::{json, Value};
+use tandem_engine::{Change, Document};
+use tokio::sync::mpsc;
+
+use crate::api::{authorize, field_json, parse_since, snapshot_json};
+use crate::auth::Access;
+use crate::docs::{FeedItem, PresenceChange, PresenceView, Published};
+use crate::http::{ApiError, AppState};
+use crate::store::{Sid, Since, Store};
+
+/// Heartbeat comment interval.
+const HEARTBEAT: Duration = Duration::from_secs(15);
+/// Reconnection delay suggested to clients.
+const RETRY: Duration = Duration::from_secs(2);
+/// Events buffered between the stream's producer and the HTTP body.
+const STREAM_QUEUE: usize = 256;
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Json,
+    Yjs,
+}
+
+fn event(kind: &str, sid: Sid, data: &Value) -> Event {
+    Event::default()
+        .event(kind)
+        .id(sid.to_string())
+        .data(data.to_string())
+}
+
+fn change_events(sid: Sid, changes: &[Change], out: &mut Vec<Event>) {
+    for change in changes {
+        match change {
+            Change::Text {
+                field,
+                delta,
+                author,
+            } => out.push(event(
+                "text",
+                sid,
+                &json!({"field": field, "delta": delta, "author": author}),
+            )),
+            Change::Field {
+                name,
+                value,
+                author,
+            } => {
+                let data = match value {
+                    Some(v) => {
+                        let mut d = field_json(v);
+                        d["name"] = json!(name);
+                        d
+                    }
+                    None => json!({"name": name, "value": null, "version": null,
+                                   "deleted": true, "author": author}),
+                };
+                out.push(event("field", sid, &data));
+            }
+        }
+    }
+}
+
+fn presence_event(sid: Sid, change: &PresenceChange) -> Event {
+    event(
+        "presence",
+        sid,
+        &serde_json::to_value(change).unwrap_or(Value::Null),
+    )
+}
+
+fn published_events(format: Format, p: &Published, out: &mut Vec<Event>) {
+    match format {
+        Format::Json => change_events(p.sid, &p.changes, out),
+        Format::Yjs => out.push(event(
+            "update",
+            p.sid,
+            &json!({"update": b64(&p.update), "author": p.author}),
+        )),
+    }
+}
+
+/// Where a stream starts.
+enum Start {
+    /// A full snapshot (first connection, or `reset` when the log cannot cover the gap).
+    Snapshot { reset: bool },
+    /// These events, then live ones.
+    Events(Vec<Event>),
+}
+
+/// The events after `since` up to `upto`, rebuilt from the stored log.
+async fn catch_up(
+    store: &dyn Store,
+    doc: &str,
+    since: Sid,
+    upto: Sid,
+    format: Format,
+) -> Result<Start, ApiError> {
+    if since > upto {
+        return Ok(Start::Snapshot { reset: true });
+    }
+    if since == upto {
+        return Ok(Start::Events(Vec::new()));
+    }
+    let mut out = Vec::new();
+    match format {
+        Format::Yjs => match store.updates_since(doc, since).await? {
+            Since::Updates { entries, .. } => {
+                for e in entries.iter().filter(|e| e.sid <= upto) {
+                    out.push(event(
+                        "update",
+                        e.sid,
+                        &json!({"update": b64(&e.update), "author": e.author}),
+                    ));
+                }
+            }
+            Since::Compacted { .. } | Since::Ahead { .. } => {
+                return Ok(Start::Snapshot { reset: true })
+            }
+        },
+        Format::Json => {
+            // Deltas need the document as it was at `since`: replay the log up to there.
+            let Some(loaded) = store.load(doc).await? else {
+                return Ok(Start::Snapshot { reset: true });
+            };
+            let base = loaded.snapshot.as_ref().map(|s| s.sid).unwrap_or(0);
+            if since < base {
+                return Ok(Start::Snapshot { reset: true });
+            }
+            let mut replica = Document::new(1);
+            let corrupt = |e: tandem_engine::DocumentError| {
+                ApiError::internal(anyhow::anyhow!("replaying {doc}: {e}"))
+            };
+            if let Some(s) = &loaded.snapshot {
+                replica.apply_update(&s.state, None).map_err(corrupt)?;
+            }
+            for e in loaded.updates.iter().filter(|e| e.sid <= since) {
+                replica.apply_update(&e.update, None).map_err(corrupt)?;
+            }
+            replica.set_change_feed(true);
+            for e in loaded
+                .updates
+                .iter()
+                .filter(|e| e.sid > since && e.sid <= upto)
+            {
+                let author = (!e.author.is_empty()).then_some(e.author.as_str());
+                replica.apply_update(&e.update, author).map_err(corrupt)?;
+                change_events(e.sid, &replica.take_changes(), &mut out);
+            }
+        }
+    }
+    Ok(Start::Events(out))
+}
+
+/// The event-stream handler.
+pub async fn events(
+    State(state): State<AppState>,
+    Path(doc): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    authorize(&state, &headers, query.as_deref(), &doc, Access::Read)?;
+    let format = match query.as_deref().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "format")
+            .map(|(_, v)| v.into_owned())
+    }) {
+        None => Format::Json,
+        Some(f) if f == "json" => Format::Json,
+        Some(f) if f == "yjs" => Format::Yjs,
+        Some(_) => {
+            return Err(ApiError::new(
+                crate::http::ErrorCode::BadRequest,
+                "format must be json or yjs",
+            ))
+        }
+    };
+    let last_event_id = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<Sid>().ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        crate::http::ErrorCode::BadRequest,
+                        "Last-Event-ID must be a sid",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let since = last_event_id.or(parse_since(query.as_deref())?);
+    let sub = state.registry.subscribe(&doc).await?;
+    let upto = sub.state.sid;
+    let start = match since {
+        None => Start::Snapshot { reset: false },
+        Some(since) => catch_up(state.store.as_ref(), &doc, since, upto, format).await?,
+    };
+    let (tx, rx) = mpsc::channel::<Event>(STREAM_QUEUE);
+    let metrics = state.metrics.clone();
+    let shutdown = state.shutdown.wait();
+    let registry = state.registry.clone();
+    tokio::spawn(async move {
+        metrics.sse_streams.inc();
+        let mut first = vec![Event::default().retry(RETRY)];
+        match start {
+            Start::Snapshot { reset } => {
+                let mut data = match format {
+                    Format::Json => snapshot_json(&doc, upto, &sub.state.texts, &sub.state.fields),
+                    Format::Yjs => {
+                        // The subscription's state has no update bytes: ask for them.
+                        let update = registry
+                            .read(&doc, true)
+                            .await
+                            .ok()
+                            .and_then(|s| s.update)
+                            .unwrap_or_default();
+                        json!({"doc": doc, "sid": upto, "update": b64(&update)})
+                    }
+                };
+                if reset {
+                    data["reset"] = json!(true);
+                }
+                first.push(event("snapshot", upto, &data));
+            }
+            Start::Events(events) => first.extend(events),
+        }
+        for view in &sub.presence {
+            first.push(presence_event(
+                upto,
+                &PresenceChange {
+                    action: "join",
+                    view: PresenceView::clone(view),
+                },
+            ));
+        }
+        let mut feed = sub.feed;
+        tokio::pin!(shutdown);
+        let forward = async {
+            for e in first {
+                if tx.send(e).await.is_err() {
+                    return;
+                }
+            }
+            while let Some(item) = feed.recv().await {
+                let mut out = Vec::new();
+                match item {
+                    FeedItem::Update(p) => {
+                        if p.sid <= upto {
+                            continue;
+                        }
+                        published_events(format, &p, &mut out);
+                    }
+                    FeedItem::Presence(sid, changes) => {
+                        out.extend(changes.iter().map(|c| presence_event(sid, c)))
+                    }
+                }
+                for e in out {
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            // The feed closed: this stream fell too far behind, or the document failed. The
+            // client reconnects with Last-Event-ID and catches up from the log.
+        };
+        tokio::select! {
+            _ = forward => {}
+            _ = &mut shutdown => {}
+        }
+        metrics.sse_streams.dec();
+    });
+    let stream =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
+        );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+}

@@ -1,0 +1,356 @@
+//! Durable storage of documents: an append-only update log per document, snapshots that
+//! compact it, and version-history checkpoints.
+//!
+//! [`Store`] is the interface the document registry uses; [`sqlite::SqliteStore`] is the
+//! embedded implementation (the default). The trait is object-safe (`Arc<dyn Store>`) so a
+//! PostgreSQL implementation can be chosen at startup.
+//!
+//! Semantics every implementation keeps:
+//! - Each document's log entries carry a sid (sequence number) assigned by the store: 1, 2, 3…
+//!   strictly increasing, without gaps, never reused (compaction does not reset it).
+//! - An append returns only once its update is durable: a crash right after loses nothing.
+//! - [`Store::load`] returns `Ok(None)` only for a document that was never written. Any failure
+//!   to read is an `Err`, so a caller never mistakes real data for a new, empty document.
+//! - [`Store::compact`] replaces the log up to a sid by a snapshot of the document at that sid;
+//!   `updates_since` an older sid then answers [`Since::Compacted`].
+//!
+//! Architecture invariant: the store treats updates and snapshots as opaque bytes. It knows
+//! nothing of Yjs, of the engine, or of connections.
+
+pub mod sqlite;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// A per-document sequence number. The first update of a document is sid 1; 0 means "nothing
+/// yet".
+pub type Sid = u64;
+
+/// One stored update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Its sid.
+    pub sid: Sid,
+    /// The encoded Yjs update (v1), as appended.
+    pub update: Bytes,
+    /// Who sent it (a user id).
+    pub author: String,
+    /// When it was committed, unix milliseconds.
+    pub at: u64,
+}
+
+/// An update to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUpdate {
+    /// The encoded Yjs update.
+    pub update: Bytes,
+    /// Who sent it.
+    pub author: String,
+}
+
+/// The sids given to a batch appended with [`Store::append_batch`]: `first..=last`, contiguous.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SidRange {
+    /// The first update's sid.
+    pub first: Sid,
+    /// The last update's sid.
+    pub last: Sid,
+}
+
+/// A document's full state at one sid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The sid the state includes everything up to.
+    pub sid: Sid,
+    /// The encoded state (a Yjs update holding the whole document).
+    pub state: Bytes,
+}
+
+/// Everything needed to rebuild a document: apply `snapshot` (if any), then `updates` in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The latest snapshot, if the document was ever compacted.
+    pub snapshot: Option<Snapshot>,
+    /// Log entries after the snapshot, in sid order, without gaps.
+    pub updates: Vec<LogEntry>,
+    /// The document's latest sid (the last update's, or the snapshot's when the log is empty).
+    pub last_sid: Sid,
+}
+
+impl Loaded {
+    /// Bytes held in the log after the snapshot (for [`CompactionPolicy::is_due`]).
+    pub fn log_bytes(&self) -> u64 {
+        self.updates.iter().map(|e| e.update.len() as u64).sum()
+    }
+}
+
+/// The answer of [`Store::updates_since`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Since {
+    /// Every entry after the requested sid, in order (empty when up to date).
+    Updates {
+        /// The entries.
+        entries: Vec<LogEntry>,
+        /// The document's latest sid.
+        last_sid: Sid,
+    },
+    /// The requested sid is older than the retained log: do a full sync instead.
+    Compacted {
+        /// The oldest sid `updates_since` can still answer from.
+        snapshot_sid: Sid,
+    },
+    /// The requested sid is newer than anything stored (a client from another store, or a
+    /// forged sid).
+    Ahead {
+        /// The document's latest sid.
+        last_sid: Sid,
+    },
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compacted {
+    /// Log entries removed.
+    pub removed: u64,
+    /// The sid of the version-history checkpoint kept, when one was due.
+    pub checkpoint: Option<Sid>,
+}
+
+/// A version-history checkpoint (its state is read with [`Store::checkpoint`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// The sid the checkpoint's state includes everything up to.
+    pub sid: Sid,
+    /// When it was kept, unix milliseconds.
+    pub at: u64,
+    /// Users whose updates went in since the previous checkpoint, sorted.
+    pub authors: Vec<String>,
+}
+
+/// When a document's log should be compacted into a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    /// Compact once the log holds this many entries.
+    pub after_updates: u64,
+    /// Compact once the log holds this many bytes.
+    pub after_bytes: u64,
+}
+
+impl CompactionPolicy {
+    /// Whether a log holding `entries` entries of `bytes` bytes should be compacted.
+    pub fn is_due(&self, entries: u64, bytes: u64) -> bool {
+        entries > 0 && (entries >= self.after_updates || bytes >= self.after_bytes)
+    }
+}
+
+/// When a compaction also keeps a version-history checkpoint: the first compaction of a
+/// document always does; later ones when `every_sids` sids or `interval` time have passed since
+/// the previous checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// Sids between checkpoints.
+    pub every_sids: u64,
+    /// Time between checkpoints.
+    pub interval: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            every_sids: 1_000,
+            interval: Duration::from_secs(600),
+        }
+    }
+}
+
+impl CheckpointPolicy {
+    /// Whether a compaction to `sid` at `now_ms` keeps a checkpoint, given the previous one
+    /// (`None` when the document has none).
+    pub fn is_due(&self, previous: Option<(Sid, u64)>, sid: Sid, now_ms: u64) -> bool {
+        match previous {
+            None => true,
+            Some((prev_sid, _)) if sid <= prev_sid => false,
+            Some((prev_sid, prev_at)) => {
+                sid - prev_sid >= self.every_sids
+                    || u128::from(now_ms.saturating_sub(prev_at)) >= self.interval.as_millis()
+            }
+        }
+    }
+}
+
+/// A failure below the store (SQLite, I/O, a network database), shared cheaply so one
+/// failed group commit can answer every request in it.
+#[derive(Clone)]
+pub struct BackendError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl BackendError {
+    /// Wraps any error.
+    pub fn new(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BackendError(Arc::new(e))
+    }
+}
+
+impl fmt::Debug for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store could not be opened or created at this location.
+    #[error("cannot open the store at {location}: {source}")]
+    Open {
+        /// The path or URL (without credentials).
+        location: String,
+        /// The cause.
+        #[source]
+        source: BackendError,
+    },
+    /// The stored schema is a version this build does not read.
+    #[error("the store's schema version {found} is not supported (this build reads version {supported})")]
+    UnsupportedSchema {
+        /// The version found.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// A read or write failed in the database.
+    #[error("storage failure: {0}")]
+    Backend(#[from] BackendError),
+    /// Stored data contradicts itself (a gap in a log, a missing snapshot).
+    #[error("document {doc:?} is corrupt in storage: {detail}")]
+    Corrupt {
+        /// The document.
+        doc: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An operation that needs an existing document named one never written.
+    #[error("document {0:?} does not exist")]
+    UnknownDocument(String),
+    /// A compaction named a sid the document has not reached.
+    #[error("cannot compact {doc:?} up to sid {upto}: its last sid is {last_sid}")]
+    CompactBeyondLog {
+        /// The document.
+        doc: String,
+        /// The requested sid.
+        upto: Sid,
+        /// The document's last sid.
+        last_sid: Sid,
+    },
+    /// A compaction older than the document's current snapshot.
+    #[error(
+        "cannot compact {doc:?} up to sid {upto}: it already has a snapshot at {snapshot_sid}"
+    )]
+    CompactBehindSnapshot {
+        /// The document.
+        doc: String,
+        /// The requested sid.
+        upto: Sid,
+        /// The current snapshot's sid.
+        snapshot_sid: Sid,
+    },
+    /// An append of zero updates.
+    #[error("an append needs at least one update")]
+    EmptyAppend,
+    /// The store was closed, or its writer stopped after a fatal error.
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(BackendError::new(e))
+    }
+}
+
+/// Durable document storage. Object-safe: the server holds an `Arc<dyn Store>`.
+///
+/// Cancellation: dropping an append's future after it was queued does not withdraw the
+/// update; it may still be committed (durable but unacknowledged, like a lost ack).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Everything stored for `doc`; `Ok(None)` only if it was never written.
+    async fn load(&self, doc: &str) -> Result<Option<Loaded>, StoreError>;
+
+    /// Appends one update and returns its sid once it is durable.
+    async fn append(&self, doc: &str, update: Bytes, author: &str) -> Result<Sid, StoreError>;
+
+    /// Appends several updates of one document atomically; returns their contiguous sids once
+    /// durable.
+    async fn append_batch(
+        &self,
+        doc: &str,
+        updates: Vec<NewUpdate>,
+    ) -> Result<SidRange, StoreError>;
+
+    /// The log entries after `sid` (see [`Since`]).
+    async fn updates_since(&self, doc: &str, sid: Sid) -> Result<Since, StoreError>;
+
+    /// Stores `snapshot` as the document's state at `upto` and deletes log entries up to it.
+    /// Keeps a version-history checkpoint when the store's [`CheckpointPolicy`] says so.
+    async fn compact(&self, doc: &str, upto: Sid, snapshot: Bytes)
+        -> Result<Compacted, StoreError>;
+
+    /// The document's version-history checkpoints, oldest first.
+    async fn checkpoints(&self, doc: &str) -> Result<Vec<CheckpointInfo>, StoreError>;
+
+    /// The state kept by the checkpoint at `sid`, if there is one.
+    async fn checkpoint(&self, doc: &str, sid: Sid) -> Result<Option<Bytes>, StoreError>;
+
+    /// Waits until every write queued before this call is durable.
+    async fn flush(&self) -> Result<(), StoreError>;
+
+    /// Flushes, then stops the store; later calls fail with [`StoreError::Closed`].
+    async fn close(&self) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compaction_is_due_on_either_threshold() {
+        let p = CompactionPolicy {
+            after_updates: 10,
+            after_bytes: 1000,
+        };
+        assert!(!p.is_due(0, 0));
+        assert!(!p.is_due(9, 999));
+        assert!(p.is_due(10, 0));
+        assert!(p.is_due(1, 1000));
+    }
+
+    #[test]
+    fn checkpoints_are_due_by_sids_or_time() {
+        let p = CheckpointPolicy {
+            every_sids: 100,
+            interval: Duration::from_secs(60),
+        };
+        assert!(p.is_due(None, 1, 0));
+        assert!(!p.is_due(Some((50, 1_000)), 149, 1_000));
+        assert!(p.is_due(Some((50, 1_000)), 150, 1_000));
+        assert!(!p.is_due(Some((50, 1_000)), 51, 60_999));
+        assert!(p.is_due(Some((50, 1_000)), 51, 61_000));
+        // Never twice at the same sid, however much time passed.
+        assert!(!p.is_due(Some((50, 1_000)), 50, 1_000_000));
+    }
+}

@@ -1,0 +1,1581 @@
+//! The embedded store: one SQLite database (WAL mode) under the data directory.
+//!
+//! Writes go through one dedicated writer thread fed by a bounded queue. The thread takes
+//! every request waiting in the queue (up to a batch limit), applies them in ONE transaction,
+//! commits with `synchronous = FULL` (the WAL is fsync'd before the commit returns), and only
+//! then answers each request. So many concurrent appends share one fsync (group commit), and an
+//! answered append is durable.
+//!
+//! Reads (`load`, `updates_since`, checkpoints) run on tokio's blocking pool over a small pool
+//! of read-only connections; WAL lets them proceed while the writer commits, and each read
+//! runs in one transaction so it sees a consistent state.
+//!
+//! Tables:
+//! - `docs(id, doc, last_sid, snapshot_sid, checkpoint_sid, checkpoint_at, pending_authors, …)`:
+//!   one row per document ever written; `last_sid` survives compaction so sids are never reused.
+//!   The other tables refer to a document by its integer `id`.
+//! - `updates(doc_id, sid, data, author, at)`: the log after the snapshot, clustered by
+//!   `(doc_id, sid)` (`WITHOUT ROWID`: one b-tree insert per appended update).
+//! - `snapshots(doc_id, sid, data)`: the latest compaction of each document.
+//! - `checkpoints(doc_id, sid, at, authors, data)`: version history.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    BackendError, CheckpointInfo, CheckpointPolicy, Compacted, Loaded, LogEntry, NewUpdate, Sid,
+    SidRange, Since, Snapshot, Store, StoreError,
+};
+use crate::metrics::Metrics;
+
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "tandem.sqlite3";
+
+/// The schema version this build reads and writes (`PRAGMA user_version`; 0 is a new file).
+/// Version 1 was a pre-release layout keyed by document name.
+const SCHEMA_VERSION: i64 = 2;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS docs (
+    id INTEGER PRIMARY KEY,
+    doc TEXT NOT NULL UNIQUE,
+    last_sid INTEGER NOT NULL,
+    snapshot_sid INTEGER NOT NULL DEFAULT 0,
+    checkpoint_sid INTEGER NOT NULL DEFAULT 0,
+    checkpoint_at INTEGER NOT NULL DEFAULT 0,
+    pending_authors TEXT NOT NULL DEFAULT '[]',
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS updates (
+    doc_id INTEGER NOT NULL,
+    sid INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    author TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (doc_id, sid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots (
+    doc_id INTEGER PRIMARY KEY,
+    sid INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    doc_id INTEGER NOT NULL,
+    sid INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    authors TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (doc_id, sid)
+);
+";
+
+/// Idle read connections kept for reuse.
+const MAX_IDLE_READERS: usize = 4;
+
+/// Tuning of [`SqliteStore`].
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Capacity of the writer's queue, in requests. When it is full, appends wait for room
+    /// (backpressure: the connection that sent the update stops reading until its update is
+    /// queued), rather than failing or buffering without bound.
+    pub queue_capacity: usize,
+    /// Most requests committed in one transaction.
+    pub max_batch: usize,
+    /// A batch stops taking more requests once it holds this many bytes of updates and
+    /// snapshots (it always takes at least one request).
+    pub max_batch_bytes: usize,
+    /// When compactions keep version-history checkpoints.
+    pub checkpoints: CheckpointPolicy,
+    /// Where commit latency and group-commit counters are recorded.
+    pub metrics: Metrics,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            queue_capacity: 4096,
+            max_batch: 1024,
+            max_batch_bytes: 16 << 20,
+            checkpoints: CheckpointPolicy::default(),
+            metrics: Metrics::new(),
+        }
+    }
+}
+
+/// The embedded SQLite store. Cheap to clone; every clone shares one writer thread.
+///
+/// When the last clone is dropped the writer commits what is queued and stops; call
+/// [`Store::close`] to wait for that.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    requests: mpsc::Sender<Request>,
+    queue_capacity: usize,
+    readers: Readers,
+    closed: AtomicBool,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    metrics: Metrics,
+}
+
+/// Group-commit counters of one store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub transactions: u64,
+    /// Updates appended.
+    pub appends: u64,
+}
+
+#[derive(Debug)]
+enum Request {
+    Append {
+        doc: String,
+        updates: Vec<NewUpdate>,
+        queued: Instant,
+        reply: oneshot::Sender<Result<SidRange, StoreError>>,
+    },
+    Compact {
+        doc: String,
+        upto: Sid,
+        snapshot: Bytes,
+        reply: oneshot::Sender<Result<Compacted, StoreError>>,
+    },
+    Flush {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Close {
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Test only: the writer says it has taken this request, then blocks until released.
+    #[cfg(test)]
+    Hold {
+        taken: oneshot::Sender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+    },
+}
+
+impl Request {
+    fn bytes(&self) -> usize {
+        match self {
+            Request::Append { updates, .. } => updates.iter().map(|u| u.update.len()).sum(),
+            Request::Compact { snapshot, .. } => snapshot.len(),
+            _ => 0,
+        }
+    }
+
+    fn fail(self, err: StoreError) {
+        // A requester that went away does not need its answer.
+        match self {
+            Request::Append { reply, .. } => drop(reply.send(Err(err))),
+            Request::Compact { reply, .. } => drop(reply.send(Err(err))),
+            Request::Flush { reply } | Request::Close { reply } => drop(reply.send(Err(err))),
+            #[cfg(test)]
+            Request::Hold { .. } => {}
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn open_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Open {
+        location: path.display().to_string(),
+        source: BackendError::new(e),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database in `data_dir` and starts the writer thread.
+    ///
+    /// Blocking: call it at startup or from `spawn_blocking`. Fails if the directory cannot be
+    /// created, the file is not a SQLite database, WAL mode cannot be enabled, or the schema is
+    /// newer than this build.
+    pub fn open(data_dir: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| open_error(data_dir, e))?;
+        let path = data_dir.join(DB_FILE);
+        let conn = open_writer(&path)?;
+        let readers = Readers {
+            path: path.clone(),
+            idle: Mutex::new(Vec::new()),
+        };
+        // Prove a reader can open now, so a broken setup fails here and not on first load.
+        let first_reader = readers.open().map_err(|e| match e {
+            StoreError::Backend(b) => StoreError::Open {
+                location: path.display().to_string(),
+                source: b,
+            },
+            other => other,
+        })?;
+        readers.put(first_reader);
+
+        let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
+        let writer = Writer {
+            conn,
+            requests: rx,
+            max_batch: options.max_batch.max(1),
+            max_batch_bytes: options.max_batch_bytes.max(1),
+            checkpoints: options.checkpoints,
+            metrics: options.metrics.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("tandem-store-writer".to_owned())
+            .spawn(move || writer.run())
+            .map_err(|e| open_error(&path, e))?;
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                path,
+                requests: tx,
+                queue_capacity: options.queue_capacity.max(1),
+                readers,
+                closed: AtomicBool::new(false),
+                writer: Mutex::new(Some(handle)),
+                metrics: options.metrics,
+            }),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Requests waiting in the writer's queue.
+    pub fn queued(&self) -> usize {
+        self.inner.queue_capacity - self.inner.requests.capacity()
+    }
+
+    /// Group-commit counters.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            transactions: self.inner.metrics.store_transactions.get(),
+            appends: self.inner.metrics.store_appends.get(),
+        }
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Queues `request` (waiting for room when the queue is full) and awaits its answer.
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Request,
+    ) -> Result<T, StoreError> {
+        self.check_open()?;
+        let (reply, answer) = oneshot::channel();
+        // Full queue: wait. This is the store's backpressure on its callers.
+        self.inner
+            .requests
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a pooled read connection on the blocking pool.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.check_open()?;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.readers.with(f))
+            .await
+            .map_err(|e| {
+                StoreError::Backend(BackendError::new(std::io::Error::other(e.to_string())))
+            })?
+    }
+
+    /// Test only: blocks the writer until the returned sender is used or dropped. When this
+    /// returns, the writer is blocked and the queue holds only requests sent afterwards.
+    #[cfg(test)]
+    async fn hold_writer(&self) -> std::sync::mpsc::Sender<()> {
+        let (release_tx, release) = std::sync::mpsc::channel();
+        let (taken, taken_rx) = oneshot::channel();
+        self.inner
+            .requests
+            .send(Request::Hold { taken, release })
+            .await
+            .expect("writer running");
+        taken_rx.await.expect("writer took the hold");
+        release_tx
+    }
+}
+
+fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let err = |e: rusqlite::Error| open_error(path, e);
+    let mut conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(err)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(open_error(
+            path,
+            std::io::Error::other(format!("cannot enable WAL mode (journal_mode is {mode})")),
+        ));
+    }
+    // FULL: the WAL is fsync'd at every commit, so a committed (acknowledged) append survives
+    // power loss and kill -9.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(err)?;
+    if version != 0 && version != SCHEMA_VERSION {
+        return Err(StoreError::UnsupportedSchema {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    tx.execute_batch(SCHEMA).map_err(err)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(err)?;
+    tx.commit().map_err(err)?;
+    Ok(conn)
+}
+
+/// A small pool of read connections.
+#[derive(Debug)]
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Readers {
+    fn open(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "query_only", "ON")?;
+        Ok(conn)
+    }
+
+    fn put(&self, conn: Connection) {
+        // The pool holds no invariant a panic could break; recover from poisoning.
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => self.open()?,
+        };
+        let result = f(&mut conn);
+        self.put(conn);
+        result
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    requests: mpsc::Receiver<Request>,
+    max_batch: usize,
+    max_batch_bytes: usize,
+    checkpoints: CheckpointPolicy,
+    metrics: Metrics,
+}
+
+/// Per-batch view of one document touched by an append or compaction.
+struct DocState {
+    id: i64,
+    last_sid: Sid,
+    dirty: bool,
+}
+
+/// A request's result inside a batch, sent once the batch commits.
+enum Answer {
+    Append(SidRange),
+    Compact(Result<Compacted, StoreError>),
+    Done,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch: Vec<Request> = Vec::with_capacity(self.max_batch);
+        let mut closing = false;
+        while !closing {
+            let Some(first) = self.requests.blocking_recv() else {
+                break;
+            };
+            #[cfg(test)]
+            let first = match first {
+                Request::Hold { taken, release } => {
+                    let _ = taken.send(());
+                    // Blocks until released; released or dropped makes no difference.
+                    let _ = release.recv();
+                    continue;
+                }
+                other => other,
+            };
+            let mut bytes = first.bytes();
+            batch.push(first);
+            // Take whatever else is already waiting: this is the group in group commit.
+            while batch.len() < self.max_batch && bytes < self.max_batch_bytes {
+                match self.requests.try_recv() {
+                    Ok(next) => {
+                        bytes += next.bytes();
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Requests after a Close are refused; the Close itself is answered after commit.
+            if let Some(i) = batch
+                .iter()
+                .position(|r| matches!(r, Request::Close { .. }))
+            {
+                closing = true;
+                for late in batch.drain(i + 1..) {
+                    late.fail(StoreError::Closed);
+                }
+            }
+            self.commit(&mut batch);
+        }
+        // Refuse anything still queued, then close the connection.
+        self.requests.close();
+        while let Ok(late) = self.requests.try_recv() {
+            late.fail(StoreError::Closed);
+        }
+        drop(self.conn);
+    }
+
+    /// Applies `batch` in one transaction and answers every request in it.
+    fn commit(&mut self, batch: &mut Vec<Request>) {
+        let now_ms = unix_ms();
+        let policy = self.checkpoints;
+        let result = (|| -> Result<Vec<Answer>, StoreError> {
+            let mut tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut docs: HashMap<String, DocState> = HashMap::new();
+            let mut answers = Vec::with_capacity(batch.len());
+            for request in batch.iter() {
+                let answer = match request {
+                    Request::Append { doc, updates, .. } => {
+                        Answer::Append(append(&tx, &mut docs, doc, updates, now_ms)?)
+                    }
+                    Request::Compact {
+                        doc,
+                        upto,
+                        snapshot,
+                        ..
+                    } => {
+                        // A savepoint, so one failed compaction does not undo the batch.
+                        let sp = tx.savepoint()?;
+                        let outcome = compact(&sp, &mut docs, doc, *upto, snapshot, policy, now_ms);
+                        if outcome.is_ok() {
+                            sp.commit()?;
+                        }
+                        Answer::Compact(outcome)
+                    }
+                    _ => Answer::Done,
+                };
+                answers.push(answer);
+            }
+            write_back(&tx, &docs, now_ms)?;
+            tx.commit()?;
+            Ok(answers)
+        })();
+
+        match result {
+            Ok(answers) => {
+                self.metrics.store_transactions.inc();
+                for (request, answer) in batch.drain(..).zip(answers) {
+                    self.answer(request, answer);
+                }
+            }
+            Err(err) => {
+                tracing::error!(cause = %err, requests = batch.len(), "store commit failed");
+                for request in batch.drain(..) {
+                    request.fail(err.clone());
+                }
+            }
+        }
+    }
+
+    fn answer(&self, request: Request, answer: Answer) {
+        match (request, answer) {
+            (
+                Request::Append {
+                    updates,
+                    queued,
+                    reply,
+                    ..
+                },
+                Answer::Append(range),
+            ) => {
+                self.metrics.store_appends.add(updates.len() as u64);
+                self.metrics.commit_latency.observe(queued.elapsed());
+                let _ = reply.send(Ok(range));
+            }
+            (Request::Compact { reply, .. }, Answer::Compact(outcome)) => {
+                if let Ok(done) = &outcome {
+                    self.metrics.store_compactions.inc();
+                    if done.checkpoint.is_some() {
+                        self.metrics.store_checkpoints.inc();
+                    }
+                }
+                let _ = reply.send(outcome);
+            }
+            (Request::Flush { reply } | Request::Close { reply }, _) => {
+                let _ = reply.send(Ok(()));
+            }
+            (request, _) => request.fail(StoreError::Backend(BackendError::new(
+                std::io::Error::other("internal: mismatched store answer"),
+            ))),
+        }
+    }
+}
+
+/// The batch's view of `doc`, read from `docs` on first touch. With `create`, a document never
+/// written gets its row (last sid 0) so the rest of the batch can refer to it.
+fn doc_state<'a>(
+    tx: &Connection,
+    docs: &'a mut HashMap<String, DocState>,
+    doc: &str,
+    create: bool,
+    now_ms: u64,
+) -> Result<Option<&'a mut DocState>, StoreError> {
+    if !docs.contains_key(doc) {
+        let row: Option<(i64, Sid)> = tx
+            .prepare_cached("SELECT id, last_sid FROM docs WHERE doc = ?1")?
+            .query_row([doc], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (id, last_sid) = match (row, create) {
+            (Some(row), _) => row,
+            (None, true) => {
+                tx.prepare_cached(
+                    "INSERT INTO docs (doc, last_sid, created_at, updated_at) VALUES (?1, 0, ?2, ?2)",
+                )?
+                .execute(params![doc, now_ms])?;
+                (tx.last_insert_rowid(), 0)
+            }
+            (None, false) => return Ok(None),
+        };
+        docs.insert(
+            doc.to_owned(),
+            DocState {
+                id,
+                last_sid,
+                dirty: false,
+            },
+        );
+    }
+    Ok(docs.get_mut(doc))
+}
+
+fn append(
+    tx: &Connection,
+    docs: &mut HashMap<String, DocState>,
+    doc: &str,
+    updates: &[NewUpdate],
+    now_ms: u64,
+) -> Result<SidRange, StoreError> {
+    let Some(state) = doc_state(tx, docs, doc, true, now_ms)? else {
+        return Err(StoreError::UnknownDocument(doc.to_owned()));
+    };
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO updates (doc_id, sid, data, author, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let first = state.last_sid + 1;
+    for update in updates {
+        state.last_sid += 1;
+        insert.execute(params![
+            state.id,
+            state.last_sid,
+            &update.update[..],
+            update.author,
+            now_ms
+        ])?;
+    }
+    state.dirty = true;
+    Ok(SidRange {
+        first,
+        last: state.last_sid,
+    })
+}
+
+fn write_back(
+    tx: &Connection,
+    docs: &HashMap<String, DocState>,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let mut update =
+        tx.prepare_cached("UPDATE docs SET last_sid = ?2, updated_at = ?3 WHERE id = ?1")?;
+    for state in docs.values().filter(|s| s.dirty) {
+        update.execute(params![state.id, state.last_sid, now_ms])?;
+    }
+    Ok(())
+}
+
+fn compact(
+    tx: &Connection,
+    docs: &mut HashMap<String, DocState>,
+    doc: &str,
+    upto: Sid,
+    snapshot: &Bytes,
+    policy: CheckpointPolicy,
+    now_ms: u64,
+) -> Result<Compacted, StoreError> {
+    let (id, last_sid) = doc_state(tx, docs, doc, false, now_ms)?
+        .map(|state| (state.id, state.last_sid))
+        .ok_or_else(|| StoreError::UnknownDocument(doc.to_owned()))?;
+    let (snapshot_sid, checkpoint_sid, checkpoint_at, pending): (Sid, Sid, u64, String) = tx
+        .prepare_cached(
+            "SELECT snapshot_sid, checkpoint_sid, checkpoint_at, pending_authors FROM docs WHERE id = ?1",
+        )?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    if upto > last_sid {
+        return Err(StoreError::CompactBeyondLog {
+            doc: doc.to_owned(),
+            upto,
+            last_sid,
+        });
+    }
+    if upto == 0 || upto < snapshot_sid {
+        return Err(StoreError::CompactBehindSnapshot {
+            doc: doc.to_owned(),
+            upto,
+            snapshot_sid,
+        });
+    }
+    let mut authors: BTreeSet<String> =
+        serde_json::from_str(&pending).map_err(|e| StoreError::Corrupt {
+            doc: doc.to_owned(),
+            detail: format!("pending authors: {e}"),
+        })?;
+    {
+        let mut stmt = tx.prepare_cached(
+            "SELECT DISTINCT author FROM updates WHERE doc_id = ?1 AND sid <= ?2",
+        )?;
+        let rows = stmt.query_map(params![id, upto], |r| r.get::<_, String>(0))?;
+        for author in rows {
+            authors.insert(author?);
+        }
+    }
+    tx.prepare_cached(
+        "INSERT INTO snapshots (doc_id, sid, data) VALUES (?1, ?2, ?3)
+         ON CONFLICT (doc_id) DO UPDATE SET sid = excluded.sid, data = excluded.data",
+    )?
+    .execute(params![id, upto, &snapshot[..]])?;
+    let removed = tx
+        .prepare_cached("DELETE FROM updates WHERE doc_id = ?1 AND sid <= ?2")?
+        .execute(params![id, upto])? as u64;
+    let previous = (checkpoint_sid > 0).then_some((checkpoint_sid, checkpoint_at));
+    let authors_json = |set: &BTreeSet<String>| {
+        serde_json::to_string(set).map_err(|e| StoreError::Backend(BackendError::new(e)))
+    };
+    let checkpoint = if policy.is_due(previous, upto, now_ms) {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO checkpoints (doc_id, sid, at, authors, data)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![
+            id,
+            upto,
+            now_ms,
+            authors_json(&authors)?,
+            &snapshot[..]
+        ])?;
+        tx.prepare_cached(
+            "UPDATE docs SET snapshot_sid = ?2, checkpoint_sid = ?2, checkpoint_at = ?3,
+             pending_authors = '[]' WHERE id = ?1",
+        )?
+        .execute(params![id, upto, now_ms])?;
+        Some(upto)
+    } else {
+        tx.prepare_cached("UPDATE docs SET snapshot_sid = ?2, pending_authors = ?3 WHERE id = ?1")?
+            .execute(params![id, upto, authors_json(&authors)?])?;
+        None
+    };
+    Ok(Compacted {
+        removed,
+        checkpoint,
+    })
+}
+
+/// A document's row as readers need it.
+struct DocRow {
+    id: i64,
+    last_sid: Sid,
+    snapshot_sid: Sid,
+}
+
+/// The row of `doc`, or `None` if it was never written.
+fn doc_row(tx: &Connection, doc: &str) -> Result<Option<DocRow>, StoreError> {
+    Ok(tx
+        .prepare_cached("SELECT id, last_sid, snapshot_sid FROM docs WHERE doc = ?1")?
+        .query_row([doc], |r| {
+            Ok(DocRow {
+                id: r.get(0)?,
+                last_sid: r.get(1)?,
+                snapshot_sid: r.get(2)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Reads the log entries of `doc` with `sid > after`, checking they run without gaps to its
+/// last sid.
+fn read_log(
+    tx: &Connection,
+    doc: &str,
+    row: &DocRow,
+    after: Sid,
+) -> Result<Vec<LogEntry>, StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT sid, data, author, at FROM updates WHERE doc_id = ?1 AND sid > ?2 ORDER BY sid",
+    )?;
+    let rows = stmt.query_map(params![row.id, after], |r| {
+        Ok(LogEntry {
+            sid: r.get(0)?,
+            update: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+            author: r.get(2)?,
+            at: r.get(3)?,
+        })
+    })?;
+    let mut entries = Vec::with_capacity(usize::try_from(row.last_sid - after).unwrap_or(0));
+    let mut expected = after + 1;
+    for entry in rows {
+        let entry = entry?;
+        if entry.sid != expected {
+            return Err(StoreError::Corrupt {
+                doc: doc.to_owned(),
+                detail: format!("log has sid {} where {expected} was expected", entry.sid),
+            });
+        }
+        expected += 1;
+        entries.push(entry);
+    }
+    if expected != row.last_sid + 1 {
+        return Err(StoreError::Corrupt {
+            doc: doc.to_owned(),
+            detail: format!(
+                "log ends at sid {} but the document is at {}",
+                expected - 1,
+                row.last_sid
+            ),
+        });
+    }
+    Ok(entries)
+}
+
+fn load(conn: &mut Connection, doc: &str) -> Result<Option<Loaded>, StoreError> {
+    // One read transaction: a concurrent compaction cannot tear snapshot and log apart.
+    let tx = conn.transaction()?;
+    let Some(row) = doc_row(&tx, doc)? else {
+        return Ok(None);
+    };
+    let snapshot = if row.snapshot_sid > 0 {
+        let stored: Option<(Sid, Vec<u8>)> = tx
+            .prepare_cached("SELECT sid, data FROM snapshots WHERE doc_id = ?1")?
+            .query_row([row.id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        match stored {
+            Some((sid, data)) if sid == row.snapshot_sid => Some(Snapshot {
+                sid,
+                state: Bytes::from(data),
+            }),
+            _ => {
+                return Err(StoreError::Corrupt {
+                    doc: doc.to_owned(),
+                    detail: format!("the snapshot at sid {} is missing", row.snapshot_sid),
+                })
+            }
+        }
+    } else {
+        None
+    };
+    if row.last_sid < row.snapshot_sid {
+        return Err(StoreError::Corrupt {
+            doc: doc.to_owned(),
+            detail: format!(
+                "the snapshot at sid {} is past the last sid {}",
+                row.snapshot_sid, row.last_sid
+            ),
+        });
+    }
+    let updates = read_log(&tx, doc, &row, row.snapshot_sid)?;
+    Ok(Some(Loaded {
+        snapshot,
+        updates,
+        last_sid: row.last_sid,
+    }))
+}
+
+fn updates_since(conn: &mut Connection, doc: &str, since: Sid) -> Result<Since, StoreError> {
+    let tx = conn.transaction()?;
+    let Some(row) = doc_row(&tx, doc)? else {
+        return Ok(if since == 0 {
+            Since::Updates {
+                entries: Vec::new(),
+                last_sid: 0,
+            }
+        } else {
+            Since::Ahead { last_sid: 0 }
+        });
+    };
+    if since > row.last_sid {
+        return Ok(Since::Ahead {
+            last_sid: row.last_sid,
+        });
+    }
+    if since < row.snapshot_sid {
+        return Ok(Since::Compacted {
+            snapshot_sid: row.snapshot_sid,
+        });
+    }
+    let entries = read_log(&tx, doc, &row, since)?;
+    Ok(Since::Updates {
+        entries,
+        last_sid: row.last_sid,
+    })
+}
+
+fn checkpoints(conn: &mut Connection, doc: &str) -> Result<Vec<CheckpointInfo>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT c.sid, c.at, c.authors FROM checkpoints c JOIN docs d ON d.id = c.doc_id
+         WHERE d.doc = ?1 ORDER BY c.sid",
+    )?;
+    let rows = stmt.query_map([doc], |r| {
+        Ok((
+            r.get::<_, Sid>(0)?,
+            r.get::<_, u64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (sid, at, authors) = row?;
+        let authors: Vec<String> =
+            serde_json::from_str(&authors).map_err(|e| StoreError::Corrupt {
+                doc: doc.to_owned(),
+                detail: format!("checkpoint {sid} authors: {e}"),
+            })?;
+        out.push(CheckpointInfo { sid, at, authors });
+    }
+    Ok(out)
+}
+
+fn checkpoint(conn: &mut Connection, doc: &str, sid: Sid) -> Result<Option<Bytes>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT c.data FROM checkpoints c JOIN docs d ON d.id = c.doc_id
+             WHERE d.doc = ?1 AND c.sid = ?2",
+        )?
+        .query_row(params![doc, sid], |r| r.get::<_, Vec<u8>>(0))
+        .optional()?
+        .map(Bytes::from))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn load(&self, doc: &str) -> Result<Option<Loaded>, StoreError> {
+        let doc = doc.to_owned();
+        self.read(move |conn| load(conn, &doc)).await
+    }
+
+    async fn append(&self, doc: &str, update: Bytes, author: &str) -> Result<Sid, StoreError> {
+        let range = self
+            .append_batch(
+                doc,
+                vec![NewUpdate {
+                    update,
+                    author: author.to_owned(),
+                }],
+            )
+            .await?;
+        Ok(range.last)
+    }
+
+    async fn append_batch(
+        &self,
+        doc: &str,
+        updates: Vec<NewUpdate>,
+    ) -> Result<SidRange, StoreError> {
+        if updates.is_empty() {
+            return Err(StoreError::EmptyAppend);
+        }
+        let doc = doc.to_owned();
+        self.call(|reply| Request::Append {
+            doc,
+            updates,
+            queued: Instant::now(),
+            reply,
+        })
+        .await
+    }
+
+    async fn updates_since(&self, doc: &str, sid: Sid) -> Result<Since, StoreError> {
+        let doc = doc.to_owned();
+        self.read(move |conn| updates_since(conn, &doc, sid)).await
+    }
+
+    async fn compact(
+        &self,
+        doc: &str,
+        upto: Sid,
+        snapshot: Bytes,
+    ) -> Result<Compacted, StoreError> {
+        let doc = doc.to_owned();
+        self.call(|reply| Request::Compact {
+            doc,
+            upto,
+            snapshot,
+            reply,
+        })
+        .await
+    }
+
+    async fn checkpoints(&self, doc: &str) -> Result<Vec<CheckpointInfo>, StoreError> {
+        let doc = doc.to_owned();
+        self.read(move |conn| checkpoints(conn, &doc)).await
+    }
+
+    async fn checkpoint(&self, doc: &str, sid: Sid) -> Result<Option<Bytes>, StoreError> {
+        let doc = doc.to_owned();
+        self.read(move |conn| checkpoint(conn, &doc, sid)).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.call(|reply| Request::Flush { reply }).await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (reply, answer) = oneshot::channel();
+        if self
+            .inner
+            .requests
+            .send(Request::Close { reply })
+            .await
+            .is_ok()
+        {
+            answer.await.map_err(|_| StoreError::Closed)??;
+        }
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            // The thread has answered Close, so it is about to return; joining is brief.
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .ok();
+        }
+        self.inner
+            .readers
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn options() -> SqliteOptions {
+        SqliteOptions::default()
+    }
+
+    fn open(dir: &Path) -> SqliteStore {
+        SqliteStore::open(dir, options()).unwrap()
+    }
+
+    fn upd(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn texts(entries: &[LogEntry]) -> Vec<(Sid, String)> {
+        entries
+            .iter()
+            .map(|e| (e.sid, String::from_utf8(e.update.to_vec()).unwrap()))
+            .collect()
+    }
+
+    /// Waits until `n` requests sit in the writer's queue (the writer is held, so they stay).
+    async fn until_queued(store: &SqliteStore, n: usize) {
+        while store.queued() < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_documents_load_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.load("nope").await.unwrap(), None);
+        assert_eq!(
+            store.updates_since("nope", 0).await.unwrap(),
+            Since::Updates {
+                entries: vec![],
+                last_sid: 0
+            }
+        );
+        assert_eq!(
+            store.updates_since("nope", 3).await.unwrap(),
+            Since::Ahead { last_sid: 0 }
+        );
+        assert!(matches!(
+            store.compact("nope", 1, upd("s")).await,
+            Err(StoreError::UnknownDocument(_))
+        ));
+        assert_eq!(store.checkpoints("nope").await.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn appends_get_gap_free_sids_per_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.append("a", upd("a1"), "u1").await.unwrap(), 1);
+        assert_eq!(store.append("a", upd("a2"), "u2").await.unwrap(), 2);
+        assert_eq!(store.append("b", upd("b1"), "u1").await.unwrap(), 1);
+        let range = store
+            .append_batch(
+                "a",
+                vec![
+                    NewUpdate {
+                        update: upd("a3"),
+                        author: "u1".into(),
+                    },
+                    NewUpdate {
+                        update: upd("a4"),
+                        author: "u3".into(),
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(range, SidRange { first: 3, last: 4 });
+        assert!(matches!(
+            store.append_batch("a", vec![]).await,
+            Err(StoreError::EmptyAppend)
+        ));
+        let loaded = store.load("a").await.unwrap().unwrap();
+        assert_eq!(loaded.last_sid, 4);
+        assert_eq!(loaded.snapshot, None);
+        assert_eq!(
+            texts(&loaded.updates),
+            vec![
+                (1, "a1".into()),
+                (2, "a2".into()),
+                (3, "a3".into()),
+                (4, "a4".into())
+            ]
+        );
+        assert_eq!(loaded.updates[3].author, "u3");
+        assert!(loaded.updates[0].at > 1_600_000_000_000);
+        assert_eq!(loaded.log_bytes(), 8);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_appends_share_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let release = store.hold_writer().await;
+        let docs = ["x", "y", "z"];
+        let mut tasks = Vec::new();
+        for i in 0..300usize {
+            let store = store.clone();
+            let doc = docs[i % docs.len()];
+            tasks.push(tokio::spawn(async move {
+                let sid = store
+                    .append(doc, upd(&format!("{doc}{i}")), "u")
+                    .await
+                    .unwrap();
+                (doc, sid)
+            }));
+        }
+        until_queued(&store, 300).await;
+        release.send(()).unwrap();
+        let mut sids: HashMap<&str, Vec<Sid>> = HashMap::new();
+        for task in tasks {
+            let (doc, sid) = task.await.unwrap();
+            sids.entry(doc).or_default().push(sid);
+        }
+        // Every document got exactly 1..=100, no gap, no duplicate.
+        for doc in docs {
+            let mut got = sids.remove(doc).unwrap();
+            got.sort_unstable();
+            assert_eq!(got, (1..=100).collect::<Vec<_>>(), "{doc}");
+            let loaded = store.load(doc).await.unwrap().unwrap();
+            assert_eq!(loaded.last_sid, 100);
+            assert_eq!(loaded.updates.len(), 100);
+        }
+        // All 300 were waiting when the writer resumed: one transaction took them all.
+        assert_eq!(
+            store.stats(),
+            StoreStats {
+                transactions: 1,
+                appends: 300
+            }
+        );
+        assert_eq!(store.inner.metrics.commit_latency.count(), 300);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_makes_callers_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            dir.path(),
+            SqliteOptions {
+                queue_capacity: 2,
+                ..options()
+            },
+        )
+        .unwrap();
+        let release = store.hold_writer().await;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        for i in 0..5 {
+            let store = store.clone();
+            let done_tx = done_tx.clone();
+            tokio::spawn(async move {
+                let sid = store.append("d", upd(&i.to_string()), "u").await;
+                done_tx.send(sid.unwrap()).unwrap();
+            });
+        }
+        until_queued(&store, 2).await;
+        // The queue is full and the writer is held: nobody has been answered, and the queue
+        // never grew beyond its capacity.
+        assert_eq!(store.queued(), 2);
+        assert!(done_rx.try_recv().is_err());
+        release.send(()).unwrap();
+        let mut sids = Vec::new();
+        for _ in 0..5 {
+            sids.push(done_rx.recv().await.unwrap());
+        }
+        sids.sort_unstable();
+        assert_eq!(sids, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn everything_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            for i in 1..=20 {
+                store
+                    .append("doc", upd(&format!("u{i}")), "u")
+                    .await
+                    .unwrap();
+            }
+            // Dropped without close: the acknowledged appends are already committed.
+        }
+        let store = open(dir.path());
+        let loaded = store.load("doc").await.unwrap().unwrap();
+        assert_eq!(loaded.last_sid, 20);
+        assert_eq!(texts(&loaded.updates)[19], (20, "u20".into()));
+        // Sids continue where they stopped.
+        assert_eq!(store.append("doc", upd("u21"), "u").await.unwrap(), 21);
+        store.close().await.unwrap();
+
+        let store = open(dir.path());
+        assert_eq!(store.load("doc").await.unwrap().unwrap().last_sid, 21);
+    }
+
+    #[tokio::test]
+    async fn an_acknowledged_append_is_committed_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.append("doc", upd("hello"), "u").await.unwrap(), 1);
+        // Read with an unrelated connection while the store is still running, as a restarted
+        // process would after kill -9: the row is in the committed WAL.
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let (sid, data): (u64, Vec<u8>) = conn
+            .query_row(
+                "SELECT u.sid, u.data FROM updates u JOIN docs d ON d.id = u.doc_id
+                 WHERE d.doc = 'doc'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((sid, data.as_slice()), (1, &b"hello"[..]));
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        std::mem::forget(store);
+    }
+
+    #[tokio::test]
+    async fn compaction_replaces_the_log_with_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for i in 1..=10 {
+            store
+                .append("doc", upd(&format!("u{i}")), &format!("user{}", i % 3))
+                .await
+                .unwrap();
+        }
+        let done = store.compact("doc", 6, upd("state@6")).await.unwrap();
+        assert_eq!(
+            done,
+            Compacted {
+                removed: 6,
+                checkpoint: Some(6)
+            }
+        );
+        let loaded = store.load("doc").await.unwrap().unwrap();
+        assert_eq!(
+            loaded.snapshot,
+            Some(Snapshot {
+                sid: 6,
+                state: upd("state@6")
+            })
+        );
+        assert_eq!(
+            texts(&loaded.updates),
+            vec![
+                (7, "u7".into()),
+                (8, "u8".into()),
+                (9, "u9".into()),
+                (10, "u10".into())
+            ]
+        );
+        assert_eq!(loaded.last_sid, 10);
+
+        assert_eq!(
+            store.updates_since("doc", 5).await.unwrap(),
+            Since::Compacted { snapshot_sid: 6 }
+        );
+        assert_eq!(
+            store.updates_since("doc", 0).await.unwrap(),
+            Since::Compacted { snapshot_sid: 6 }
+        );
+        let Since::Updates { entries, last_sid } = store.updates_since("doc", 6).await.unwrap()
+        else {
+            panic!("expected updates");
+        };
+        assert_eq!((entries.len(), last_sid), (4, 10));
+        let Since::Updates { entries, .. } = store.updates_since("doc", 8).await.unwrap() else {
+            panic!("expected updates");
+        };
+        assert_eq!(texts(&entries), vec![(9, "u9".into()), (10, "u10".into())]);
+        assert_eq!(
+            store.updates_since("doc", 10).await.unwrap(),
+            Since::Updates {
+                entries: vec![],
+                last_sid: 10
+            }
+        );
+        assert_eq!(
+            store.updates_since("doc", 11).await.unwrap(),
+            Since::Ahead { last_sid: 10 }
+        );
+
+        // Compacting everything leaves an empty log; sids still continue.
+        store.compact("doc", 10, upd("state@10")).await.unwrap();
+        let loaded = store.load("doc").await.unwrap().unwrap();
+        assert_eq!((loaded.updates.len(), loaded.last_sid), (0, 10));
+        assert_eq!(store.append("doc", upd("u11"), "u").await.unwrap(), 11);
+        assert_eq!(store.stats().appends, 11);
+    }
+
+    #[tokio::test]
+    async fn bad_compactions_are_refused_without_harm() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for i in 1..=5 {
+            store.append("doc", upd(&i.to_string()), "u").await.unwrap();
+        }
+        assert!(matches!(
+            store.compact("doc", 6, upd("s")).await,
+            Err(StoreError::CompactBeyondLog {
+                upto: 6,
+                last_sid: 5,
+                ..
+            })
+        ));
+        store.compact("doc", 3, upd("s3")).await.unwrap();
+        assert!(matches!(
+            store.compact("doc", 2, upd("s2")).await,
+            Err(StoreError::CompactBehindSnapshot {
+                upto: 2,
+                snapshot_sid: 3,
+                ..
+            })
+        ));
+        let loaded = store.load("doc").await.unwrap().unwrap();
+        assert_eq!(loaded.snapshot.unwrap().state, upd("s3"));
+        assert_eq!(loaded.updates.len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_compaction_does_not_undo_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.append("doc", upd("1"), "u").await.unwrap();
+        let release = store.hold_writer().await;
+        let a = tokio::spawn({
+            let store = store.clone();
+            async move { store.append("doc", upd("2"), "u").await }
+        });
+        until_queued(&store, 1).await;
+        let bad = tokio::spawn({
+            let store = store.clone();
+            async move { store.compact("doc", 99, upd("s")).await }
+        });
+        until_queued(&store, 2).await;
+        let good = tokio::spawn({
+            let store = store.clone();
+            async move { store.compact("doc", 2, upd("s2")).await }
+        });
+        until_queued(&store, 3).await;
+        release.send(()).unwrap();
+        assert_eq!(a.await.unwrap().unwrap(), 2);
+        assert!(bad.await.unwrap().is_err());
+        assert_eq!(good.await.unwrap().unwrap().removed, 2);
+        assert_eq!(store.stats().transactions, 2);
+        let loaded = store.load("doc").await.unwrap().unwrap();
+        assert_eq!(loaded.snapshot.unwrap().sid, 2);
+    }
+
+    #[tokio::test]
+    async fn checkpoints_follow_the_policy_and_collect_authors() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            dir.path(),
+            SqliteOptions {
+                checkpoints: CheckpointPolicy {
+                    every_sids: 10,
+                    interval: Duration::from_secs(3600),
+                },
+                ..options()
+            },
+        )
+        .unwrap();
+        let author = |i: u64| ["ada", "bob", "cy"][(i % 3) as usize].to_owned();
+        for i in 1..=25u64 {
+            store
+                .append("doc", upd(&i.to_string()), &author(i))
+                .await
+                .unwrap();
+        }
+        // First compaction: always a checkpoint.
+        assert_eq!(
+            store.compact("doc", 2, upd("s2")).await.unwrap().checkpoint,
+            Some(2)
+        );
+        // Sids 3..=5: under the interval of 10, no checkpoint, authors carried over.
+        assert_eq!(
+            store.compact("doc", 5, upd("s5")).await.unwrap().checkpoint,
+            None
+        );
+        // Sids 6..=12: 10 since the last checkpoint: due.
+        assert_eq!(
+            store
+                .compact("doc", 12, upd("s12"))
+                .await
+                .unwrap()
+                .checkpoint,
+            Some(12)
+        );
+        let list = store.checkpoints("doc").await.unwrap();
+        assert_eq!(list.len(), 2);
+        // Sids 1 and 2 were written by bob and cy.
+        assert_eq!(
+            (list[0].sid, list[0].authors.clone()),
+            (2, vec!["bob".into(), "cy".into()])
+        );
+        assert_eq!(list[1].sid, 12);
+        assert_eq!(
+            list[1].authors,
+            vec!["ada".to_owned(), "bob".into(), "cy".into()]
+        );
+        assert!(list[1].at >= list[0].at);
+        assert_eq!(store.checkpoint("doc", 12).await.unwrap(), Some(upd("s12")));
+        assert_eq!(store.checkpoint("doc", 5).await.unwrap(), None);
+        assert_eq!(store.inner.metrics.store_checkpoints.get(), 2);
+        assert_eq!(store.inner.metrics.store_compactions.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn checkpoints_are_due_after_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            dir.path(),
+            SqliteOptions {
+                checkpoints: CheckpointPolicy {
+                    every_sids: 1_000_000,
+                    interval: Duration::from_millis(1),
+                },
+                ..options()
+            },
+        )
+        .unwrap();
+        store.append("doc", upd("1"), "u").await.unwrap();
+        store.compact("doc", 1, upd("s1")).await.unwrap();
+        // Make the previous checkpoint old instead of waiting for the clock.
+        let conn = Connection::open(store.path()).unwrap();
+        conn.execute("UPDATE docs SET checkpoint_at = checkpoint_at - 10", [])
+            .unwrap();
+        store.append("doc", upd("2"), "u").await.unwrap();
+        assert_eq!(
+            store.compact("doc", 2, upd("s2")).await.unwrap().checkpoint,
+            Some(2)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_the_log_is_a_load_error_not_an_empty_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for i in 1..=3 {
+            store.append("doc", upd(&i.to_string()), "u").await.unwrap();
+        }
+        let conn = Connection::open(store.path()).unwrap();
+        conn.execute("DELETE FROM updates WHERE sid = 2", [])
+            .unwrap();
+        assert!(matches!(
+            store.load("doc").await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.updates_since("doc", 1).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        conn.execute("DELETE FROM updates WHERE sid = 3", [])
+            .unwrap();
+        // The tail is missing: the log no longer reaches last_sid.
+        assert!(matches!(
+            store.load("doc").await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        conn.execute("UPDATE docs SET snapshot_sid = 1", [])
+            .unwrap();
+        assert!(matches!(
+            store.load("doc").await,
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_missing_table_is_a_load_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.append("doc", upd("1"), "u").await.unwrap();
+        let conn = Connection::open(store.path()).unwrap();
+        conn.execute("DROP TABLE updates", []).unwrap();
+        assert!(matches!(
+            store.load("doc").await,
+            Err(StoreError::Backend(_))
+        ));
+    }
+
+    #[test]
+    fn opening_an_unusable_location_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        // The data dir path runs through a regular file.
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let err = SqliteStore::open(&file.join("data"), options()).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err}");
+        // The database file is not a database.
+        let garbage = dir.path().join("garbage");
+        std::fs::create_dir(&garbage).unwrap();
+        std::fs::write(garbage.join(DB_FILE), vec![0x5a; 8192]).unwrap();
+        let err = SqliteStore::open(&garbage, options()).unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err}");
+        // The database file is a directory.
+        let dir_db = dir.path().join("dirdb");
+        std::fs::create_dir_all(dir_db.join(DB_FILE)).unwrap();
+        assert!(SqliteStore::open(&dir_db, options()).is_err());
+    }
+
+    #[test]
+    fn another_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path(), options()).unwrap());
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        for version in [1, 99] {
+            conn.pragma_update(None, "user_version", version).unwrap();
+            let err = SqliteStore::open(dir.path(), options()).unwrap_err();
+            assert!(
+                matches!(err, StoreError::UnsupportedSchema { found, supported: 2 } if found == version),
+                "{err}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn close_flushes_then_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let pending: Vec<_> = (0..50)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { store.append("doc", upd(&i.to_string()), "u").await })
+            })
+            .collect();
+        store.flush().await.unwrap();
+        for task in pending {
+            task.await.unwrap().unwrap();
+        }
+        store.close().await.unwrap();
+        store.close().await.unwrap();
+        assert!(matches!(
+            store.append("doc", upd("late"), "u").await,
+            Err(StoreError::Closed)
+        ));
+        assert!(matches!(store.load("doc").await, Err(StoreError::Closed)));
+        assert!(matches!(store.flush().await, Err(StoreError::Closed)));
+        let store = open(dir.path());
+        assert_eq!(store.load("doc").await.unwrap().unwrap().last_sid, 50);
+    }
+
+    #[tokio::test]
+    async fn the_store_is_usable_as_a_trait_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(open(dir.path()));
+        assert_eq!(store.append("d", upd("x"), "u").await.unwrap(), 1);
+        assert_eq!(store.load("d").await.unwrap().unwrap().last_sid, 1);
+    }
+}

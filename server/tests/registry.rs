@@ -1,0 +1,171 @@
+//! The document registry against a scripted store: a failed load never creates or stores
+//! anything, and concurrent first connections share one load.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tandem_engine::protocol::{ConnInfo, Role};
+use tandem_server::config::Config;
+use tandem_server::docs::{ConnSink, JoinError, Registry};
+use tandem_server::metrics::Metrics;
+use tandem_server::store::{
+    BackendError, CheckpointInfo, Compacted, Loaded, NewUpdate, Sid, SidRange, Since, Store,
+    StoreError,
+};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// A store whose loads wait for a signal, then fail or find nothing; writes are counted.
+struct Scripted {
+    fail_loads: bool,
+    /// Loads wait for a permit; releasing adds plenty.
+    release: Semaphore,
+    loads: AtomicUsize,
+    writes: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Broken;
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("disk unreadable")
+    }
+}
+impl std::error::Error for Broken {}
+
+#[async_trait]
+impl Store for Scripted {
+    async fn load(&self, _doc: &str) -> Result<Option<Loaded>, StoreError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        let _permit = self.release.acquire().await;
+        if self.fail_loads {
+            Err(StoreError::Backend(BackendError::new(Broken)))
+        } else {
+            Ok(None)
+        }
+    }
+    async fn append(&self, _: &str, _: Bytes, _: &str) -> Result<Sid, StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(1)
+    }
+    async fn append_batch(&self, _: &str, u: Vec<NewUpdate>) -> Result<SidRange, StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(SidRange {
+            first: 1,
+            last: u.len() as Sid,
+        })
+    }
+    async fn updates_since(&self, _: &str, _: Sid) -> Result<Since, StoreError> {
+        Ok(Since::Updates {
+            entries: Vec::new(),
+            last_sid: 0,
+        })
+    }
+    async fn compact(&self, _: &str, _: Sid, _: Bytes) -> Result<Compacted, StoreError> {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        Ok(Compacted {
+            removed: 0,
+            checkpoint: None,
+        })
+    }
+    async fn checkpoints(&self, _: &str) -> Result<Vec<CheckpointInfo>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn checkpoint(&self, _: &str, _: Sid) -> Result<Option<Bytes>, StoreError> {
+        Ok(None)
+    }
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn close(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+fn registry(fail_loads: bool) -> (Registry, Arc<Scripted>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Scripted {
+        fail_loads,
+        release: Semaphore::new(0),
+        loads: AtomicUsize::new(0),
+        writes: AtomicUsize::new(0),
+    });
+    let config = Arc::new(Config::default_for(dir.path()));
+    let r = Registry::new(store.clone(), Metrics::new(), config);
+    (r, store, dir)
+}
+
+fn sink() -> (ConnSink, mpsc::Receiver<Bytes>) {
+    let (frames, rx) = mpsc::channel(16);
+    let (close, _) = oneshot::channel();
+    (ConnSink { frames, close }, rx)
+}
+
+fn writer() -> ConnInfo {
+    ConnInfo {
+        role: Role::Write,
+        user: Some("u".into()),
+        name: None,
+        extensions: false,
+    }
+}
+
+#[tokio::test]
+async fn a_failed_load_refuses_every_waiting_connection_and_stores_nothing() {
+    let (registry, store, _dir) = registry(true);
+    let (s1, _) = sink();
+    let (s2, _) = sink();
+    let r1 = registry.clone();
+    let r2 = registry.clone();
+    let a = tokio::spawn(async move { r1.join("doc", writer(), s1).await.map(|_| ()) });
+    let b = tokio::spawn(async move { r2.join("doc", writer(), s2).await.map(|_| ()) });
+    // Both joins are queued behind the one load.
+    while store.loads.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    store.release.add_permits(100);
+    assert_eq!(a.await.unwrap(), Err(JoinError::LoadFailed));
+    assert_eq!(b.await.unwrap(), Err(JoinError::LoadFailed));
+    assert_eq!(store.writes.load(Ordering::SeqCst), 0, "nothing was stored");
+    assert!(
+        !registry.is_loaded("doc"),
+        "no empty document was left loaded"
+    );
+    assert!(matches!(
+        registry.read("doc", false).await,
+        Err(tandem_server::docs::DocError::Join(JoinError::LoadFailed))
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_first_connections_share_one_load() {
+    let (registry, store, _dir) = registry(false);
+    let mut joins = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..5 {
+        let (s, rx) = sink();
+        receivers.push(rx);
+        let r = registry.clone();
+        joins.push(tokio::spawn(
+            async move { r.join("doc", writer(), s).await },
+        ));
+    }
+    while store.loads.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    store.release.add_permits(100);
+    let mut attached = Vec::new();
+    for j in joins {
+        attached.push(j.await.unwrap().expect("joined"));
+    }
+    assert_eq!(store.loads.load(Ordering::SeqCst), 1);
+    for rx in &mut receivers {
+        // Each got the server's greeting (sync step 1).
+        assert_eq!(&rx.recv().await.unwrap()[..2], &[0, 0]);
+    }
+    assert!(registry.is_loaded("doc"));
+    for a in attached {
+        a.leave().await;
+    }
+}

@@ -1,0 +1,86 @@
+// A stock y-websocket client (yjs + y-websocket 3.x + ws) driven over stdin/stdout, one JSON
+// command per line, one JSON reply per line. Used by tandem's end-to-end tests.
+//
+//   node client.mjs <ws-base-url> <doc> [name]
+//
+// Commands:
+//   {"op":"wait-synced"}                          -> {"ok":true}
+//   {"op":"insert","field":F,"index":I,"text":T}  -> {"ok":true}
+//   {"op":"delete","field":F,"index":I,"len":N}   -> {"ok":true}
+//   {"op":"text","field":F}                       -> {"ok":true,"text":S}
+//   {"op":"wait-text","field":F,"text":S}         -> {"ok":true} once the field equals S
+//   {"op":"set-awareness","state":{...}}          -> {"ok":true}
+//   {"op":"states"}                               -> {"ok":true,"states":{clientId: state}}
+//   {"op":"wait-states","count":N}                -> {"ok":true,"states":{...}} once N remote+local states exist
+//   {"op":"close"}                                -> {"ok":true}, then exits
+// Every wait is event driven and fails after "timeoutMs" (default 10000).
+import * as Y from 'yjs';
+import { WebsocketProvider } from 'y-websocket';
+import WebSocket from 'ws';
+import readline from 'node:readline';
+
+const [url, room, name = 'client'] = process.argv.slice(2);
+const doc = new Y.Doc();
+const provider = new WebsocketProvider(url, room, doc, { WebSocketPolyfill: WebSocket });
+const reply = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
+
+function waitFor(check, subscribe, unsubscribe, timeoutMs = 10000) {
+  return new Promise((resolve, reject) => {
+    if (check()) return resolve();
+    const timer = setTimeout(() => { unsubscribe(on); reject(new Error('timeout')); }, timeoutMs);
+    const on = () => { if (check()) { clearTimeout(timer); unsubscribe(on); resolve(); } };
+    subscribe(on);
+  });
+}
+
+const states = () => Object.fromEntries(provider.awareness.getStates());
+
+async function handle(cmd) {
+  const t = cmd.timeoutMs;
+  switch (cmd.op) {
+    case 'wait-synced':
+      await waitFor(() => provider.synced, (f) => provider.on('sync', f), (f) => provider.off('sync', f), t);
+      return {};
+    case 'insert':
+      doc.getText(cmd.field).insert(cmd.index, cmd.text);
+      return {};
+    case 'delete':
+      doc.getText(cmd.field).delete(cmd.index, cmd.len);
+      return {};
+    case 'text':
+      return { text: doc.getText(cmd.field).toString() };
+    case 'wait-text': {
+      const text = doc.getText(cmd.field);
+      await waitFor(() => text.toString() === cmd.text, (f) => doc.on('update', f), (f) => doc.off('update', f), t);
+      return {};
+    }
+    case 'set-awareness':
+      provider.awareness.setLocalState(cmd.state);
+      return {};
+    case 'states':
+      return { states: states() };
+    case 'wait-states':
+      await waitFor(() => provider.awareness.getStates().size === cmd.count,
+        (f) => provider.awareness.on('change', f), (f) => provider.awareness.off('change', f), t);
+      return { states: states() };
+    case 'close':
+      provider.destroy();
+      setTimeout(() => process.exit(0), 50);
+      return {};
+    default:
+      throw new Error(`unknown op ${cmd.op}`);
+  }
+}
+
+const rl = readline.createInterface({ input: process.stdin });
+let queue = Promise.resolve();
+rl.on('line', (line) => {
+  queue = queue.then(async () => {
+    try {
+      reply({ ok: true, ...(await handle(JSON.parse(line))) });
+    } catch (e) {
+      reply({ ok: false, error: String(e && e.message || e) });
+    }
+  });
+});
+rl.on('close', () => { provider.destroy(); process.exit(0); });

@@ -1,0 +1,37 @@
+// The demo's offline shell: network first, the cached copy when the network fails, so the
+// page reloads while offline and shows the document cached in IndexedDB.
+const CACHE = 'tandem-demo-v1'
+const SHELL = [
+  '/', '/demo/demo.css', '/demo/demo.js',
+  '/pkg/index.js', '/pkg/doc.js', '/pkg/provider.js', '/pkg/emitter.js', '/pkg/offline.js',
+  '/pkg/tabs.js', '/pkg/backoff.js', '/pkg/tandem_wasm.js', '/pkg/tandem_wasm_bg.wasm'
+]
+
+self.addEventListener('install', (event) => {
+  event.waitUntil(caches.open(CACHE).then((c) => c.addAll(SHELL)).then(() => self.skipWaiting()))
+})
+
+self.addEventListener('activate', (event) => {
+  event.waitUntil(self.clients.claim())
+})
+
+self.addEventListener('fetch', (event) => {
+  const url = new URL(event.request.url)
+  if (event.request.method !== 'GET' || url.origin !== location.origin) return
+  if (url.pathname.startsWith('/ws/') || url.pathname.startsWith('/docs/')) return
+  const key = event.request.mode === 'navigate' ? '/' : url.pathname
+  event.respondWith((async () => {
+    try {
+      const res = await fetch(event.request)
+      if (res.ok) {
+        const copy = res.clone()
+        caches.open(CACHE).then((c) => c.put(key, copy))
+      }
+      return res
+    } catch (err) {
+      const hit = await caches.match(key)
+      if (hit) return hit
+      throw err
+    }
+  })())
+})

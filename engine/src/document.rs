@@ -704,10 +704,18 @@ fn delta_op(d: &Delta) -> Option<DeltaOp> {
 }
 
 fn entries<'a, T: ReadTxn>(map: &'a MapRef, txn: &'a T) -> impl Iterator<Item = Entry> + 'a {
-    map.iter(txn).filter_map(|(_, v)| match v {
-        Out::Any(Any::String(s)) => Entry::parse(&s),
-        _ => None,
-    })
+    map.iter(txn).filter_map(|(k, v)| entry_at(k, v))
+}
+
+/// The register write stored under `key`, if it is one: a JSON entry whose own name and stamp
+/// give back `key`. Anything else in the map (written by a foreign or hostile client) is
+/// ignored by every reader alike, so the change feed, `field` and `fields` always agree.
+fn entry_at(key: &str, value: Out) -> Option<Entry> {
+    let Out::Any(Any::String(s)) = value else {
+        return None;
+    };
+    let entry = Entry::parse(&s)?;
+    (entry.key() == key).then_some(entry)
 }
 
 fn winner<T: ReadTxn>(map: &MapRef, txn: &T, name: &str) -> Option<Entry> {
@@ -716,10 +724,6 @@ fn winner<T: ReadTxn>(map: &MapRef, txn: &T, name: &str) -> Option<Entry> {
         .filter(|(k, _)| {
             k.len() > prefix_len && k.starts_with(name) && k.as_bytes()[name.len()] == b'#'
         })
-        .filter_map(|(_, v)| match v {
-            Out::Any(Any::String(s)) => Entry::parse(&s),
-            _ => None,
-        })
-        .filter(|e| e.name == name)
+        .filter_map(|(k, v)| entry_at(k, v))
         .max_by_key(Entry::stamp)
 }

@@ -37,6 +37,10 @@ pub enum DecodeError {
     /// An unknown shared type reference.
     #[error("unknown type reference {0}")]
     UnknownTypeRef(u8),
+    /// A shared type yrs does not decode the way Yjs encodes it (an `XmlHook`: yrs skips its
+    /// hook name and misreads every byte after it), so it is refused.
+    #[error("unsupported type reference {0}")]
+    UnsupportedTypeRef(u8),
     /// An unknown lib0 `Any` tag.
     #[error("unknown value tag {0}")]
     UnknownAnyTag(u8),

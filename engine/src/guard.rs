@@ -364,9 +364,12 @@ fn content(r: &mut Reader<'_>, kind: u8) -> Result<u64, DecodeError> {
         7 => {
             match r.u8()? {
                 0 | 1 | 2 | 4 | 6 | 9 | 15 => {}
-                3 | 5 => {
+                3 => {
                     r.var_str()?;
                 }
+                // XmlHook: Yjs writes its hook name after the type reference, yrs reads none,
+                // so yrs would take the name for the next struct.
+                5 => return Err(DecodeError::UnsupportedTypeRef(5)),
                 other => return Err(DecodeError::UnknownTypeRef(other)),
             }
             Ok(1)

@@ -13,7 +13,9 @@
 //! `wall`/`counter` form the write's hybrid logical clock; `client` is the writer's Yjs client
 //! id. A register's value is the entry with the greatest `(wall, counter, client)` among the
 //! entries named after it; `deleted: true` means the register was deleted by that write. Its
-//! `version` is `"<wall>-<counter>-<client>"`, the same on every replica.
+//! `version` is `"<wall>-<counter>-<client>"`, the same on every replica. An entry counts only
+//! when its key is exactly `"<name>#<version>"` of its own JSON; anything else in the map is
+//! ignored by every reader.
 //!
 //! A writer removes the entries it has seen for that register when it adds its own, which is
 //! greater than all of them: the greatest write ever made is never removed, so every replica that

@@ -151,3 +151,49 @@ fn an_embedded_value_shows_in_the_text_as_in_the_deltas() {
     assert_eq!(doc.text("description").as_deref(), Some("a\u{fffc}b"));
     assert_eq!(doc.text_len("description"), 3);
 }
+
+/// `protocol` target (change feed against the document): a client wrote a register entry under
+/// a key that does not match its JSON (key `note#1-0-7`, JSON naming `status` at `0-0-0`).
+/// `fields()` read the JSON's name and showed `status`; the change feed read the key's name and
+/// reported nothing. An entry now counts only under its own key, for every reader.
+#[test]
+fn a_register_entry_under_a_foreign_key_is_ignored_by_every_reader() {
+    let mut app = Document::new(1);
+    app.set_change_feed(true);
+    let peer = yrs::Doc::with_client_id(2);
+    let map = peer.get_or_insert_map("tandem:registers");
+    let forged = r#"{"name":"status","value":null,"wall":0,"counter":0,"client":0,"author":"carol"}"#;
+    let honest = r#"{"name":"owner","value":"bob","wall":5,"counter":0,"client":2,"author":"bob"}"#;
+    let update = {
+        let mut txn = peer.transact_mut();
+        map.insert(&mut txn, "note#1-0-7", forged);
+        map.insert(&mut txn, "owner#5-0-2", honest);
+        txn.encode_update_v1()
+    };
+    app.apply_update(&update, Some("carol")).unwrap();
+    let fields = app.fields();
+    assert_eq!(fields.keys().collect::<Vec<_>>(), ["owner"]);
+    assert_eq!(app.field("status"), None);
+    assert_eq!(app.field("note"), None);
+    let changes = app.take_changes();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert!(matches!(&changes[0], tandem_engine::Change::Field { name, .. } if name == "owner"));
+}
+
+/// `update` target (release round trip): an update with an `XmlHook` type passed the guard and
+/// yrs, but yrs does not read the hook name Yjs writes after the type reference: it took the
+/// name for the next struct, and merging it with the document's state produced bytes no
+/// decoder accepts ("string is not valid UTF-8"). `XmlHook` is refused before yrs sees it.
+#[test]
+fn an_xml_hook_is_refused_before_yrs_misreads_it() {
+    let update = [1u8, 1, 214, 252, 199, 191, 14, 50, 7, 1, 0, 5, 1, 0, 1, 0, 0];
+    let mut doc = Document::new(33);
+    doc.insert("alice", "description", 0, "kept").unwrap();
+    let before = doc.encode_state();
+    assert!(matches!(
+        doc.apply_update(&update, Some("fuzz")),
+        Err(DocumentError::Decode(tandem_engine::DecodeError::UnsupportedTypeRef(5)))
+    ));
+    assert_eq!(doc.encode_state(), before);
+    assert_eq!(doc.pending_len(), 0);
+}

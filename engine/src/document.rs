@@ -110,6 +110,8 @@ pub struct Document {
     now: Arc<AtomicU64>,
     undo: HashMap<String, UndoManager<()>>,
     capture: Arc<(AtomicBool, Mutex<Vec<Vec<u8>>>)>,
+    /// Counts transactions that changed the document (see [`Document::revision`]).
+    revision: Arc<AtomicU64>,
     /// Updates waiting for their dependencies, and their total size.
     waiting: Vec<Waiting>,
     waiting_bytes: usize,
@@ -184,8 +186,11 @@ impl Document {
         });
         let capture: Arc<(AtomicBool, Mutex<Vec<Vec<u8>>>)> = Arc::default();
         let c = capture.clone();
-        // Only used to learn the update an undo or redo produced; off otherwise.
+        let revision: Arc<AtomicU64> = Arc::default();
+        let rev = revision.clone();
+        // Counts every change; records updates only to learn what an undo or redo produced.
         let _ = doc.observe_update_v1("tandem-capture", move |_, e| {
+            rev.fetch_add(1, Ordering::Relaxed);
             if c.0.load(Ordering::Relaxed) {
                 let mut buf = c.1.lock().unwrap_or_else(|p| p.into_inner());
                 buf.push(e.update.clone());
@@ -199,6 +204,7 @@ impl Document {
             now: Arc::new(AtomicU64::new(0)),
             undo: HashMap::new(),
             capture,
+            revision,
             waiting: Vec::new(),
             waiting_bytes: 0,
         }
@@ -525,6 +531,13 @@ impl Document {
         done.then_some(update)
     }
 
+    /// A number that changes whenever the document's content does (any transaction that
+    /// produced an update, deletions included, or an update set waiting for its
+    /// dependencies). Equal revisions mean equal encoded state, so encodings can be cached.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Relaxed)
+    }
+
     /// This replica's state vector (sync step 1 payload).
     pub fn state_vector(&self) -> Vec<u8> {
         self.doc.transact().state_vector().encode_v1()
@@ -604,6 +617,7 @@ impl Document {
             if let Some((rest, summary)) = rest {
                 if !self.waiting.iter().any(|w| w.update == rest) {
                     self.waiting_bytes += rest.len();
+                    self.revision.fetch_add(1, Ordering::Relaxed);
                     self.waiting.push(Waiting {
                         update: rest,
                         author: author.map(str::to_owned),
@@ -653,6 +667,7 @@ impl Document {
             let Some(i) = ready else { return };
             let w = self.waiting.swap_remove(i);
             self.waiting_bytes -= w.update.len();
+            self.revision.fetch_add(1, Ordering::Relaxed);
             // It was validated on arrival; an error here leaves the document as it was.
             let _ = self.integrate(&w.update, w.author.as_deref());
         }

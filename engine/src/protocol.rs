@@ -192,6 +192,43 @@ pub struct Room {
     conns: HashMap<ConnId, Conn>,
     owners: HashMap<u64, ConnId>,
     limits: Limits,
+    /// Frames every joiner gets, encoded once per document revision.
+    greeting: Greeting,
+}
+
+/// The server's step 1 and the whole document as step 2, valid while the document's
+/// revision is `revision`: a join storm encodes them once, not once per joiner.
+#[derive(Default)]
+struct Greeting {
+    revision: Option<u64>,
+    step1: Option<Bytes>,
+    full: Option<Bytes>,
+}
+
+impl Greeting {
+    fn check(&mut self, doc: &Document) {
+        let revision = doc.revision();
+        if self.revision != Some(revision) {
+            *self = Greeting {
+                revision: Some(revision),
+                ..Greeting::default()
+            };
+        }
+    }
+
+    fn step1(&mut self, doc: &Document) -> Bytes {
+        self.check(doc);
+        self.step1
+            .get_or_insert_with(|| sync_frame(SYNC_STEP1, &doc.state_vector()))
+            .clone()
+    }
+
+    fn full(&mut self, doc: &Document) -> Bytes {
+        self.check(doc);
+        self.full
+            .get_or_insert_with(|| sync_frame(SYNC_STEP2, &doc.encode_state()))
+            .clone()
+    }
 }
 
 impl std::fmt::Debug for Room {
@@ -215,6 +252,7 @@ impl Room {
             conns: HashMap::new(),
             owners: HashMap::new(),
             limits,
+            greeting: Greeting::default(),
         }
     }
 
@@ -268,7 +306,7 @@ impl Room {
         let mut out = Output::default();
         out.messages.push(Outgoing {
             to: To::One(conn),
-            frame: sync_frame(SYNC_STEP1, &self.doc.state_vector()),
+            frame: self.greeting.step1(&self.doc),
         });
         if let Some(frame) = self.full_awareness() {
             out.messages.push(Outgoing {
@@ -281,10 +319,10 @@ impl Room {
 
     /// Frames that bring a connection that missed messages back in sync: the whole document,
     /// the server's state vector and every awareness state.
-    pub fn resync(&self, conn: ConnId) -> Vec<Outgoing> {
+    pub fn resync(&mut self, conn: ConnId) -> Vec<Outgoing> {
         let mut frames = vec![
-            sync_frame(SYNC_STEP2, &self.doc.encode_state()),
-            sync_frame(SYNC_STEP1, &self.doc.state_vector()),
+            self.greeting.full(&self.doc),
+            self.greeting.step1(&self.doc),
         ];
         frames.extend(self.full_awareness());
         frames
@@ -403,10 +441,15 @@ impl Room {
         match r.var_u64()? {
             SYNC_STEP1 => {
                 let sv = r.var_bytes()?;
-                let diff = self.doc.diff(sv)?;
+                // A new client's empty state vector gets the shared whole-document frame.
+                let frame = if sv == [0] {
+                    self.greeting.full(&self.doc)
+                } else {
+                    sync_frame(SYNC_STEP2, &self.doc.diff(sv)?)
+                };
                 out.messages.push(Outgoing {
                     to: To::One(conn),
-                    frame: sync_frame(SYNC_STEP2, &diff),
+                    frame,
                 });
                 Ok(())
             }

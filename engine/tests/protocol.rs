@@ -294,3 +294,42 @@ fn conditional_field_writes_are_decided_by_the_room() {
     assert_eq!(o.messages[0].to, To::All);
     assert_eq!(room.document().field("status").unwrap().value, "doing");
 }
+
+/// Joiners with an empty state vector share one encoded step 2 until the document changes;
+/// any change, a deletion alone included, makes the next joiner get the new state.
+#[test]
+fn joiners_share_one_encoded_step2_per_revision() {
+    let mut room = room();
+    room.join(1, writer("alice"), 0);
+    let mut frame = vec![0, 2, INSERT_A.len() as u8];
+    frame.extend_from_slice(&INSERT_A);
+    room.handle(1, &frame, 0);
+    let step2 = |room: &mut Room, conn| {
+        room.join(conn, writer("joiner"), 0);
+        let o = room.handle(conn, &[0, 0, 1, 0], 0);
+        assert_eq!(o.messages.len(), 1);
+        o.messages[0].frame.clone()
+    };
+    let a = step2(&mut room, 2);
+    let b = step2(&mut room, 3);
+    assert_eq!(a.as_ptr(), b.as_ptr(), "the second joiner got a fresh encoding");
+
+    // Alice deletes the "a": no new item, only a delete set.
+    let delete = {
+        let mut replica = Document::new(5);
+        replica.apply_update(&INSERT_A, None).unwrap();
+        let d = replica.delete("alice", "t", 0, 1).unwrap();
+        let mut f = vec![0, 2];
+        let mut w = Writer::new();
+        w.var_bytes(&d);
+        f.extend_from_slice(&w.finish());
+        f
+    };
+    assert!(room.handle(1, &delete, 0).error.is_none());
+    let c = step2(&mut room, 4);
+    assert_ne!(c, a);
+    let mut fresh = Document::new(77);
+    let payload = &c[3..];
+    fresh.apply_update(payload, None).unwrap();
+    assert_eq!(fresh.text("t").unwrap_or_default(), "");
+}

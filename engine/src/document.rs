@@ -478,6 +478,21 @@ impl Document {
     fn track<T: AsRef<yrs::branch::Branch>>(&mut self, user: &str, scope: &T) {
         let doc = self.doc.clone();
         self.manager(user).expand_scope(&doc, scope);
+        self.others_stop_capturing(user);
+    }
+
+    /// A local change by `user` ends every other local user's current undo step. One replica's
+    /// users share its Yjs client id, so without this one user's step could capture two runs
+    /// of clocks with another user's insertion between them, which yrs may squash into one
+    /// block; yrs's undo then splits that block at the first run and reads the second through
+    /// a stale slice (an arithmetic overflow; the `convergence` fuzz target found it). With it,
+    /// each step's insertions are one run of clocks.
+    fn others_stop_capturing(&mut self, user: &str) {
+        for (other, mgr) in self.undo.iter_mut() {
+            if other != user {
+                mgr.reset();
+            }
+        }
     }
 
     /// Undoes `user`'s last step (never anyone else's). Returns the update, or `None` when
@@ -509,6 +524,10 @@ impl Document {
     }
 
     fn undo_redo(&mut self, user: &str, undo: bool) -> Option<Vec<u8>> {
+        if !self.undo.contains_key(user) {
+            return None;
+        }
+        self.others_stop_capturing(user);
         let capture = self.capture.clone();
         let mgr = self.undo.get_mut(user)?;
         capture.0.store(true, Ordering::Relaxed);

@@ -76,9 +76,15 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, DecodeError> {
     let mut summary = UpdateSummary::default();
     let mut r = Reader::new(bytes);
     let clients = r.len_prefix(3)?;
+    let mut seen = std::collections::HashSet::with_capacity(clients.min(64));
     for _ in 0..clients {
         let blocks = r.len_prefix(1)?;
         let client = r.client_id()?;
+        // Yjs writes each client's structs as one group. yrs accepts a client twice, with
+        // overlapping clock ranges, and then encodes a state no decoder accepts.
+        if !seen.insert(client) {
+            return Err(DecodeError::Malformed("a client's structs appear in two groups"));
+        }
         let mut clock = u64::from(r.var_u32()?);
         for _ in 0..blocks {
             let (len, skip) = block(&mut r, &mut summary)?;

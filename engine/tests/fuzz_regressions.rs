@@ -197,3 +197,44 @@ fn an_xml_hook_is_refused_before_yrs_misreads_it() {
     assert_eq!(doc.encode_state(), before);
     assert_eq!(doc.pending_len(), 0);
 }
+
+/// `convergence` target (yrs undo): Alice types, Bob types after her on the same replica (one
+/// Yjs client id), Alice types again within the capture timeout. Her step held two runs of
+/// clocks that yrs had squashed into one block with Bob's between them, and yrs's undo split
+/// the block at the first run, then read the second through a stale slice: an arithmetic
+/// overflow in yrs (a panic in debug builds, a corrupt item in release). Another user's change
+/// now ends a user's current step, and undo takes back the last one.
+#[test]
+fn undo_after_another_local_user_typed_between_takes_back_one_run() {
+    let mut doc = Document::new(1);
+    doc.set_time(1_700_000_000_000);
+    doc.edit("alice", "description", 0, 0, "a").unwrap();
+    doc.edit("bob", "description", 1, 0, "/").unwrap();
+    doc.edit("alice", "description", 2, 0, "%").unwrap();
+    assert!(doc.undo("alice").is_some());
+    assert_eq!(doc.text("description").as_deref(), Some("a/"));
+    assert!(doc.undo("alice").is_some());
+    assert_eq!(doc.text("description").as_deref(), Some("/"));
+    assert!(doc.redo("alice").is_some());
+    assert_eq!(doc.text("description").as_deref(), Some("a/"));
+}
+
+/// `update` target (release round trip): an update listing client 1 in two struct groups with
+/// overlapping clock ranges (GC 79..5697 and GC 0..1149). yrs integrated both, and the document
+/// then encoded a negative skip that no decoder accepts ("clock range overflows"): a snapshot
+/// of it would not load. A client in two groups is refused; Yjs never writes one.
+#[test]
+fn a_client_in_two_struct_groups_is_refused() {
+    let update = [2u8, 1, 1, 207, 0, 0, 241, 43, 1, 1, 0, 0, 252, 8, 0];
+    let mut doc = Document::new(33);
+    doc.insert("alice", "description", 0, "Hello").unwrap();
+    let before = doc.encode_state();
+    assert!(matches!(
+        doc.apply_update(&update, Some("fuzz")),
+        Err(DocumentError::Decode(tandem_engine::DecodeError::Malformed(_)))
+    ));
+    assert_eq!(doc.encode_state(), before);
+    let mut fresh = Document::new(1);
+    fresh.apply_update(&doc.encode_state(), None).unwrap();
+    assert_eq!(fresh.text("description").as_deref(), Some("Hello"));
+}

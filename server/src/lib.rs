@@ -43,6 +43,8 @@
 //!   and acks them once durable, and unloads when the last connection has left.
 //! - [`conns`]: live connections: admission (per-IP connection rate, `--max-connections`)
 //!   and a registry by user with a close handle each, so a revocation closes them.
+//! - [`outbox`]: a connection's bounded outbound frame queue, holding no allocation while
+//!   empty (most connections are idle).
 //! - [`admin`]: `POST /admin/revoke` (admin role).
 //! - [`ws`]: `GET /ws/{doc}`, the y-websocket protocol over a WebSocket: authenticate, upgrade,
 //!   attach to the document's owner task, then a reader loop and a writer loop per connection
@@ -66,6 +68,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod outbox;
 pub mod shutdown;
 pub mod sse;
 pub mod store;

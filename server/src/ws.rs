@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tandem_engine::protocol::{ConnInfo, Role};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::auth::{self, Access, AuthError, Identity};
 use crate::conns::Admission;
@@ -87,7 +87,9 @@ pub async fn handler(
     let ws = ws
         .max_frame_size(limits.max_frame_bytes)
         .max_message_size(limits.max_frame_bytes)
-        .read_buffer_size(4 * 1024)
+        // Small: every connection keeps this buffer for its whole life, and most are idle. A
+        // larger frame grows it while it is read.
+        .read_buffer_size(1024)
         .write_buffer_size(8 * 1024);
     let authorization = headers
         .get(axum::http::header::AUTHORIZATION)
@@ -121,18 +123,19 @@ pub async fn handler(
         }
     };
     let extensions = wants_extensions(query.as_deref());
-    ws.on_upgrade(move |socket| async move {
-        // The slot is held until the connection ends, refused ones included.
-        let _admission: Admission = admission;
-        match verdict {
-            Err(close) => {
-                tracing::debug!(%peer, %doc, code = close.code, "refusing a WebSocket");
-                refuse(socket, close).await
-            }
-            Ok((identity, role)) => {
-                serve(socket, state, doc, identity, role, extensions, peer).await
-            }
-        }
+    let setup = Box::new(Setup {
+        socket: None,
+        admission,
+        verdict,
+        state,
+        doc,
+        extensions,
+        peer,
+    });
+    ws.on_upgrade(move |socket| {
+        let mut setup = setup;
+        setup.socket = Some(socket);
+        serve(setup)
     })
 }
 
@@ -159,19 +162,51 @@ async fn refuse(mut socket: WebSocket, close: Close) {
     .await;
 }
 
-async fn serve(
-    socket: WebSocket,
+/// What a connection starts with. Boxed: an async fn keeps room for its arguments as long as
+/// it runs, and this future lives as long as the connection.
+struct Setup {
+    socket: Option<WebSocket>,
+    /// The connection slot, held until the connection ends (refused ones included).
+    admission: Admission,
+    /// Who it is and what it may do, or why it is refused (told after the upgrade, as close
+    /// codes, which browsers can see).
+    verdict: Result<(Identity, Role), Close>,
     state: AppState,
     doc: String,
-    identity: Identity,
-    role: Role,
     extensions: bool,
     peer: SocketAddr,
-) {
+}
+
+impl Setup {
+    fn unbox(setup: Box<Setup>) -> Setup {
+        *setup
+    }
+}
+
+async fn serve(setup: Box<Setup>) {
+    // Unboxed by a call, so the box is freed now rather than when this future ends.
+    let Setup {
+        socket,
+        admission,
+        verdict,
+        state,
+        doc,
+        extensions,
+        peer,
+    } = Setup::unbox(setup);
+    let _admission: Admission = admission;
+    let Some(socket) = socket else { return };
+    let (identity, role) = match verdict {
+        Ok(v) => v,
+        Err(close) => {
+            tracing::debug!(%peer, %doc, code = close.code, "refusing a WebSocket");
+            return Box::pin(refuse(socket, close)).await;
+        }
+    };
     let metrics = state.metrics.clone();
     metrics.connections.inc();
     metrics.connections_accepted.inc();
-    let (frames_tx, mut frames_rx) = mpsc::channel::<Bytes>(CONNECTION_QUEUE);
+    let (frames_tx, mut frames_rx) = crate::outbox::outbox(CONNECTION_QUEUE);
     let (close_tx, mut close_rx) = oneshot::channel::<Close>();
     // Filed under the user, so a revocation closes this connection.
     let (revoked_tx, revoked_rx) = oneshot::channel::<Close>();
@@ -194,16 +229,17 @@ async fn serve(
     };
     let registry: &Registry = &state.registry;
     let (mut sink, mut stream) = socket.split();
-    let attached = match registry
-        .join(
-            &doc,
-            info,
-            ConnSink {
-                frames: frames_tx,
-                close: close_tx,
-            },
-        )
-        .await
+    // Boxed here and below: futures of rare steps would otherwise be part of the connection's
+    // future, which lives as long as the connection (idle connections cost its size each).
+    let attached = match Box::pin(registry.join(
+        &doc,
+        info,
+        ConnSink {
+            frames: frames_tx,
+            close: close_tx,
+        },
+    ))
+    .await
     {
         Ok(a) => a,
         Err(e) => {
@@ -211,59 +247,50 @@ async fn serve(
                 crate::docs::JoinError::LoadFailed => 1011,
                 crate::docs::JoinError::ShuttingDown => 1001,
             };
-            let _ = sink
-                .send(close_message(Close::new(code, e.to_string())))
-                .await;
+            let _ = Box::pin(sink.send(close_message(Close::new(code, e.to_string())))).await;
             metrics.connections.dec();
             return;
         }
     };
     tracing::debug!(%peer, %doc, user = %identity.user, conn = attached.id(), "connected");
 
-    let shutdown = state.shutdown.wait();
-    tokio::pin!(shutdown);
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
-    let mut last_heard = tokio::time::Instant::now();
-    let expires_in = identity.expires_at.map(|exp| {
-        Duration::from_millis(
-            exp.saturating_mul(1000)
-                .saturating_sub(crate::docs::now_ms()),
-        )
+    let start = tokio::time::Instant::now();
+    let mut last_heard = start;
+    // One timer for both the next ping and the token's expiry.
+    let expires_at = identity.expires_at.map(|exp| {
+        start
+            + Duration::from_millis(
+                exp.saturating_mul(1000)
+                    .saturating_sub(crate::docs::now_ms()),
+            )
     });
-    let token_expired = async move {
-        match expires_in {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(token_expired);
-    let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
+    drop(identity);
+    let mut next_ping = start + PING_EVERY;
+    let deadline = |next_ping| expires_at.map_or(next_ping, |e: tokio::time::Instant| e.min(next_ping));
+    let mut timer = Box::pin(tokio::time::sleep_until(deadline(next_ping)));
 
     let close: Option<Close> = loop {
         tokio::select! {
             biased;
-            _ = &mut shutdown => break Some(Close::new(1001, "server shutting down")),
             close = &mut close_rx => break close.ok(),
             close = &mut revoked => break Some(close),
-            _ = &mut token_expired => break Some(Close::new(auth::CLOSE_UNAUTHORIZED, "token expired")),
             frame = frames_rx.recv() => {
                 let Some(frame) = frame else { break None };
-                batch.push(frame);
-                while batch.len() < WRITE_BATCH {
-                    match frames_rx.try_recv() {
-                        Ok(f) => batch.push(f),
-                        Err(_) => break,
-                    }
-                }
+                // Everything queued now goes out in one flush (up to WRITE_BATCH frames).
+                let mut next = Some(frame);
+                let mut fed = 0;
                 let mut ok = true;
-                for f in batch.drain(..) {
+                while let Some(f) = next.take() {
                     if sink.feed(Message::Binary(f)).await.is_err() {
                         ok = false;
                         break;
                     }
+                    fed += 1;
+                    if fed < WRITE_BATCH {
+                        next = frames_rx.try_recv();
+                    }
                 }
                 if !ok || sink.flush().await.is_err() {
-                    batch.clear();
                     break None;
                 }
             }
@@ -297,29 +324,40 @@ async fn serve(
                     }
                 }
             }
-            _ = ping.tick() => {
-                if last_heard.elapsed() >= SILENCE_LIMIT {
-                    break Some(Close::new(1001, "no pong within 30 s"));
+            _ = timer.as_mut() => {
+                let now = tokio::time::Instant::now();
+                if expires_at.is_some_and(|e| now >= e) {
+                    break Some(Close::new(auth::CLOSE_UNAUTHORIZED, "token expired"));
                 }
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    break None;
+                if now >= next_ping {
+                    if last_heard.elapsed() >= SILENCE_LIMIT {
+                        break Some(Close::new(1001, "no pong within 30 s"));
+                    }
+                    if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                        break None;
+                    }
+                    next_ping = now + PING_EVERY;
                 }
+                timer.as_mut().reset(deadline(next_ping));
             }
         }
     };
-    attached.leave().await;
+    Box::pin(attached.leave()).await;
     if let Some(close) = &close {
-        if sink.send(close_message(close.clone())).await.is_ok() {
+        if Box::pin(sink.send(close_message(close.clone())))
+            .await
+            .is_ok()
+        {
             // Wait for the client's answer before dropping the socket: dropping it with input
             // still unread makes the kernel reset the connection, and a client that has not
             // read our close frame yet loses it (and its code) to the reset.
-            let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, async {
                 while let Some(Ok(_)) = stream.next().await {}
-            })
+            }))
             .await;
         }
     }
-    let _ = sink.close().await;
+    let _ = Box::pin(sink.close()).await;
     metrics.connections.dec();
     tracing::debug!(%peer, %doc, ?close, "disconnected");
 }

@@ -96,8 +96,8 @@ fn registry(fail_loads: bool) -> (Registry, Arc<Scripted>, tempfile::TempDir) {
     (r, store, dir)
 }
 
-fn sink() -> (ConnSink, mpsc::Receiver<Bytes>) {
-    let (frames, rx) = mpsc::channel(16);
+fn sink() -> (ConnSink, tandem_server::outbox::Receiver) {
+    let (frames, rx) = tandem_server::outbox::outbox(16);
     let (close, _) = oneshot::channel();
     (ConnSink { frames, close }, rx)
 }

@@ -58,7 +58,7 @@ impl Close {
 #[derive(Debug)]
 pub struct ConnSink {
     /// Outgoing frames, bounded by [`CONNECTION_QUEUE`].
-    pub frames: mpsc::Sender<Bytes>,
+    pub frames: crate::outbox::Sender,
     /// Fired once when the server closes the connection.
     pub close: oneshot::Sender<Close>,
 }
@@ -278,14 +278,18 @@ impl Attached {
     /// Hands a received frame to the document; waits when the document is busy. Returns
     /// `false` when the document is gone (the connection should close).
     pub async fn frame(&self, frame: Bytes) -> bool {
-        self.tx
-            .send(Command::Frame {
-                conn: self.conn,
-                frame,
-                received: Instant::now(),
-            })
-            .await
-            .is_ok()
+        let cmd = Command::Frame {
+            conn: self.conn,
+            frame,
+            received: Instant::now(),
+        };
+        match self.tx.try_send(cmd) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            // Boxed: the waiting send is rare, and its future would otherwise be part of every
+            // connection's future for the connection's whole life.
+            Err(mpsc::error::TrySendError::Full(cmd)) => Box::pin(self.tx.send(cmd)).await.is_ok(),
+        }
     }
 
     /// Leaves the document.

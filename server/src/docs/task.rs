@@ -33,7 +33,7 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 
 struct Conn {
     info: ConnInfo,
-    frames: mpsc::Sender<Bytes>,
+    frames: crate::outbox::Sender,
     close: Option<oneshot::Sender<Close>>,
     /// Updates received from this connection so far.
     sent: u64,
@@ -468,8 +468,8 @@ impl Running {
         for msg in out.messages {
             let mut send = |id: ConnId, c: &Conn| match c.frames.try_send(msg.frame.clone()) {
                 Ok(()) => metrics.bytes_sent.add(msg.frame.len() as u64),
-                Err(mpsc::error::TrySendError::Full(_)) => slow.push(id),
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(crate::outbox::TrySendError::Full) => slow.push(id),
+                Err(crate::outbox::TrySendError::Closed) => {}
             };
             match msg.to {
                 To::One(id) => {

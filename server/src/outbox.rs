@@ -1,0 +1,199 @@
+//! A connection's outbound frame queue: bounded, and holding no allocation while empty.
+//!
+//! The document task pushes frames with [`Sender::try_send`] (never waiting: a full queue marks
+//! a slow reader, which the task closes); the connection's writer loop takes them with
+//! [`Receiver::recv`] and [`Receiver::try_recv`]. A tokio `mpsc` channel would do the same but
+//! allocates a block of slots up front for every connection; most connections are idle most of
+//! the time, so this queue allocates only while frames are waiting and gives its buffer back
+//! once drained.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrySendError {
+    /// The queue holds its capacity of frames: the reader is too slow.
+    Full,
+    /// The receiver is gone (the connection ended).
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    receiver_gone: bool,
+    sender_gone: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    capacity: usize,
+    // A std mutex: it is never held across an `.await`, only for a push or a pop.
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The sending half, held by the document task.
+#[derive(Debug)]
+pub struct Sender {
+    inner: Arc<Inner>,
+}
+
+/// The receiving half, held by the connection's writer loop.
+#[derive(Debug)]
+pub struct Receiver {
+    inner: Arc<Inner>,
+}
+
+/// A queue holding at most `capacity` frames.
+pub fn outbox(capacity: usize) -> (Sender, Receiver) {
+    let inner = Arc::new(Inner {
+        capacity: capacity.max(1),
+        state: Mutex::new(State::default()),
+        wake: Notify::new(),
+    });
+    (
+        Sender {
+            inner: inner.clone(),
+        },
+        Receiver { inner },
+    )
+}
+
+impl Sender {
+    /// Queues `frame` unless the queue is full or the receiver is gone.
+    pub fn try_send(&self, frame: Bytes) -> Result<(), TrySendError> {
+        let mut state = self.inner.lock();
+        if state.receiver_gone {
+            return Err(TrySendError::Closed);
+        }
+        if state.frames.len() >= self.inner.capacity {
+            return Err(TrySendError::Full);
+        }
+        state.frames.push_back(frame);
+        drop(state);
+        // Stores a permit when the receiver is not waiting, so no wake-up is lost.
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether the receiver is gone.
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().receiver_gone
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.inner.lock().sender_gone = true;
+        self.inner.wake.notify_one();
+    }
+}
+
+impl Receiver {
+    /// The next frame; `None` once the sender is gone and the queue is drained.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        loop {
+            match self.take() {
+                Ok(frame) => return Some(frame),
+                Err(true) => return None,
+                Err(false) => self.inner.wake.notified().await,
+            }
+        }
+    }
+
+    /// The next frame if one is queued.
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        self.take().ok()
+    }
+
+    /// Frames queued now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().frames.len()
+    }
+
+    /// Whether no frame is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A frame, or `Err(sender gone)` when none is queued.
+    fn take(&mut self) -> Result<Bytes, bool> {
+        let mut state = self.inner.lock();
+        match state.frames.pop_front() {
+            Some(frame) => {
+                // A drained queue gives its buffer back (one small allocation per burst).
+                if state.frames.is_empty() {
+                    state.frames = VecDeque::new();
+                }
+                Ok(frame)
+            }
+            None => Err(state.sender_gone),
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let mut state = self.inner.lock();
+        state.receiver_gone = true;
+        state.frames = VecDeque::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_arrive_in_order_and_a_full_queue_refuses() {
+        let (tx, mut rx) = outbox(2);
+        tx.try_send(Bytes::from_static(b"a")).unwrap();
+        tx.try_send(Bytes::from_static(b"b")).unwrap();
+        assert_eq!(tx.try_send(Bytes::from_static(b"c")), Err(TrySendError::Full));
+        assert_eq!(rx.recv().await.as_deref(), Some(&b"a"[..]));
+        assert_eq!(rx.try_recv().as_deref(), Some(&b"b"[..]));
+        assert_eq!(rx.try_recv(), None);
+        tx.try_send(Bytes::from_static(b"d")).unwrap();
+        drop(tx);
+        assert_eq!(rx.recv().await.as_deref(), Some(&b"d"[..]));
+        assert_eq!(rx.recv().await, None, "sender gone and queue drained");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_is_woken_and_a_gone_receiver_refuses() {
+        let (tx, mut rx) = outbox(4);
+        let waiter = tokio::spawn(async move {
+            let got = rx.recv().await;
+            (got, rx)
+        });
+        tokio::task::yield_now().await;
+        tx.try_send(Bytes::from_static(b"x")).unwrap();
+        let (got, rx) = waiter.await.unwrap();
+        assert_eq!(got.as_deref(), Some(&b"x"[..]));
+        drop(rx);
+        assert!(tx.is_closed());
+        assert_eq!(tx.try_send(Bytes::from_static(b"y")), Err(TrySendError::Closed));
+    }
+
+    #[test]
+    fn a_drained_queue_gives_its_buffer_back() {
+        let (tx, mut rx) = outbox(100);
+        for _ in 0..50 {
+            tx.try_send(Bytes::from_static(b"f")).unwrap();
+        }
+        while rx.try_recv().is_some() {}
+        assert_eq!(rx.inner.lock().frames.capacity(), 0);
+    }
+}

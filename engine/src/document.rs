@@ -628,6 +628,17 @@ impl Document {
                         (Some(ready), Some((rest, rest_summary)))
                     }
                 };
+            // A block that waits although its clocks start inside what is already integrated
+            // names known ids with unknown dependencies: a rewrite of history, never a resend
+            // (a resent block's dependencies were known when it was first integrated). Merged
+            // into a snapshot it would be cut at the known clock and lose its dependencies.
+            if let Some((_, rest_summary)) = &rest {
+                if conflicts_with(rest_summary, &sv) {
+                    return Err(DocumentError::Apply(
+                        "the update rewrites integrated content".to_owned(),
+                    ));
+                }
+            }
             let mut changed = false;
             if let Some(ready) = &ready {
                 changed = self.integrate(ready, author)?;
@@ -676,14 +687,31 @@ impl Document {
         Ok(txn.state_vector() != before || !txn.delete_set().is_empty())
     }
 
-    /// Integrates waiting updates whose dependencies have arrived, until none is left that can.
+    /// Integrates waiting updates whose dependencies have arrived, until none is left that can;
+    /// then drops those that the integrated content has overtaken (see `conflicts_with`).
     fn integrate_waiting(&mut self) {
         loop {
             let ready = self
                 .waiting
                 .iter()
                 .position(|w| self.dependencies_met(&w.summary));
-            let Some(i) = ready else { return };
+            let Some(i) = ready else {
+                let sv = self.doc.transact().state_vector();
+                let before = self.waiting.len();
+                let mut dropped = 0;
+                self.waiting.retain(|w| {
+                    let keep = !conflicts_with(&w.summary, &sv);
+                    if !keep {
+                        dropped += w.update.len();
+                    }
+                    keep
+                });
+                if self.waiting.len() != before {
+                    self.waiting_bytes -= dropped;
+                    self.revision.fetch_add(1, Ordering::Relaxed);
+                }
+                return;
+            };
             let w = self.waiting.swap_remove(i);
             self.waiting_bytes -= w.update.len();
             self.revision.fetch_add(1, Ordering::Relaxed);
@@ -696,6 +724,15 @@ impl Document {
     pub fn pending_len(&self) -> usize {
         self.waiting_bytes + pending_len(&self.doc.transact())
     }
+}
+
+/// Whether a waiting update carries a block starting below what `known` already holds of its
+/// client: such a block can only be a conflicting rewrite of integrated ids.
+fn conflicts_with(summary: &guard::UpdateSummary, known: &StateVector) -> bool {
+    summary
+        .provides
+        .iter()
+        .any(|&(client, start, _)| start < known.get(&yrs::ClientID::new(client)))
 }
 
 fn pending_len<T: ReadTxn>(txn: &T) -> usize {

@@ -545,8 +545,16 @@ impl Room {
                 .meta(ClientID::new(id))
                 .map(|(c, _)| c);
             let newer = known.is_none_or(|k| entry.clock > k);
+            // What every replica applies (y-protocols): a newer clock, or a removal at the
+            // same clock. Relaying anything else would let a replica that never saw the
+            // newer state (a late joiner) show a state the room has dropped.
+            let applies = newer || (is_null && known == Some(entry.clock));
             match self.owners.get(&id) {
-                Some(owner) if *owner == conn => accepted.push((id, entry)),
+                Some(owner) if *owner == conn => {
+                    if applies {
+                        accepted.push((id, entry));
+                    }
+                }
                 Some(_) if newer && !is_null => return Err(ProtocolError::AwarenessNotOwned(id)),
                 Some(_) => {}
                 None if newer && !is_null => {

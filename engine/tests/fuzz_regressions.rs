@@ -238,3 +238,64 @@ fn a_client_in_two_struct_groups_is_refused() {
     fresh.apply_update(&doc.encode_state(), None).unwrap();
     assert_eq!(fresh.text("description").as_deref(), Some("Hello"));
 }
+
+/// `update` target (round trip): an update re-used ids the document had integrated (client
+/// 11, clocks 0..33, where 0..14 are known) for a block whose parent is unknown. The block
+/// waited; a snapshot merged it with the state, which cut it at the known clock and gave the
+/// cut an origin instead of its missing parent, so the snapshot held clocks 14..33 that the
+/// document did not (state vectors differed after a reload). Such an update is refused.
+#[test]
+fn a_waiting_block_over_integrated_ids_is_refused() {
+    let mut writer = Document::new(11);
+    let u = writer.insert("alice", "description", 0, "Hello wörld 👋").unwrap();
+    let mut doc = Document::new(33);
+    doc.apply_update(&u, None).unwrap();
+    let before = doc.encode_state();
+    let forged = [2u8, 0, 0, 199, 10, 1, 11, 0, 1, 8, 0, 149, 1, 33, 0];
+    assert!(matches!(
+        doc.apply_update(&forged, Some("fuzz")),
+        Err(DocumentError::Apply(_))
+    ));
+    assert_eq!(doc.pending_len(), 0);
+    assert_eq!(doc.encode_state(), before);
+}
+
+/// `protocol` target (presence seen by each connection): Bob's state expired in the room, then
+/// his connection sent the same state again at the same clock. The room ignored it but still
+/// relayed it to everyone, so a connection that joined after the expiry showed Bob while the
+/// room did not. Only entries every replica applies (newer, or a removal at the same clock)
+/// are relayed now.
+#[test]
+fn a_stale_awareness_resend_is_not_relayed() {
+    use std::sync::Arc;
+    use tandem_engine::protocol::{awareness_frame, ConnInfo, Limits, Role, Room};
+    use yrs::sync::awareness::AwarenessUpdateEntry;
+    let writer = ConnInfo {
+        role: Role::Write,
+        user: Some("bob".into()),
+        extensions: false,
+        name: None,
+    };
+    let mut room = Room::new(Document::new(99), Limits::default());
+    room.join(1, writer.clone(), 0);
+    let bob = |clock| {
+        awareness_frame(&[(
+            7,
+            AwarenessUpdateEntry {
+                clock,
+                json: Arc::from(r#"{"user":{"name":"Bob"}}"#),
+            },
+        )])
+    };
+    let first = room.handle(1, &bob(1), 0);
+    assert_eq!(first.messages.len(), 1, "a new state is relayed");
+    // Not renewed for 30 s: expired and its removal broadcast.
+    let expired = room.tick(31_000);
+    assert!(expired.presence_changed);
+    room.join(2, writer, 31_000);
+    let stale = room.handle(1, &bob(1), 31_001);
+    assert!(stale.error.is_none());
+    assert!(stale.messages.is_empty(), "{:?}", stale.messages);
+    // A renewal (newer clock) is relayed again.
+    assert_eq!(room.handle(1, &bob(2), 31_002).messages.len(), 1);
+}

@@ -88,6 +88,23 @@ impl Sender {
         Ok(())
     }
 
+    /// Queues every frame of `frames` (draining it), or none of them when they do not all fit
+    /// or the receiver is gone. Returns the bytes queued. One wake-up for all of them.
+    pub fn try_send_all(&self, frames: &mut Vec<Bytes>) -> Result<usize, TrySendError> {
+        let mut state = self.inner.lock();
+        if state.receiver_gone {
+            return Err(TrySendError::Closed);
+        }
+        if state.frames.len() + frames.len() > self.inner.capacity {
+            return Err(TrySendError::Full);
+        }
+        let bytes = frames.iter().map(Bytes::len).sum();
+        state.frames.extend(frames.drain(..));
+        drop(state);
+        self.inner.wake.notify_one();
+        Ok(bytes)
+    }
+
     /// Whether the receiver is gone.
     pub fn is_closed(&self) -> bool {
         self.inner.lock().receiver_gone

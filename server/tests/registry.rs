@@ -14,7 +14,7 @@ use tandem_server::store::{
     BackendError, CheckpointInfo, Compacted, Loaded, NewUpdate, Sid, SidRange, Since, Store,
     StoreError,
 };
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
 /// A store whose loads wait for a signal, then fail or find nothing; writes are counted.
 struct Scripted {

@@ -22,6 +22,8 @@ use std::collections::BTreeMap;
 use tandem_engine::protocol::FieldWrite;
 use tandem_engine::{Change, ProtocolError};
 
+/// Commands handled before the produced frames are flushed to the connections.
+const COMMAND_BATCH: usize = 64;
 /// How often awareness states are swept for expiry.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Close code sent to a reader that fell too far behind.
@@ -167,13 +169,25 @@ impl DocTask {
             exists: loaded.exists,
             subs: Vec::new(),
             presence: BTreeMap::new(),
+            outgoing: Vec::new(),
+            received: None,
         };
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => state.command(cmd),
+                    Some(cmd) => {
+                        state.command(cmd);
+                        // Whatever else is already waiting joins this batch (bounded, so
+                        // storage and timers still get their turn).
+                        for _ in 1..COMMAND_BATCH {
+                            match self.rx.try_recv() {
+                                Ok(cmd) => state.command(cmd),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
                 result = async { state.inflight.as_mut().expect("guarded").await }, if state.inflight.is_some() => {
@@ -182,6 +196,7 @@ impl DocTask {
                 }
                 _ = sweep.tick() => state.sweep(),
             }
+            state.flush();
             if state.inflight.is_none() {
                 state.submit();
                 if state.inflight.is_none() {
@@ -256,6 +271,10 @@ struct Running {
     subs: Vec<mpsc::Sender<FeedItem>>,
     /// Presence as last published to subscribers, by user key.
     presence: BTreeMap<String, PresenceView>,
+    /// Frames produced since the last [`Running::flush`], in order.
+    outgoing: Vec<protocol::Outgoing>,
+    /// When the earliest input behind `outgoing` arrived (fan-out latency).
+    received: Option<Instant>,
 }
 
 impl Running {
@@ -462,44 +481,15 @@ impl Running {
         }
     }
 
+    /// Takes what the room produced: frames wait in `outgoing` until [`Running::flush`] hands
+    /// them out, accepted updates are queued for storage.
     fn dispatch(&mut self, out: Output, from: Option<(ConnId, Instant)>) {
         let metrics = self.registry.shared.metrics.clone();
-        let mut slow = Vec::new();
-        for msg in out.messages {
-            let mut send = |id: ConnId, c: &Conn| match c.frames.try_send(msg.frame.clone()) {
-                Ok(()) => metrics.bytes_sent.add(msg.frame.len() as u64),
-                Err(crate::outbox::TrySendError::Full) => slow.push(id),
-                Err(crate::outbox::TrySendError::Closed) => {}
-            };
-            match msg.to {
-                To::One(id) => {
-                    if let Some(c) = self.conns.get(&id) {
-                        send(id, c);
-                    }
-                }
-                To::All => self.conns.iter().for_each(|(id, c)| send(*id, c)),
-                To::AllExcept(x) => self
-                    .conns
-                    .iter()
-                    .filter(|(id, _)| **id != x)
-                    .for_each(|(id, c)| send(*id, c)),
+        if !out.messages.is_empty() {
+            if let Some((_, received)) = from {
+                self.received.get_or_insert(received);
             }
-        }
-        if let Some((_, received)) = from {
-            metrics.fanout_latency.observe(received.elapsed());
-        }
-        slow.sort_unstable();
-        slow.dedup();
-        for id in slow {
-            metrics.slow_reader_closes.inc();
-            tracing::info!(doc = %self.name, conn = id, "closing a slow reader");
-            self.close(
-                id,
-                Close::new(
-                    CLOSE_SLOW_READER,
-                    "slow reader: too far behind, reconnect to resync",
-                ),
-            );
+            self.outgoing.extend(out.messages);
         }
         for accepted in out.accepted {
             self.note_stored(accepted.update.len());
@@ -530,6 +520,56 @@ impl Running {
             if let Some((conn, _)) = from {
                 tracing::info!(doc = %self.name, conn, cause = %err, "closing a connection after a protocol error");
                 self.close(conn, crate::limits::protocol_error_close(&err, &metrics));
+            }
+        }
+    }
+
+    /// Hands every frame produced since the last flush to its connections: each connection
+    /// gets all of its frames in one push (one wake-up of its writer, one write to its socket
+    /// where they fit). Under load a batch holds the output of many inputs, so the cost per
+    /// delivered frame falls as the load rises; an idle document flushes after every input.
+    /// A connection whose queue cannot take its frames is closed as a slow reader.
+    fn flush(&mut self) {
+        let metrics = self.registry.shared.metrics.clone();
+        let mut frames: Vec<Bytes> = Vec::new();
+        // Closing a slow reader broadcasts its presence removal: flush again for that.
+        while !self.outgoing.is_empty() {
+            let messages = std::mem::take(&mut self.outgoing);
+            let mut slow = Vec::new();
+            for (id, c) in &self.conns {
+                frames.clear();
+                frames.extend(
+                    messages
+                        .iter()
+                        .filter(|m| match m.to {
+                            To::One(x) => x == *id,
+                            To::All => true,
+                            To::AllExcept(x) => x != *id,
+                        })
+                        .map(|m| m.frame.clone()),
+                );
+                if frames.is_empty() {
+                    continue;
+                }
+                match c.frames.try_send_all(&mut frames) {
+                    Ok(bytes) => metrics.bytes_sent.add(bytes as u64),
+                    Err(crate::outbox::TrySendError::Full) => slow.push(*id),
+                    Err(crate::outbox::TrySendError::Closed) => {}
+                }
+            }
+            if let Some(received) = self.received.take() {
+                metrics.fanout_latency.observe(received.elapsed());
+            }
+            for id in slow {
+                metrics.slow_reader_closes.inc();
+                tracing::info!(doc = %self.name, conn = id, "closing a slow reader");
+                self.close(
+                    id,
+                    Close::new(
+                        CLOSE_SLOW_READER,
+                        "slow reader: too far behind, reconnect to resync",
+                    ),
+                );
             }
         }
     }
@@ -584,10 +624,11 @@ impl Running {
                     }
                 }
                 for (conn, (count, sid)) in acks {
-                    if let Some(c) = self.conns.get(&conn) {
-                        if c.info.extensions {
-                            let _ = c.frames.try_send(protocol::ack_frame(count, sid));
-                        }
+                    if self.conns.get(&conn).is_some_and(|c| c.info.extensions) {
+                        self.outgoing.push(protocol::Outgoing {
+                            to: To::One(conn),
+                            frame: protocol::ack_frame(count, sid),
+                        });
                     }
                 }
             }

@@ -105,6 +105,19 @@ impl Sender {
         Ok(bytes)
     }
 
+    /// Drops every queued frame and queues `frames` instead (a resync of a reader that fell
+    /// behind), whatever the capacity.
+    pub fn replace_all(&self, frames: Vec<Bytes>) {
+        let mut state = self.inner.lock();
+        if state.receiver_gone {
+            return;
+        }
+        state.frames.clear();
+        state.frames.extend(frames);
+        drop(state);
+        self.inner.wake.notify_one();
+    }
+
     /// Whether the receiver is gone.
     pub fn is_closed(&self) -> bool {
         self.inner.lock().receiver_gone

@@ -169,3 +169,39 @@ async fn concurrent_first_connections_share_one_load() {
         a.leave().await;
     }
 }
+
+/// A reader whose queue overflows gets its queue replaced by a resync (the whole document as
+/// step 2, the server's step 1, presence) and ends with the writer's text.
+#[tokio::test]
+async fn a_reader_that_falls_behind_is_resynced_and_converges() {
+    let (registry, store, _dir) = registry(false);
+    store.release.add_permits(100);
+    let (ws, _writer_rx) = sink();
+    let writer_conn = registry.join("doc", writer(), ws).await.expect("joined");
+    let (rs, mut reader_rx) = sink();
+    let _reader_conn = registry.join("doc", writer(), rs).await.expect("joined");
+    // 40 updates, more than the reader's queue (16 frames) holds; the reader never reads.
+    let mut replica = tandem_engine::Document::new(5);
+    for i in 0..40u32 {
+        let update = replica.insert("w", "t", i, "x").unwrap();
+        let frame = tandem_engine::protocol::sync_frame(2, &update);
+        assert!(writer_conn.frame(frame).await);
+    }
+    // A read is answered after every frame sent before it was handled.
+    registry.read("doc", false).await.expect("readable");
+    let mut frames = Vec::new();
+    while let Some(f) = reader_rx.try_recv() {
+        frames.push(f);
+    }
+    assert!(frames.len() <= 16, "{} frames queued", frames.len());
+    assert_eq!(&frames[0][..2], &[0, 1], "the queue starts with a resync step 2");
+    let mut doc = tandem_engine::Document::new(9);
+    for f in &frames {
+        if f[0] == 0 && (f[1] == 1 || f[1] == 2) {
+            let mut r = tandem_engine::wire::Reader::new(&f[2..]);
+            doc.apply_update(r.var_bytes().unwrap(), None).unwrap();
+        }
+    }
+    assert_eq!(doc.text("t"), replica.text("t"));
+    writer_conn.leave().await;
+}

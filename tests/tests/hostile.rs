@@ -59,7 +59,7 @@ async fn malformed_and_oversized_frames_close_only_their_sender() -> anyhow::Res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_that_stops_reading_is_closed_and_memory_stays_bounded() -> anyhow::Result<()> {
+async fn a_reader_that_stops_reading_is_resynced_then_closed_and_memory_stays_bounded() -> anyhow::Result<()> {
     // The writer sends as fast as it can: lift the per-connection message rate limit.
     let server = Server::start(
         &temp_dir("slow-reader"),
@@ -107,12 +107,17 @@ async fn a_reader_that_stops_reading_is_closed_and_memory_stays_bounded() -> any
     writer.insert("t", 0, "done").await?;
     reader.await??;
     writer.apply = true;
-    // The stalled reader was cut off with a reason rather than buffered without end.
+    // The stalled reader's queue was first replaced by a resync; falling behind again, it was
+    // cut off with a reason rather than buffered without end.
     let closed = stalled.closed().await;
     assert_eq!(closed.code, Some(4008), "{closed:?}");
     let metrics = reqwest_metrics(&server).await?;
     assert!(
         metrics.contains("tandem_slow_reader_closes_total 1"),
+        "metrics: {metrics}"
+    );
+    assert!(
+        metrics.contains("tandem_slow_reader_resyncs_total 1"),
         "metrics: {metrics}"
     );
     println!("rss before {rss_before} KiB, max {max_rss} KiB, sent {total_kib} KiB");

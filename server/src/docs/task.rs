@@ -22,6 +22,8 @@ use std::collections::BTreeMap;
 use tandem_engine::protocol::FieldWrite;
 use tandem_engine::{Change, ProtocolError};
 
+/// A reader that falls behind again within this time of its last resync is closed.
+const RESYNC_AFTER: Duration = Duration::from_secs(30);
 /// Commands handled before the produced frames are flushed to the connections.
 const COMMAND_BATCH: usize = 64;
 /// How often awareness states are swept for expiry.
@@ -39,6 +41,10 @@ struct Conn {
     close: Option<oneshot::Sender<Close>>,
     /// Updates received from this connection so far.
     sent: u64,
+    /// The last ack sent to it (`count`, `sid`), repeated after a resync.
+    acked: Option<(u64, Sid)>,
+    /// When it was last resynced for falling behind.
+    resynced: Option<Instant>,
 }
 
 /// Called with an update's sid once it is durable (or with the failure).
@@ -299,6 +305,8 @@ impl Running {
                         frames,
                         close: Some(close),
                         sent: 0,
+                        acked: None,
+                        resynced: None,
                     },
                 );
                 let out = self.guarded(|room| room.join(conn, info, now));
@@ -561,17 +569,44 @@ impl Running {
                 metrics.fanout_latency.observe(received.elapsed());
             }
             for id in slow {
-                metrics.slow_reader_closes.inc();
-                tracing::info!(doc = %self.name, conn = id, "closing a slow reader");
-                self.close(
-                    id,
-                    Close::new(
-                        CLOSE_SLOW_READER,
-                        "slow reader: too far behind, reconnect to resync",
-                    ),
-                );
+                self.behind(id);
             }
         }
+    }
+
+    /// `id`'s queue is full: it missed frames. The first time (and again after
+    /// [`RESYNC_AFTER`]) its queue is replaced by a resync: the whole document as step 2, the
+    /// server's step 1 (so it sends back what the server lacks), every awareness state and its
+    /// last ack. A reader that falls behind again sooner is closed with a reason.
+    fn behind(&mut self, id: ConnId) {
+        let metrics = self.registry.shared.metrics.clone();
+        let now = Instant::now();
+        let Some(c) = self.conns.get(&id) else { return };
+        if c.resynced.is_some_and(|at| now.duration_since(at) < RESYNC_AFTER) {
+            metrics.slow_reader_closes.inc();
+            tracing::info!(doc = %self.name, conn = id, "closing a slow reader");
+            self.close(
+                id,
+                Close::new(
+                    CLOSE_SLOW_READER,
+                    "slow reader: too far behind, reconnect to resync",
+                ),
+            );
+            return;
+        }
+        let ack = c.acked.filter(|_| c.info.extensions);
+        let mut frames: Vec<Bytes> = match self.guarded(|room| room.resync(id)) {
+            Some(out) => out.into_iter().map(|o| o.frame).collect(),
+            None => return,
+        };
+        if let Some((count, sid)) = ack {
+            frames.push(protocol::ack_frame(count, sid));
+        }
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        c.resynced = Some(now);
+        metrics.slow_reader_resyncs.inc();
+        tracing::info!(doc = %self.name, conn = id, "resyncing a slow reader");
+        c.frames.replace_all(frames);
     }
 
     /// Starts storing the queued updates as one batch, when none is in flight.
@@ -624,6 +659,9 @@ impl Running {
                     }
                 }
                 for (conn, (count, sid)) in acks {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.acked = Some((count, sid));
+                    }
                     if self.conns.get(&conn).is_some_and(|c| c.info.extensions) {
                         self.outgoing.push(protocol::Outgoing {
                             to: To::One(conn),

@@ -87,7 +87,7 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, DecodeError> {
         }
         let mut clock = u64::from(r.var_u32()?);
         for _ in 0..blocks {
-            let (len, skip) = block(&mut r, &mut summary)?;
+            let (len, skip) = block(&mut r, &mut summary, (client, clock))?;
             if !skip {
                 let end = clock + len;
                 if end > u64::from(u32::MAX) {
@@ -156,7 +156,7 @@ pub fn split_ready(bytes: &[u8], known: impl Fn(u64) -> u32) -> Result<Split, De
         for _ in 0..n {
             let start = r.position();
             let mut summary = UpdateSummary::default();
-            let (len, skip) = block(&mut r, &mut summary)?;
+            let (len, skip) = block(&mut r, &mut summary, (client, u64::from(clock)))?;
             let len = u32::try_from(len).map_err(|_| DecodeError::ClockOverflow)?;
             blocks.push(Block {
                 span: start..r.position(),
@@ -302,7 +302,20 @@ fn id(r: &mut Reader<'_>) -> Result<(u64, u32), DecodeError> {
 
 /// Validates one block; returns the number of clock ticks it covers and whether it is a skip
 /// (a gap the update does not carry).
-fn block(r: &mut Reader<'_>, summary: &mut UpdateSummary) -> Result<(u64, bool), DecodeError> {
+/// An origin of the item at `at` (client, clock) must be an earlier id when it is the item's
+/// own client's.
+fn check_origin(origin: (u64, u32), at: (u64, u64)) -> Result<(), DecodeError> {
+    if origin.0 == at.0 && u64::from(origin.1) >= at.1 {
+        return Err(DecodeError::Malformed("an item's origin is not older than the item"));
+    }
+    Ok(())
+}
+
+fn block(
+    r: &mut Reader<'_>,
+    summary: &mut UpdateSummary,
+    at: (u64, u64),
+) -> Result<(u64, bool), DecodeError> {
     let info = r.u8()?;
     match info {
         BLOCK_GC | BLOCK_SKIP => {
@@ -314,11 +327,24 @@ fn block(r: &mut Reader<'_>, summary: &mut UpdateSummary) -> Result<(u64, bool),
         }
         _ => {
             let cant_copy_parent = info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0;
+            // An item's origins are characters that existed when it was made: never the same
+            // character on both sides, never itself or a later id of its own client. yrs
+            // integrates such an item differently depending on how its neighbours happen to
+            // be split, so replicas would disagree about where it is.
+            let mut left = None;
             if info & HAS_ORIGIN != 0 {
-                summary.needs.push(id(r)?);
+                let origin = id(r)?;
+                check_origin(origin, at)?;
+                left = Some(origin);
+                summary.needs.push(origin);
             }
             if info & HAS_RIGHT_ORIGIN != 0 {
-                summary.needs.push(id(r)?);
+                let origin = id(r)?;
+                check_origin(origin, at)?;
+                if left == Some(origin) {
+                    return Err(DecodeError::Malformed("an item's two origins are one id"));
+                }
+                summary.needs.push(origin);
             }
             if cant_copy_parent {
                 if r.var_u32()? == 1 {

@@ -299,3 +299,28 @@ fn a_stale_awareness_resend_is_not_relayed() {
     // A renewal (newer clock) is relayed again.
     assert_eq!(room.handle(1, &bob(2), 31_002).messages.len(), 1);
 }
+
+/// `protocol` target (room state round trip): a client sent an item whose left and right
+/// origins were the same character. yrs placed it before that character in the room, and after
+/// it in a replica built from the room's encoded state: replicas disagreed about the text. An
+/// item whose origins are one id, or an id of its own client not older than itself, is refused.
+#[test]
+fn an_item_with_impossible_origins_is_refused() {
+    let mut doc = Document::new(1);
+    doc.insert("alice", "t", 0, "ab").unwrap();
+    // Client 104, clock 0: a string item "x" with origin (1, 0) and right origin (1, 0).
+    let same_origins = [1u8, 1, 104, 0, 196, 1, 0, 1, 0, 1, b'x', 0];
+    // Client 104, clock 0: origin (104, 0), itself.
+    let own_origin = [1u8, 1, 104, 0, 132, 104, 0, 1, b'x', 0];
+    for forged in [&same_origins[..], &own_origin[..]] {
+        assert!(matches!(
+            doc.apply_update(forged, Some("mallory")),
+            Err(DocumentError::Decode(tandem_engine::DecodeError::Malformed(_)))
+        ));
+    }
+    assert_eq!(doc.text("t").as_deref(), Some("ab"));
+    // A legitimate item between the two characters still applies.
+    let legit = [1u8, 1, 104, 0, 196, 1, 0, 1, 1, 1, b'x', 0];
+    doc.apply_update(&legit, Some("bob")).unwrap();
+    assert_eq!(doc.text("t").as_deref(), Some("axb"));
+}

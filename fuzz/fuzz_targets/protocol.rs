@@ -433,6 +433,9 @@ fn decoded_sv(doc: &Document) -> BTreeMap<u64, u32> {
 /// The document's full state applied to a fresh document gives the same content.
 fn check_round_trip(doc: &Document) {
     let state = doc.encode_state();
+    if trace() {
+        eprintln!("state {state:?}");
+    }
     let mut fresh = Document::new(1);
     if let Err(e) = fresh.apply_update(&state, None) {
         panic!("the room's own state does not apply to a fresh document: {e}");
@@ -440,7 +443,8 @@ fn check_round_trip(doc: &Document) {
     assert_eq!(
         nonempty(fresh.texts()),
         nonempty(doc.texts()),
-        "texts differ after encode/decode"
+        "texts differ after encode/decode (pending {} bytes)",
+        doc.pending_len()
     );
     assert_eq!(
         fresh.fields(),

@@ -544,7 +544,9 @@ impl Room {
                 .awareness()
                 .meta(ClientID::new(id))
                 .map(|(c, _)| c);
-            let newer = known.is_none_or(|k| entry.clock > k);
+            // An unknown client counts as clock 0 (y-protocols): its clock-0 state, which
+            // stock clients ignore, is ignored here too.
+            let newer = entry.clock > known.unwrap_or(0);
             // What every replica applies (y-protocols): a newer clock, or a removal at the
             // same clock. Relaying anything else would let a replica that never saw the
             // newer state (a late joiner) show a state the room has dropped.

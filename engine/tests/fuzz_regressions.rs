@@ -324,3 +324,39 @@ fn an_item_with_impossible_origins_is_refused() {
     doc.apply_update(&legit, Some("bob")).unwrap();
     assert_eq!(doc.text("t").as_deref(), Some("axb"));
 }
+
+/// `protocol` target (presence seen by each connection): a client's first state came at clock
+/// 0. The room stored and relayed it, but y-protocols counts an unknown client as clock 0 and
+/// applies only newer clocks, so stock clients ignored it: the room showed a user its clients
+/// did not. The room follows the same rule now.
+#[test]
+fn a_clock_zero_state_of_an_unknown_client_is_ignored_like_stock_clients_do() {
+    use std::sync::Arc;
+    use tandem_engine::protocol::{awareness_frame, ConnInfo, Limits, Role, Room};
+    use yrs::sync::awareness::AwarenessUpdateEntry;
+    let info = ConnInfo {
+        role: Role::Write,
+        user: Some("bob".into()),
+        extensions: false,
+        name: None,
+    };
+    let mut room = Room::new(Document::new(99), Limits::default());
+    room.join(1, info, 0);
+    let state = |clock| {
+        awareness_frame(&[(
+            7,
+            AwarenessUpdateEntry {
+                clock,
+                json: Arc::from(r#"{"user":{"name":"Bob"}}"#),
+            },
+        )])
+    };
+    let zero = room.handle(1, &state(0), 0);
+    assert!(zero.error.is_none());
+    assert!(zero.messages.is_empty());
+    assert!(!zero.presence_changed);
+    assert_eq!(room.presence().states().len(), 0);
+    let one = room.handle(1, &state(1), 0);
+    assert_eq!(one.messages.len(), 1);
+    assert_eq!(room.presence().states().len(), 1);
+}

@@ -552,11 +552,8 @@ impl Room {
             // newer state (a late joiner) show a state the room has dropped.
             let applies = newer || (is_null && known == Some(entry.clock));
             match self.owners.get(&id) {
-                Some(owner) if *owner == conn => {
-                    if applies {
-                        accepted.push((id, entry));
-                    }
-                }
+                Some(owner) if *owner == conn && applies => accepted.push((id, entry)),
+                Some(owner) if *owner == conn => {}
                 Some(_) if newer && !is_null => return Err(ProtocolError::AwarenessNotOwned(id)),
                 Some(_) => {}
                 None if newer && !is_null => {

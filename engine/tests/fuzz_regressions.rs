@@ -260,6 +260,30 @@ fn a_waiting_block_over_integrated_ids_is_refused() {
     assert_eq!(doc.encode_state(), before);
 }
 
+/// A write connection of user Bob, and a room holding none yet.
+fn bobs_room() -> (tandem_engine::protocol::Room, tandem_engine::protocol::ConnInfo) {
+    use tandem_engine::protocol::{ConnInfo, Limits, Role, Room};
+    let info = ConnInfo {
+        role: Role::Write,
+        user: Some("bob".into()),
+        extensions: false,
+        name: None,
+    };
+    (Room::new(Document::new(99), Limits::default()), info)
+}
+
+/// An awareness message setting Bob's state (client 7) at `clock`.
+fn bob_state(clock: u32) -> bytes::Bytes {
+    use yrs::sync::awareness::AwarenessUpdateEntry;
+    tandem_engine::protocol::awareness_frame(&[(
+        7,
+        AwarenessUpdateEntry {
+            clock,
+            json: std::sync::Arc::from(r#"{"user":{"name":"Bob"}}"#),
+        },
+    )])
+}
+
 /// `protocol` target (presence seen by each connection): Bob's state expired in the room, then
 /// his connection sent the same state again at the same clock. The room ignored it but still
 /// relayed it to everyone, so a connection that joined after the expiry showed Bob while the
@@ -267,37 +291,19 @@ fn a_waiting_block_over_integrated_ids_is_refused() {
 /// are relayed now.
 #[test]
 fn a_stale_awareness_resend_is_not_relayed() {
-    use std::sync::Arc;
-    use tandem_engine::protocol::{awareness_frame, ConnInfo, Limits, Role, Room};
-    use yrs::sync::awareness::AwarenessUpdateEntry;
-    let writer = ConnInfo {
-        role: Role::Write,
-        user: Some("bob".into()),
-        extensions: false,
-        name: None,
-    };
-    let mut room = Room::new(Document::new(99), Limits::default());
+    let (mut room, writer) = bobs_room();
     room.join(1, writer.clone(), 0);
-    let bob = |clock| {
-        awareness_frame(&[(
-            7,
-            AwarenessUpdateEntry {
-                clock,
-                json: Arc::from(r#"{"user":{"name":"Bob"}}"#),
-            },
-        )])
-    };
-    let first = room.handle(1, &bob(1), 0);
+    let first = room.handle(1, &bob_state(1), 0);
     assert_eq!(first.messages.len(), 1, "a new state is relayed");
     // Not renewed for 30 s: expired and its removal broadcast.
     let expired = room.tick(31_000);
     assert!(expired.presence_changed);
     room.join(2, writer, 31_000);
-    let stale = room.handle(1, &bob(1), 31_001);
+    let stale = room.handle(1, &bob_state(1), 31_001);
     assert!(stale.error.is_none());
     assert!(stale.messages.is_empty(), "{:?}", stale.messages);
     // A renewal (newer clock) is relayed again.
-    assert_eq!(room.handle(1, &bob(2), 31_002).messages.len(), 1);
+    assert_eq!(room.handle(1, &bob_state(2), 31_002).messages.len(), 1);
 }
 
 /// `protocol` target (room state round trip): a client sent an item whose left and right
@@ -331,32 +337,14 @@ fn an_item_with_impossible_origins_is_refused() {
 /// did not. The room follows the same rule now.
 #[test]
 fn a_clock_zero_state_of_an_unknown_client_is_ignored_like_stock_clients_do() {
-    use std::sync::Arc;
-    use tandem_engine::protocol::{awareness_frame, ConnInfo, Limits, Role, Room};
-    use yrs::sync::awareness::AwarenessUpdateEntry;
-    let info = ConnInfo {
-        role: Role::Write,
-        user: Some("bob".into()),
-        extensions: false,
-        name: None,
-    };
-    let mut room = Room::new(Document::new(99), Limits::default());
+    let (mut room, info) = bobs_room();
     room.join(1, info, 0);
-    let state = |clock| {
-        awareness_frame(&[(
-            7,
-            AwarenessUpdateEntry {
-                clock,
-                json: Arc::from(r#"{"user":{"name":"Bob"}}"#),
-            },
-        )])
-    };
-    let zero = room.handle(1, &state(0), 0);
+    let zero = room.handle(1, &bob_state(0), 0);
     assert!(zero.error.is_none());
     assert!(zero.messages.is_empty());
     assert!(!zero.presence_changed);
     assert_eq!(room.presence().states().len(), 0);
-    let one = room.handle(1, &state(1), 0);
+    let one = room.handle(1, &bob_state(1), 0);
     assert_eq!(one.messages.len(), 1);
     assert_eq!(room.presence().states().len(), 1);
 }

@@ -433,8 +433,8 @@ fuzz_target!(|data: &[u8]| {
     let Ok(script) = Script::arbitrary(&mut u) else {
         return;
     };
-    // `TANDEM_FUZZ_PRINT=1 target/fuzz/.../convergence <input>` shows the script an input is.
-    if std::env::var_os("TANDEM_FUZZ_PRINT").is_some() {
+    // `FUZZ_TRACE=1 target/fuzz/.../convergence <input>` shows the script an input is.
+    if std::env::var_os("FUZZ_TRACE").is_some() {
         eprintln!("{script:#?}");
     }
     let n = 3 + usize::from(script.replicas % 3);

@@ -227,6 +227,10 @@ pub(crate) enum Command {
         conn: ConnId,
     },
     Shutdown,
+    /// Runs a closure on the room as the document task would run an engine call (tests only:
+    /// makes the document panic).
+    #[cfg(test)]
+    Run(Box<dyn FnOnce(&mut tandem_engine::protocol::Room) + Send>),
 }
 
 #[derive(Clone)]
@@ -462,6 +466,16 @@ impl Registry {
         Err(JoinError::LoadFailed.into())
     }
 
+    /// Runs `f` on `doc`'s room inside its task (tests only).
+    #[cfg(test)]
+    pub(crate) async fn run_in(
+        &self,
+        doc: &str,
+        f: Box<dyn FnOnce(&mut tandem_engine::protocol::Room) + Send>,
+    ) {
+        let _ = self.handle(doc).tx.send(Command::Run(f)).await;
+    }
+
     /// The document's current state; [`DocError::NotFound`] if it was never written.
     pub async fn read(&self, doc: &str, with_update: bool) -> Result<DocState, DocError> {
         self.ask(doc, |reply| Command::Read { with_update, reply })
@@ -542,5 +556,75 @@ impl Registry {
     /// Removes `doc` from the registry if it is still the task `id`.
     fn forget(&self, doc: &str, id: u64) {
         self.shared.docs.remove_if(doc, |_, h| h.id == id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+    use tandem_engine::protocol::{sync_frame, Role};
+
+    fn writer() -> ConnInfo {
+        ConnInfo {
+            role: Role::Write,
+            user: Some("alice".into()),
+            extensions: false,
+            name: None,
+        }
+    }
+
+    fn sink() -> (ConnSink, crate::outbox::Receiver, oneshot::Receiver<Close>) {
+        let (frames, rx) = crate::outbox::outbox(CONNECTION_QUEUE);
+        let (close, closed) = oneshot::channel();
+        (ConnSink { frames, close }, rx, closed)
+    }
+
+    /// A panic inside one document's engine call closes that document's connections (1011),
+    /// unloads it, and the next connection reloads it from storage intact; other documents
+    /// are not touched.
+    #[tokio::test]
+    async fn a_panicking_document_is_reloaded_and_others_keep_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
+        let config = Arc::new(Config::default_for(dir.path()));
+        let metrics = Metrics::new();
+        let registry = Registry::new(Arc::new(store), metrics.clone(), config);
+
+        let (s, _rx, closed) = sink();
+        let victim = registry.join("victim", writer(), s).await.unwrap();
+        let mut replica = tandem_engine::Document::new(7);
+        let update = replica.insert("alice", "t", 0, "kept").unwrap();
+        assert!(victim.frame(sync_frame(2, &update)).await);
+        let (s, _other_rx, mut other_closed) = sink();
+        let bystander = registry.join("bystander", writer(), s).await.unwrap();
+        let update = tandem_engine::Document::new(8)
+            .insert("alice", "u", 0, "fine")
+            .unwrap();
+        assert!(bystander.frame(sync_frame(2, &update)).await);
+        // Durable once a read sees its sid.
+        while registry.read("victim", false).await.unwrap().sid == 0 {
+            tokio::task::yield_now().await;
+        }
+
+        registry
+            .run_in("victim", Box::new(|_| panic!("injected panic")))
+            .await;
+        let close = closed.await.expect("closed with a reason");
+        assert_eq!(close.code, 1011);
+        assert_eq!(metrics.document_panics.get(), 1);
+        while registry.is_loaded("victim") {
+            tokio::task::yield_now().await;
+        }
+        // The other document still serves its connection.
+        assert!(other_closed.try_recv().is_err());
+        let state = registry.read("bystander", false).await.unwrap();
+        assert_eq!(state.texts.get("u").map(String::as_str), Some("fine"));
+        // Reloaded from storage with its text.
+        let (s, _rx, _closed) = sink();
+        let _again = registry.join("victim", writer(), s).await.unwrap();
+        let state = registry.read("victim", false).await.unwrap();
+        assert_eq!(state.texts.get("t").map(String::as_str), Some("kept"));
+        drop(victim);
     }
 }

@@ -249,6 +249,8 @@ impl DocTask {
                 Command::SetField { reply, .. } => drop(reply.send(Err(failed))),
                 Command::EditText { reply, .. } => drop(reply.send(Err(failed))),
                 Command::Frame { .. } | Command::Leave { .. } | Command::Shutdown => {}
+                #[cfg(test)]
+                Command::Run(_) => {}
             }
         }
     }
@@ -431,6 +433,10 @@ impl Running {
                         }));
                     }
                 }
+            }
+            #[cfg(test)]
+            Command::Run(f) => {
+                self.guarded(f);
             }
             Command::Shutdown => {
                 self.shutting_down = true;

@@ -4,7 +4,7 @@
 # writes a Markdown report with absolute numbers and ratios.
 #
 #   bench/run.sh [--quick|--full] [--servers tandem,hocuspocus,ywebsocket]
-#                [--workloads w1,w2,w3,w4,w5] [--size key=value ...] [--report PATH]
+#                [--workloads w1,w2,w3,w4,w5,w6] [--size key=value ...] [--report PATH]
 #                [--keep-results]
 #
 # --quick (default) takes seconds and is the CI smoke test: it exits non-zero when a workload
@@ -20,7 +20,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 mode=quick
 servers=tandem,hocuspocus,ywebsocket
-workloads=w1,w2,w3,w4,w5
+workloads=w1,w2,w3,w4,w5,w6
 report=""
 keep=false
 sizes=()

@@ -26,6 +26,8 @@ pub enum TrySendError {
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Bytes>,
+    /// Bytes of the queued frames.
+    bytes: usize,
     receiver_gone: bool,
     sender_gone: bool,
 }
@@ -33,6 +35,7 @@ struct State {
 #[derive(Debug)]
 struct Inner {
     capacity: usize,
+    max_bytes: usize,
     // A std mutex: it is never held across an `.await`, only for a push or a pop.
     state: Mutex<State>,
     wake: Notify,
@@ -56,10 +59,12 @@ pub struct Receiver {
     inner: Arc<Inner>,
 }
 
-/// A queue holding at most `capacity` frames.
-pub fn outbox(capacity: usize) -> (Sender, Receiver) {
+/// A queue holding at most `capacity` frames and `max_bytes` bytes of them (one frame of any
+/// size fits in an empty queue).
+pub fn outbox(capacity: usize, max_bytes: usize) -> (Sender, Receiver) {
     let inner = Arc::new(Inner {
         capacity: capacity.max(1),
+        max_bytes,
         state: Mutex::new(State::default()),
         wake: Notify::new(),
     });
@@ -78,9 +83,10 @@ impl Sender {
         if state.receiver_gone {
             return Err(TrySendError::Closed);
         }
-        if state.frames.len() >= self.inner.capacity {
+        if !self.fits(&state, 1, frame.len()) {
             return Err(TrySendError::Full);
         }
+        state.bytes += frame.len();
         state.frames.push_back(frame);
         drop(state);
         // Stores a permit when the receiver is not waiting, so no wake-up is lost.
@@ -95,10 +101,11 @@ impl Sender {
         if state.receiver_gone {
             return Err(TrySendError::Closed);
         }
-        if state.frames.len() + frames.len() > self.inner.capacity {
+        let bytes = frames.iter().map(Bytes::len).sum();
+        if !self.fits(&state, frames.len(), bytes) {
             return Err(TrySendError::Full);
         }
-        let bytes = frames.iter().map(Bytes::len).sum();
+        state.bytes += bytes;
         state.frames.extend(frames.drain(..));
         drop(state);
         self.inner.wake.notify_one();
@@ -112,10 +119,16 @@ impl Sender {
         if state.receiver_gone {
             return;
         }
+        state.bytes = frames.iter().map(Bytes::len).sum();
         state.frames.clear();
         state.frames.extend(frames);
         drop(state);
         self.inner.wake.notify_one();
+    }
+
+    fn fits(&self, state: &State, frames: usize, bytes: usize) -> bool {
+        state.frames.len() + frames <= self.inner.capacity
+            && (state.frames.is_empty() || state.bytes + bytes <= self.inner.max_bytes)
     }
 
     /// Whether the receiver is gone.
@@ -163,6 +176,7 @@ impl Receiver {
         let mut state = self.inner.lock();
         match state.frames.pop_front() {
             Some(frame) => {
+                state.bytes -= frame.len();
                 // A drained queue gives its buffer back (one small allocation per burst).
                 if state.frames.is_empty() {
                     state.frames = VecDeque::new();
@@ -179,6 +193,7 @@ impl Drop for Receiver {
         let mut state = self.inner.lock();
         state.receiver_gone = true;
         state.frames = VecDeque::new();
+        state.bytes = 0;
     }
 }
 
@@ -188,7 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_arrive_in_order_and_a_full_queue_refuses() {
-        let (tx, mut rx) = outbox(2);
+        let (tx, mut rx) = outbox(2, usize::MAX);
         tx.try_send(Bytes::from_static(b"a")).unwrap();
         tx.try_send(Bytes::from_static(b"b")).unwrap();
         assert_eq!(tx.try_send(Bytes::from_static(b"c")), Err(TrySendError::Full));
@@ -203,7 +218,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_waiting_receiver_is_woken_and_a_gone_receiver_refuses() {
-        let (tx, mut rx) = outbox(4);
+        let (tx, mut rx) = outbox(4, usize::MAX);
         let waiter = tokio::spawn(async move {
             let got = rx.recv().await;
             (got, rx)
@@ -218,8 +233,21 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_bound_refuses_what_does_not_fit_but_one_frame_always_fits() {
+        let (tx, mut rx) = outbox(100, 10);
+        tx.try_send(Bytes::from(vec![0; 25])).unwrap();
+        assert_eq!(tx.try_send(Bytes::from_static(b"x")), Err(TrySendError::Full));
+        assert!(rx.try_recv().is_some());
+        tx.try_send(Bytes::from(vec![0; 6])).unwrap();
+        let mut two = vec![Bytes::from(vec![0; 2]), Bytes::from(vec![0; 3])];
+        assert_eq!(tx.try_send_all(&mut two), Err(TrySendError::Full));
+        let mut one = vec![Bytes::from(vec![0; 4])];
+        assert_eq!(tx.try_send_all(&mut one), Ok(4));
+    }
+
+    #[test]
     fn a_drained_queue_gives_its_buffer_back() {
-        let (tx, mut rx) = outbox(100);
+        let (tx, mut rx) = outbox(100, usize::MAX);
         for _ in 0..50 {
             tx.try_send(Bytes::from_static(b"f")).unwrap();
         }

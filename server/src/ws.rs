@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 
 use crate::auth::{self, Access, AuthError, Identity};
 use crate::conns::Admission;
-use crate::docs::{Close, ConnSink, Registry, CONNECTION_QUEUE};
+use crate::docs::{Close, ConnSink, Registry, CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES};
 use crate::http::{ApiError, AppState};
 use crate::limits::{LimitKind, TokenBucket};
 
@@ -206,7 +206,7 @@ async fn serve(setup: Box<Setup>) {
     let metrics = state.metrics.clone();
     metrics.connections.inc();
     metrics.connections_accepted.inc();
-    let (frames_tx, mut frames_rx) = crate::outbox::outbox(CONNECTION_QUEUE);
+    let (frames_tx, mut frames_rx) = crate::outbox::outbox(CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES);
     let (close_tx, mut close_rx) = oneshot::channel::<Close>();
     // Filed under the user, so a revocation closes this connection.
     let (revoked_tx, revoked_rx) = oneshot::channel::<Close>();
@@ -320,6 +320,7 @@ async fn serve(setup: Box<Setup>) {
                             metrics.limit_breached(LimitKind::FrameSize);
                             break Some(LimitKind::FrameSize.close());
                         }
+                        tracing::debug!(%peer, cause = %text, "WebSocket read error");
                         break Some(Close::new(1002, "malformed WebSocket frame"));
                     }
                 }

@@ -97,7 +97,7 @@ fn registry(fail_loads: bool) -> (Registry, Arc<Scripted>, tempfile::TempDir) {
 }
 
 fn sink() -> (ConnSink, tandem_server::outbox::Receiver) {
-    let (frames, rx) = tandem_server::outbox::outbox(16);
+    let (frames, rx) = tandem_server::outbox::outbox(16, usize::MAX);
     let (close, _) = oneshot::channel();
     (ConnSink { frames, close }, rx)
 }
@@ -203,5 +203,29 @@ async fn a_reader_that_falls_behind_is_resynced_and_converges() {
         }
     }
     assert_eq!(doc.text("t"), replica.text("t"));
+    writer_conn.leave().await;
+}
+
+/// A reader that falls behind again soon after a resync is closed with 4008 and a reason.
+#[tokio::test]
+async fn a_reader_that_falls_behind_twice_is_closed() {
+    let (registry, store, _dir) = registry(false);
+    store.release.add_permits(100);
+    let (ws, _writer_rx) = sink();
+    let writer_conn = registry.join("doc", writer(), ws).await.expect("joined");
+    let (frames, _reader_rx) = tandem_server::outbox::outbox(16, usize::MAX);
+    let (close, closed) = oneshot::channel();
+    let _reader_conn = registry
+        .join("doc", writer(), ConnSink { frames, close })
+        .await
+        .expect("joined");
+    let mut replica = tandem_engine::Document::new(5);
+    for i in 0..80u32 {
+        let update = replica.insert("w", "t", i, "x").unwrap();
+        assert!(writer_conn.frame(tandem_engine::protocol::sync_frame(2, &update)).await);
+    }
+    let close = closed.await.expect("closed");
+    assert_eq!(close.code, 4008);
+    assert!(close.reason.contains("slow reader"), "{}", close.reason);
     writer_conn.leave().await;
 }

@@ -1,4 +1,4 @@
-//! The benchmark workloads (W1–W5) and the harness they share: sizes per mode, connecting many
+//! The benchmark workloads (W1–W6) and the harness they share: sizes per mode, connecting many
 //! clients, stopping them, and the result record each workload returns.
 
 mod w1_replay;
@@ -41,6 +41,8 @@ pub enum Workload {
     W4,
     /// Concurrent trace replay by two writers.
     W5,
+    /// Ingest: one writer replays the trace, one reader checks it.
+    W6,
 }
 
 impl fmt::Display for Workload {
@@ -98,6 +100,9 @@ pub struct Sizes {
     pub w5_readers: usize,
     /// W5: most updates a writer has in flight (sent, not yet seen by the slowest reader).
     pub w5_window: usize,
+    /// W6: most updates the writer has in flight (sent, not yet seen by the reader).
+    #[serde(default = "default_w6_window")]
+    pub w6_window: usize,
     /// Handshakes in flight while connecting many clients.
     pub connect_concurrency: usize,
     /// Seconds to wait for a phase (sync, presence, delivery) before failing it.
@@ -127,6 +132,7 @@ impl Sizes {
                 w5_txns: Some(3_000),
                 w5_readers: 5,
                 w5_window: 256,
+                w6_window: 1024,
                 connect_concurrency: 64,
                 phase_timeout_seconds: 30.0,
             },
@@ -149,6 +155,7 @@ impl Sizes {
                 w5_txns: None,
                 w5_readers: 50,
                 w5_window: 256,
+                w6_window: 1024,
                 connect_concurrency: 128,
                 phase_timeout_seconds: 300.0,
             },
@@ -296,6 +303,10 @@ impl WorkloadResult {
     }
 }
 
+fn default_w6_window() -> usize {
+    1024
+}
+
 /// Runs one workload.
 pub async fn run(w: Workload, env: &Env) -> Result<WorkloadResult> {
     let me = Proc::current();
@@ -307,6 +318,7 @@ pub async fn run(w: Workload, env: &Env) -> Result<WorkloadResult> {
         Workload::W3 => w3_idle::run(env).await?,
         Workload::W4 => w4_join::run(env).await?,
         Workload::W5 => w5_concurrent::run(env).await?,
+        Workload::W6 => w1_replay::run_ingest(env).await?,
     };
     r.metric("wall_s", started.elapsed().as_secs_f64());
     if let (Some(b), Ok(a)) = (gen_before, me.cpu_seconds()) {

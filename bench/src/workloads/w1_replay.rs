@@ -1,5 +1,7 @@
 //! W1 trace replay: one writer sends seph-blog1 one update per transaction (as fast as a
-//! bounded window allows) to a document that N readers follow.
+//! bounded window allows) to a document that N readers follow. W6 (ingest) is the same replay
+//! followed by a single checking reader: the rate at which a server takes in one writer's
+//! updates (durably, for tandem) rather than the rate at which it fans them out.
 //!
 //! Correctness: every reader must receive every update (matched by id, so merged deliveries
 //! count), and the full-check readers (the first `w1_full_check`) apply every update to their
@@ -26,8 +28,35 @@ const LOG_EVERY_NS: u64 = 5_000_000_000;
 /// Client id of the writer's document.
 const WRITER_CLIENT: u64 = 1_000_001;
 
+/// Readers, full-check readers and writer window of a replay.
+struct Shape {
+    readers: usize,
+    full_check: usize,
+    window: usize,
+}
+
 pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
-    let mut r = WorkloadResult::new(Workload::W1);
+    let s = &env.sizes;
+    let shape = Shape {
+        readers: s.w1_readers,
+        full_check: s.w1_full_check,
+        window: s.w1_window,
+    };
+    replay(env, Workload::W1, shape).await
+}
+
+/// W6: one writer, one full-check reader.
+pub(super) async fn run_ingest(env: &Env) -> Result<WorkloadResult> {
+    let shape = Shape {
+        readers: 1,
+        full_check: 1,
+        window: env.sizes.w6_window,
+    };
+    replay(env, Workload::W6, shape).await
+}
+
+async fn replay(env: &Env, workload: Workload, shape: Shape) -> Result<WorkloadResult> {
+    let mut r = WorkloadResult::new(workload);
     let s = &env.sizes;
     let t0 = Instant::now();
     let trace = load_sequential(&env.traces.join("seph-blog1.json.gz"))?;
@@ -46,30 +75,30 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     let tracker = Arc::new(tb.build());
     let n = replay.updates.len();
     r.metric("updates", n as f64);
-    r.metric("readers", s.w1_readers as f64);
+    r.metric("readers", shape.readers as f64);
     r.metric("prepare_s", t0.elapsed().as_secs_f64());
     r.note(format!(
         "seph-blog1, {n} transactions, one update each; {} readers, the first {} of them full-check \
          (apply every update to a yrs document and compare the text), the rest check by id that \
          every update arrived; writer window {} updates",
-        s.w1_readers,
-        s.w1_full_check.min(s.w1_readers),
-        s.w1_window
+        shape.readers,
+        shape.full_check.min(shape.readers),
+        shape.window
     ));
 
     let doc = env.doc("w1");
     let latency = Arc::new(LatencyRecorder::new(64));
     // The writer keeps every reader within its window.
-    let pace = Arc::new(Pace::new(s.w1_readers, 1));
+    let pace = Arc::new(Pace::new(shape.readers, 1));
     let mut fleet = Fleet::new();
-    let specs = (0..s.w1_readers)
+    let specs = (0..shape.readers)
         .map(|i| ClientSpec {
             doc: doc.clone(),
             awareness: None,
             opts: PeerOpts {
                 doc_track: Some(tracker.clone()),
                 doc_latency: Some(latency.clone()),
-                full_check: i < s.w1_full_check,
+                full_check: i < shape.full_check,
                 pace: Some(PaceSlot {
                     pace: pace.clone(),
                     reader: i,
@@ -114,7 +143,7 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     let before = env.server_sample();
     let peak = env.peak_rss();
     let start = now_ns();
-    let window = s.w1_window.max(1) as u32;
+    let window = shape.window.max(1) as u32;
     let mut tracked_sent = 0u32;
     let mut stalled = false;
     let mut next_log = now_ns() + LOG_EVERY_NS;

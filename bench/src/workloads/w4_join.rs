@@ -106,6 +106,16 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     {
         r.fail("the server did not hold the loaded document");
     }
+    // The author and the checker both count as synced before the joiners start: otherwise a
+    // late author step 2 would be taken for a joiner's, and the last joiner go unmeasured.
+    if !progress
+        .wait("the author and the checker to sync", s.phase_timeout(), |p| {
+            p.synced.load(Ordering::Acquire) >= 2
+        })
+        .await
+    {
+        r.fail("the author or the checker did not sync");
+    }
     let synced_before = progress.synced.load(Ordering::Acquire);
 
     let before = env.server_sample();
@@ -185,6 +195,9 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
                 e.insert(step2.len());
             }
         }
+    }
+    if times.len() < joined {
+        r.fail(format!("{} of {joined} joiners were measured", times.len()));
     }
     r.metric("distinct_step2_payloads", payloads.len() as f64);
     let summary = LatencySummary::of_samples_ns(times);

@@ -27,8 +27,11 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Frames a document task may queue for one connection before the connection counts as a
-/// slow reader and is closed.
-pub const CONNECTION_QUEUE: usize = 512;
+/// slow reader (resynced, then closed if it falls behind again). Frames are shared among the
+/// document's connections, so a queue costs a slot (32 bytes) per frame plus what only it holds.
+pub const CONNECTION_QUEUE: usize = 4096;
+/// Bytes of frames one connection's queue may hold (the same slow-reader rule).
+pub const CONNECTION_QUEUE_BYTES: usize = 4 << 20;
 /// Feed items queued for one event-stream subscriber before it is dropped as too slow (it
 /// resumes from its last event id, with no gap).
 pub const SUBSCRIBER_QUEUE: usize = 1024;
@@ -575,7 +578,7 @@ mod tests {
     }
 
     fn sink() -> (ConnSink, crate::outbox::Receiver, oneshot::Receiver<Close>) {
-        let (frames, rx) = crate::outbox::outbox(CONNECTION_QUEUE);
+        let (frames, rx) = crate::outbox::outbox(CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES);
         let (close, closed) = oneshot::channel();
         (ConnSink { frames, close }, rx, closed)
     }

@@ -196,7 +196,17 @@ if [[ ${#files[@]} -gt 0 ]]; then
     mkdir -p "$(dirname "$report")"
     notes=()
     if [[ $mode == full && -f "$here/RESULTS-NOTES.md" ]]; then notes=(--notes "$here/RESULTS-NOTES.md"); fi
-    "$bench_bin" report "${files[@]}" --out "$report" ${notes[@]+"${notes[@]}"} \
+    # The browser bundle, when the wasm package is built: wasm + JS, each gzip -9 (as
+    # wasm/build.sh reports it).
+    bundle=()
+    if compgen -G "$root/wasm/pkg/*.wasm" >/dev/null; then
+        total=0
+        for f in "$root"/wasm/pkg/*.js "$root"/wasm/pkg/*.wasm; do
+            total=$((total + $(gzip -9 -c "$f" | wc -c)))
+        done
+        bundle=(--meta "bundle=$total")
+    fi
+    "$bench_bin" report "${files[@]}" --out "$report" ${notes[@]+"${notes[@]}"} ${bundle[@]+"${bundle[@]}"} \
         --meta "machine=$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)" \
         --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" \
         --meta "load average=1/5/15 min: $load_before before the run, $(cut -d' ' -f1-3 /proc/loadavg) after (other work on the machine competes with server and generator)" \

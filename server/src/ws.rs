@@ -25,14 +25,21 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::{header, HeaderMap};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use tandem_engine::protocol::{ConnInfo, Role};
 use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::{self, Access, AuthError, Identity};
 use crate::conns::Admission;
@@ -48,6 +55,34 @@ const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 const WRITE_BATCH: usize = 64;
 /// How long a closed connection waits for the client to answer its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Larger outgoing messages are sent as fragments of this size. The WebSocket codec keeps its
+/// write buffer at the largest size it ever held, so without fragments every connection that
+/// received a large document's sync step 2 would hold a buffer that size until it closed.
+const FRAGMENT: usize = 32 * 1024;
+
+/// A WebSocket over an upgraded HTTP connection.
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The `Sec-WebSocket-Key` of a well-formed WebSocket upgrade request (RFC 6455 §4.2.1).
+fn websocket_key(method: &Method, headers: &HeaderMap) -> Option<HeaderValue> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
+        })
+    };
+    let version_13 = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    (method == Method::GET
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+        && version_13)
+        .then(|| headers.get(header::SEC_WEBSOCKET_KEY).cloned())
+        .flatten()
+}
 
 /// Checks a document name taken from a URL: 1 to 256 characters, no control characters.
 pub fn valid_doc_name(doc: &str) -> bool {
@@ -65,13 +100,26 @@ fn wants_extensions(query: Option<&str>) -> bool {
 
 /// The upgrade handler.
 pub async fn handler(
-    ws: WebSocketUpgrade,
     Path(doc): Path<String>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     State(state): State<AppState>,
+    mut request: Request,
 ) -> Response {
+    let headers = request.headers();
+    let (Some(key), Some(on_upgrade)) = (
+        websocket_key(request.method(), headers),
+        request
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>(),
+    ) else {
+        return ApiError::new(
+            crate::http::ErrorCode::BadRequest,
+            "expected a WebSocket upgrade (GET, Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)",
+        )
+        .into_response();
+    };
+    let headers = request.headers();
     let admission = match state
         .auth
         .admit(peer.ip(), &state.config.limits, Instant::now())
@@ -84,9 +132,9 @@ pub async fn handler(
         }
     };
     let limits = &state.config.limits;
-    let ws = ws
-        .max_frame_size(limits.max_frame_bytes)
-        .max_message_size(limits.max_frame_bytes)
+    let config = WebSocketConfig::default()
+        .max_frame_size(Some(limits.max_frame_bytes))
+        .max_message_size(Some(limits.max_frame_bytes))
         // Small: every connection keeps this buffer for its whole life, and most are idle. A
         // larger frame grows it while it is read.
         .read_buffer_size(1024)
@@ -132,11 +180,27 @@ pub async fn handler(
         extensions,
         peer,
     });
-    ws.on_upgrade(move |socket| {
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(config))
+                .await;
         let mut setup = setup;
         setup.socket = Some(socket);
-        serve(setup)
-    })
+        serve(setup).await
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
+        .body(Body::empty())
+        .unwrap_or_default()
 }
 
 fn close_message(close: Close) -> Message {
@@ -149,12 +213,12 @@ fn close_message(close: Close) -> Message {
         reason.truncate(cut);
     }
     Message::Close(Some(CloseFrame {
-        code: close.code,
+        code: close.code.into(),
         reason: Utf8Bytes::from(reason),
     }))
 }
 
-async fn refuse(mut socket: WebSocket, close: Close) {
+async fn refuse(mut socket: Socket, close: Close) {
     let _ = socket.send(close_message(close)).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(_)) = socket.next().await {}
@@ -165,7 +229,7 @@ async fn refuse(mut socket: WebSocket, close: Close) {
 /// What a connection starts with. Boxed: an async fn keeps room for its arguments as long as
 /// it runs, and this future lives as long as the connection.
 struct Setup {
-    socket: Option<WebSocket>,
+    socket: Option<Socket>,
     /// The connection slot, held until the connection ends (refused ones included).
     admission: Admission,
     /// Who it is and what it may do, or why it is refused (told after the upgrade, as close
@@ -281,8 +345,21 @@ async fn serve(setup: Box<Setup>) {
                 let mut fed = 0;
                 let mut ok = true;
                 while let Some(f) = next.take() {
-                    if sink.feed(Message::Binary(f)).await.is_err() {
-                        ok = false;
+                    if f.len() <= FRAGMENT {
+                        ok = sink.feed(Message::Binary(f)).await.is_ok();
+                    } else {
+                        let last = (f.len() - 1) / FRAGMENT;
+                        for (i, chunk) in f.chunks(FRAGMENT).enumerate() {
+                            let opcode = if i == 0 { Data::Binary } else { Data::Continue };
+                            let frame =
+                                Frame::message(f.slice_ref(chunk), OpCode::Data(opcode), i == last);
+                            ok = sink.feed(Message::Frame(frame)).await.is_ok();
+                            if !ok {
+                                break;
+                            }
+                        }
+                    }
+                    if !ok {
                         break;
                     }
                     fed += 1;
@@ -312,15 +389,12 @@ async fn serve(setup: Box<Setup>) {
                     }
                     Some(Ok(Message::Close(_))) | None => break None,
                     Some(Ok(_)) => {} // ping/pong: liveness only
+                    Some(Err(WsError::Capacity(_))) => {
+                        metrics.limit_breached(LimitKind::FrameSize);
+                        break Some(LimitKind::FrameSize.close());
+                    }
                     Some(Err(e)) => {
-                        // The codec's capacity error (`--max-frame-size`) is only told apart
-                        // by its text: axum does not expose tungstenite's error type.
-                        let text = e.to_string();
-                        if text.contains("too long") || text.contains("too big") {
-                            metrics.limit_breached(LimitKind::FrameSize);
-                            break Some(LimitKind::FrameSize.close());
-                        }
-                        tracing::debug!(%peer, cause = %text, "WebSocket read error");
+                        tracing::debug!(%peer, cause = %e, "WebSocket read error");
                         break Some(Close::new(1002, "malformed WebSocket frame"));
                     }
                 }

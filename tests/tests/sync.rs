@@ -49,3 +49,21 @@ async fn stock_clients_co_edit_and_see_presence() -> anyhow::Result<()> {
     assert_eq!(other.text("description").await?, "");
     Ok(())
 }
+
+/// A document larger than one WebSocket fragment (the server sends large messages in 32 KiB
+/// fragments) reaches a stock client whole: its sync step 2 and a large update alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_document_reaches_a_stock_client_in_fragments() -> anyhow::Result<()> {
+    let server = Server::start(&temp_dir("large-doc"), &[]).await?;
+    let base = server.ws_base();
+    let mut alice = NodeClient::connect(&base, "big", "alice").await?;
+    let mut bob = NodeClient::connect(&base, "big", "bob").await?;
+    let big: String = (0..150_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    // One update of 150 KB, broadcast to Bob in fragments.
+    alice.insert("description", 0, &big).await?;
+    bob.wait_text("description", &big).await?;
+    // A late joiner's step 2 holds the whole document.
+    let mut carol = NodeClient::connect(&base, "big", "carol").await?;
+    assert_eq!(carol.text("description").await?.len(), big.len());
+    Ok(())
+}

@@ -204,14 +204,14 @@ if [[ ${#files[@]} -gt 0 ]]; then
         for f in "$root"/wasm/pkg/*.js "$root"/wasm/pkg/*.wasm; do
             total=$((total + $(gzip -9 -c "$f" | wc -c)))
         done
-        bundle=(--meta "bundle=$total")
+        bundle=(--meta "bundle=$total bytes gzipped (wasm + JS)")
     fi
-    "$bench_bin" report "${files[@]}" --out "$report" ${notes[@]+"${notes[@]}"} ${bundle[@]+"${bundle[@]}"} \
+    "$bench_bin" report "${files[@]}" --out "$report" ${notes[@]+"${notes[@]}"} \
         --meta "machine=$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)" \
         --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" \
         --meta "load average=1/5/15 min: $load_before before the run, $(cut -d' ' -f1-3 /proc/loadavg) after (other work on the machine competes with server and generator)" \
         --meta "command=bench/run.sh --$mode --servers $servers --workloads $workloads ${sizes[*]:-}" \
-        ${versions[@]+"${versions[@]}"}
+        ${versions[@]+"${versions[@]}"} ${bundle[@]+"${bundle[@]}"}
     log "report written to $report"
 fi
 

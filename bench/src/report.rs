@@ -388,7 +388,7 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
     let bundle = meta
         .iter()
         .find(|(k, _)| k == "bundle")
-        .and_then(|(_, v)| v.parse::<f64>().ok());
+        .and_then(|(_, v)| v.split_whitespace().next()?.parse::<f64>().ok());
     match bundle {
         Some(bytes) => {
             let verdict = if bytes < 250.0 * 1024.0 {

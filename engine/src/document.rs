@@ -606,11 +606,6 @@ impl Document {
         author: Option<&str>,
     ) -> Result<Applied, DocumentError> {
         let summary = guard::check_update_v1(update)?;
-        for root in &summary.roots {
-            if !root.starts_with(RESERVED_PREFIX) && !self.texts.contains_key(root.as_str()) {
-                self.text_ref(root);
-            }
-        }
         if !self.dependencies_met(&summary) {
             if self.waiting.iter().any(|w| w.update == update) {
                 return Ok(Applied { changed: false });
@@ -618,6 +613,7 @@ impl Document {
             // Part of it may be ready: a snapshot or step 2 carries the document next to the
             // updates that were waiting in it (see `with_waiting`). That part is integrated
             // now and only the rest waits; yrs never sees blocks past a gap.
+            let roots = summary.roots.clone();
             let sv = self.doc.transact().state_vector();
             let (ready, rest) =
                 match guard::split_ready(update, |c| sv.get(&yrs::ClientID::new(c)))? {
@@ -638,7 +634,14 @@ impl Document {
                         "the update rewrites integrated content".to_owned(),
                     ));
                 }
+                let own = self.client_id();
+                if waits_for_own_edits(rest_summary, own, sv.get(&yrs::ClientID::new(own))) {
+                    return Err(DocumentError::Apply(
+                        "the update waits for edits this replica has not made".to_owned(),
+                    ));
+                }
             }
+            self.register_roots(&roots);
             let mut changed = false;
             if let Some(ready) = &ready {
                 changed = self.integrate(ready, author)?;
@@ -661,11 +664,22 @@ impl Document {
             }
             return Ok(Applied { changed });
         }
+        self.register_roots(&summary.roots);
         let changed = self.integrate(update, author)?;
         if changed && !self.waiting.is_empty() {
             self.integrate_waiting();
         }
         Ok(Applied { changed })
+    }
+
+    /// Makes the update's top-level texts known before it integrates, so their changes are
+    /// observed.
+    fn register_roots(&mut self, roots: &[String]) {
+        for root in roots {
+            if !root.starts_with(RESERVED_PREFIX) && !self.texts.contains_key(root.as_str()) {
+                self.text_ref(root);
+            }
+        }
     }
 
     fn dependencies_met(&self, summary: &guard::UpdateSummary) -> bool {
@@ -733,6 +747,23 @@ fn conflicts_with(summary: &guard::UpdateSummary, known: &StateVector) -> bool {
         .provides
         .iter()
         .any(|&(client, start, _)| start < known.get(&yrs::ClientID::new(client)))
+}
+
+/// Whether a waiting update carries or depends on ids of this replica's own client beyond what
+/// it has made (`own_clock`). Only this replica makes those ids, so such an update comes from a
+/// replica using the same client id. Kept waiting, it would meet this replica's next local
+/// edits under the same ids: the `protocol` fuzz target found a snapshot that integrated the
+/// waiting block where the document had not.
+fn waits_for_own_edits(summary: &guard::UpdateSummary, own: u64, own_clock: u32) -> bool {
+    summary.provides.iter().any(|&(client, _, _)| client == own)
+        || summary
+            .needs
+            .iter()
+            .any(|&(client, clock)| client == own && clock >= own_clock)
+        || summary
+            .deletes
+            .iter()
+            .any(|&(client, end)| client == own && end > own_clock)
 }
 
 fn pending_len<T: ReadTxn>(txn: &T) -> usize {

@@ -348,3 +348,39 @@ fn a_clock_zero_state_of_an_unknown_client_is_ignored_like_stock_clients_do() {
     assert_eq!(one.messages.len(), 1);
     assert_eq!(room.presence().states().len(), 1);
 }
+
+/// `protocol` target (document encodes and decodes): an update carrying blocks of the room's
+/// own client id beyond the room's clock waited; the room's own edits then reached that clock,
+/// and a snapshot (which carries waiting updates) integrated the waiting block where the room's
+/// document had not, so the two showed different texts. Only a replica using the same client
+/// id makes such an update; it is refused, and so is one that depends on such ids.
+#[test]
+fn an_update_waiting_for_this_replicas_own_future_edits_is_refused() {
+    let mut room = Document::new(7);
+    room.insert("srv", "description", 0, &"a".repeat(15)).unwrap();
+
+    // A replica with the same client id that has made more under it.
+    let mut twin = Document::new(7);
+    twin.insert("x", "description", 0, &"b".repeat(99)).unwrap();
+    let late = twin.insert("x", "comment", 0, "zzz").unwrap();
+    let err = room.apply_update(&late, Some("mallory")).unwrap_err();
+    assert!(matches!(err, DocumentError::Apply(_)), "{err:?}");
+
+    // Another replica's edit placed after one of the twin's characters needs that id.
+    let mut peer = Document::new(3);
+    peer.apply_update(&twin.encode_state(), None).unwrap();
+    let after_twin = peer.insert("bob", "description", 50, "!").unwrap();
+    let err = room.apply_update(&after_twin, Some("bob")).unwrap_err();
+    assert!(matches!(err, DocumentError::Apply(_)), "{err:?}");
+    assert_eq!(room.pending_len(), 0);
+
+    // The room's own edits reach clock 99 and go past it; every snapshot decodes to its texts.
+    for chunk in [84, 1, 20] {
+        room.insert("srv", "title", 0, &"t".repeat(chunk)).unwrap();
+        let mut fresh = Document::new(1);
+        fresh.apply_update(&room.encode_state(), None).unwrap();
+        assert_eq!(fresh.texts(), room.texts());
+        assert_eq!(fresh.state_vector(), room.state_vector());
+    }
+    assert_eq!(room.text("comment"), None);
+}

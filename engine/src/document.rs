@@ -636,9 +636,7 @@ impl Document {
                 }
                 let own = self.client_id();
                 if waits_for_own_edits(rest_summary, own, sv.get(&yrs::ClientID::new(own))) {
-                    return Err(DocumentError::Apply(
-                        "the update waits for edits this replica has not made".to_owned(),
-                    ));
+                    return Err(DocumentError::OwnClientId(own));
                 }
             }
             self.register_roots(&roots);

@@ -80,6 +80,10 @@ pub enum DocumentError {
     /// Another transaction on the document is open.
     #[error("document is busy")]
     Busy,
+    /// The update carries, or waits for, ids of this replica's own client beyond what it has
+    /// made: another replica uses the same client id.
+    #[error("the update waits for edits of client {0}, this replica's own, that it has not made")]
+    OwnClientId(u64),
 }
 
 /// Errors of the sans-IO protocol state machine. The connection that caused one should be

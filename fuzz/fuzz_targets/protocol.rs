@@ -44,7 +44,7 @@ use tandem_engine::error::ProtocolError;
 use tandem_engine::protocol::{ConnId, ConnInfo, Limits, Output, Role, Room, To};
 use tandem_engine::protocol::{SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE};
 use tandem_engine::wire::Writer;
-use tandem_engine::{Change, DeltaOp, Document, FieldValue};
+use tandem_engine::{Change, DeltaOp, Document, DocumentError, FieldValue};
 use tandem_fuzz::alloc::{self, TaggingAllocator};
 use tandem_fuzz::awareness::Mirror;
 use tandem_fuzz::frames::{self, AwarenessEntry, ServerMessage};
@@ -436,7 +436,7 @@ fn check_round_trip(doc: &Document) {
     if trace() {
         eprintln!("state {state:?}");
     }
-    let mut fresh = Document::new(1);
+    let mut fresh = Document::new(tandem_fuzz::unused_client(&[&state], 1));
     if let Err(e) = fresh.apply_update(&state, None) {
         panic!("the room's own state does not apply to a fresh document: {e}");
     }
@@ -507,7 +507,9 @@ impl Harness {
 
     /// The document as the server would load it equals the room's.
     fn check_storage(&self) {
-        let mut loaded = Document::new(3);
+        let mut stored: Vec<&[u8]> = self.snapshot.iter().map(|s| &s[..]).collect();
+        stored.extend(self.log.iter().map(|u| &u[..]));
+        let mut loaded = Document::new(tandem_fuzz::unused_client(&stored, 3));
         if let Some(s) = &self.snapshot {
             loaded.apply_update(s, None).expect("the snapshot applies");
         }
@@ -869,8 +871,14 @@ impl Harness {
                 match &msg {
                     ServerMessage::Step1(sv) => c.server_sv = Some(sv.clone()),
                     ServerMessage::Step2(update) | ServerMessage::Update(update) => {
-                        if let Err(e) = c.replica.apply_update(update, None) {
-                            panic!("a client replica refused an update the room sent: {e}");
+                        match c.replica.apply_update(update, None) {
+                            Ok(_) => {}
+                            // Another connection's update claimed this replica's client id
+                            // (real ids are random): the replica cannot follow the room.
+                            Err(DocumentError::OwnClientId(_)) => c.tainted = true,
+                            Err(e) => {
+                                panic!("a client replica refused an update the room sent: {e}")
+                            }
                         }
                         if matches!(msg, ServerMessage::Step2(_)) {
                             c.synced = true;

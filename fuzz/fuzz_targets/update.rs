@@ -76,8 +76,9 @@ fn shape(d: &Document) -> Shape {
 }
 
 fn check_round_trip(d: &Document) {
-    let mut fresh = Document::new(1);
-    if let Err(e) = fresh.apply_update(&d.encode_state(), None) {
+    let state = d.encode_state();
+    let mut fresh = Document::new(tandem_fuzz::unused_client(&[&state], 1));
+    if let Err(e) = fresh.apply_update(&state, None) {
         panic!("a document's own state does not apply to a fresh document: {e}");
     }
 
@@ -112,8 +113,9 @@ fn as_update(mut doc: Document, data: &[u8]) {
 /// arrives next (here the base document, which fuzzed updates often build on), a document
 /// loaded from it ends where the original ends.
 fn check_snapshot_complete(mut doc: Document) {
-    let mut loaded = Document::new(1);
-    if let Err(e) = loaded.apply_update(&doc.encode_state(), None) {
+    let state = doc.encode_state();
+    let mut loaded = Document::new(tandem_fuzz::unused_client(&[&state, base_state()], 1));
+    if let Err(e) = loaded.apply_update(&state, None) {
         panic!("a document's own state does not apply: {e}");
     }
     let a = doc.apply_update(base_state(), None).is_ok();
@@ -137,7 +139,7 @@ fn check_snapshot_complete(mut doc: Document) {
 
 fn as_state_vector(doc: &Document, data: &[u8]) {
     if let Ok(diff) = doc.diff(data) {
-        let mut fresh = Document::new(1);
+        let mut fresh = Document::new(tandem_fuzz::unused_client(&[&diff], 1));
         if let Err(e) = fresh.apply_update(&diff, None) {
             panic!("a diff the document computed is refused: {e}");
         }

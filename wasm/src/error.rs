@@ -43,7 +43,7 @@ impl From<DocumentError> for BindingError {
     fn from(e: DocumentError) -> Self {
         let code = match &e {
             DocumentError::Decode(_) => DECODE,
-            DocumentError::Apply(_) => APPLY,
+            DocumentError::Apply(_) | DocumentError::OwnClientId(_) => APPLY,
             DocumentError::InvalidFieldName(_) => INVALID_NAME,
             DocumentError::OutOfRange { .. } => OUT_OF_RANGE,
             DocumentError::Busy => BUSY,

@@ -374,6 +374,20 @@ fn an_update_waiting_for_this_replicas_own_future_edits_is_refused() {
     assert!(matches!(err, DocumentError::OwnClientId(7)), "{err:?}");
     assert_eq!(room.pending_len(), 0);
 
+    // `update` target: a state holding such a waiting update loads into any document whose
+    // client id it does not mention, and is refused by one whose id it does.
+    let mut holder = Document::new(8);
+    holder.apply_update(&after_twin, Some("bob")).unwrap();
+    assert!(holder.pending_len() > 0);
+    let state = holder.encode_state();
+    let mut loaded = Document::new(9);
+    loaded.apply_update(&state, None).unwrap();
+    assert!(loaded.pending_len() > 0);
+    assert!(matches!(
+        Document::new(7).apply_update(&state, None),
+        Err(DocumentError::OwnClientId(7))
+    ));
+
     // The room's own edits reach clock 99 and go past it; every snapshot decodes to its texts.
     for chunk in [84, 1, 20] {
         room.insert("srv", "title", 0, &"t".repeat(chunk)).unwrap();

@@ -225,9 +225,24 @@ pub fn split_ready(bytes: &[u8], known: impl Fn(u64) -> u32) -> Result<Split, De
     let mut rest_ds: Vec<(u64, Vec<(u32, u32)>)> = Vec::new();
     for (client, ranges) in deletes {
         let have = reach(&effective, client);
-        let (now, later): (Vec<_>, Vec<_>) = ranges.into_iter().partition(|&(clock, len)| {
-            len == 0 || u64::from(clock) + u64::from(len) <= u64::from(have)
-        });
+        // A range reaching past what is known is cut there, as Yjs applies a delete set: the
+        // known part now, the rest when its ids arrive. Kept whole, a deletion already applied
+        // and merged with a waiting one into a single range (a snapshot) came back as waiting
+        // only, and a document loaded from the snapshot showed the deleted text (found by the
+        // `protocol` fuzz target; engine/tests/fuzz_regressions.rs).
+        let mut now = Vec::new();
+        let mut later = Vec::new();
+        for (clock, len) in ranges {
+            let end = u64::from(clock) + u64::from(len);
+            if len == 0 || end <= u64::from(have) {
+                now.push((clock, len));
+            } else if clock < have {
+                now.push((clock, have - clock));
+                later.push((have, (end - u64::from(have)) as u32));
+            } else {
+                later.push((clock, len));
+            }
+        }
         if !now.is_empty() {
             ready_ds.push((client, now));
         }

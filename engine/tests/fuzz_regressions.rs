@@ -398,3 +398,34 @@ fn an_update_waiting_for_this_replicas_own_future_edits_is_refused() {
     }
     assert_eq!(room.text("comment"), None);
 }
+
+/// `protocol` target (document encodes and decodes): a delete-set range reaching past a
+/// client's known clock waited whole while a covered range of the same update applied; the
+/// snapshot merged both into one range, which a document loading it kept waiting whole, so the
+/// loaded document showed text the room had deleted. A range is now cut at the known clock,
+/// as Yjs applies delete sets: the known part at once, the rest when its ids arrive.
+#[test]
+fn a_deletion_reaching_past_known_ids_applies_its_known_part() {
+    let mut writer = Document::new(5);
+    let first = writer.insert("w", "comment", 0, "abcdefghij").unwrap();
+    let mut room = Document::new(9);
+    room.apply_update(&first, Some("w")).unwrap();
+
+    // No blocks; a delete set for client 5: clocks 2..22 (only 0..10 exist) and 6..8.
+    let deletion = [0u8, 1, 5, 2, 2, 20, 6, 2];
+    room.apply_update(&deletion, Some("mallory")).unwrap();
+    assert_eq!(room.text("comment").as_deref(), Some("ab"));
+    assert!(room.pending_len() > 0, "clocks 10..22 wait for their items");
+
+    let mut loaded = Document::new(1);
+    loaded.apply_update(&room.encode_state(), None).unwrap();
+    assert_eq!(loaded.texts(), room.texts());
+
+    // The rest applies when the ids it names arrive.
+    let later = writer.insert("w", "comment", 10, "klmnopqrstuvwx").unwrap();
+    room.apply_update(&later, Some("w")).unwrap();
+    loaded.apply_update(&later, Some("w")).unwrap();
+    assert_eq!(room.text("comment").as_deref(), Some("abwx"));
+    assert_eq!(loaded.texts(), room.texts());
+    assert_eq!(room.pending_len(), 0);
+}

@@ -1318,6 +1318,9 @@ fn structured(h: &mut Harness, data: &[u8]) {
                         requests.clear();
                     }
                 }
+                if trace() {
+                    eprintln!("frame {frame:?}");
+                }
                 h.send(conn, &frame, &requests, taint, stock);
             }
         }

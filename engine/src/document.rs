@@ -634,8 +634,19 @@ impl Document {
                         "the update rewrites integrated content".to_owned(),
                     ));
                 }
+                // What this replica holds of its own ids once the ready part is in (a state
+                // it saved and loads again carries its own blocks there).
                 let own = self.client_id();
-                if waits_for_own_edits(rest_summary, own, sv.get(&yrs::ClientID::new(own))) {
+                let mut own_clock = sv.get(&yrs::ClientID::new(own));
+                if let Some(ready) = &ready {
+                    let provided = guard::check_update_v1(ready)?.provides;
+                    for (client, _, end) in provided {
+                        if client == own {
+                            own_clock = own_clock.max(end);
+                        }
+                    }
+                }
+                if waits_for_own_edits(rest_summary, own, own_clock) {
                     return Err(DocumentError::OwnClientId(own));
                 }
             }

@@ -399,6 +399,29 @@ fn an_update_waiting_for_this_replicas_own_future_edits_is_refused() {
     assert_eq!(room.text("comment"), None);
 }
 
+/// `convergence` target (a replica restarts from its saved state): the check above took the
+/// replica's own clock from before the state's ready part, so a replica reloading its own
+/// state, with a waiting update that refers to the replica's own text, was refused.
+#[test]
+fn a_replica_reloads_its_state_with_an_update_that_waits_on_its_own_text() {
+    let mut alice = Document::new(21);
+    alice.insert("alice", "description", 0, "hello").unwrap();
+    let mut bob = Document::new(22);
+    bob.apply_update(&alice.encode_state(), None).unwrap();
+    let first = bob.insert("bob", "description", 5, " there").unwrap();
+    // Placed before Alice's "h", after Bob's first edit, which Alice has not received.
+    let second = bob.insert("bob", "description", 0, "¡").unwrap();
+    alice.apply_update(&second, Some("bob")).unwrap();
+    assert!(alice.pending_len() > 0);
+
+    let mut again = Document::new(21);
+    again.apply_update(&alice.encode_state(), None).unwrap();
+    assert_eq!(again.texts(), alice.texts());
+    again.apply_update(&first, Some("bob")).unwrap();
+    assert_eq!(again.text("description").as_deref(), Some("¡hello there"));
+    assert_eq!(again.pending_len(), 0);
+}
+
 /// `protocol` target (document encodes and decodes): a delete-set range reaching past a
 /// client's known clock waited whole while a covered range of the same update applied; the
 /// snapshot merged both into one range, which a document loading it kept waiting whole, so the

@@ -103,8 +103,16 @@ extern "C" fn close_at_exit() {
         return;
     };
     if let Some(old) = guard.take() {
-        let _ = old.rt.block_on(old.store.close());
-        let _ = std::fs::remove_dir_all(&old.dir);
+        // This thread's thread-locals are gone by now and tokio needs its own: a new thread
+        // closes the store and drops the runtime.
+        let _ = std::thread::spawn(move || {
+            let Shared { rt, store, dir, .. } = old;
+            let _ = rt.block_on(store.close());
+            drop(store);
+            drop(rt);
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+        .join();
     }
 }
 

@@ -45,9 +45,15 @@ trap 'rm -rf "$scratch"' EXIT
 
 failed=()
 for t in "${targets[@]}"; do
+    extra=()
     case "$t" in
         update-release) name=update; build=(--release); dir="$target_dir-release" ;;
-        protocol | update | convergence | resume) name="$t"; build=(); dir="$target_dir" ;;
+        protocol | update | convergence) name="$t"; build=(); dir="$target_dir" ;;
+        # The store's writer thread lives from one input to the next and holds buffers
+        # LeakSanitizer cannot see it reach, so it reports them as leaks (a thread started by a
+        # reopen inside an input, or the open store at exit). Leak checks are off for this
+        # target only; AddressSanitizer's other checks stay on.
+        resume) name="$t"; build=(); dir="$target_dir"; extra=(-detect_leaks=0) ;;
         *) echo "fuzz-smoke: unknown target $t (known: ${all[*]})" >&2; exit 2 ;;
     esac
     mkdir -p "$scratch/$t" "artifacts/$t" "corpus/$name"
@@ -57,7 +63,7 @@ for t in "${targets[@]}"; do
     if ! cargo +nightly fuzz run "${build[@]}" --target-dir "$dir" "$name" \
         "$scratch/$t" "corpus/$name" -- \
         -max_total_time="$seconds" "${parallel[@]}" \
-        -timeout=60 -rss_limit_mb=3072 -print_final_stats=1 \
+        -timeout=60 -rss_limit_mb=3072 -print_final_stats=1 "${extra[@]}" \
         -artifact_prefix="$root/fuzz/artifacts/$t/"; then
         failed+=("$t")
     fi

@@ -83,7 +83,9 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, DecodeError> {
         // Yjs writes each client's structs as one group. yrs accepts a client twice, with
         // overlapping clock ranges, and then encodes a state no decoder accepts.
         if !seen.insert(client) {
-            return Err(DecodeError::Malformed("a client's structs appear in two groups"));
+            return Err(DecodeError::Malformed(
+                "a client's structs appear in two groups",
+            ));
         }
         let mut clock = u64::from(r.var_u32()?);
         for _ in 0..blocks {
@@ -321,7 +323,9 @@ fn id(r: &mut Reader<'_>) -> Result<(u64, u32), DecodeError> {
 /// own client's.
 fn check_origin(origin: (u64, u32), at: (u64, u64)) -> Result<(), DecodeError> {
     if origin.0 == at.0 && u64::from(origin.1) >= at.1 {
-        return Err(DecodeError::Malformed("an item's origin is not older than the item"));
+        return Err(DecodeError::Malformed(
+            "an item's origin is not older than the item",
+        ));
     }
     Ok(())
 }

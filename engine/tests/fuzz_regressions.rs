@@ -162,7 +162,8 @@ fn a_register_entry_under_a_foreign_key_is_ignored_by_every_reader() {
     app.set_change_feed(true);
     let peer = yrs::Doc::with_client_id(2);
     let map = peer.get_or_insert_map("tandem:registers");
-    let forged = r#"{"name":"status","value":null,"wall":0,"counter":0,"client":0,"author":"carol"}"#;
+    let forged =
+        r#"{"name":"status","value":null,"wall":0,"counter":0,"client":0,"author":"carol"}"#;
     let honest = r#"{"name":"owner","value":"bob","wall":5,"counter":0,"client":2,"author":"bob"}"#;
     let update = {
         let mut txn = peer.transact_mut();
@@ -186,13 +187,17 @@ fn a_register_entry_under_a_foreign_key_is_ignored_by_every_reader() {
 /// decoder accepts ("string is not valid UTF-8"). `XmlHook` is refused before yrs sees it.
 #[test]
 fn an_xml_hook_is_refused_before_yrs_misreads_it() {
-    let update = [1u8, 1, 214, 252, 199, 191, 14, 50, 7, 1, 0, 5, 1, 0, 1, 0, 0];
+    let update = [
+        1u8, 1, 214, 252, 199, 191, 14, 50, 7, 1, 0, 5, 1, 0, 1, 0, 0,
+    ];
     let mut doc = Document::new(33);
     doc.insert("alice", "description", 0, "kept").unwrap();
     let before = doc.encode_state();
     assert!(matches!(
         doc.apply_update(&update, Some("fuzz")),
-        Err(DocumentError::Decode(tandem_engine::DecodeError::UnsupportedTypeRef(5)))
+        Err(DocumentError::Decode(
+            tandem_engine::DecodeError::UnsupportedTypeRef(5)
+        ))
     ));
     assert_eq!(doc.encode_state(), before);
     assert_eq!(doc.pending_len(), 0);
@@ -231,7 +236,9 @@ fn a_client_in_two_struct_groups_is_refused() {
     let before = doc.encode_state();
     assert!(matches!(
         doc.apply_update(&update, Some("fuzz")),
-        Err(DocumentError::Decode(tandem_engine::DecodeError::Malformed(_)))
+        Err(DocumentError::Decode(
+            tandem_engine::DecodeError::Malformed(_)
+        ))
     ));
     assert_eq!(doc.encode_state(), before);
     let mut fresh = Document::new(1);
@@ -247,7 +254,9 @@ fn a_client_in_two_struct_groups_is_refused() {
 #[test]
 fn a_waiting_block_over_integrated_ids_is_refused() {
     let mut writer = Document::new(11);
-    let u = writer.insert("alice", "description", 0, "Hello wörld 👋").unwrap();
+    let u = writer
+        .insert("alice", "description", 0, "Hello wörld 👋")
+        .unwrap();
     let mut doc = Document::new(33);
     doc.apply_update(&u, None).unwrap();
     let before = doc.encode_state();
@@ -261,7 +270,10 @@ fn a_waiting_block_over_integrated_ids_is_refused() {
 }
 
 /// A write connection of user Bob, and a room holding none yet.
-fn bobs_room() -> (tandem_engine::protocol::Room, tandem_engine::protocol::ConnInfo) {
+fn bobs_room() -> (
+    tandem_engine::protocol::Room,
+    tandem_engine::protocol::ConnInfo,
+) {
     use tandem_engine::protocol::{ConnInfo, Limits, Role, Room};
     let info = ConnInfo {
         role: Role::Write,
@@ -321,7 +333,9 @@ fn an_item_with_impossible_origins_is_refused() {
     for forged in [&same_origins[..], &own_origin[..]] {
         assert!(matches!(
             doc.apply_update(forged, Some("mallory")),
-            Err(DocumentError::Decode(tandem_engine::DecodeError::Malformed(_)))
+            Err(DocumentError::Decode(
+                tandem_engine::DecodeError::Malformed(_)
+            ))
         ));
     }
     assert_eq!(doc.text("t").as_deref(), Some("ab"));
@@ -357,7 +371,8 @@ fn a_clock_zero_state_of_an_unknown_client_is_ignored_like_stock_clients_do() {
 #[test]
 fn an_update_waiting_for_this_replicas_own_future_edits_is_refused() {
     let mut room = Document::new(7);
-    room.insert("srv", "description", 0, &"a".repeat(15)).unwrap();
+    room.insert("srv", "description", 0, &"a".repeat(15))
+        .unwrap();
 
     // A replica with the same client id that has made more under it.
     let mut twin = Document::new(7);

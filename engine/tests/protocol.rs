@@ -312,7 +312,11 @@ fn joiners_share_one_encoded_step2_per_revision() {
     };
     let a = step2(&mut room, 2);
     let b = step2(&mut room, 3);
-    assert_eq!(a.as_ptr(), b.as_ptr(), "the second joiner got a fresh encoding");
+    assert_eq!(
+        a.as_ptr(),
+        b.as_ptr(),
+        "the second joiner got a fresh encoding"
+    );
 
     // Alice deletes the "a": no new item, only a delete set.
     let delete = {

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-
 /// Why a frame was not queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrySendError {
@@ -206,7 +205,10 @@ mod tests {
         let (tx, mut rx) = outbox(2, usize::MAX);
         tx.try_send(Bytes::from_static(b"a")).unwrap();
         tx.try_send(Bytes::from_static(b"b")).unwrap();
-        assert_eq!(tx.try_send(Bytes::from_static(b"c")), Err(TrySendError::Full));
+        assert_eq!(
+            tx.try_send(Bytes::from_static(b"c")),
+            Err(TrySendError::Full)
+        );
         assert_eq!(rx.recv().await.as_deref(), Some(&b"a"[..]));
         assert_eq!(rx.try_recv().as_deref(), Some(&b"b"[..]));
         assert_eq!(rx.try_recv(), None);
@@ -229,14 +231,20 @@ mod tests {
         assert_eq!(got.as_deref(), Some(&b"x"[..]));
         drop(rx);
         assert!(tx.is_closed());
-        assert_eq!(tx.try_send(Bytes::from_static(b"y")), Err(TrySendError::Closed));
+        assert_eq!(
+            tx.try_send(Bytes::from_static(b"y")),
+            Err(TrySendError::Closed)
+        );
     }
 
     #[test]
     fn the_byte_bound_refuses_what_does_not_fit_but_one_frame_always_fits() {
         let (tx, mut rx) = outbox(100, 10);
         tx.try_send(Bytes::from(vec![0; 25])).unwrap();
-        assert_eq!(tx.try_send(Bytes::from_static(b"x")), Err(TrySendError::Full));
+        assert_eq!(
+            tx.try_send(Bytes::from_static(b"x")),
+            Err(TrySendError::Full)
+        );
         assert!(rx.try_recv().is_some());
         tx.try_send(Bytes::from(vec![0; 6])).unwrap();
         let mut two = vec![Bytes::from(vec![0; 2]), Bytes::from(vec![0; 3])];

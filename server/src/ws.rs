@@ -67,10 +67,8 @@ type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 fn websocket_key(method: &Method, headers: &HeaderMap) -> Option<HeaderValue> {
     let has_token = |name: header::HeaderName, token: &str| {
         headers.get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case(token))
-            })
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
         })
     };
     let version_13 = headers
@@ -270,7 +268,8 @@ async fn serve(setup: Box<Setup>) {
     let metrics = state.metrics.clone();
     metrics.connections.inc();
     metrics.connections_accepted.inc();
-    let (frames_tx, mut frames_rx) = crate::outbox::outbox(CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES);
+    let (frames_tx, mut frames_rx) =
+        crate::outbox::outbox(CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES);
     let (close_tx, mut close_rx) = oneshot::channel::<Close>();
     // Filed under the user, so a revocation closes this connection.
     let (revoked_tx, revoked_rx) = oneshot::channel::<Close>();
@@ -330,7 +329,8 @@ async fn serve(setup: Box<Setup>) {
     });
     drop(identity);
     let mut next_ping = start + PING_EVERY;
-    let deadline = |next_ping| expires_at.map_or(next_ping, |e: tokio::time::Instant| e.min(next_ping));
+    let deadline =
+        |next_ping| expires_at.map_or(next_ping, |e: tokio::time::Instant| e.min(next_ping));
     let mut timer = Box::pin(tokio::time::sleep_until(deadline(next_ping)));
 
     let close: Option<Close> = loop {

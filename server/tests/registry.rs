@@ -194,7 +194,11 @@ async fn a_reader_that_falls_behind_is_resynced_and_converges() {
         frames.push(f);
     }
     assert!(frames.len() <= 16, "{} frames queued", frames.len());
-    assert_eq!(&frames[0][..2], &[0, 1], "the queue starts with a resync step 2");
+    assert_eq!(
+        &frames[0][..2],
+        &[0, 1],
+        "the queue starts with a resync step 2"
+    );
     let mut doc = tandem_engine::Document::new(9);
     for f in &frames {
         if f[0] == 0 && (f[1] == 1 || f[1] == 2) {
@@ -222,7 +226,11 @@ async fn a_reader_that_falls_behind_twice_is_closed() {
     let mut replica = tandem_engine::Document::new(5);
     for i in 0..80u32 {
         let update = replica.insert("w", "t", i, "x").unwrap();
-        assert!(writer_conn.frame(tandem_engine::protocol::sync_frame(2, &update)).await);
+        assert!(
+            writer_conn
+                .frame(tandem_engine::protocol::sync_frame(2, &update))
+                .await
+        );
     }
     let close = closed.await.expect("closed");
     assert_eq!(close.code, 4008);

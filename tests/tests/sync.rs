@@ -58,7 +58,9 @@ async fn a_large_document_reaches_a_stock_client_in_fragments() -> anyhow::Resul
     let base = server.ws_base();
     let mut alice = NodeClient::connect(&base, "big", "alice").await?;
     let mut bob = NodeClient::connect(&base, "big", "bob").await?;
-    let big: String = (0..150_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let big: String = (0..150_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     // One update of 150 KB, broadcast to Bob in fragments.
     alice.insert("description", 0, &big).await?;
     bob.wait_text("description", &big).await?;

@@ -109,9 +109,11 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     // The author and the checker both count as synced before the joiners start: otherwise a
     // late author step 2 would be taken for a joiner's, and the last joiner go unmeasured.
     if !progress
-        .wait("the author and the checker to sync", s.phase_timeout(), |p| {
-            p.synced.load(Ordering::Acquire) >= 2
-        })
+        .wait(
+            "the author and the checker to sync",
+            s.phase_timeout(),
+            |p| p.synced.load(Ordering::Acquire) >= 2,
+        )
         .await
     {
         r.fail("the author or the checker did not sync");

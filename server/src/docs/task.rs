@@ -588,7 +588,9 @@ impl Running {
         let metrics = self.registry.shared.metrics.clone();
         let now = Instant::now();
         let Some(c) = self.conns.get(&id) else { return };
-        if c.resynced.is_some_and(|at| now.duration_since(at) < RESYNC_AFTER) {
+        if c.resynced
+            .is_some_and(|at| now.duration_since(at) < RESYNC_AFTER)
+        {
             metrics.slow_reader_closes.inc();
             tracing::info!(doc = %self.name, conn = id, "closing a slow reader");
             self.close(
@@ -608,7 +610,9 @@ impl Running {
         if let Some((count, sid)) = ack {
             frames.push(protocol::ack_frame(count, sid));
         }
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         c.resynced = Some(now);
         metrics.slow_reader_resyncs.inc();
         tracing::info!(doc = %self.name, conn = id, "resyncing a slow reader");

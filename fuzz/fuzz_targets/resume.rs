@@ -91,31 +91,6 @@ struct Shared {
 
 static SHARED: Mutex<Option<Shared>> = Mutex::new(None);
 
-extern "C" {
-    fn atexit(callback: extern "C" fn()) -> std::os::raw::c_int;
-}
-
-/// Closes the shared store when the process exits (libFuzzer ends a timed run with `exit`), so
-/// its writer thread has finished and freed its buffers before LeakSanitizer's exit check
-/// looks: a store left open at exit was reported as leaked.
-extern "C" fn close_at_exit() {
-    let Ok(mut guard) = SHARED.try_lock() else {
-        return;
-    };
-    if let Some(old) = guard.take() {
-        // This thread's thread-locals are gone by now and tokio needs its own: a new thread
-        // closes the store and drops the runtime.
-        let _ = std::thread::spawn(move || {
-            let Shared { rt, store, dir, .. } = old;
-            let _ = rt.block_on(store.close());
-            drop(store);
-            drop(rt);
-            let _ = std::fs::remove_dir_all(&dir);
-        })
-        .join();
-    }
-}
-
 fn base_dir() -> PathBuf {
     let root = std::env::var_os("TANDEM_FUZZ_DIR")
         .map(PathBuf::from)
@@ -145,11 +120,6 @@ fn open(dir: &PathBuf) -> SqliteStore {
 }
 
 fn fresh_shared() -> Shared {
-    static REGISTER: std::sync::Once = std::sync::Once::new();
-    // SAFETY: registers a plain function that takes no arguments.
-    REGISTER.call_once(|| unsafe {
-        atexit(close_at_exit);
-    });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

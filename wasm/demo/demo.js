@@ -83,6 +83,7 @@ function renderStatus (s) {
   el.dataset.state = s.state
   el.dataset.synced = String(s.synced)
   el.dataset.unacknowledged = String(s.unacknowledged)
+  el.dataset.unsaved = String(s.unsaved)
   el.dataset.transport = s.transport ?? ''
   el.dataset.reason = s.reason ?? ''
   let label = 'Offline'
@@ -90,7 +91,9 @@ function renderStatus (s) {
   else if (s.state === 'connected') label = s.synced ? (s.unacknowledged ? 'Saving…' : 'Live') : 'Syncing…'
   $('connection-label').textContent = label
   const parts = []
-  if (s.state === 'offline' && s.unacknowledged) parts.push(`${s.unacknowledged} edit${s.unacknowledged === 1 ? '' : 's'} saved on this device`)
+  const stored = s.unacknowledged - s.unsaved
+  if (s.state === 'offline' && s.unsaved) parts.push('saving on this device…')
+  else if (s.state === 'offline' && stored) parts.push(`${stored} edit${stored === 1 ? '' : 's'} saved on this device`)
   else if (s.state === 'offline') parts.push('changes are kept on this device')
   if (s.transport === 'sse') parts.push('HTTP fallback')
   $('connection-detail').textContent = parts.join(' · ')

@@ -96,6 +96,8 @@ export interface Status {
   transport: 'websocket' | 'sse' | null
   /** Local edits the server has not yet acknowledged as durable. */
   unacknowledged: number
+  /** Edits not yet in this device's offline store (all unacknowledged ones when there is none). */
+  unsaved: number
   /** Why the client is offline, when it is. */
   reason?: string
   /** When the next reconnect attempt happens. */

@@ -75,11 +75,12 @@ export class OfflineStore {
     return key
   }
 
-  async removePending (keys) {
-    if (keys.length === 0) return
-    const tx = this.db.transaction('pending', 'readwrite')
-    const store = tx.objectStore('pending')
-    for (const key of keys) store.delete(key)
+  // Caches `state` and drops the pending edits `keys`, which it holds, in one transaction.
+  async settle (state, keys) {
+    const tx = this.db.transaction(['state', 'pending'], 'readwrite')
+    tx.objectStore('state').put({ state, savedAt: Date.now() }, this.doc)
+    const pending = tx.objectStore('pending')
+    for (const key of keys) pending.delete(key)
     await done(tx)
   }
 

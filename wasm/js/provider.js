@@ -15,7 +15,9 @@
 // - Shares updates and presence with other tabs through BroadcastChannel, online or not.
 //
 // Status ('status' event, also on the document): {state: 'connecting' | 'connected' | 'offline',
-// synced, transport: 'websocket' | 'sse' | null, unacknowledged, reason}.
+// synced, transport: 'websocket' | 'sse' | null, unacknowledged, unsaved, reason}: `unacknowledged`
+// edits are not yet durable on the server; `unsaved` edits are not yet in this device's offline
+// store (with none, every unacknowledged edit counts).
 import {
   decodeFrame, syncStep1Frame, syncStep2Frame, updateFrame, awarenessFrame, setFieldFrame, Document
 } from './tandem_wasm.js'
@@ -50,10 +52,11 @@ export class Provider extends Emitter {
     this.EventSource = options.EventSource ?? globalThis.EventSource
     this.fetch = options.fetch ?? globalThis.fetch?.bind(globalThis)
     this.store = options.store ?? null
-    this.pending = [] // [{seq, update, key: Promise<key | null>}] not yet acknowledged
+    this.pending = [] // [{seq, update, key: Promise<key | null>, stored}] not yet acknowledged
     this.seq = 0
+    this._settling = 0 // acknowledged edits whose move into the cached state is not yet on disk
     this.sent = [] // per connection: the pending seq covered by each update sent, in order
-    this.status = { state: 'offline', synced: false, transport: null, unacknowledged: 0, reason: 'idle' }
+    this.status = { state: 'offline', synced: false, transport: null, unacknowledged: 0, unsaved: 0, reason: 'idle' }
     this.ws = null
     this.es = null
     this.attempts = 0
@@ -98,7 +101,7 @@ export class Provider extends Emitter {
     if (state) this.doc._applyRemote(state, undefined)
     for (const p of pending) {
       this.doc._applyRemote(p.update, this.doc.user.id)
-      this.pending.push({ seq: ++this.seq, update: p.update, key: Promise.resolve(p.key) })
+      this.pending.push({ seq: ++this.seq, update: p.update, key: Promise.resolve(p.key), stored: true })
     }
     this._emitStatus()
   }
@@ -317,9 +320,16 @@ export class Provider extends Emitter {
     if (done.length === 0) return
     this.pending = this.pending.filter((p) => p.seq > mark)
     if (this.store) {
+      // The acknowledged edits leave the pending store in the same transaction that caches a
+      // state holding them: a reload at any moment finds each edit in one place or the other.
+      clearTimeout(this._saveTimer)
+      this._saveTimer = null
+      const state = this.doc.encodeState()
+      this._settling += done.length
       Promise.all(done.map((p) => p.key))
-        .then((keys) => this.store.removePending(keys.filter((k) => k !== null)))
+        .then((keys) => this.store.settle(state, keys.filter((k) => k !== null)))
         .catch((err) => console.warn('tandem: could not clear acknowledged edits', err))
+        .finally(() => { this._settling -= done.length; this._emitStatus() })
     }
     this._emitStatus()
     if (this.pending.length === 0) this.emit('acknowledged')
@@ -428,8 +438,12 @@ export class Provider extends Emitter {
   // --- local changes -------------------------------------------------------------------------
 
   _localUpdate (update) {
-    const entry = { seq: ++this.seq, update, key: Promise.resolve(null) }
-    if (this.store) entry.key = this.store.addPending(update).catch(() => null)
+    const entry = { seq: ++this.seq, update, key: Promise.resolve(null), stored: false }
+    if (this.store) {
+      entry.key = this.store.addPending(update).then(
+        (key) => { entry.stored = true; this._emitStatus(); return key },
+        (err) => { console.warn('tandem: could not keep an edit on this device', err); return null })
+    }
     this.pending.push(entry)
     if (this.tabs) this.tabs.sendUpdate(update, this.doc.user.id)
     if (this.ws && this.ws.readyState === 1) {
@@ -536,13 +550,19 @@ export class Provider extends Emitter {
   // --- status --------------------------------------------------------------------------------
 
   _setStatus (patch) {
-    this.status = { ...this.status, ...patch, unacknowledged: this.pending.length }
+    this.status = { ...this.status, ...patch, ...this._counts() }
     if (!('retryInMs' in patch)) delete this.status.retryInMs
     this._emitStatus(true)
   }
 
+  _counts () {
+    let unsaved = this._settling
+    for (const p of this.pending) if (!p.stored) unsaved++
+    return { unacknowledged: this.pending.length, unsaved }
+  }
+
   _emitStatus (force) {
-    const next = { ...this.status, unacknowledged: this.pending.length }
+    const next = { ...this.status, ...this._counts() }
     const key = JSON.stringify(next)
     if (!force && key === this._statusKey) return
     this._statusKey = key

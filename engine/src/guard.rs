@@ -77,6 +77,7 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, DecodeError> {
     let mut r = Reader::new(bytes);
     let clients = r.len_prefix(3)?;
     let mut seen = std::collections::HashSet::with_capacity(clients.min(64));
+    let mut items = Vec::new();
     for _ in 0..clients {
         let blocks = r.len_prefix(1)?;
         let client = r.client_id()?;
@@ -89,12 +90,19 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, DecodeError> {
         }
         let mut clock = u64::from(r.var_u32()?);
         for _ in 0..blocks {
+            let needs_from = summary.needs.len();
             let (len, skip) = block(&mut r, &mut summary, (client, clock))?;
             if !skip {
                 let end = clock + len;
                 if end > u64::from(u32::MAX) {
                     return Err(DecodeError::ClockOverflow);
                 }
+                items.push(ItemSpan {
+                    client,
+                    start: clock as u32,
+                    end: end as u32,
+                    needs: needs_from..summary.needs.len(),
+                });
                 match summary.provides.last_mut() {
                     Some((c, _, e)) if *c == client && u64::from(*e) == clock => *e = end as u32,
                     _ => summary.provides.push((client, clock as u32, end as u32)),
@@ -108,7 +116,92 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, DecodeError> {
     }
     delete_set(&mut r, &mut summary)?;
     trailing(&r)?;
+    check_acyclic(&items, &summary)?;
     Ok(summary)
+}
+
+/// The clock range a non-skip block of an update covers, and its references
+/// (`UpdateSummary::needs[needs]`).
+struct ItemSpan {
+    client: u64,
+    start: u32,
+    end: u32,
+    needs: std::ops::Range<usize>,
+}
+
+/// Refuses an update whose blocks depend on each other in a cycle: a block that refers (by
+/// origin or parent) to an id carried by a block that, through such references or the order of
+/// its client's clocks, refers back to it. Every id an item refers to was made before the item,
+/// so no honest update has one. yrs cannot integrate such blocks and keeps them as pending
+/// forever, growing that queue each time the update is sent again.
+///
+/// `items` is in the update's order: each client's blocks together, by clock. Only references
+/// to ids the update itself carries can close a cycle; an update with none (a keystroke) costs
+/// one pass over its references.
+fn check_acyclic(items: &[ItemSpan], summary: &UpdateSummary) -> Result<(), DecodeError> {
+    const CYCLE: DecodeError =
+        DecodeError::Malformed("the update's items refer to each other in a cycle");
+    // Each client's blocks, as a range of `items`, sorted by client for lookup.
+    let mut runs: Vec<(u64, usize, usize)> = Vec::new();
+    for (i, b) in items.iter().enumerate() {
+        match runs.last_mut() {
+            Some((c, _, hi)) if *c == b.client => *hi = i + 1,
+            _ => runs.push((b.client, i, i + 1)),
+        }
+    }
+    runs.sort_unstable_by_key(|r| r.0);
+    let carrier = |(client, clock): (u64, u32)| -> Option<usize> {
+        let r = runs.binary_search_by_key(&client, |r| r.0).ok()?;
+        let (_, lo, hi) = runs[r];
+        let run = &items[lo..hi];
+        let i = run.partition_point(|b| b.end <= clock);
+        (i < run.len() && run[i].start <= clock).then_some(lo + i)
+    };
+    // (dependency, dependent) pairs: a block needs its carriers first.
+    let mut edges: Vec<(usize, usize)> = Vec::new();
+    for (i, b) in items.iter().enumerate() {
+        for &need in &summary.needs[b.needs.clone()] {
+            match carrier(need) {
+                Some(a) if a == i => return Err(CYCLE),
+                Some(a) => edges.push((a, i)),
+                None => {}
+            }
+        }
+    }
+    if edges.is_empty() {
+        // Only the order of each client's clocks remains: a chain per client.
+        return Ok(());
+    }
+    // Kahn's algorithm over both kinds of edges; the order of a client's clocks is the edge
+    // from each block to the next block of the same client.
+    let n = items.len();
+    for i in 1..n {
+        if items[i].client == items[i - 1].client {
+            edges.push((i - 1, i));
+        }
+    }
+    edges.sort_unstable();
+    let mut waiting_on = vec![0u32; n];
+    for &(_, to) in &edges {
+        waiting_on[to] += 1;
+    }
+    let mut ready: Vec<usize> = (0..n).filter(|&i| waiting_on[i] == 0).collect();
+    let mut done = 0;
+    while let Some(a) = ready.pop() {
+        done += 1;
+        let from = edges.partition_point(|e| e.0 < a);
+        for &(_, to) in edges[from..].iter().take_while(|e| e.0 == a) {
+            waiting_on[to] -= 1;
+            if waiting_on[to] == 0 {
+                ready.push(to);
+            }
+        }
+    }
+    if done == n {
+        Ok(())
+    } else {
+        Err(CYCLE)
+    }
 }
 
 /// An update cut in two by [`split_ready`].

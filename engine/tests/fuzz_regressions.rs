@@ -467,3 +467,77 @@ fn a_deletion_reaching_past_known_ids_applies_its_known_part() {
     assert_eq!(loaded.texts(), room.texts());
     assert_eq!(room.pending_len(), 0);
 }
+
+/// `update` target (an update applied twice changes nothing): an item whose parent was its own
+/// id. Its dependencies looked met (the update carries that id), so it went to yrs, which
+/// cannot integrate it and kept it pending; every resend grew that queue. Items that refer to
+/// each other in a cycle, within one client or across clients, are refused; honest items only
+/// ever refer to ids made before them.
+#[test]
+fn items_that_refer_to_each_other_in_a_cycle_are_refused() {
+    // As found: client 1, clock 0, deleted content of length 5 whose parent is (1, 0).
+    let own_parent = [1u8, 0x81, 0, 1, 0, 1, 0x2c, 1, 0, 5, 1, 1, 1, 1, 0];
+    // Client 10's "x" has origin (20, 0); client 20's "y" has origin (10, 0).
+    let crossed = [
+        2u8, 1, 10, 0, 0x84, 20, 0, 1, b'x', 1, 20, 0, 0x84, 10, 0, 1, b'y', 0,
+    ];
+    // Client 10's first block is "a" (after a root), its second "b" after client 20's "y",
+    // whose origin is client 10's "b": a cycle through the order of client 10's clocks.
+    let through_clocks = [
+        2u8, 2, 10, 0, 4, 1, 1, b't', 1, b'a', 0x84, 20, 0, 1, b'b', 1, 20, 0, 0x84, 10, 1, 1,
+        b'y', 0,
+    ];
+    for forged in [&own_parent[..], &crossed[..], &through_clocks[..]] {
+        let mut doc = Document::new(1);
+        doc.insert("alice", "t", 0, "ab").unwrap();
+        let before = (doc.texts(), doc.state_vector(), doc.pending_len());
+        for _ in 0..2 {
+            let result = doc.apply_update(forged, Some("mallory"));
+            assert!(
+                matches!(
+                    result,
+                    Err(DocumentError::Decode(
+                        tandem_engine::DecodeError::Malformed(_)
+                    ))
+                ),
+                "{forged:?}: {result:?}"
+            );
+            assert_eq!((doc.texts(), doc.state_vector(), doc.pending_len()), before);
+        }
+    }
+
+    // Honest updates whose items refer to other items they carry still apply: two users
+    // interleaving in one text, sent as one state.
+    let a = yrs::Doc::with_client_id(10);
+    let b = yrs::Doc::with_client_id(20);
+    let (ta, tb) = (a.get_or_insert_text("t"), b.get_or_insert_text("t"));
+    use yrs::updates::decoder::Decode;
+    use yrs::{GetString, ReadTxn, StateVector, Text, Update};
+    for i in 0..20u32 {
+        let (from, to, text) = if i % 2 == 0 {
+            (&a, &b, &ta)
+        } else {
+            (&b, &a, &tb)
+        };
+        let update = {
+            let mut txn = from.transact_mut();
+            let len = text.len(&txn);
+            text.insert(
+                &mut txn,
+                (i * 7) % (len + 1),
+                if i % 2 == 0 { "ab" } else { "xy" },
+            );
+            txn.encode_update_v1()
+        };
+        to.transact_mut()
+            .apply_update(Update::decode_v1(&update).unwrap())
+            .unwrap();
+    }
+    let state = a
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    let mut doc = Document::new(1);
+    doc.apply_update(&state, Some("bob")).unwrap();
+    assert_eq!(doc.text("t"), Some(ta.get_string(&a.transact())));
+    assert_eq!(doc.pending_len(), 0);
+}

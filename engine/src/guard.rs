@@ -5,7 +5,8 @@
 //! nested deep enough to exhaust the stack. [`check_update_v1`] and [`check_state_vector`] walk
 //! the same grammar yrs decodes (lib0 v1 update encoding) with a bounded [`Reader`] and refuse
 //! anything out of bounds, so yrs only ever sees input whose every length fits in the bytes
-//! present.
+//! present. They also refuse structure no honest client writes and yrs mishandles (see
+//! [`check_update_v1`]'s helpers: origins, struct groups, reference cycles).
 
 use crate::error::DecodeError;
 use crate::wire::{Reader, Writer};

@@ -4,7 +4,8 @@
 //! - local keystroke insert time,
 //! - time to apply one remote single-keystroke update,
 //! - updates/s replaying `seph-blog1.json.gz`, one transaction per update, checked against the
-//!   trace's `endContent`.
+//!   trace's `endContent`;
+//! - time to check, and to load, the replayed document's whole encoded state.
 //!
 //! The traces are read from `$TANDEM_TRACES` or `../shared/traces` beside the repository.
 
@@ -120,4 +121,26 @@ fn main() {
         secs,
         updates.len() as f64 / secs
     );
+
+    // 4. A whole document's state, as the server loads it and a joiner's step 2 carries it:
+    // the structural check alone (its blocks refer to each other throughout, so the cycle
+    // check runs in full), then the whole load.
+    let state = replica.encode_state();
+    const LOADS: usize = 20;
+    let start = Instant::now();
+    for _ in 0..LOADS {
+        tandem_engine::guard::check_update_v1(&state).unwrap();
+    }
+    per_op(
+        &format!("check seph-blog1's final state ({} KB)", state.len() / 1024),
+        LOADS,
+        start,
+    );
+    let start = Instant::now();
+    for _ in 0..LOADS {
+        let mut fresh = Document::new(6);
+        fresh.apply_update(&state, None).unwrap();
+        assert_eq!(fresh.text("text").unwrap(), trace.end_content);
+    }
+    per_op("load seph-blog1's final state", LOADS, start);
 }

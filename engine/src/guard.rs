@@ -181,17 +181,28 @@ fn check_acyclic(items: &[ItemSpan], summary: &UpdateSummary) -> Result<(), Deco
             edges.push((i - 1, i));
         }
     }
-    edges.sort_unstable();
+    // Dependents of block a: dependents[first[a]..first[a + 1]].
+    let mut first = vec![0u32; n + 1];
     let mut waiting_on = vec![0u32; n];
-    for &(_, to) in &edges {
+    for &(from, to) in &edges {
+        first[from + 1] += 1;
         waiting_on[to] += 1;
+    }
+    for i in 0..n {
+        first[i + 1] += first[i];
+    }
+    let mut fill = first.clone();
+    let mut dependents = vec![0u32; edges.len()];
+    for &(from, to) in &edges {
+        dependents[fill[from] as usize] = to as u32;
+        fill[from] += 1;
     }
     let mut ready: Vec<usize> = (0..n).filter(|&i| waiting_on[i] == 0).collect();
     let mut done = 0;
     while let Some(a) = ready.pop() {
         done += 1;
-        let from = edges.partition_point(|e| e.0 < a);
-        for &(_, to) in edges[from..].iter().take_while(|e| e.0 == a) {
+        for &to in &dependents[first[a] as usize..first[a + 1] as usize] {
+            let to = to as usize;
             waiting_on[to] -= 1;
             if waiting_on[to] == 0 {
                 ready.push(to);

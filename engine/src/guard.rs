@@ -159,12 +159,12 @@ fn check_acyclic(items: &[ItemSpan], summary: &UpdateSummary) -> Result<(), Deco
         (i < run.len() && run[i].start <= clock).then_some(lo + i)
     };
     // (dependency, dependent) pairs: a block needs its carriers first.
-    let mut edges: Vec<(usize, usize)> = Vec::new();
+    let mut edges: Vec<(u32, u32)> = Vec::new();
     for (i, b) in items.iter().enumerate() {
         for &need in &summary.needs[b.needs.clone()] {
             match carrier(need) {
                 Some(a) if a == i => return Err(CYCLE),
-                Some(a) => edges.push((a, i)),
+                Some(a) => edges.push((a as u32, i as u32)),
                 None => {}
             }
         }
@@ -178,15 +178,15 @@ fn check_acyclic(items: &[ItemSpan], summary: &UpdateSummary) -> Result<(), Deco
     let n = items.len();
     for i in 1..n {
         if items[i].client == items[i - 1].client {
-            edges.push((i - 1, i));
+            edges.push(((i - 1) as u32, i as u32));
         }
     }
     // Dependents of block a: dependents[first[a]..first[a + 1]].
     let mut first = vec![0u32; n + 1];
     let mut waiting_on = vec![0u32; n];
     for &(from, to) in &edges {
-        first[from + 1] += 1;
-        waiting_on[to] += 1;
+        first[from as usize + 1] += 1;
+        waiting_on[to as usize] += 1;
     }
     for i in 0..n {
         first[i + 1] += first[i];
@@ -194,8 +194,8 @@ fn check_acyclic(items: &[ItemSpan], summary: &UpdateSummary) -> Result<(), Deco
     let mut fill = first.clone();
     let mut dependents = vec![0u32; edges.len()];
     for &(from, to) in &edges {
-        dependents[fill[from] as usize] = to as u32;
-        fill[from] += 1;
+        dependents[fill[from as usize] as usize] = to;
+        fill[from as usize] += 1;
     }
     let mut ready: Vec<usize> = (0..n).filter(|&i| waiting_on[i] == 0).collect();
     let mut done = 0;

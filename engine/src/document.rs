@@ -8,7 +8,7 @@
 //! be sent to peers and stored. Changes — local or remote — are collected as [`Change`]s carrying
 //! their author, drained with [`Document::take_changes`].
 
-use crate::error::DocumentError;
+use crate::error::{DecodeError, DocumentError};
 use crate::guard::{self, Split};
 use crate::register::{Entry, FieldValue, Stamp, REGISTERS_MAP};
 use serde::{Deserialize, Serialize};
@@ -606,6 +606,7 @@ impl Document {
         author: Option<&str>,
     ) -> Result<Applied, DocumentError> {
         let summary = guard::check_update_v1(update)?;
+        self.check_parents(&summary.parents)?;
         if !self.dependencies_met(&summary) {
             if self.waiting.iter().any(|w| w.update == update) {
                 return Ok(Applied { changed: false });
@@ -710,6 +711,39 @@ impl Document {
         Ok(txn.state_vector() != before || !txn.delete_set().is_empty())
     }
 
+    /// Refuses an update naming as a parent an item this document holds that is neither a type
+    /// nor deleted content. yrs refuses it too, but only when it reaches that item, with the
+    /// update's earlier blocks already integrated; the check keeps a refused update from
+    /// changing the document. Parents the update itself carries are checked by the guard.
+    fn check_parents(&self, parents: &[(u64, u32)]) -> Result<(), DocumentError> {
+        if parents.is_empty() {
+            return Ok(());
+        }
+        let txn = self.doc.try_transact().map_err(|_| DocumentError::Busy)?;
+        let sv = txn.state_vector();
+        for &(client, clock) in parents {
+            let client = yrs::ClientID::new(client);
+            if clock >= sv.get(&client) {
+                continue;
+            }
+            let id = yrs::ID::new(client, clock);
+            if yrs::BranchID::get_nested(&txn, &id).is_some() {
+                continue;
+            }
+            // Not a type (rare: a type deleted and collected, or a forged parent). The block
+            // holding the id leads this client's part of a diff from that clock.
+            let mut from = sv.clone();
+            from.set_min(client, clock);
+            let kind = guard::first_block_kind(&txn.encode_diff_v1(&from));
+            if !kind.is_some_and(guard::can_parent) {
+                return Err(DocumentError::Decode(DecodeError::Malformed(
+                    "an item's parent is neither a type nor deleted",
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Integrates waiting updates whose dependencies have arrived, until none is left that can;
     /// then drops those that the integrated content has overtaken (see `conflicts_with`).
     fn integrate_waiting(&mut self) {
@@ -739,7 +773,10 @@ impl Document {
             self.waiting_bytes -= w.update.len();
             self.revision.fetch_add(1, Ordering::Relaxed);
             // It was validated on arrival; an error here leaves the document as it was.
-            let _ = self.integrate(&w.update, w.author.as_deref());
+            // A parent that arrived since may not be able to take its items (`check_parents`).
+            if self.check_parents(&w.summary.parents).is_ok() {
+                let _ = self.integrate(&w.update, w.author.as_deref());
+            }
         }
     }
 

@@ -18,6 +18,8 @@ const HAS_ORIGIN: u8 = 0b1000_0000;
 const HAS_RIGHT_ORIGIN: u8 = 0b0100_0000;
 const HAS_PARENT_SUB: u8 = 0b0010_0000;
 const BLOCK_GC: u8 = 0;
+const CONTENT_DELETED: u8 = 1;
+const CONTENT_TYPE: u8 = 7;
 const BLOCK_SKIP: u8 = 10;
 
 /// Checks an encoded state vector (sync step 1 payload).
@@ -42,6 +44,10 @@ pub struct UpdateSummary {
     pub needs: Vec<(u64, u32)>,
     /// Ends `(client, end)` of the ranges its delete set removes.
     pub deletes: Vec<(u64, u32)>,
+    /// Ids `(client, clock)` named as an item's parent (also in `needs`). yrs refuses, midway
+    /// through integrating, a parent that is neither a type nor deleted content, so
+    /// `Document` checks those it already holds before handing the update over.
+    pub parents: Vec<(u64, u32)>,
 }
 
 impl UpdateSummary {
@@ -92,6 +98,8 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, DecodeError> {
         let mut clock = u64::from(r.var_u32()?);
         for _ in 0..blocks {
             let needs_from = summary.needs.len();
+            let parents_from = summary.parents.len();
+            let info = bytes.get(r.position()).copied().unwrap_or(0);
             let (len, skip) = block(&mut r, &mut summary, (client, clock))?;
             if !skip {
                 let end = clock + len;
@@ -103,6 +111,12 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, DecodeError> {
                     start: clock as u32,
                     end: end as u32,
                     needs: needs_from..summary.needs.len(),
+                    kind: if info == BLOCK_GC {
+                        BLOCK_GC
+                    } else {
+                        info & 0b1111
+                    },
+                    parent: summary.parents.get(parents_from).copied(),
                 });
                 match summary.provides.last_mut() {
                     Some((c, _, e)) if *c == client && u64::from(*e) == clock => *e = end as u32,
@@ -117,7 +131,7 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, DecodeError> {
     }
     delete_set(&mut r, &mut summary)?;
     trailing(&r)?;
-    check_acyclic(&items, &summary)?;
+    check_references(&items, &summary)?;
     Ok(summary)
 }
 
@@ -128,6 +142,15 @@ struct ItemSpan {
     start: u32,
     end: u32,
     needs: std::ops::Range<usize>,
+    /// Content kind (`BLOCK_GC` for a GC block).
+    kind: u8,
+    /// The id named as its parent, if any.
+    parent: Option<(u64, u32)>,
+}
+
+/// Content kinds yrs takes as a parent: a type, or (after garbage collection) deleted content.
+pub(crate) fn can_parent(kind: u8) -> bool {
+    matches!(kind, BLOCK_GC | CONTENT_DELETED | CONTENT_TYPE)
 }
 
 /// Refuses an update whose blocks depend on each other in a cycle: a block that refers (by
@@ -139,7 +162,10 @@ struct ItemSpan {
 /// `items` is in the update's order: each client's blocks together, by clock. Only references
 /// to ids the update itself carries can close a cycle; an update with none (a keystroke) costs
 /// one pass over its references.
-fn check_acyclic(items: &[ItemSpan], summary: &UpdateSummary) -> Result<(), DecodeError> {
+///
+/// Also refuses an item whose parent is a block of the update that is neither a type nor
+/// deleted content (see `UpdateSummary::parents`).
+fn check_references(items: &[ItemSpan], summary: &UpdateSummary) -> Result<(), DecodeError> {
     const CYCLE: DecodeError =
         DecodeError::Malformed("the update's items refer to each other in a cycle");
     // Each client's blocks, as a range of `items`, sorted by client for lookup.
@@ -161,6 +187,13 @@ fn check_acyclic(items: &[ItemSpan], summary: &UpdateSummary) -> Result<(), Deco
     // (dependency, dependent) pairs: a block needs its carriers first.
     let mut edges: Vec<(u32, u32)> = Vec::new();
     for (i, b) in items.iter().enumerate() {
+        if let Some(a) = b.parent.and_then(carrier) {
+            if !can_parent(items[a].kind) {
+                return Err(DecodeError::Malformed(
+                    "an item's parent is neither a type nor deleted",
+                ));
+            }
+        }
         for &need in &summary.needs[b.needs.clone()] {
             match carrier(need) {
                 Some(a) if a == i => return Err(CYCLE),
@@ -214,6 +247,24 @@ fn check_acyclic(items: &[ItemSpan], summary: &UpdateSummary) -> Result<(), Deco
     } else {
         Err(CYCLE)
     }
+}
+
+/// The content kind of the first block of a v1 update yrs encoded (`BLOCK_GC` for a GC
+/// block), if it has a block.
+pub(crate) fn first_block_kind(bytes: &[u8]) -> Option<u8> {
+    let mut r = Reader::new(bytes);
+    if r.var_u32().ok()? == 0 {
+        return None;
+    }
+    r.var_u32().ok()?;
+    r.client_id().ok()?;
+    r.var_u32().ok()?;
+    let info = r.u8().ok()?;
+    Some(if info == BLOCK_GC {
+        BLOCK_GC
+    } else {
+        info & 0b1111
+    })
 }
 
 /// An update cut in two by [`split_ready`].
@@ -477,7 +528,9 @@ fn block(
                         summary.roots.push(root.to_owned());
                     }
                 } else {
-                    summary.needs.push(id(r)?);
+                    let parent = id(r)?;
+                    summary.needs.push(parent);
+                    summary.parents.push(parent);
                 }
                 if info & HAS_PARENT_SUB != 0 {
                     r.var_str()?;

@@ -541,3 +541,77 @@ fn items_that_refer_to_each_other_in_a_cycle_are_refused() {
     assert_eq!(doc.text("t"), Some(ta.get_string(&a.transact())));
     assert_eq!(doc.pending_len(), 0);
 }
+
+/// `update` target, release build (a refused update leaves the document as it was): an item
+/// named as its parent a character the document held. yrs refused the update only on reaching
+/// that item, after integrating the blocks before it, so a refused update changed the
+/// document (and the room's copy would differ from what it stored). A parent that is neither a
+/// type nor deleted content is refused before yrs sees the update, whether the document holds
+/// it or the update carries it; a type deleted and collected still takes late children.
+#[test]
+fn an_item_parented_to_a_character_is_refused_before_anything_changes() {
+    let mut doc = Document::new(1);
+    let writer = yrs::Doc::with_client_id(22);
+    let text = writer.get_or_insert_text("t");
+    use yrs::updates::decoder::Decode;
+    use yrs::{Map, MapPrelim, ReadTxn, StateVector, Text, Update};
+    let ab = {
+        let mut txn = writer.transact_mut();
+        text.insert(&mut txn, 0, "ab");
+        txn.encode_update_v1()
+    };
+    doc.apply_update(&ab, Some("bob")).unwrap();
+    // As found: client 5's deleted content in root "\x01", then one under (22, 1) (the "b"),
+    // then one under (5, 1).
+    let held_parent = [
+        1u8, 3, 5, 0, 1, 1, 1, 1, 1, 1, 84, 22, 1, 1, 1, 3, 5, 1, 1, 0,
+    ];
+    // Client 5's "x" in root "t", then deleted content under it.
+    let carried_parent = [1u8, 2, 5, 0, 4, 1, 1, b't', 1, b'x', 1, 3, 5, 0, 1, 0];
+    for forged in [&held_parent[..], &carried_parent[..]] {
+        let before = (doc.texts(), doc.state_vector(), doc.pending_len());
+        let result = doc.apply_update(forged, Some("mallory"));
+        assert!(
+            matches!(
+                result,
+                Err(DocumentError::Decode(
+                    tandem_engine::DecodeError::Malformed(_)
+                ))
+            ),
+            "{forged:?}: {result:?}"
+        );
+        assert_eq!((doc.texts(), doc.state_vector(), doc.pending_len()), before);
+    }
+
+    // A child made in a nested map before another user deleted the map (collected since)
+    // still applies.
+    let mut app = Document::new(2);
+    app.doc().get_or_insert_map("m");
+    let a = yrs::Doc::with_client_id(10);
+    let b = yrs::Doc::with_client_id(20);
+    let (ma, mb) = (a.get_or_insert_map("m"), b.get_or_insert_map("m"));
+    let made = {
+        let mut txn = a.transact_mut();
+        ma.insert(&mut txn, "inner", MapPrelim::default());
+        txn.encode_update_v1()
+    };
+    b.transact_mut()
+        .apply_update(Update::decode_v1(&made).unwrap())
+        .unwrap();
+    let child = {
+        let mut txn = b.transact_mut();
+        let inner: yrs::MapRef = mb.get(&txn, "inner").unwrap().cast().unwrap();
+        inner.insert(&mut txn, "k", "v");
+        txn.encode_update_v1()
+    };
+    {
+        let mut txn = a.transact_mut();
+        ma.remove(&mut txn, "inner");
+    }
+    let state = a
+        .transact()
+        .encode_state_as_update_v1(&StateVector::default());
+    app.apply_update(&state, None).unwrap();
+    app.apply_update(&child, Some("bob")).unwrap();
+    assert_eq!(app.pending_len(), 0);
+}

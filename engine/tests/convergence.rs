@@ -97,8 +97,8 @@ fn run(seed: u64) {
         if rng.below(3) == 0 {
             let j = rng.below(3) as usize;
             let from = rng.below(log.len() as u64 + 1) as usize;
-            for (author, u) in log[from..].to_vec() {
-                replicas[j].apply_update(&u, Some(USERS[author])).unwrap();
+            for (author, u) in &log[from..] {
+                replicas[j].apply_update(u, Some(USERS[*author])).unwrap();
             }
         }
     }

@@ -616,13 +616,13 @@ impl Document {
             // now and only the rest waits; yrs never sees blocks past a gap.
             let roots = summary.roots.clone();
             let sv = self.doc.transact().state_vector();
-            let (ready, rest) =
+            let (ready, rest, reach) =
                 match guard::split_ready(update, |c| sv.get(&yrs::ClientID::new(c)))? {
-                    Split::Ready => (Some(update.to_vec()), None),
-                    Split::Waiting => (None, Some((update.to_vec(), summary))),
-                    Split::Parts { ready, rest } => {
+                    Split::Ready => (Some(update.to_vec()), None, Vec::new()),
+                    Split::Waiting => (None, Some((update.to_vec(), summary)), Vec::new()),
+                    Split::Parts { ready, rest, reach } => {
                         let rest_summary = guard::check_update_v1(&rest)?;
-                        (Some(ready), Some((rest, rest_summary)))
+                        (Some(ready), Some((rest, rest_summary)), reach)
                     }
                 };
             // A block that waits although its clocks start inside what is already integrated
@@ -638,15 +638,10 @@ impl Document {
                 // What this replica holds of its own ids once the ready part is in (a state
                 // it saved and loads again carries its own blocks there).
                 let own = self.client_id();
-                let mut own_clock = sv.get(&yrs::ClientID::new(own));
-                if let Some(ready) = &ready {
-                    let provided = guard::check_update_v1(ready)?.provides;
-                    for (client, _, end) in provided {
-                        if client == own {
-                            own_clock = own_clock.max(end);
-                        }
-                    }
-                }
+                let own_clock = reach
+                    .iter()
+                    .find(|(c, _)| *c == own)
+                    .map_or_else(|| sv.get(&yrs::ClientID::new(own)), |&(_, e)| e);
                 if waits_for_own_edits(rest_summary, own, own_clock) {
                     return Err(DocumentError::OwnClientId(own));
                 }

@@ -281,6 +281,8 @@ pub enum Split {
         ready: Vec<u8>,
         /// The others.
         rest: Vec<u8>,
+        /// `(client, clock)`: how far `ready` takes each client it carries blocks of.
+        reach: Vec<(u64, u32)>,
     },
 }
 
@@ -451,6 +453,7 @@ pub fn split_ready(bytes: &[u8], known: impl Fn(u64) -> u32) -> Result<Split, De
     Ok(Split::Parts {
         ready: encode(ready, &ready_ds),
         rest: encode(rest, &rest_ds),
+        reach: effective,
     })
 }
 

@@ -111,11 +111,7 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, DecodeError> {
                     start: clock as u32,
                     end: end as u32,
                     needs: needs_from..summary.needs.len(),
-                    kind: if info == BLOCK_GC {
-                        BLOCK_GC
-                    } else {
-                        info & 0b1111
-                    },
+                    kind: content_kind(info),
                     parent: summary.parents.get(parents_from).copied(),
                 });
                 match summary.provides.last_mut() {
@@ -131,7 +127,17 @@ pub fn check_update_v1(bytes: &[u8]) -> Result<UpdateSummary, DecodeError> {
     }
     delete_set(&mut r, &mut summary)?;
     trailing(&r)?;
-    check_references(&items, &summary)?;
+    // Only a reference to an id the update itself carries can close a cycle or name one of its
+    // blocks as a parent; an update with none (a keystroke) skips the check.
+    let carried = |&(client, clock): &(u64, u32)| {
+        summary
+            .provides
+            .iter()
+            .any(|&(c, start, end)| c == client && start <= clock && clock < end)
+    };
+    if summary.needs.iter().any(carried) {
+        check_references(&items, &summary)?;
+    }
     Ok(summary)
 }
 
@@ -159,9 +165,7 @@ pub(crate) fn can_parent(kind: u8) -> bool {
 /// so no honest update has one. yrs cannot integrate such blocks and keeps them as pending
 /// forever, growing that queue each time the update is sent again.
 ///
-/// `items` is in the update's order: each client's blocks together, by clock. Only references
-/// to ids the update itself carries can close a cycle; an update with none (a keystroke) costs
-/// one pass over its references.
+/// `items` is in the update's order: each client's blocks together, by clock.
 ///
 /// Also refuses an item whose parent is a block of the update that is neither a type nor
 /// deleted content (see `UpdateSummary::parents`).
@@ -259,12 +263,16 @@ pub(crate) fn first_block_kind(bytes: &[u8]) -> Option<u8> {
     r.var_u32().ok()?;
     r.client_id().ok()?;
     r.var_u32().ok()?;
-    let info = r.u8().ok()?;
-    Some(if info == BLOCK_GC {
+    Some(content_kind(r.u8().ok()?))
+}
+
+/// The content kind a block's info byte names (`BLOCK_GC` for a GC block).
+fn content_kind(info: u8) -> u8 {
+    if info == BLOCK_GC {
         BLOCK_GC
     } else {
         info & 0b1111
-    })
+    }
 }
 
 /// An update cut in two by [`split_ready`].
@@ -539,7 +547,7 @@ fn block(
                     r.var_str()?;
                 }
             }
-            Ok((content(r, info & 0b1111)?, false))
+            Ok((content(r, content_kind(info))?, false))
         }
     }
 }

@@ -468,6 +468,23 @@ fn a_deletion_reaching_past_known_ids_applies_its_known_part() {
     assert_eq!(room.pending_len(), 0);
 }
 
+/// Applies `forged` and checks it is refused as malformed with the document left as it was
+/// (texts, state vector, waiting bytes).
+fn refused_as_malformed_without_change(doc: &mut Document, forged: &[u8]) {
+    let before = (doc.texts(), doc.state_vector(), doc.pending_len());
+    let result = doc.apply_update(forged, Some("mallory"));
+    assert!(
+        matches!(
+            result,
+            Err(DocumentError::Decode(
+                tandem_engine::DecodeError::Malformed(_)
+            ))
+        ),
+        "{forged:?}: {result:?}"
+    );
+    assert_eq!((doc.texts(), doc.state_vector(), doc.pending_len()), before);
+}
+
 /// `update` target (an update applied twice changes nothing): an item whose parent was its own
 /// id. Its dependencies looked met (the update carries that id), so it went to yrs, which
 /// cannot integrate it and kept it pending; every resend grew that queue. Items that refer to
@@ -490,19 +507,8 @@ fn items_that_refer_to_each_other_in_a_cycle_are_refused() {
     for forged in [&own_parent[..], &crossed[..], &through_clocks[..]] {
         let mut doc = Document::new(1);
         doc.insert("alice", "t", 0, "ab").unwrap();
-        let before = (doc.texts(), doc.state_vector(), doc.pending_len());
         for _ in 0..2 {
-            let result = doc.apply_update(forged, Some("mallory"));
-            assert!(
-                matches!(
-                    result,
-                    Err(DocumentError::Decode(
-                        tandem_engine::DecodeError::Malformed(_)
-                    ))
-                ),
-                "{forged:?}: {result:?}"
-            );
-            assert_eq!((doc.texts(), doc.state_vector(), doc.pending_len()), before);
+            refused_as_malformed_without_change(&mut doc, forged);
         }
     }
 
@@ -569,18 +575,7 @@ fn an_item_parented_to_a_character_is_refused_before_anything_changes() {
     // Client 5's "x" in root "t", then deleted content under it.
     let carried_parent = [1u8, 2, 5, 0, 4, 1, 1, b't', 1, b'x', 1, 3, 5, 0, 1, 0];
     for forged in [&held_parent[..], &carried_parent[..]] {
-        let before = (doc.texts(), doc.state_vector(), doc.pending_len());
-        let result = doc.apply_update(forged, Some("mallory"));
-        assert!(
-            matches!(
-                result,
-                Err(DocumentError::Decode(
-                    tandem_engine::DecodeError::Malformed(_)
-                ))
-            ),
-            "{forged:?}: {result:?}"
-        );
-        assert_eq!((doc.texts(), doc.state_vector(), doc.pending_len()), before);
+        refused_as_malformed_without_change(&mut doc, forged);
     }
 
     // A child made in a nested map before another user deleted the map (collected since)

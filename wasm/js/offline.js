@@ -75,18 +75,13 @@ export class OfflineStore {
     return key
   }
 
-  // Caches `state` and drops the pending edits `keys`, which it holds, in one transaction.
-  async settle (state, keys) {
+  // Caches `state` and, in the same transaction, drops the pending edits `keys` (acknowledged
+  // by the server, and held by `state`): a reload finds each edit in one place or the other.
+  async saveState (state, keys = []) {
     const tx = this.db.transaction(['state', 'pending'], 'readwrite')
     tx.objectStore('state').put({ state, savedAt: Date.now() }, this.doc)
     const pending = tx.objectStore('pending')
     for (const key of keys) pending.delete(key)
-    await done(tx)
-  }
-
-  async saveState (state) {
-    const tx = this.db.transaction('state', 'readwrite')
-    tx.objectStore('state').put({ state, savedAt: Date.now() }, this.doc)
     await done(tx)
   }
 

@@ -54,7 +54,7 @@ export class Provider extends Emitter {
     this.store = options.store ?? null
     this.pending = [] // [{seq, update, key: Promise<key | null>, stored}] not yet acknowledged
     this.seq = 0
-    this._settling = 0 // acknowledged edits whose move into the cached state is not yet on disk
+    this.released = [] // acknowledged edits still in the offline queue until the next state save
     this.sent = [] // per connection: the pending seq covered by each update sent, in order
     this.status = { state: 'offline', synced: false, transport: null, unacknowledged: 0, unsaved: 0, reason: 'idle' }
     this.ws = null
@@ -314,22 +314,15 @@ export class Provider extends Emitter {
     if (mark !== undefined) this._release(mark)
   }
 
-  // Every pending edit up to `mark` is durable on the server.
+  // Every pending edit up to `mark` is durable on the server. It leaves the offline queue with
+  // the next state save, which caches a state holding it.
   _release (mark) {
     const done = this.pending.filter((p) => p.seq <= mark)
     if (done.length === 0) return
     this.pending = this.pending.filter((p) => p.seq > mark)
     if (this.store) {
-      // The acknowledged edits leave the pending store in the same transaction that caches a
-      // state holding them: a reload at any moment finds each edit in one place or the other.
-      clearTimeout(this._saveTimer)
-      this._saveTimer = null
-      const state = this.doc.encodeState()
-      this._settling += done.length
-      Promise.all(done.map((p) => p.key))
-        .then((keys) => this.store.settle(state, keys.filter((k) => k !== null)))
-        .catch((err) => console.warn('tandem: could not clear acknowledged edits', err))
-        .finally(() => { this._settling -= done.length; this._emitStatus() })
+      this.released.push(...done)
+      this._scheduleSave()
     }
     this._emitStatus()
     if (this.pending.length === 0) this.emit('acknowledged')
@@ -486,7 +479,11 @@ export class Provider extends Emitter {
     clearTimeout(this._saveTimer)
     this._saveTimer = null
     if (!this.store) return
-    this.store.saveState(this.doc.encodeState())
+    const state = this.doc.encodeState()
+    const released = this.released
+    this.released = []
+    Promise.all(released.map((p) => p.key))
+      .then((keys) => this.store.saveState(state, keys.filter((k) => k !== null)))
       .catch((err) => console.warn('tandem: could not cache the document', err))
   }
 
@@ -556,8 +553,9 @@ export class Provider extends Emitter {
   }
 
   _counts () {
-    let unsaved = this._settling
+    let unsaved = 0
     for (const p of this.pending) if (!p.stored) unsaved++
+    for (const p of this.released) if (!p.stored) unsaved++
     return { unacknowledged: this.pending.length, unsaved }
   }
 

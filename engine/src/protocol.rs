@@ -67,8 +67,6 @@ pub const TANDEM_ACK: u64 = 0;
 pub const TANDEM_SET_FIELD: u64 = 1;
 /// tandem sub-message: register write result.
 pub const TANDEM_FIELD_RESULT: u64 = 2;
-/// Awareness states not renewed for this long are removed.
-pub const AWARENESS_TIMEOUT_MS: u64 = 30_000;
 
 /// Identifies a connection within a room; chosen by the transport.
 pub type ConnId = u64;
@@ -358,7 +356,8 @@ impl Room {
     }
 
     /// Periodic housekeeping: removes awareness states not renewed for
-    /// [`AWARENESS_TIMEOUT_MS`] and broadcasts their removal.
+    /// [`PRESENCE_TIMEOUT_MS`](crate::presence::PRESENCE_TIMEOUT_MS) and broadcasts their
+    /// removal.
     pub fn tick(&mut self, now_ms: u64) -> Output {
         self.set_time(now_ms);
         let mut out = Output::default();

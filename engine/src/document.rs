@@ -781,6 +781,23 @@ impl Document {
     }
 }
 
+/// The empty update: no structs, an empty delete set.
+pub const EMPTY_UPDATE: [u8; 2] = [0, 0];
+
+/// Merges v1 updates (for example a stretch of a document's stored log) into one update that
+/// does to any document what applying each of them does. Every input is checked by
+/// [`guard::check_update_v1`] first, whatever its origin; no input gives [`EMPTY_UPDATE`].
+pub fn merge_updates(updates: &[&[u8]]) -> Result<Vec<u8>, DocumentError> {
+    for update in updates {
+        guard::check_update_v1(update)?;
+    }
+    match updates {
+        [] => Ok(EMPTY_UPDATE.to_vec()),
+        [one] => Ok(one.to_vec()),
+        _ => yrs::merge_updates_v1(updates).map_err(|e| DocumentError::Apply(e.to_string())),
+    }
+}
+
 /// Whether a waiting update carries a block starting below what `known` already holds of its
 /// client: such a block can only be a conflicting rewrite of integrated ids.
 fn conflicts_with(summary: &guard::UpdateSummary, known: &StateVector) -> bool {

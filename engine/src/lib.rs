@@ -32,6 +32,6 @@ pub mod protocol;
 pub mod register;
 pub mod wire;
 
-pub use document::{Applied, Change, DeltaOp, Document};
+pub use document::{merge_updates, Applied, Change, DeltaOp, Document};
 pub use error::{DecodeError, DocumentError, ProtocolError};
 pub use register::FieldValue;

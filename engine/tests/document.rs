@@ -228,3 +228,68 @@ fn malformed_updates_are_errors() {
     }
     assert!(d.diff(&[5, 1]).is_err());
 }
+
+#[test]
+fn merged_updates_apply_like_each_update() {
+    let mut alice = Document::new(1);
+    let mut bob = Document::new(2);
+    alice.set_time(1_000);
+    bob.set_time(2_000);
+    let mut log = vec![alice.insert("alice", "description", 0, "Hello").unwrap()];
+    bob.apply_update(&log[0], None).unwrap();
+    log.push(bob.insert("bob", "description", 5, " world").unwrap());
+    log.push(
+        bob.set_field("bob", "status", Some("done".into()))
+            .unwrap()
+            .1,
+    );
+    alice.apply_update(&log[1], None).unwrap();
+    alice.apply_update(&log[2], None).unwrap();
+    log.push(alice.delete("alice", "description", 0, 1).unwrap());
+    log.push(alice.insert("alice", "comment:42", 0, "Hi").unwrap());
+    log.push(alice.insert("alice", "comment:42", 2, "!").unwrap());
+    // Stored out of order: the "!" waits for the "Hi" before it.
+    log.swap(4, 5);
+
+    let mut each = Document::new(3);
+    for update in &log {
+        each.apply_update(update, None).unwrap();
+        if update == &log[4] {
+            assert!(each.pending_len() > 0);
+        }
+    }
+    let parts: Vec<&[u8]> = log.iter().map(Vec::as_slice).collect();
+    let merged = tandem_engine::merge_updates(&parts).unwrap();
+    let mut once = Document::new(4);
+    once.apply_update(&merged, None).unwrap();
+
+    assert_eq!(each.texts(), alice.texts());
+    assert_eq!(once.texts(), each.texts());
+    assert_eq!(once.fields(), each.fields());
+    assert_eq!(once.state_vector(), each.state_vector());
+    assert_eq!(once.pending_len(), 0);
+
+    // One update comes back as it is; none gives the empty update, which changes nothing.
+    assert_eq!(tandem_engine::merge_updates(&parts[..1]).unwrap(), log[0]);
+    let empty = tandem_engine::merge_updates(&[]).unwrap();
+    assert_eq!(empty, [0, 0]);
+    assert!(!once.apply_update(&empty, None).unwrap().changed);
+}
+
+#[test]
+fn merging_checks_every_update() {
+    let mut d = Document::new(1);
+    let good = d.insert("u", "f", 0, "abc").unwrap();
+    // A client id above 2^53 - 1.
+    let forged = [1, 1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10, 0, 0];
+    for parts in [
+        vec![&good[..], &forged[..]],
+        vec![&forged[..]],
+        vec![&[0xff][..]],
+    ] {
+        assert!(matches!(
+            tandem_engine::merge_updates(&parts),
+            Err(DocumentError::Decode(_))
+        ));
+    }
+}

@@ -753,33 +753,18 @@ impl Presence {
     /// however many clients they have; clients without a user id are one viewer each. Ordered
     /// by user id, then anonymous clients by client id.
     pub fn viewers(&self, now_ms: u64) -> Vec<Viewer> {
-        let mut viewers: BTreeMap<UserKey, Viewer> = BTreeMap::new();
-        for (client, tracked) in self.live(now_ms) {
-            if !tracked.state.viewing {
-                continue;
-            }
-            let user = &tracked.state.user;
-            let viewer = viewers
-                .entry(UserKey::of(client, user))
-                .or_insert_with(|| Viewer {
-                    user_id: user.id.clone(),
-                    name: None,
-                    color: None,
-                    clients: Vec::new(),
-                    last_active_ms: 0,
-                });
-            if viewer.clients.is_empty() || tracked.activity_seen_ms > viewer.last_active_ms {
-                viewer.name = user.name.clone();
-                viewer.color = user.color.clone();
-                viewer.last_active_ms = tracked.activity_seen_ms;
-            }
-            viewer.clients.push(client);
-        }
-        viewers
+        let clients = self.client_views(now_ms);
+        let groups = group(clients.iter().filter(|c| c.viewing), |c| {
+            Some(c.key.clone())
+        });
+        groups
             .into_values()
-            .map(|mut viewer| {
-                viewer.clients.sort_unstable();
-                viewer
+            .map(|g| Viewer {
+                user_id: g.user.id.clone(),
+                name: g.user.name.clone(),
+                color: g.user.color.clone(),
+                clients: g.clients,
+                last_active_ms: g.seen,
             })
             .collect()
     }
@@ -787,41 +772,71 @@ impl Presence {
     /// Who is typing in which field at `now_ms` (local user included): one entry per user and
     /// field, for flags seen to change within [`TYPING_TIMEOUT_MS`]. Ordered by user, then field.
     pub fn typing(&self, now_ms: u64) -> Vec<TypingUser> {
-        let mut typing: BTreeMap<(UserKey, String), (u64, TypingUser)> = BTreeMap::new();
-        for (client, tracked) in self.live(now_ms) {
-            let Some(field) = &tracked.state.typing else {
-                continue;
-            };
-            if now_ms.saturating_sub(tracked.activity_seen_ms) > TYPING_TIMEOUT_MS {
-                continue;
-            }
-            let user = &tracked.state.user;
-            let (seen, entry) = typing
-                .entry((UserKey::of(client, user), field.clone()))
-                .or_insert_with(|| {
-                    let entry = TypingUser {
-                        user_id: user.id.clone(),
-                        name: None,
-                        color: None,
-                        field: field.clone(),
-                        clients: Vec::new(),
-                    };
-                    (0, entry)
-                });
-            if entry.clients.is_empty() || tracked.activity_seen_ms > *seen {
-                entry.name = user.name.clone();
-                entry.color = user.color.clone();
-                *seen = tracked.activity_seen_ms;
-            }
-            entry.clients.push(client);
-        }
-        typing
-            .into_values()
-            .map(|(_, mut entry)| {
-                entry.clients.sort_unstable();
-                entry
+        let clients = self.client_views(now_ms);
+        let groups = group(clients.iter(), |c| {
+            Some((c.key.clone(), c.typing?.to_owned()))
+        });
+        groups
+            .into_iter()
+            .map(|((_, field), g)| TypingUser {
+                user_id: g.user.id.clone(),
+                name: g.user.name.clone(),
+                color: g.user.color.clone(),
+                field,
+                clients: g.clients,
             })
             .collect()
+    }
+
+    /// Every user present at `now_ms` (local user included), keyed by user id, or by
+    /// `client:<client id>` for a client whose state names no user; the rules are those of
+    /// [`Presence::viewers`] and [`Presence::typing`] (one code decides both). A user with
+    /// several clients (tabs) is viewing if any of them is, and typing in the field of the most
+    /// recently active of those typing; `user` holds the id, name and colour (`null` when
+    /// absent) of their most recently active client.
+    pub fn users(&self, now_ms: u64) -> BTreeMap<String, UserPresence> {
+        let clients = self.client_views(now_ms);
+        let everyone = group(clients.iter(), |c| Some(c.key.clone()));
+        let typists = group(clients.iter().filter(|c| c.typing.is_some()), |c| {
+            Some(c.key.clone())
+        });
+        everyone
+            .into_iter()
+            .map(|(key, g)| {
+                let typing = typists.get(&key).and_then(|t| t.typing).map(str::to_owned);
+                let view = UserPresence {
+                    user: serde_json::json!({
+                        "id": g.user.id,
+                        "name": g.user.name,
+                        "color": g.user.color,
+                    }),
+                    typing,
+                    viewing: g.viewing,
+                };
+                (key.to_string(), view)
+            })
+            .collect()
+    }
+
+    /// Every live client at `now_ms` as the views see it, by ascending client id.
+    fn client_views(&self, now_ms: u64) -> Vec<ClientView<'_>> {
+        let mut clients: Vec<ClientView<'_>> = self
+            .live(now_ms)
+            .map(|(client, tracked)| {
+                let state = &tracked.state;
+                let fresh = now_ms.saturating_sub(tracked.activity_seen_ms) <= TYPING_TIMEOUT_MS;
+                ClientView {
+                    client,
+                    key: UserKey::of(client, &state.user),
+                    user: &state.user,
+                    seen: tracked.activity_seen_ms,
+                    viewing: state.viewing,
+                    typing: state.typing.as_deref().filter(|_| fresh),
+                }
+            })
+            .collect();
+        clients.sort_unstable_by_key(|c| c.client);
+        clients
     }
 
     /// Every remote client's selection in `field`, mapped to UTF-16 offsets in the field's
@@ -944,6 +959,148 @@ impl UserKey {
             _ => UserKey::Client(client),
         }
     }
+}
+
+impl std::fmt::Display for UserKey {
+    /// The user id, or `client:<client id>` for a client that names no user.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserKey::User(id) => f.write_str(id),
+            UserKey::Client(client) => write!(f, "client:{}", client.get()),
+        }
+    }
+}
+
+/// One live client as every view sees it: the rules [`Presence::viewers`],
+/// [`Presence::typing`] and [`Presence::users`] share.
+struct ClientView<'a> {
+    client: ClientID,
+    key: UserKey,
+    user: &'a User,
+    /// When this replica last saw the client's activity change.
+    seen: u64,
+    viewing: bool,
+    /// The field it is typing in, if the flag changed within [`TYPING_TIMEOUT_MS`].
+    typing: Option<&'a str>,
+}
+
+/// Clients folded into one entry of a view.
+struct Group<'a> {
+    /// The most recently active client's user (the lowest client id among equals).
+    user: &'a User,
+    seen: u64,
+    /// That client's typing field.
+    typing: Option<&'a str>,
+    /// Whether any of the clients is viewing.
+    viewing: bool,
+    /// Ascending.
+    clients: Vec<ClientID>,
+}
+
+/// Folds `clients` (ascending client ids) into groups by `key`; `None` leaves a client out.
+fn group<'a, 'c, K: Ord>(
+    clients: impl Iterator<Item = &'c ClientView<'a>>,
+    key: impl Fn(&ClientView<'a>) -> Option<K>,
+) -> BTreeMap<K, Group<'a>>
+where
+    'a: 'c,
+{
+    let mut groups: BTreeMap<K, Group<'a>> = BTreeMap::new();
+    for c in clients {
+        let Some(k) = key(c) else {
+            continue;
+        };
+        let g = groups.entry(k).or_insert_with(|| Group {
+            user: c.user,
+            seen: c.seen,
+            typing: c.typing,
+            viewing: false,
+            clients: Vec::new(),
+        });
+        if c.seen > g.seen {
+            g.user = c.user;
+            g.seen = c.seen;
+            g.typing = c.typing;
+        }
+        g.viewing |= c.viewing;
+        g.clients.push(c.client);
+    }
+    groups
+}
+
+/// One user's presence, as event-stream subscribers see it ([`Presence::users`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserPresence {
+    /// `{"id", "name", "color"}` of the user's most recently active client (`null` members when
+    /// the state has none).
+    pub user: Value,
+    /// The field the user is typing in.
+    pub typing: Option<String>,
+    /// Whether the user has the document on screen.
+    pub viewing: bool,
+}
+
+/// What happened to a user's presence between two [`Presence::users`] views.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceAction {
+    /// The user appeared.
+    Join,
+    /// The user is gone.
+    Leave,
+    /// The user's presence changed.
+    Update,
+}
+
+impl PresenceAction {
+    /// `"join"`, `"leave"` or `"update"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceAction::Join => "join",
+            PresenceAction::Leave => "leave",
+            PresenceAction::Update => "update",
+        }
+    }
+}
+
+/// One change of [`presence_changes`]; serializes as `{"action": "join", "user": …,
+/// "typing": …, "viewing": …}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PresenceChange {
+    /// What happened.
+    pub action: PresenceAction,
+    /// The user's presence now (the last known one for a leave).
+    #[serde(flatten)]
+    pub view: UserPresence,
+}
+
+/// The changes from `old` to `new` (two [`Presence::users`] views): joins and updates in key
+/// order, then leaves in key order. Empty when nothing changed.
+pub fn presence_changes(
+    old: &BTreeMap<String, UserPresence>,
+    new: &BTreeMap<String, UserPresence>,
+) -> Vec<PresenceChange> {
+    let mut changes = Vec::new();
+    for (key, view) in new {
+        let action = match old.get(key) {
+            None => PresenceAction::Join,
+            Some(before) if before != view => PresenceAction::Update,
+            Some(_) => continue,
+        };
+        changes.push(PresenceChange {
+            action,
+            view: view.clone(),
+        });
+    }
+    for (key, view) in old {
+        if !new.contains_key(key) {
+            changes.push(PresenceChange {
+                action: PresenceAction::Leave,
+                view: view.clone(),
+            });
+        }
+    }
+    changes
 }
 
 /// A relative position for UTF-16 `offset` in root text `field`, sticking to the character
@@ -1574,6 +1731,134 @@ mod tests {
             .unwrap();
         assert_eq!(summary.removed, [ClientID::new(7)]);
         assert!(me.state(ClientID::new(7)).is_none());
+    }
+
+    /// Whether `users` and `typing` agree on who types at `now_ms`.
+    fn typing_agrees(p: &Presence, now_ms: u64) -> bool {
+        let typing: Vec<String> = p
+            .typing(now_ms)
+            .iter()
+            .map(|t| t.user_id.clone().unwrap_or_default())
+            .collect();
+        let users: Vec<String> = p
+            .users(now_ms)
+            .into_iter()
+            .filter(|(_, u)| u.typing.is_some())
+            .map(|(key, _)| key)
+            .collect();
+        typing == users
+    }
+
+    #[test]
+    fn a_typing_flag_older_than_the_timeout_counts_in_no_view() {
+        let mut server = presence(1);
+        let mut alice = joined(10, alice(), 1_000);
+        alice.set_typing(Some(FIELD), 2_000).unwrap();
+        deliver(&alice, &mut server, 2_000);
+        let at_timeout = 2_000 + TYPING_TIMEOUT_MS;
+        assert_eq!(
+            server.users(at_timeout)["alice"].typing.as_deref(),
+            Some(FIELD)
+        );
+        assert_eq!(server.typing(at_timeout).len(), 1);
+        // The flag is still set in the state, but too old: neither view shows it.
+        let user = &server.users(at_timeout + 1)["alice"];
+        assert_eq!(user.typing, None);
+        assert!(user.viewing, "the user is still there");
+        assert!(server.typing(at_timeout + 1).is_empty());
+        for now in [2_000, at_timeout, at_timeout + 1, 29_000, 40_000] {
+            assert!(typing_agrees(&server, now), "at {now}");
+        }
+    }
+
+    #[test]
+    fn users_fold_tabs_and_key_clients_without_a_user() {
+        let mut server = presence(1);
+        let tab1 = joined(10, alice(), 1_000);
+        let mut tab2 = joined(11, User::new("alice", "Alice B.", "#0f0"), 1_000);
+        let mut bob = joined(12, bob(), 1_000);
+        deliver(&tab1, &mut server, 1_000);
+        tab2.set_viewing(false, 1_500).unwrap();
+        tab2.set_typing(Some(FIELD), 1_500).unwrap();
+        deliver(&tab2, &mut server, 1_500);
+        bob.set_viewing(false, 1_000).unwrap();
+        deliver(&bob, &mut server, 1_000);
+        server.apply_update(raw_update(20, 1, "{}"), 1_000).unwrap();
+
+        let users = server.users(2_000);
+        assert_eq!(
+            users.keys().collect::<Vec<_>>(),
+            ["alice", "bob", "client:20"]
+        );
+        // Viewing through one tab, typing through the other, named after the latest.
+        assert_eq!(
+            users["alice"],
+            UserPresence {
+                user: serde_json::json!({"id": "alice", "name": "Alice B.", "color": "#0f0"}),
+                typing: Some(FIELD.to_owned()),
+                viewing: true,
+            }
+        );
+        assert!(!users["bob"].viewing);
+        assert_eq!(
+            users["client:20"].user,
+            serde_json::json!({"id": null, "name": null, "color": null})
+        );
+        // The viewers are exactly the users who view.
+        let viewing: Vec<String> = users
+            .iter()
+            .filter(|(_, u)| u.viewing)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let viewers: Vec<String> = server
+            .viewers(2_000)
+            .iter()
+            .map(|v| match &v.user_id {
+                Some(id) => id.clone(),
+                None => format!("client:{}", v.clients[0].get()),
+            })
+            .collect();
+        assert_eq!(viewing, viewers);
+        assert!(typing_agrees(&server, 2_000));
+        // States not renewed for the presence timeout are gone from every view.
+        assert!(server.users(1_500 + PRESENCE_TIMEOUT_MS).is_empty());
+        assert!(server.viewers(1_500 + PRESENCE_TIMEOUT_MS).is_empty());
+    }
+
+    #[test]
+    fn presence_changes_list_joins_updates_and_leaves() {
+        let view = |typing: Option<&str>| UserPresence {
+            user: serde_json::json!({"id": "a", "name": "A", "color": null}),
+            typing: typing.map(str::to_owned),
+            viewing: true,
+        };
+        let old: BTreeMap<String, UserPresence> = [
+            ("a".to_owned(), view(None)),
+            ("b".to_owned(), view(None)),
+            ("c".to_owned(), view(None)),
+        ]
+        .into();
+        let new: BTreeMap<String, UserPresence> = [
+            ("a".to_owned(), view(None)),
+            ("c".to_owned(), view(Some(FIELD))),
+            ("d".to_owned(), view(None)),
+        ]
+        .into();
+        let changes = presence_changes(&old, &new);
+        let actions: Vec<&str> = changes.iter().map(|c| c.action.as_str()).collect();
+        assert_eq!(actions, ["update", "join", "leave"]);
+        assert_eq!(changes[0].view, new["c"]);
+        assert_eq!(changes[2].view, old["b"]);
+        assert!(presence_changes(&new, &new).is_empty());
+        assert_eq!(
+            serde_json::to_value(&changes[0]).unwrap(),
+            serde_json::json!({
+                "action": "update",
+                "user": {"id": "a", "name": "A", "color": null},
+                "typing": FIELD,
+                "viewing": true,
+            })
+        );
     }
 
     #[test]

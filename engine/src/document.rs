@@ -423,19 +423,33 @@ impl Document {
         check_name(name)?;
         let registers = self.registers.clone();
         self.track(user, &registers);
-        let now = self.now();
-        let client = self.client_id();
         let mut txn = self
             .doc
             .try_transact_mut_with(user)
             .map_err(|_| DocumentError::Busy)?;
-        let seen: Vec<Entry> = entries(&registers, &txn)
-            .filter(|e| e.name == name)
-            .collect();
-        let stamp = Stamp::next(now, client, seen.iter().map(Entry::stamp));
+        let (seen, entry) = self.next_entry(&txn, user, name, value);
         for old in &seen {
             registers.remove(&mut txn, &old.key());
         }
+        let json = serde_json::to_string(&entry).map_err(|_| DocumentError::Busy)?;
+        registers.insert(&mut txn, entry.key(), json);
+        let update = txn.encode_update_v1();
+        let state = (!entry.deleted).then(|| FieldValue::from(&entry));
+        Ok((state, update))
+    }
+
+    /// The entries of register `name` a write by `user` now replaces, and the entry it writes.
+    fn next_entry<T: ReadTxn>(
+        &self,
+        txn: &T,
+        user: &str,
+        name: &str,
+        value: Option<serde_json::Value>,
+    ) -> (Vec<Entry>, Entry) {
+        let seen: Vec<Entry> = entries(&self.registers, txn)
+            .filter(|e| e.name == name)
+            .collect();
+        let stamp = Stamp::next(self.now(), self.client_id(), seen.iter().map(Entry::stamp));
         let entry = Entry {
             name: name.to_owned(),
             deleted: value.is_none(),
@@ -445,11 +459,24 @@ impl Document {
             client: stamp.client,
             author: Some(user.to_owned()),
         };
+        (seen, entry)
+    }
+
+    /// The most bytes the update of [`Document::set_field`] with these arguments, made now,
+    /// can take (its entry exactly, every other part at its largest encoding).
+    pub(crate) fn set_field_bound(
+        &self,
+        user: &str,
+        name: &str,
+        value: Option<&serde_json::Value>,
+    ) -> Result<usize, DocumentError> {
+        check_name(name)?;
+        let txn = self.doc.try_transact().map_err(|_| DocumentError::Busy)?;
+        let (seen, entry) = self.next_entry(&txn, user, name, value.cloned());
         let json = serde_json::to_string(&entry).map_err(|_| DocumentError::Busy)?;
-        registers.insert(&mut txn, entry.key(), json);
-        let update = txn.encode_update_v1();
-        let state = (!entry.deleted).then(|| FieldValue::from(&entry));
-        Ok((state, update))
+        // The entry's key, then its content: one `Any` string.
+        let content = VARINT_MAX + entry.key().len() + VARINT_MAX + 1 + VARINT_MAX + json.len();
+        Ok(item_bound(REGISTERS_MAP) + content + delete_set_bound(seen.len()))
     }
 
     fn manager(&mut self, user: &str) -> &mut UndoManager<()> {
@@ -781,6 +808,35 @@ impl Document {
     }
 }
 
+/// The most bytes a lib0 varint of a client id (below 2^53) takes; 32-bit values take 5.
+const VARINT_MAX: usize = 8;
+
+/// The most bytes one client's section holding one item takes, without the item's content or
+/// parent key: client and struct counts, client id and clock, the item's info byte, both
+/// origins and its parent named by `root`.
+fn item_bound(root: &str) -> usize {
+    let id = VARINT_MAX + 5;
+    1 + 1 + id + 1 + 2 * id + 1 + VARINT_MAX + root.len()
+}
+
+/// The most bytes a delete set of `ranges` ranges takes (each range of its own client).
+fn delete_set_bound(ranges: usize) -> usize {
+    5 + ranges * (VARINT_MAX + 5 + 5 + 5)
+}
+
+/// The most bytes the update of [`Document::edit`]`(_, field, _, delete, insert)` can take:
+/// the inserted text exactly, and every deleted unit as a delete-set range of its own. (A
+/// deletion also removes formatting markers that no longer format anything and the content of
+/// an embedded type it deletes; those ranges are not foreseen.)
+pub(crate) fn edit_bound(field: &str, delete: u32, insert: &str) -> usize {
+    let inserted = if insert.is_empty() {
+        0
+    } else {
+        item_bound(field) + VARINT_MAX + insert.len()
+    };
+    1 + inserted + delete_set_bound(delete as usize)
+}
+
 /// The empty update: no structs, an empty delete set.
 pub const EMPTY_UPDATE: [u8; 2] = [0, 0];
 
@@ -886,4 +942,86 @@ fn winner<T: ReadTxn>(map: &MapRef, txn: &T, name: &str) -> Option<Entry> {
         })
         .filter_map(|(k, v)| entry_at(k, v))
         .max_by_key(Entry::stamp)
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    fn sync(from: &Document, to: &mut Document) {
+        let update = from.diff(&to.state_vector()).unwrap();
+        to.apply_update(&update, None).unwrap();
+    }
+
+    /// A replica with the largest client id (largest varints) holding a text of one-unit items
+    /// from many clients, interleaved so that no two neighbours merge.
+    fn fragmented() -> Document {
+        let mut d = Document::new(crate::wire::MAX_SAFE_INTEGER);
+        let mut others: Vec<Document> = (0..12).map(|i| Document::new((1 << 52) + i)).collect();
+        for round in 0..4 {
+            for o in others.iter_mut() {
+                sync(&d, o);
+                let len = o.text_len("a field");
+                let update = o.insert("u", "a field", len, &round.to_string()).unwrap();
+                d.apply_update(&update, None).unwrap();
+            }
+        }
+        assert_eq!(d.text_len("a field"), 48);
+        d
+    }
+
+    #[test]
+    fn edit_bounds_hold_what_edits_produce() {
+        for (index, delete, insert) in [
+            (0, 48, ""),
+            (0, 48, "replaced 😀 text"),
+            (13, 1, ""),
+            (5, 30, "x"),
+            (0, 0, "at the start"),
+            (48, 0, "at the end, ünïcödé 😀😀"),
+        ] {
+            let mut d = fragmented();
+            let update = d.edit("user", "a field", index, delete, insert).unwrap();
+            let bound = edit_bound("a field", delete, insert);
+            assert!(
+                update.len() <= bound,
+                "edit({index}, {delete}, {insert:?}): {} bytes, bound {bound}",
+                update.len()
+            );
+        }
+    }
+
+    #[test]
+    fn set_field_bounds_hold_what_writes_produce() {
+        // Concurrent writes from three replicas: a write replaces all three entries.
+        let mut d = Document::new(crate::wire::MAX_SAFE_INTEGER);
+        for client in [1 << 52, (1 << 52) + 1, (1 << 52) + 2] {
+            let mut other = Document::new(client);
+            other.set_time(1_700_000_000_000 + client);
+            let (_, update) = other
+                .set_field("someone", "status", Some("x".into()))
+                .unwrap();
+            d.apply_update(&update, None).unwrap();
+        }
+        d.set_time(1_800_000_000_000);
+        for value in [
+            Some(serde_json::json!({"nested": ["a", 1, 2.5, null], "text": "ünï 😀"})),
+            None,
+            Some(serde_json::json!("done")),
+        ] {
+            let bound = d
+                .set_field_bound("a user", "status", value.as_ref())
+                .unwrap();
+            let (_, update) = d.set_field("a user", "status", value).unwrap();
+            assert!(
+                update.len() <= bound,
+                "{} bytes, bound {bound}",
+                update.len()
+            );
+        }
+        assert!(matches!(
+            d.set_field_bound("u", "", None),
+            Err(DocumentError::InvalidFieldName(_))
+        ));
+    }
 }

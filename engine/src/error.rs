@@ -136,18 +136,22 @@ pub enum ProtocolError {
     /// Updates waiting for missing dependencies exceed the room's bound.
     #[error("too many pending updates ({0} bytes)")]
     TooManyPending(usize),
-    /// The document would grow beyond its size limit.
-    #[error("document would exceed {0} bytes")]
-    DocumentTooLarge(usize),
+    /// The write would take the document's estimated stored size above the room's limit (the
+    /// limit, bytes); nothing of it was applied.
+    #[error("document would exceed its size limit of {0} bytes")]
+    DocumentTooLarge(u64),
 }
 
 impl ProtocolError {
-    /// WebSocket close code for this error: 1009 (message too big) for size limits, 4400 for
-    /// everything else a client sent wrong.
+    /// WebSocket close code for this error: 1009 (message too big) for size limits, 4507 when
+    /// the document reached its size limit, 4400 for everything else a client sent wrong.
+    /// Stock y-websocket clients never reconnect after a code in 4400–4499; 4507 lies outside,
+    /// so they come back (a compaction may have made room meanwhile).
     pub fn close_code(&self) -> u16 {
         match self {
             ProtocolError::FrameTooLarge { .. } | ProtocolError::AwarenessTooLarge { .. } => 1009,
-            ProtocolError::DocumentTooLarge(_) | ProtocolError::TooManyPending(_) => 4413,
+            ProtocolError::DocumentTooLarge(_) => 4507,
+            ProtocolError::TooManyPending(_) => 4413,
             _ => 4400,
         }
     }

@@ -33,7 +33,7 @@
 //! (removal) is left alone. Connections without a name (open development mode) are not
 //! stamped: their states are relayed as sent.
 
-use crate::document::{Change, Document};
+use crate::document::{self, Change, Document, EMPTY_UPDATE};
 use crate::error::{DecodeError, ProtocolError};
 use crate::guard;
 use crate::presence::Presence;
@@ -105,6 +105,8 @@ pub struct Limits {
     pub max_client_ids: usize,
     /// Most bytes of updates waiting for missing dependencies.
     pub max_pending: usize,
+    /// Largest estimated stored size of the document, bytes (see [`Room::size_estimate`]).
+    pub max_document: u64,
 }
 
 impl Default for Limits {
@@ -114,6 +116,7 @@ impl Default for Limits {
             max_awareness_state: 8 << 10,
             max_client_ids: 16,
             max_pending: 1 << 20,
+            max_document: 64 << 20,
         }
     }
 }
@@ -192,6 +195,9 @@ pub struct Room {
     limits: Limits,
     /// Frames every joiner gets, encoded once per document revision.
     greeting: Greeting,
+    /// The document's estimated stored size; `None` until first needed after the room was
+    /// made or the document compacted (see [`Room::size_estimate`]).
+    stored: Option<u64>,
 }
 
 /// The server's step 1 and the whole document as step 2, valid while the document's
@@ -251,6 +257,7 @@ impl Room {
             owners: HashMap::new(),
             limits,
             greeting: Greeting::default(),
+            stored: None,
         }
     }
 
@@ -282,6 +289,49 @@ impl Room {
     /// The room's limits.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// The document's estimated stored size in bytes, what [`Limits::max_document`] bounds: its
+    /// encoded state when the room was made or last [compacted](Room::compacted) (encoded on
+    /// first need, not before), plus the bytes of every update accepted since, empty updates
+    /// aside. Between compactions it overestimates (deleted content and duplicates count), as
+    /// an append-only log does.
+    pub fn size_estimate(&mut self) -> u64 {
+        let doc = &self.doc;
+        *self
+            .stored
+            .get_or_insert_with(|| doc.encode_state().len() as u64)
+    }
+
+    /// Tells the room that the transport has replaced the stored updates by one snapshot of
+    /// the document: the size estimate restarts from the encoded state, encoded on next need.
+    pub fn compacted(&mut self) {
+        self.stored = None;
+    }
+
+    /// Refuses a write of up to `incoming` bytes that would take the size estimate above
+    /// [`Limits::max_document`]. Empty updates always pass (clients send one on every
+    /// reconnect).
+    fn admit(&mut self, incoming: usize) -> Result<(), ProtocolError> {
+        if incoming <= EMPTY_UPDATE.len() {
+            return Ok(());
+        }
+        let limit = self.limits.max_document;
+        if self.size_estimate().saturating_add(incoming as u64) > limit {
+            return Err(ProtocolError::DocumentTooLarge(limit));
+        }
+        Ok(())
+    }
+
+    /// Hands an accepted update over for storage and counts it in the size estimate.
+    fn accept(&mut self, out: &mut Output, accepted: Accepted) {
+        let bytes = accepted.update.len();
+        if bytes > EMPTY_UPDATE.len() {
+            if let Some(size) = &mut self.stored {
+                *size = size.saturating_add(bytes as u64);
+            }
+        }
+        out.accepted.push(accepted);
     }
 
     fn set_time(&mut self, now_ms: u64) {
@@ -374,7 +424,14 @@ impl Room {
         out
     }
 
-    /// Handles one frame from `conn` (which may hold several messages).
+    /// Handles one frame from `conn` (which may hold several messages), in order. The first
+    /// error ends the frame and is returned in [`Output::error`]; the messages before it stay
+    /// applied.
+    ///
+    /// A sync step 2 or update that would take the document above [`Limits::max_document`]
+    /// (see [`Room::size_estimate`]) is refused with [`ProtocolError::DocumentTooLarge`] before
+    /// anything of it is applied; empty updates always pass. A read-only connection's updates
+    /// are answered with "permission denied", whatever their size.
     pub fn handle(&mut self, conn: ConnId, frame: &[u8], now_ms: u64) -> Output {
         self.set_time(now_ms);
         let mut out = Output::default();
@@ -468,6 +525,7 @@ impl Room {
                     return Ok(());
                 }
                 let author = c.info.user.clone();
+                self.admit(update.len())?;
                 let applied = self.doc.apply_update(update, author.as_deref())?;
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.updates += 1;
@@ -481,12 +539,16 @@ impl Room {
                 }
                 // Stored even when it changed nothing, so the connection's ack count stays
                 // aligned with the updates it sent.
-                out.accepted.push(Accepted {
-                    conn: Some(conn),
-                    author,
-                    update,
-                    changes: self.doc.take_changes(),
-                });
+                let changes = self.doc.take_changes();
+                self.accept(
+                    out,
+                    Accepted {
+                        conn: Some(conn),
+                        author,
+                        update,
+                        changes,
+                    },
+                );
                 let pending = self.doc.pending_len();
                 if pending > self.limits.max_pending {
                     return Err(ProtocolError::TooManyPending(pending));
@@ -656,6 +718,9 @@ impl Room {
     /// Writes register `name` as `user` (`None` deletes it). With `expected`, the write only
     /// happens when the register's current version equals it (`""` expects the register to be
     /// unset); otherwise it is rejected with the current state. Decided here, by the server.
+    /// A write whose update could take the document above [`Limits::max_document`] (counted at
+    /// its largest encoding) is refused with [`ProtocolError::DocumentTooLarge`] before it is
+    /// made.
     pub fn set_field(
         &mut self,
         user: &str,
@@ -672,6 +737,8 @@ impl Room {
                 return Ok((FieldWrite::Rejected(current), Output::default()));
             }
         }
+        let bound = self.doc.set_field_bound(user, name, value.as_ref())?;
+        self.admit(bound)?;
         let (state, update) = self.doc.set_field(user, name, value)?;
         Ok((
             FieldWrite::Accepted(state),
@@ -680,7 +747,9 @@ impl Room {
     }
 
     /// Applies an update that arrived outside any connection (an HTTP write) by `author`:
-    /// validated, applied, broadcast to every connection and handed over for storage.
+    /// validated, applied, broadcast to every connection and handed over for storage. One that
+    /// would take the document above [`Limits::max_document`] is refused with
+    /// [`ProtocolError::DocumentTooLarge`] before anything of it is applied.
     pub fn apply_update(
         &mut self,
         update: &[u8],
@@ -688,6 +757,7 @@ impl Room {
         now_ms: u64,
     ) -> Result<Output, ProtocolError> {
         self.set_time(now_ms);
+        self.admit(update.len())?;
         let applied = self.doc.apply_update(update, author)?;
         let update = Bytes::copy_from_slice(update);
         let mut out = Output::default();
@@ -697,12 +767,16 @@ impl Room {
                 frame: sync_frame(SYNC_UPDATE, &update),
             });
         }
-        out.accepted.push(Accepted {
-            conn: None,
-            author: author.map(str::to_owned),
-            update,
-            changes: self.doc.take_changes(),
-        });
+        let changes = self.doc.take_changes();
+        self.accept(
+            &mut out,
+            Accepted {
+                conn: None,
+                author: author.map(str::to_owned),
+                update,
+                changes,
+            },
+        );
         let pending = self.doc.pending_len();
         if pending > self.limits.max_pending {
             out.error = Some(ProtocolError::TooManyPending(pending));
@@ -711,7 +785,9 @@ impl Room {
     }
 
     /// Edits a text field on the server's replica as `user` (`index`/`delete` in UTF-16 units)
-    /// and broadcasts the result.
+    /// and broadcasts the result. An edit whose update could take the document above
+    /// [`Limits::max_document`] (counted at its largest encoding) is refused with
+    /// [`ProtocolError::DocumentTooLarge`] before it is made.
     pub fn edit_text(
         &mut self,
         user: &str,
@@ -722,26 +798,33 @@ impl Room {
         now_ms: u64,
     ) -> Result<Output, ProtocolError> {
         self.set_time(now_ms);
+        self.admit(document::edit_bound(field, delete, insert))?;
         let update = self.doc.edit(user, field, index, delete, insert)?;
         Ok(self.local_update(update, Some(user)))
     }
 
-    /// Broadcasts and hands over for storage an update made on the server's own replica.
+    /// Broadcasts and hands over for storage an update made on the server's own replica (it
+    /// counts in the size estimate; being made already, it is not checked against the limit).
     pub fn local_update(&mut self, update: Vec<u8>, author: Option<&str>) -> Output {
         let update = Bytes::from(update);
-        Output {
+        let mut out = Output {
             messages: vec![Outgoing {
                 to: To::All,
                 frame: sync_frame(SYNC_UPDATE, &update),
             }],
-            accepted: vec![Accepted {
+            ..Output::default()
+        };
+        let changes = self.doc.take_changes();
+        self.accept(
+            &mut out,
+            Accepted {
                 conn: None,
                 author: author.map(str::to_owned),
                 update,
-                changes: self.doc.take_changes(),
-            }],
-            ..Output::default()
-        }
+                changes,
+            },
+        );
+        out
     }
 
     /// Every live awareness state as one frame, or `None` when there are none.

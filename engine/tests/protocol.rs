@@ -337,3 +337,169 @@ fn joiners_share_one_encoded_step2_per_revision() {
     fresh.apply_update(payload, None).unwrap();
     assert_eq!(fresh.text("t").unwrap_or_default(), "");
 }
+
+/// A sync update message carrying `update`.
+fn update_frame(update: &[u8]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.var_u64(0).var_u64(2).var_bytes(update);
+    w.finish()
+}
+
+/// A stored document (as the server loads one) and a client replica of it.
+fn stored_and_client() -> (Vec<u8>, Document) {
+    let mut stored = Document::new(7);
+    stored.insert("seed", "t", 0, "stored text").unwrap();
+    let state = stored.encode_state();
+    let mut client = Document::new(5);
+    client.apply_update(&state, None).unwrap();
+    (state, client)
+}
+
+fn loaded_room(state: &[u8], max_document: u64) -> Room {
+    let mut doc = Document::new(99);
+    doc.apply_update(state, None).unwrap();
+    let limits = Limits {
+        max_document,
+        ..Limits::default()
+    };
+    Room::new(doc, limits)
+}
+
+#[test]
+fn updates_are_checked_against_the_document_size_limit_before_they_apply() {
+    let (state, mut client) = stored_and_client();
+    let update = client.insert("alice", "t", 0, "new ").unwrap();
+    let base = loaded_room(&state, u64::MAX).size_estimate();
+    let len = update.len() as u64;
+    for (limit, fits) in [
+        (base + len, true),
+        (base + len + 1, true),
+        (base + len - 1, false),
+    ] {
+        let mut room = loaded_room(&state, limit);
+        room.join(1, writer("alice"), 0);
+        room.join(2, reader("viewer"), 0);
+        let o = room.handle(1, &update_frame(&update), 0);
+        if fits {
+            assert!(o.error.is_none(), "limit {limit}: {:?}", o.error);
+            assert_eq!(o.accepted.len(), 1);
+            assert_eq!(
+                room.document().text("t").as_deref(),
+                Some("new stored text")
+            );
+            assert_eq!(room.size_estimate(), base + len);
+        } else {
+            let error = o.error.expect("refused");
+            assert_eq!(error, ProtocolError::DocumentTooLarge(limit));
+            assert_eq!(error.close_code(), 4507);
+            assert!(o.accepted.is_empty() && o.messages.is_empty());
+            assert_eq!(room.document().text("t").as_deref(), Some("stored text"));
+            assert_eq!(room.size_estimate(), base);
+        }
+        // At or near the limit: empty updates (sent on every reconnect) still pass, and a
+        // read-only connection is answered as always, whatever the size.
+        let o = room.handle(1, &update_frame(&[0, 0]), 0);
+        assert!(o.error.is_none(), "{:?}", o.error);
+        assert_eq!(o.accepted.len(), 1);
+        let more = client.insert("alice", "t", 0, "more ").unwrap();
+        let o = room.handle(2, &update_frame(&more), 0);
+        assert!(o.error.is_none(), "{:?}", o.error);
+        assert_eq!(&o.messages[0].frame[..2], &[2, 0], "permission denied");
+        // A writer's next update no longer fits.
+        if fits {
+            let o = room.handle(1, &update_frame(&more), 0);
+            assert_eq!(o.error, Some(ProtocolError::DocumentTooLarge(limit)));
+        }
+    }
+}
+
+#[test]
+fn messages_before_the_one_over_the_size_limit_stay_applied() {
+    let (state, mut client) = stored_and_client();
+    let first = client.insert("alice", "t", 0, "one ").unwrap();
+    let second = client.insert("alice", "t", 0, "two ").unwrap();
+    let base = loaded_room(&state, u64::MAX).size_estimate();
+    let limit = base + (first.len() + second.len()) as u64 - 1;
+    let mut room = loaded_room(&state, limit);
+    room.join(1, writer("alice"), 0);
+    let mut frame = update_frame(&first);
+    frame.extend_from_slice(&update_frame(&second));
+    let o = room.handle(1, &frame, 0);
+    assert_eq!(o.error, Some(ProtocolError::DocumentTooLarge(limit)));
+    assert_eq!(o.accepted.len(), 1);
+    assert_eq!(&o.accepted[0].update[..], &first[..]);
+    assert_eq!(
+        room.document().text("t").as_deref(),
+        Some("one stored text")
+    );
+}
+
+#[test]
+fn compaction_resets_the_size_estimate() {
+    let (state, mut client) = stored_and_client();
+    let update = client
+        .insert("alice", "t", 0, "hello world, hello ")
+        .unwrap();
+    let small = client.insert("alice", "t", 0, "!").unwrap();
+    let base = loaded_room(&state, u64::MAX).size_estimate();
+    let limit = base + 2 * update.len() as u64;
+    let mut room = loaded_room(&state, limit);
+    room.join(1, writer("alice"), 0);
+    // The same update twice: stored twice, so counted twice, though the document holds it once.
+    for _ in 0..2 {
+        assert!(room.handle(1, &update_frame(&update), 0).error.is_none());
+    }
+    assert_eq!(room.size_estimate(), limit);
+    let o = room.handle(1, &update_frame(&small), 0);
+    assert_eq!(o.error, Some(ProtocolError::DocumentTooLarge(limit)));
+
+    // The transport compacted the log into one snapshot: the estimate is the encoded state.
+    room.compacted();
+    let compacted = room.size_estimate();
+    assert_eq!(compacted, room.document().encode_state().len() as u64);
+    assert!(compacted < limit);
+    room.join(2, writer("alice"), 0);
+    let o = room.handle(2, &update_frame(&small), 0);
+    assert!(o.error.is_none(), "{:?}", o.error);
+    assert_eq!(room.size_estimate(), compacted + small.len() as u64);
+}
+
+#[test]
+fn server_side_writes_are_checked_against_the_document_size_limit() {
+    let (state, mut client) = stored_and_client();
+    let base = loaded_room(&state, u64::MAX).size_estimate();
+    let limit = base + 400;
+    let mut room = loaded_room(&state, limit);
+    let big = "x".repeat(500);
+    let too_large = Err(ProtocolError::DocumentTooLarge(limit));
+
+    assert_eq!(
+        room.edit_text("bob", "t", 0, 0, &big, 0).map(|_| ()),
+        too_large
+    );
+    let value = serde_json::Value::from(big.as_str());
+    assert_eq!(
+        room.set_field("bob", "status", Some(value), None, 0)
+            .map(|_| ()),
+        too_large
+    );
+    let update = client.insert("alice", "t", 0, &big).unwrap();
+    assert_eq!(room.apply_update(&update, None, 0).map(|_| ()), too_large);
+    assert_eq!(room.document().text("t").as_deref(), Some("stored text"));
+    assert_eq!(room.document().field("status"), None);
+    assert_eq!(room.size_estimate(), base);
+
+    // Small ones fit, and count what they stored.
+    let o = room.edit_text("bob", "t", 0, 0, "hi ", 0).unwrap();
+    let (_, p) = room
+        .set_field("bob", "status", Some("done".into()), None, 0)
+        .unwrap();
+    let stored: usize = o
+        .accepted
+        .iter()
+        .chain(&p.accepted)
+        .map(|a| a.update.len())
+        .sum();
+    assert_eq!(room.size_estimate(), base + stored as u64);
+    assert_eq!(room.document().text("t").as_deref(), Some("hi stored text"));
+}

@@ -119,14 +119,6 @@ pub enum ProtocolError {
     /// An awareness entry names a client id another connection owns.
     #[error("awareness for client {0} owned by another connection")]
     AwarenessNotOwned(u64),
-    /// An awareness state is larger than the room accepts.
-    #[error("awareness state of {size} bytes exceeds the limit of {limit}")]
-    AwarenessTooLarge {
-        /// State size in bytes.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
     /// An awareness state is not JSON.
     #[error("awareness state is not JSON")]
     AwarenessNotJson,
@@ -143,13 +135,13 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
-    /// WebSocket close code for this error: 1009 (message too big) for size limits, 4507 when
+    /// WebSocket close code for this error: 1009 (message too big) for a frame, 4507 when
     /// the document reached its size limit, 4400 for everything else a client sent wrong.
     /// Stock y-websocket clients never reconnect after a code in 4400–4499; 4507 lies outside,
     /// so they come back (a compaction may have made room meanwhile).
     pub fn close_code(&self) -> u16 {
         match self {
-            ProtocolError::FrameTooLarge { .. } | ProtocolError::AwarenessTooLarge { .. } => 1009,
+            ProtocolError::FrameTooLarge { .. } => 1009,
             ProtocolError::DocumentTooLarge(_) => 4507,
             ProtocolError::TooManyPending(_) => 4413,
             _ => 4400,

@@ -22,6 +22,16 @@
 //! | 0 ack | server → client | `varUint(count)`, `varUint(sid)`: the first `count` updates this connection sent are durable, the last of them at sequence number `sid` |
 //! | 1 set field | client → server | `varUint(request)`, `varUint(flags)` (bit 0: conditional, bit 1: delete), `varString(name)`, `varString(expected version, "" = unset)`, `varString(value JSON)` |
 //! | 2 field result | server → client | `varUint(request)`, `varUint(accepted 0/1)`, `varString(version)`, `varString(current value JSON, "null" when unset)` |
+//! | 3 notice | server → client | `varUint(code)`, `varString(reason)`: the server set aside something this connection sent, without closing it; codes below |
+//!
+//! Notice codes: [`NOTICE_AWARENESS_TOO_LARGE`] (1), an awareness state over the room's size
+//! limit was dropped, neither stored nor relayed. Clients should ignore codes they do not know.
+//!
+//! # Limits without closing
+//!
+//! Stock y-websocket clients treat close codes 4400–4499 as permanent and never reconnect, so
+//! the limits an honest client can reach do not close its connection: an awareness state over
+//! [`Limits::max_awareness_state`] is dropped ([`Output::dropped_awareness`] counts it).
 //!
 //! # Presence identity
 //!
@@ -67,6 +77,10 @@ pub const TANDEM_ACK: u64 = 0;
 pub const TANDEM_SET_FIELD: u64 = 1;
 /// tandem sub-message: register write result.
 pub const TANDEM_FIELD_RESULT: u64 = 2;
+/// tandem sub-message: notice of something set aside without closing the connection.
+pub const TANDEM_NOTICE: u64 = 3;
+/// Notice code: an awareness state over [`Limits::max_awareness_state`] was dropped.
+pub const NOTICE_AWARENESS_TOO_LARGE: u64 = 1;
 
 /// Identifies a connection within a room; chosen by the transport.
 pub type ConnId = u64;
@@ -99,7 +113,7 @@ pub struct ConnInfo {
 pub struct Limits {
     /// Largest frame accepted, bytes.
     pub max_frame: usize,
-    /// Largest awareness state (JSON) accepted, bytes.
+    /// Largest awareness state (JSON) accepted, bytes; a larger one is dropped.
     pub max_awareness_state: usize,
     /// Most awareness client ids one connection may own.
     pub max_client_ids: usize,
@@ -166,6 +180,9 @@ pub struct Output {
     pub error: Option<ProtocolError>,
     /// Whether any awareness state changed.
     pub presence_changed: bool,
+    /// Awareness states dropped for being over [`Limits::max_awareness_state`] (the
+    /// connection stays open; one that asked for extensions got a notice).
+    pub dropped_awareness: usize,
 }
 
 /// Outcome of a register write request.
@@ -568,15 +585,15 @@ impl Room {
         let mut r = Reader::new(payload);
         let n = r.len_prefix(3)?;
         let mut entries: Vec<(u64, AwarenessUpdateEntry)> = Vec::with_capacity(n);
+        let mut too_large = Vec::new();
         for _ in 0..n {
             let id = r.client_id()?;
             let clock = r.var_u32()?;
             let json = r.var_str()?;
             if json.len() > self.limits.max_awareness_state {
-                return Err(ProtocolError::AwarenessTooLarge {
-                    size: json.len(),
-                    limit: self.limits.max_awareness_state,
-                });
+                // Dropped, not an error: stock clients never reconnect after a 44xx close.
+                too_large.push((id, json.len()));
+                continue;
             }
             if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
                 return Err(ProtocolError::AwarenessNotJson);
@@ -591,6 +608,19 @@ impl Room {
         }
         if !r.is_empty() {
             return Err(DecodeError::TrailingBytes(r.remaining()).into());
+        }
+        out.dropped_awareness += too_large.len();
+        if self.conns.get(&conn).is_some_and(|c| c.info.extensions) {
+            for (id, size) in too_large {
+                let reason = format!(
+                    "awareness state of client {id} dropped: {size} bytes exceed the limit of {}",
+                    self.limits.max_awareness_state
+                );
+                out.messages.push(Outgoing {
+                    to: To::One(conn),
+                    frame: notice_frame(NOTICE_AWARENESS_TOO_LARGE, &reason),
+                });
+            }
         }
         // Ownership. Stock clients relay every awareness change they see, peers' states
         // included, so entries for ids this connection does not own are skipped when they
@@ -932,6 +962,16 @@ pub fn awareness_frame(entries: &[(u64, AwarenessUpdateEntry)]) -> Bytes {
 pub fn permission_denied_frame(reason: &str) -> Bytes {
     let mut w = Writer::new();
     w.var_u64(MSG_AUTH).var_u64(0).var_str(reason);
+    Bytes::from(w.finish())
+}
+
+/// Encodes a tandem notice (`code` one of the `NOTICE_*` constants).
+pub fn notice_frame(code: u64, reason: &str) -> Bytes {
+    let mut w = Writer::with_capacity(reason.len() + 8);
+    w.var_u64(MSG_TANDEM)
+        .var_u64(TANDEM_NOTICE)
+        .var_u64(code)
+        .var_str(reason);
     Bytes::from(w.finish())
 }
 

@@ -1,9 +1,10 @@
 //! The sans-IO room, checked byte for byte against hand-decoded y-websocket frames.
 
 use tandem_engine::protocol::{
-    ConnInfo, FieldWrite, Limits, Outgoing, Role, Room, To, MSG_TANDEM, TANDEM_SET_FIELD,
+    ConnInfo, FieldWrite, Limits, Outgoing, Role, Room, To, MSG_TANDEM, NOTICE_AWARENESS_TOO_LARGE,
+    TANDEM_NOTICE, TANDEM_SET_FIELD,
 };
-use tandem_engine::wire::Writer;
+use tandem_engine::wire::{Reader, Writer};
 use tandem_engine::{Document, ProtocolError};
 
 fn writer(user: &str) -> ConnInfo {
@@ -207,16 +208,11 @@ fn malformed_frames_are_errors_not_panics() {
         error_of(&mut room, 1, &[0, 9, 0]),
         ProtocolError::UnknownSyncMessage(9)
     );
-    // oversized frames and awareness states
+    // oversized frames
     let big = vec![0u8; Limits::default().max_frame + 1];
     assert!(matches!(
         error_of(&mut room, 1, &big),
         ProtocolError::FrameTooLarge { .. }
-    ));
-    let huge_state = format!("{{\"x\":\"{}\"}}", "y".repeat(9_000));
-    assert!(matches!(
-        error_of(&mut room, 1, &claim(&huge_state)),
-        ProtocolError::AwarenessTooLarge { .. }
     ));
     // The document is still healthy and the room still works.
     let mut frame = vec![0, 2, INSERT_A.len() as u8];
@@ -502,4 +498,73 @@ fn server_side_writes_are_checked_against_the_document_size_limit() {
         .sum();
     assert_eq!(room.size_estimate(), base + stored as u64);
     assert_eq!(room.document().text("t").as_deref(), Some("hi stored text"));
+}
+
+/// An awareness message with `(client id, clock, state)` entries.
+fn awareness(entries: &[(u64, u64, &str)]) -> Vec<u8> {
+    let mut inner = Writer::new();
+    inner.var_u64(entries.len() as u64);
+    for (id, clock, state) in entries {
+        inner.var_u64(*id).var_u64(*clock).var_str(state);
+    }
+    let mut w = Writer::new();
+    w.var_u64(1).var_bytes(&inner.finish());
+    w.finish()
+}
+
+#[test]
+fn oversized_awareness_states_are_dropped_and_the_connection_stays_open() {
+    let mut room = room();
+    let tandem = ConnInfo {
+        extensions: true,
+        ..writer("alice")
+    };
+    room.join(1, tandem, 0);
+    room.join(2, writer("bob"), 0);
+    let huge = format!("{{\"x\":\"{}\"}}", "y".repeat(9_000));
+
+    // One entry fits, one does not: the first is stored and relayed, the second dropped, and
+    // the connection that speaks tandem's extensions is told why.
+    let o = room.handle(1, &awareness(&[(7, 1, "{}"), (8, 1, &huge)]), 0);
+    assert!(o.error.is_none(), "{:?}", o.error);
+    assert_eq!(o.dropped_awareness, 1);
+    assert!(o.presence_changed);
+    assert_eq!(o.messages.len(), 2);
+    assert_eq!(o.messages[1], out(To::All, &awareness(&[(7, 1, "{}")])));
+    assert_eq!(o.messages[0].to, To::One(1));
+    let mut r = Reader::new(&o.messages[0].frame);
+    let head: Vec<u64> = (0..3).map(|_| r.var_u64().unwrap()).collect();
+    assert_eq!(
+        head,
+        [MSG_TANDEM, TANDEM_NOTICE, NOTICE_AWARENESS_TOO_LARGE]
+    );
+    let reason = r.var_str().unwrap();
+    assert!(
+        reason.contains("client 8") && reason.contains("8192"),
+        "{reason}"
+    );
+    assert!(r.is_empty());
+    let clients: Vec<u64> = room
+        .presence()
+        .states()
+        .iter()
+        .map(|(c, _)| c.get())
+        .collect();
+    assert_eq!(clients, [7]);
+
+    // A stock client gets no notice (it would not understand it), and nothing is relayed.
+    let o = room.handle(2, &awareness(&[(9, 1, &huge)]), 0);
+    assert!(o.error.is_none(), "{:?}", o.error);
+    assert_eq!(o.dropped_awareness, 1);
+    assert!(o.messages.is_empty() && !o.presence_changed);
+    // It keeps syncing text.
+    let mut frame = vec![0, 2, INSERT_A.len() as u8];
+    frame.extend_from_slice(&INSERT_A);
+    let o = room.handle(2, &frame, 0);
+    assert!(o.error.is_none());
+    assert_eq!(o.accepted.len(), 1);
+    assert_eq!(room.document().text("t").as_deref(), Some("a"));
+    // The dropped id was not claimed: the client may publish a state that fits.
+    let o = room.handle(2, &awareness(&[(9, 2, "{}")]), 0);
+    assert!(o.error.is_none() && o.presence_changed);
 }

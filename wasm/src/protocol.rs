@@ -8,7 +8,7 @@ use crate::error::BindingError;
 use js_sys::{Array, Object, Reflect, Uint8Array};
 use tandem_engine::protocol::{
     MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, MSG_TANDEM, SYNC_STEP1, SYNC_STEP2,
-    SYNC_UPDATE, TANDEM_ACK, TANDEM_FIELD_RESULT, TANDEM_SET_FIELD,
+    SYNC_UPDATE, TANDEM_ACK, TANDEM_FIELD_RESULT, TANDEM_NOTICE, TANDEM_SET_FIELD,
 };
 use tandem_engine::wire::{Reader, Writer};
 use tandem_engine::DecodeError;
@@ -47,6 +47,14 @@ pub enum Message {
         /// The register's current value as JSON (`"null"` when unset).
         value: String,
     },
+    /// The server set aside something this connection sent, without closing it (`code`: one
+    /// of the engine's `NOTICE_*` constants, or a newer one to ignore).
+    Notice {
+        /// What happened.
+        code: u64,
+        /// Why, for people.
+        reason: String,
+    },
 }
 
 /// Decodes every message in a frame.
@@ -81,6 +89,10 @@ pub fn decode(frame: &[u8]) -> Result<Vec<Message>, DecodeError> {
                     accepted: r.var_u64()? != 0,
                     version: r.var_str()?.to_owned(),
                     value: r.var_str()?.to_owned(),
+                },
+                TANDEM_NOTICE => Message::Notice {
+                    code: r.var_u64()?,
+                    reason: r.var_str()?.to_owned(),
                 },
                 _ => return Err(DecodeError::Malformed("unknown tandem message")),
             },
@@ -187,8 +199,9 @@ fn bytes(b: &[u8]) -> JsValue {
 
 /// Decodes a server frame into an array of messages, each `{type, ...}` with `type` one of
 /// `sync-step1`, `sync-step2`, `update`, `awareness` (`payload: Uint8Array`),
-/// `permission-denied` (`reason`), `query-awareness`, `ack` (`count`, `sid`) and
-/// `field-result` (`request`, `accepted`, `version`, `value` as JSON text).
+/// `permission-denied` (`reason`), `query-awareness`, `ack` (`count`, `sid`),
+/// `field-result` (`request`, `accepted`, `version`, `value` as JSON text) and `notice`
+/// (`code`, `reason`).
 #[wasm_bindgen(js_name = decodeFrame)]
 pub fn decode_frame(frame: &[u8]) -> Result<Array, BindingError> {
     let messages = decode(frame)?;
@@ -224,6 +237,10 @@ pub fn decode_frame(frame: &[u8]) -> Result<Array, BindingError> {
                     ("value", value.into()),
                 ],
             ),
+            Message::Notice { code, reason } => object(
+                "notice",
+                &[("code", (code as f64).into()), ("reason", reason.into())],
+            ),
         };
         out.push(&v);
     }
@@ -233,13 +250,16 @@ pub fn decode_frame(frame: &[u8]) -> Result<Array, BindingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tandem_engine::protocol::{ack_frame, field_result_frame, FieldWrite};
+    use tandem_engine::protocol::{
+        ack_frame, field_result_frame, notice_frame, FieldWrite, NOTICE_AWARENESS_TOO_LARGE,
+    };
 
     #[test]
     fn decodes_what_the_server_encodes() {
         let mut frame = ack_frame(3, 17).to_vec();
         frame.extend_from_slice(&field_result_frame(9, &FieldWrite::Rejected(None)));
         frame.extend_from_slice(&sync_step1_frame(&[0]));
+        frame.extend_from_slice(&notice_frame(NOTICE_AWARENESS_TOO_LARGE, "too large"));
         assert_eq!(
             decode(&frame).unwrap(),
             vec![
@@ -251,6 +271,10 @@ mod tests {
                     value: "null".into()
                 },
                 Message::SyncStep1(vec![0]),
+                Message::Notice {
+                    code: NOTICE_AWARENESS_TOO_LARGE,
+                    reason: "too large".into()
+                },
             ]
         );
         assert!(decode(&[0, 0, 200]).is_err());

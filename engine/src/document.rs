@@ -76,6 +76,37 @@ pub struct Applied {
     pub changed: bool,
 }
 
+/// What [`Document::apply_bounded`] does with an update whose waiting part does not fit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhenFull {
+    /// Refuse the whole update: nothing of it is applied.
+    Refuse,
+    /// Integrate the part that is ready and drop the part that would wait.
+    DropWaiting,
+}
+
+/// What [`Document::apply_bounded`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Bounded {
+    /// Applied as [`Document::apply_update`] applies it.
+    Applied(Applied),
+    /// [`WhenFull::Refuse`]: nothing was applied; waiting would have reached `pending` bytes.
+    Refused {
+        /// The bytes that would have been waiting.
+        pending: usize,
+    },
+    /// [`WhenFull::DropWaiting`]: the part that would wait (taking the bytes waiting to
+    /// `pending`) was dropped; `ready`, the part integrated, is what to store in its place.
+    Trimmed {
+        /// The update's part that was integrated, if any.
+        ready: Option<Vec<u8>>,
+        /// Whether the document changed.
+        changed: bool,
+        /// The bytes that would have been waiting.
+        pending: usize,
+    },
+}
+
 /// State shared with yrs observers (which run inside a transaction's commit).
 #[derive(Default)]
 struct Feed {
@@ -632,18 +663,36 @@ impl Document {
         update: &[u8],
         author: Option<&str>,
     ) -> Result<Applied, DocumentError> {
+        Ok(match self.apply_bounded(update, author, None)? {
+            Bounded::Applied(applied) => applied,
+            // Without a bound nothing is ever refused or trimmed.
+            Bounded::Refused { .. } => Applied { changed: false },
+            Bounded::Trimmed { changed, .. } => Applied { changed },
+        })
+    }
+
+    /// [`Document::apply_update`] with a bound on the bytes waiting for missing dependencies
+    /// ([`Document::pending_len`]): when the part of `update` that would wait (one not waiting
+    /// already) would take them above `max_pending`, `when_full` decides, before anything of
+    /// the update is applied, whether it is refused whole or integrated without that part.
+    pub(crate) fn apply_bounded(
+        &mut self,
+        update: &[u8],
+        author: Option<&str>,
+        bound: Option<(usize, WhenFull)>,
+    ) -> Result<Bounded, DocumentError> {
         let summary = guard::check_update_v1(update)?;
         self.check_parents(&summary.parents)?;
         if !self.dependencies_met(&summary) {
             if self.waiting.iter().any(|w| w.update == update) {
-                return Ok(Applied { changed: false });
+                return Ok(Bounded::Applied(Applied { changed: false }));
             }
             // Part of it may be ready: a snapshot or step 2 carries the document next to the
             // updates that were waiting in it (see `with_waiting`). That part is integrated
             // now and only the rest waits; yrs never sees blocks past a gap.
             let roots = summary.roots.clone();
             let sv = self.doc.transact().state_vector();
-            let (ready, rest, reach) =
+            let (ready, mut rest, reach) =
                 match guard::split_ready(update, |c| sv.get(&yrs::ClientID::new(c)))? {
                     Split::Ready => (Some(update.to_vec()), None, Vec::new()),
                     Split::Waiting => (None, Some((update.to_vec(), summary)), Vec::new()),
@@ -673,12 +722,26 @@ impl Document {
                     return Err(DocumentError::OwnClientId(own));
                 }
             }
+            // The rest is cut the same way every time, so a resend is recognised.
+            let mut trimmed = None;
+            if let (Some((rest_bytes, _)), Some((max_pending, when_full))) = (&rest, bound) {
+                let pending = self.pending_len() + rest_bytes.len();
+                let new = !self.waiting.iter().any(|w| &w.update == rest_bytes);
+                if new && pending > max_pending {
+                    match when_full {
+                        WhenFull::Refuse => return Ok(Bounded::Refused { pending }),
+                        WhenFull::DropWaiting => {
+                            rest = None;
+                            trimmed = Some(pending);
+                        }
+                    }
+                }
+            }
             self.register_roots(&roots);
             let mut changed = false;
             if let Some(ready) = &ready {
                 changed = self.integrate(ready, author)?;
             }
-            // The rest is cut the same way every time, so a resend is recognised.
             if let Some((rest, summary)) = rest {
                 if !self.waiting.iter().any(|w| w.update == rest) {
                     self.waiting_bytes += rest.len();
@@ -694,14 +757,21 @@ impl Document {
             if ready.is_some() && !self.waiting.is_empty() {
                 self.integrate_waiting();
             }
-            return Ok(Applied { changed });
+            return Ok(match trimmed {
+                Some(pending) => Bounded::Trimmed {
+                    ready,
+                    changed,
+                    pending,
+                },
+                None => Bounded::Applied(Applied { changed }),
+            });
         }
         self.register_roots(&summary.roots);
         let changed = self.integrate(update, author)?;
         if changed && !self.waiting.is_empty() {
             self.integrate_waiting();
         }
-        Ok(Applied { changed })
+        Ok(Bounded::Applied(Applied { changed }))
     }
 
     /// Makes the update's top-level texts known before it integrates, so their changes are

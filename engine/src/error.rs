@@ -125,8 +125,13 @@ pub enum ProtocolError {
     /// A connection claims more awareness client ids than allowed.
     #[error("too many awareness client ids on one connection")]
     TooManyClientIds,
-    /// Updates waiting for missing dependencies exceed the room's bound.
-    #[error("too many pending updates ({0} bytes)")]
+    /// An update written outside any connection ([`Room::apply_update`]) was refused whole:
+    /// its part waiting for missing dependencies would take them to this many bytes, above
+    /// the room's bound. (Connections are resynced instead, see [`Room::handle`].)
+    ///
+    /// [`Room::apply_update`]: crate::protocol::Room::apply_update
+    /// [`Room::handle`]: crate::protocol::Room::handle
+    #[error("too many bytes would wait for missing dependencies ({0})")]
     TooManyPending(usize),
     /// The write would take the document's estimated stored size above the room's limit (the
     /// limit, bytes); nothing of it was applied.
@@ -138,12 +143,13 @@ impl ProtocolError {
     /// WebSocket close code for this error: 1009 (message too big) for a frame, 4507 when
     /// the document reached its size limit, 4400 for everything else a client sent wrong.
     /// Stock y-websocket clients never reconnect after a code in 4400–4499; 4507 lies outside,
-    /// so they come back (a compaction may have made room meanwhile).
+    /// so they come back (a compaction may have made room meanwhile). The limits an honest
+    /// client can reach otherwise (awareness size, updates waiting) close nothing; and
+    /// [`ProtocolError::TooManyPending`] only answers writes made outside any connection.
     pub fn close_code(&self) -> u16 {
         match self {
             ProtocolError::FrameTooLarge { .. } => 1009,
             ProtocolError::DocumentTooLarge(_) => 4507,
-            ProtocolError::TooManyPending(_) => 4413,
             _ => 4400,
         }
     }

@@ -25,13 +25,17 @@
 //! | 3 notice | server → client | `varUint(code)`, `varString(reason)`: the server set aside something this connection sent, without closing it; codes below |
 //!
 //! Notice codes: [`NOTICE_AWARENESS_TOO_LARGE`] (1), an awareness state over the room's size
-//! limit was dropped, neither stored nor relayed. Clients should ignore codes they do not know.
+//! limit was dropped, neither stored nor relayed; [`NOTICE_PENDING_FULL`] (2), the part of an
+//! update that would wait for missing dependencies was dropped because too many bytes wait
+//! already (see [`Room::handle`]). Clients should ignore codes they do not know.
 //!
 //! # Limits without closing
 //!
 //! Stock y-websocket clients treat close codes 4400–4499 as permanent and never reconnect, so
 //! the limits an honest client can reach do not close its connection: an awareness state over
-//! [`Limits::max_awareness_state`] is dropped ([`Output::dropped_awareness`] counts it).
+//! [`Limits::max_awareness_state`] is dropped ([`Output::dropped_awareness`] counts it), and
+//! an update that does not fit in [`Limits::max_pending`] is resynced in place
+//! ([`Output::dropped_updates`]; see [`Room::handle`]).
 //!
 //! # Presence identity
 //!
@@ -43,7 +47,7 @@
 //! (removal) is left alone. Connections without a name (open development mode) are not
 //! stamped: their states are relayed as sent.
 
-use crate::document::{self, Change, Document, EMPTY_UPDATE};
+use crate::document::{self, Bounded, Change, Document, WhenFull, EMPTY_UPDATE};
 use crate::error::{DecodeError, ProtocolError};
 use crate::guard;
 use crate::presence::Presence;
@@ -81,6 +85,9 @@ pub const TANDEM_FIELD_RESULT: u64 = 2;
 pub const TANDEM_NOTICE: u64 = 3;
 /// Notice code: an awareness state over [`Limits::max_awareness_state`] was dropped.
 pub const NOTICE_AWARENESS_TOO_LARGE: u64 = 1;
+/// Notice code: the part of an update that would wait for missing dependencies was dropped,
+/// as [`Limits::max_pending`] bytes wait already; after a sync update, a sync step 1 follows.
+pub const NOTICE_PENDING_FULL: u64 = 2;
 
 /// Identifies a connection within a room; chosen by the transport.
 pub type ConnId = u64;
@@ -117,7 +124,8 @@ pub struct Limits {
     pub max_awareness_state: usize,
     /// Most awareness client ids one connection may own.
     pub max_client_ids: usize,
-    /// Most bytes of updates waiting for missing dependencies.
+    /// Most bytes of updates waiting for missing dependencies (see [`Room::handle`] for what
+    /// happens to an update that does not fit).
     pub max_pending: usize,
     /// Largest estimated stored size of the document, bytes (see [`Room::size_estimate`]).
     pub max_document: u64,
@@ -183,6 +191,9 @@ pub struct Output {
     /// Awareness states dropped for being over [`Limits::max_awareness_state`] (the
     /// connection stays open; one that asked for extensions got a notice).
     pub dropped_awareness: usize,
+    /// Updates whose part waiting for missing dependencies was dropped, not queued nor
+    /// stored, because it did not fit in [`Limits::max_pending`] (see [`Room::handle`]).
+    pub dropped_updates: usize,
 }
 
 /// Outcome of a register write request.
@@ -449,6 +460,21 @@ impl Room {
     /// (see [`Room::size_estimate`]) is refused with [`ProtocolError::DocumentTooLarge`] before
     /// anything of it is applied; empty updates always pass. A read-only connection's updates
     /// are answered with "permission denied", whatever their size.
+    ///
+    /// # Updates waiting for missing dependencies
+    ///
+    /// An update whose dependencies have not all arrived waits in the document, up to
+    /// [`Limits::max_pending`] bytes in all. When the part of a sync update or step 2 that
+    /// would wait does not fit, the connection is resynced in place rather than closed: that
+    /// part is dropped (neither queued nor stored), the part that is ready is applied and
+    /// stored in the update's place (the empty update when none is, so the connection's ack
+    /// count stays aligned), [`Output::dropped_updates`] counts it and a connection that asked
+    /// for extensions gets a [`NOTICE_PENDING_FULL`] notice. After a sync update the sender
+    /// also gets the room's sync step 1, which it answers with a step 2 holding everything the
+    /// room lacks: the dropped part and the dependencies it waited for. A step 2 gets no step
+    /// 1: it already holds everything its sender has beyond the room's state vector, so what
+    /// of it waits depends on what its sender lacks too, and another round would only repeat
+    /// it.
     pub fn handle(&mut self, conn: ConnId, frame: &[u8], now_ms: u64) -> Output {
         self.set_time(now_ms);
         let mut out = Output::default();
@@ -511,7 +537,8 @@ impl Room {
         r: &mut Reader<'_>,
         out: &mut Output,
     ) -> Result<(), ProtocolError> {
-        match r.var_u64()? {
+        let kind = r.var_u64()?;
+        match kind {
             SYNC_STEP1 => {
                 let sv = r.var_bytes()?;
                 // A new client's empty state vector gets the shared whole-document frame.
@@ -541,14 +568,27 @@ impl Room {
                     });
                     return Ok(());
                 }
-                let author = c.info.user.clone();
+                let (author, extensions) = (c.info.user.clone(), c.info.extensions);
                 self.admit(update.len())?;
-                let applied = self.doc.apply_update(update, author.as_deref())?;
+                let bound = Some((self.limits.max_pending, WhenFull::DropWaiting));
+                let bounded = self.doc.apply_bounded(update, author.as_deref(), bound)?;
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.updates += 1;
                 }
-                let update = Bytes::copy_from_slice(update);
-                if applied.changed {
+                let (update, changed) = match bounded {
+                    Bounded::Applied(applied) => (Bytes::copy_from_slice(update), applied.changed),
+                    Bounded::Trimmed { ready, changed, .. } => {
+                        self.resync_in_place(conn, kind, extensions, out);
+                        let ready = ready.map_or(Bytes::from_static(&EMPTY_UPDATE), Bytes::from);
+                        (ready, changed)
+                    }
+                    // Not with `DropWaiting`; nothing was applied.
+                    Bounded::Refused { .. } => {
+                        self.resync_in_place(conn, kind, extensions, out);
+                        (Bytes::from_static(&EMPTY_UPDATE), false)
+                    }
+                };
+                if changed {
                     out.messages.push(Outgoing {
                         to: To::AllExcept(conn),
                         frame: sync_frame(SYNC_UPDATE, &update),
@@ -566,13 +606,37 @@ impl Room {
                         changes,
                     },
                 );
-                let pending = self.doc.pending_len();
-                if pending > self.limits.max_pending {
-                    return Err(ProtocolError::TooManyPending(pending));
-                }
                 Ok(())
             }
             other => Err(ProtocolError::UnknownSyncMessage(other)),
+        }
+    }
+
+    /// Answers an update whose waiting part was dropped (see [`Room::handle`]).
+    fn resync_in_place(&mut self, conn: ConnId, kind: u64, extensions: bool, out: &mut Output) {
+        out.dropped_updates += 1;
+        let step1 = kind == SYNC_UPDATE;
+        if extensions {
+            let reason = format!(
+                "part of an update dropped: it waits for missing dependencies, and more than {} \
+                 bytes would wait{}",
+                self.limits.max_pending,
+                if step1 {
+                    "; answer the sync step 1 that follows"
+                } else {
+                    ""
+                }
+            );
+            out.messages.push(Outgoing {
+                to: To::One(conn),
+                frame: notice_frame(NOTICE_PENDING_FULL, &reason),
+            });
+        }
+        if step1 {
+            out.messages.push(Outgoing {
+                to: To::One(conn),
+                frame: self.greeting.step1(&self.doc),
+            });
         }
     }
 
@@ -779,7 +843,9 @@ impl Room {
     /// Applies an update that arrived outside any connection (an HTTP write) by `author`:
     /// validated, applied, broadcast to every connection and handed over for storage. One that
     /// would take the document above [`Limits::max_document`] is refused with
-    /// [`ProtocolError::DocumentTooLarge`] before anything of it is applied.
+    /// [`ProtocolError::DocumentTooLarge`], and one whose part waiting for missing dependencies
+    /// would take them above [`Limits::max_pending`] with [`ProtocolError::TooManyPending`],
+    /// before anything of it is applied.
     pub fn apply_update(
         &mut self,
         update: &[u8],
@@ -788,7 +854,13 @@ impl Room {
     ) -> Result<Output, ProtocolError> {
         self.set_time(now_ms);
         self.admit(update.len())?;
-        let applied = self.doc.apply_update(update, author)?;
+        let bound = Some((self.limits.max_pending, WhenFull::Refuse));
+        let applied = match self.doc.apply_bounded(update, author, bound)? {
+            Bounded::Applied(applied) => applied,
+            Bounded::Refused { pending } | Bounded::Trimmed { pending, .. } => {
+                return Err(ProtocolError::TooManyPending(pending))
+            }
+        };
         let update = Bytes::copy_from_slice(update);
         let mut out = Output::default();
         if applied.changed {
@@ -807,10 +879,6 @@ impl Room {
                 changes,
             },
         );
-        let pending = self.doc.pending_len();
-        if pending > self.limits.max_pending {
-            out.error = Some(ProtocolError::TooManyPending(pending));
-        }
         Ok(out)
     }
 

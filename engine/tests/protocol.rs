@@ -568,3 +568,174 @@ fn oversized_awareness_states_are_dropped_and_the_connection_stays_open() {
     let o = room.handle(2, &awareness(&[(9, 2, "{}")]), 0);
     assert!(o.error.is_none() && o.presence_changed);
 }
+
+/// The payload of a sync message (`[0, kind, varBytes(payload)]`) of kind `kind`, if `frame` is one.
+fn sync_payload(frame: &[u8], kind: u64) -> Option<Vec<u8>> {
+    let mut r = Reader::new(frame);
+    (r.var_u64().ok()? == 0 && r.var_u64().ok()? == kind).then(|| r.var_bytes().unwrap().to_vec())
+}
+
+/// The notice codes among `messages` sent to `conn`.
+fn notices(messages: &[Outgoing], conn: u64) -> Vec<u64> {
+    messages
+        .iter()
+        .filter(|m| m.to == To::One(conn))
+        .filter_map(|m| {
+            let mut r = Reader::new(&m.frame);
+            let head = [r.var_u64().ok()?, r.var_u64().ok()?];
+            (head == [MSG_TANDEM, TANDEM_NOTICE]).then(|| r.var_u64().unwrap())
+        })
+        .collect()
+}
+
+fn pending_room(max_pending: usize) -> Room {
+    let limits = Limits {
+        max_pending,
+        ..Limits::default()
+    };
+    Room::new(Document::new(99), limits)
+}
+
+/// A document loaded from what the room handed over for storage.
+fn reloaded(stored: &[Vec<u8>]) -> Document {
+    let mut doc = Document::new(98);
+    for update in stored {
+        doc.apply_update(update, None).unwrap();
+    }
+    doc
+}
+
+#[test]
+fn an_update_that_does_not_fit_among_the_waiting_resyncs_its_sender_in_place() {
+    let mut room = pending_room(100);
+    let tandem = ConnInfo {
+        extensions: true,
+        ..writer("alice")
+    };
+    room.join(1, tandem, 0);
+    room.join(2, writer("bob"), 0);
+    let mut client = Document::new(5);
+    let mut peer = Document::new(6);
+    let mut stored = Vec::new();
+    // The first update is lost on the way: everything after it waits for it.
+    client.insert("alice", "t", 0, "lost ").unwrap();
+    let mut step1 = None;
+    for i in 0..20 {
+        let len = client.text_len("t");
+        let update = client
+            .insert("alice", "t", len, &format!("then {i}, "))
+            .unwrap();
+        let o = room.handle(1, &update_frame(&update), 0);
+        assert!(o.error.is_none(), "{:?}", o.error);
+        assert_eq!(
+            o.accepted.len(),
+            1,
+            "one stored update per update sent (acks)"
+        );
+        stored.extend(o.accepted.iter().map(|a| a.update.to_vec()));
+        for m in o.messages.iter().filter(|m| m.to == To::AllExcept(1)) {
+            peer.apply_update(&sync_payload(&m.frame, 2).unwrap(), None)
+                .unwrap();
+        }
+        assert!(room.document().pending_len() <= 100);
+        if o.dropped_updates > 0 {
+            assert_eq!(o.dropped_updates, 1);
+            // Nothing of it was ready: the empty update is stored in its place.
+            assert_eq!(&o.accepted[0].update[..], &[0, 0]);
+            assert_eq!(notices(&o.messages, 1), [2]);
+            let sv = o
+                .messages
+                .iter()
+                .filter(|m| m.to == To::One(1))
+                .find_map(|m| sync_payload(&m.frame, 0))
+                .expect("a sync step 1 to the sender");
+            step1 = Some(sv);
+            break;
+        }
+    }
+    let sv = step1.expect("the bound was reached");
+    assert!(room.document().pending_len() > 0);
+    assert_eq!(room.document().text("t"), None, "nothing integrated yet");
+
+    // The client answers as stock clients do, with a step 2 against the room's state vector.
+    let step2 = client.diff(&sv).unwrap();
+    let mut frame = Writer::new();
+    frame.var_u64(0).var_u64(1).var_bytes(&step2);
+    let o = room.handle(1, &frame.finish(), 0);
+    assert!(o.error.is_none(), "{:?}", o.error);
+    assert_eq!(o.dropped_updates, 0);
+    stored.extend(o.accepted.iter().map(|a| a.update.to_vec()));
+    for m in o.messages.iter().filter(|m| m.to == To::AllExcept(1)) {
+        peer.apply_update(&sync_payload(&m.frame, 2).unwrap(), None)
+            .unwrap();
+    }
+
+    // Converged, nothing waiting, and what was stored loads the same document.
+    let doc = room.document();
+    assert_eq!(doc.pending_len(), 0);
+    assert_eq!(doc.text("t"), client.text("t"));
+    assert_eq!(doc.state_vector(), client.state_vector());
+    assert_eq!(peer.text("t"), client.text("t"));
+    assert_eq!(reloaded(&stored).text("t"), client.text("t"));
+}
+
+#[test]
+fn a_step2_whose_waiting_part_does_not_fit_keeps_its_ready_part_and_gets_no_step1() {
+    let mut room = pending_room(100);
+    let tandem = ConnInfo {
+        extensions: true,
+        ..writer("alice")
+    };
+    room.join(1, tandem, 0);
+    // What the sender has and the room lacks, next to a run of edits whose start neither has.
+    let mut ready = Document::new(5);
+    let ready_update = ready.insert("alice", "t", 0, "ready").unwrap();
+    let mut other = Document::new(6);
+    other.insert("carol", "u", 0, "missing start ").unwrap();
+    let waiting = other
+        .insert("carol", "u", 14, &"waits ".repeat(30))
+        .unwrap();
+    assert!(waiting.len() > 100);
+    let step2 = tandem_engine::merge_updates(&[&ready_update, &waiting]).unwrap();
+    let mut frame = Writer::new();
+    frame.var_u64(0).var_u64(1).var_bytes(&step2);
+    let o = room.handle(1, &frame.finish(), 0);
+    assert!(o.error.is_none(), "{:?}", o.error);
+    assert_eq!(o.dropped_updates, 1);
+    assert_eq!(notices(&o.messages, 1), [2]);
+    assert!(
+        o.messages
+            .iter()
+            .all(|m| sync_payload(&m.frame, 0).is_none()),
+        "no step 1: the answer would be this step 2 again"
+    );
+    assert_eq!(room.document().text("t").as_deref(), Some("ready"));
+    assert_eq!(room.document().pending_len(), 0);
+    // The ready part is what is stored.
+    let stored: Vec<Vec<u8>> = o.accepted.iter().map(|a| a.update.to_vec()).collect();
+    assert_eq!(stored.len(), 1);
+    let doc = reloaded(&stored);
+    assert_eq!(doc.text("t").as_deref(), Some("ready"));
+    assert_eq!(doc.pending_len(), 0);
+}
+
+#[test]
+fn a_server_side_update_that_does_not_fit_among_the_waiting_is_refused_whole() {
+    let mut room = pending_room(100);
+    let mut other = Document::new(6);
+    other.insert("carol", "u", 0, "missing start ").unwrap();
+    let small = other.insert("carol", "u", 14, "waits").unwrap();
+    let large = other
+        .insert("carol", "u", 19, &"waits ".repeat(30))
+        .unwrap();
+    let o = room.apply_update(&small, Some("carol"), 0).unwrap();
+    assert_eq!(o.accepted.len(), 1);
+    let waiting = room.document().pending_len();
+    assert!(waiting > 0);
+    let refused = room.apply_update(&large, Some("carol"), 0);
+    assert!(
+        matches!(refused, Err(ProtocolError::TooManyPending(n)) if n > 100),
+        "{refused:?}"
+    );
+    assert_eq!(room.document().pending_len(), waiting);
+}

@@ -1,8 +1,9 @@
 //! tandem's engine: everything tandem knows about a document, with no I/O.
 //!
 //! - [`document`]: a yrs document with named text fields (UTF-16 offsets), last-write-wins
-//!   registers ([`register`]) and per-user undo.
-//! - [`presence`]: typed awareness states — viewers, typing, cursors — and their expiry.
+//!   registers ([`register`]) and per-user undo; [`merge_updates`] for stored logs.
+//! - [`presence`]: typed awareness states — viewers, typing, cursors, per-user summaries and
+//!   their changes — and their expiry.
 //! - [`protocol`]: the y-websocket protocol (plus tandem's extensions) as a sans-IO state
 //!   machine: frames in, frames out, addressed to connections.
 //! - [`wire`] and [`guard`]: bounded decoding of untrusted bytes.

@@ -1,4 +1,4 @@
-//! `resume`: the sid log of the real store (`tandem_server::store::sqlite::SqliteStore`, on a
+//! `resume`: the sid log of the real store (`tandem_server::infra::store::sqlite::SqliteStore`, on a
 //! tmpfs directory) and SSE-style consumers that are cut off at arbitrary points and resume
 //! from the last sid they saw, the way `GET /docs/{doc}/events` resumes with `Last-Event-ID`
 //! and `GET /docs/{doc}/updates?since=SID` answers.
@@ -33,8 +33,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use tandem_engine::Document;
-use tandem_server::store::sqlite::{SqliteOptions, SqliteStore};
-use tandem_server::store::{NewUpdate, Sid, Since, Store, StoreError};
+use tandem_server::infra::store::sqlite::{SqliteOptions, SqliteStore};
+use tandem_server::infra::store::{NewUpdate, Sid, Since, Store, StoreError};
 
 /// Documents per input.
 const DOCS: usize = 2;

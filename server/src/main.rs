@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use tandem_server::auth::{self, Secret, TokenRequest};
-use tandem_server::cli::{Cli, Command, ServeArgs, TokenArgs};
-use tandem_server::config::Config;
-use tandem_server::http;
+use tandem_server::access::token::{self, TokenRequest};
+use tandem_server::base::clock::unix_now;
+use tandem_server::infra::cli::{Cli, Command, ServeArgs, TokenArgs};
+use tandem_server::infra::config::{AuthMode, Config, Secret};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -35,7 +35,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         role: args.role,
         ttl: args.ttl,
     };
-    let token = auth::mint(&secret, &request.claims(auth::unix_now()))?;
+    let token = token::mint(&secret, &request.claims(unix_now()))?;
     println!("{token}");
     Ok(())
 }
@@ -50,7 +50,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = Config::from_args(args)?;
-    if let auth::AuthMode::Secret(secret) = &config.auth {
+    if let AuthMode::Secret(secret) = &config.auth {
         if secret.len() < 32 {
             tracing::warn!(
                 bytes = secret.len(),
@@ -66,7 +66,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.addr))?;
-        http::run(listener, config, shutdown_signal()).await?;
+        tandem_server::run(listener, config, shutdown_signal()).await?;
         Ok(())
     })
 }

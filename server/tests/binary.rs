@@ -5,7 +5,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 
-use tandem_server::auth::{self, Role, Secret};
+use tandem_server::access::token;
+use tandem_server::base::clock::unix_now;
+use tandem_server::base::role::Role;
+use tandem_server::infra::config::Secret;
 
 fn tandem() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
@@ -31,8 +34,8 @@ fn token_prints_a_verifiable_jwt() {
     assert!(out.status.success(), "{out:?}");
     let token = String::from_utf8(out.stdout).unwrap();
     let token = token.trim();
-    let now = auth::unix_now();
-    let claims = auth::verify(&Secret::new("s3cret").unwrap(), token, now).unwrap();
+    let now = unix_now();
+    let claims = token::verify(&Secret::new("s3cret").unwrap(), token, now).unwrap();
     assert_eq!(claims.sub, "u42");
     assert_eq!(claims.name.as_deref(), Some("Ada"));
     assert_eq!(claims.doc, "notes:*");
@@ -41,7 +44,7 @@ fn token_prints_a_verifiable_jwt() {
         claims.exp >= now + 7190 && claims.exp <= now + 7210,
         "{claims:?}"
     );
-    assert!(auth::verify(&Secret::new("other").unwrap(), token, now).is_err());
+    assert!(token::verify(&Secret::new("other").unwrap(), token, now).is_err());
 }
 
 #[test]
@@ -57,10 +60,10 @@ fn token_reads_its_flags_from_the_environment() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let token = String::from_utf8(out.stdout).unwrap();
-    let claims = auth::verify(
+    let claims = token::verify(
         &Secret::new("env-secret").unwrap(),
         token.trim(),
-        auth::unix_now(),
+        unix_now(),
     )
     .unwrap();
     assert_eq!(

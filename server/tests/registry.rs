@@ -7,12 +7,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use tandem_engine::protocol::{ConnInfo, Role};
-use tandem_server::config::Config;
-use tandem_server::docs::{ConnSink, JoinError, Registry};
-use tandem_server::metrics::Metrics;
-use tandem_server::store::{
-    BackendError, CheckpointInfo, Compacted, Loaded, NewUpdate, Sid, SidRange, Since, Store,
-    StoreError,
+use tandem_server::documents::{outbox, ConnSink, JoinError, Registry};
+use tandem_server::infra::config::Config;
+use tandem_server::infra::metrics::Metrics;
+use tandem_server::infra::store::{
+    BackendError, CheckpointInfo, Compacted, Compaction, Loaded, NewUpdate, Sid, SidRange, Since,
+    Store, StoreError,
 };
 use tokio::sync::{oneshot, Semaphore};
 
@@ -62,7 +62,7 @@ impl Store for Scripted {
             last_sid: 0,
         })
     }
-    async fn compact(&self, _: &str, _: Sid, _: Bytes) -> Result<Compacted, StoreError> {
+    async fn compact(&self, _: &str, _: Compaction) -> Result<Compacted, StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(Compacted {
             removed: 0,
@@ -96,8 +96,8 @@ fn registry(fail_loads: bool) -> (Registry, Arc<Scripted>, tempfile::TempDir) {
     (r, store, dir)
 }
 
-fn sink() -> (ConnSink, tandem_server::outbox::Receiver) {
-    let (frames, rx) = tandem_server::outbox::outbox(16, usize::MAX);
+fn sink() -> (ConnSink, outbox::Receiver) {
+    let (frames, rx) = outbox::outbox(16, usize::MAX);
     let (close, _) = oneshot::channel();
     (ConnSink { frames, close }, rx)
 }
@@ -134,7 +134,9 @@ async fn a_failed_load_refuses_every_waiting_connection_and_stores_nothing() {
     );
     assert!(matches!(
         registry.read("doc", false).await,
-        Err(tandem_server::docs::DocError::Join(JoinError::LoadFailed))
+        Err(tandem_server::documents::DocError::Join(
+            JoinError::LoadFailed
+        ))
     ));
 }
 
@@ -217,7 +219,7 @@ async fn a_reader_that_falls_behind_twice_is_closed() {
     store.release.add_permits(100);
     let (ws, _writer_rx) = sink();
     let writer_conn = registry.join("doc", writer(), ws).await.expect("joined");
-    let (frames, _reader_rx) = tandem_server::outbox::outbox(16, usize::MAX);
+    let (frames, _reader_rx) = outbox::outbox(16, usize::MAX);
     let (close, closed) = oneshot::channel();
     let _reader_conn = registry
         .join("doc", writer(), ConnSink { frames, close })

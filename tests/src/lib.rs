@@ -749,7 +749,8 @@ pub fn mint_token(
     iat: u64,
     ttl_secs: u64,
 ) -> Result<String> {
-    use tandem_server::auth::{mint, Claims, Secret};
+    use tandem_server::access::token::{mint, Claims};
+    use tandem_server::infra::config::Secret;
     let claims = Claims {
         sub: user.to_owned(),
         name: name.map(str::to_owned),
@@ -778,7 +779,7 @@ pub fn cli_token(args: &[&str]) -> Result<String> {
 
 /// The current time as unix seconds.
 pub fn unix_now() -> u64 {
-    tandem_server::auth::unix_now()
+    tandem_server::base::clock::unix_now()
 }
 
 /// The server's `/metrics` text.

@@ -160,8 +160,8 @@ async fn a_token_that_expires_closes_its_connection_at_expiry() -> anyhow::Resul
     let token = cli_token(&[
         "--secret", SECRET, "--user", "eve", "--doc", "d", "--role", "write", "--ttl", "2s",
     ])?;
-    let claims = tandem_server::auth::verify(
-        &tandem_server::auth::Secret::new(SECRET)?,
+    let claims = tandem_server::access::token::verify(
+        &tandem_server::infra::config::Secret::new(SECRET)?,
         &token,
         unix_now(),
     )?;

@@ -12,8 +12,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{self, AdminAccess, Authorized};
-use crate::http::{ApiError, AppState, ErrorCode};
+use super::error::{ApiError, ErrorCode};
+use super::extract::{AdminAccess, Authorized};
+use super::state::AppState;
+use crate::base::clock::unix_now;
 
 /// The admin routes (merged into [`crate::http::app`]).
 pub fn routes() -> Router<AppState> {
@@ -41,7 +43,7 @@ async fn revoke(
     if request.user.is_empty() {
         return Err(ApiError::new(ErrorCode::BadRequest, "user is empty"));
     }
-    let at = auth::unix_now();
+    let at = unix_now();
     let closed = state.auth.revoke(&request.user, at);
     tracing::info!(admin = %who.identity.user, user = %request.user, closed, "revoked a user's tokens");
     Ok(Json(
@@ -56,10 +58,12 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::auth::{mint, AuthMode, Claims, Role, Secret};
-    use crate::config::Config;
-    use crate::metrics::Metrics;
-    use crate::{http, shutdown};
+    use crate::access::token::{mint, AuthError, Claims};
+    use crate::base::role::Role;
+    use crate::edge::router;
+    use crate::infra::config::{AuthMode, Config, Secret};
+    use crate::infra::metrics::Metrics;
+    use crate::infra::{shutdown, store};
 
     const SECRET: &str = "admin route test secret";
 
@@ -67,13 +71,13 @@ mod tests {
         let mut config = Config::default_for(dir);
         config.auth = AuthMode::Secret(Secret::new(SECRET).unwrap());
         let metrics = Metrics::new();
-        let store = http::open_store(&config, &metrics).unwrap();
+        let store = store::open(&config, &metrics).unwrap();
         let (trigger, signal) = shutdown::channel();
         (AppState::new(config, store, metrics, signal), trigger)
     }
 
     fn token(user: &str, role: Role) -> String {
-        let now = auth::unix_now();
+        let now = unix_now();
         let claims = Claims {
             sub: user.into(),
             name: None,
@@ -90,7 +94,7 @@ mod tests {
         if let Some(t) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
-        let response = http::app(state.clone())
+        let response = router::app(state.clone())
             .oneshot(request.body(Body::from(body.to_owned())).unwrap())
             .await
             .unwrap();
@@ -120,7 +124,7 @@ mod tests {
         assert_eq!(state.metrics.auth_forbidden.get(), 1);
 
         let mallory = token("mallory", Role::Write);
-        let now = auth::unix_now();
+        let now = unix_now();
         assert!(state.auth.authenticate(Some(&mallory), now).is_ok());
         let (status, v) = post(&state, Some(&token("root", Role::Admin)), body).await;
         assert_eq!(status, StatusCode::OK, "{v}");
@@ -128,7 +132,7 @@ mod tests {
         assert_eq!(v["closed"], 0);
         assert_eq!(
             state.auth.authenticate(Some(&mallory), now),
-            Err(auth::AuthError::Revoked)
+            Err(AuthError::Revoked)
         );
     }
 

@@ -19,7 +19,7 @@
 //! - `snapshots(doc_id, sid, data)`: the latest compaction of each document.
 //! - `checkpoints(doc_id, sid, at, authors, data)`: version history.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,10 +32,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BackendError, CheckpointInfo, CheckpointPolicy, Compacted, Loaded, LogEntry, NewUpdate, Sid,
-    SidRange, Since, Snapshot, Store, StoreError,
+    BackendError, CheckpointInfo, Compacted, Compaction, HistoryMark, Loaded, LogEntry, NewUpdate,
+    Sid, SidRange, Since, Snapshot, Store, StoreError,
 };
-use crate::metrics::Metrics;
+use crate::infra::metrics::Metrics;
 
 /// The database file's name inside the data directory.
 pub const DB_FILE: &str = "tandem.sqlite3";
@@ -94,8 +94,6 @@ pub struct SqliteOptions {
     /// A batch stops taking more requests once it holds this many bytes of updates and
     /// snapshots (it always takes at least one request).
     pub max_batch_bytes: usize,
-    /// When compactions keep version-history checkpoints.
-    pub checkpoints: CheckpointPolicy,
     /// Where commit latency and group-commit counters are recorded.
     pub metrics: Metrics,
 }
@@ -106,7 +104,6 @@ impl Default for SqliteOptions {
             queue_capacity: 4096,
             max_batch: 1024,
             max_batch_bytes: 16 << 20,
-            checkpoints: CheckpointPolicy::default(),
             metrics: Metrics::new(),
         }
     }
@@ -151,8 +148,7 @@ enum Request {
     },
     Compact {
         doc: String,
-        upto: Sid,
-        snapshot: Bytes,
+        compaction: Compaction,
         reply: oneshot::Sender<Result<Compacted, StoreError>>,
     },
     Flush {
@@ -173,7 +169,7 @@ impl Request {
     fn bytes(&self) -> usize {
         match self {
             Request::Append { updates, .. } => updates.iter().map(|u| u.update.len()).sum(),
-            Request::Compact { snapshot, .. } => snapshot.len(),
+            Request::Compact { compaction, .. } => compaction.state.len(),
             _ => 0,
         }
     }
@@ -187,6 +183,12 @@ impl Request {
             #[cfg(test)]
             Request::Hold { .. } => {}
         }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Backend(BackendError::new(e))
     }
 }
 
@@ -234,7 +236,6 @@ impl SqliteStore {
             requests: rx,
             max_batch: options.max_batch.max(1),
             max_batch_bytes: options.max_batch_bytes.max(1),
-            checkpoints: options.checkpoints,
             metrics: options.metrics.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -410,7 +411,6 @@ struct Writer {
     requests: mpsc::Receiver<Request>,
     max_batch: usize,
     max_batch_bytes: usize,
-    checkpoints: CheckpointPolicy,
     metrics: Metrics,
 }
 
@@ -481,7 +481,6 @@ impl Writer {
     /// Applies `batch` in one transaction and answers every request in it.
     fn commit(&mut self, batch: &mut Vec<Request>) {
         let now_ms = unix_ms();
-        let policy = self.checkpoints;
         let result = (|| -> Result<Vec<Answer>, StoreError> {
             let mut tx = self
                 .conn
@@ -494,14 +493,11 @@ impl Writer {
                         Answer::Append(append(&tx, &mut docs, doc, updates, now_ms)?)
                     }
                     Request::Compact {
-                        doc,
-                        upto,
-                        snapshot,
-                        ..
+                        doc, compaction, ..
                     } => {
                         // A savepoint, so one failed compaction does not undo the batch.
                         let sp = tx.savepoint()?;
-                        let outcome = compact(&sp, &mut docs, doc, *upto, snapshot, policy, now_ms);
+                        let outcome = compact(&sp, &mut docs, doc, compaction, now_ms);
                         if outcome.is_ok() {
                             sp.commit()?;
                         }
@@ -651,19 +647,16 @@ fn compact(
     tx: &Connection,
     docs: &mut HashMap<String, DocState>,
     doc: &str,
-    upto: Sid,
-    snapshot: &Bytes,
-    policy: CheckpointPolicy,
+    compaction: &Compaction,
     now_ms: u64,
 ) -> Result<Compacted, StoreError> {
+    let upto = compaction.upto;
     let (id, last_sid) = doc_state(tx, docs, doc, false, now_ms)?
         .map(|state| (state.id, state.last_sid))
         .ok_or_else(|| StoreError::UnknownDocument(doc.to_owned()))?;
-    let (snapshot_sid, checkpoint_sid, checkpoint_at, pending): (Sid, Sid, u64, String) = tx
-        .prepare_cached(
-            "SELECT snapshot_sid, checkpoint_sid, checkpoint_at, pending_authors FROM docs WHERE id = ?1",
-        )?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    let snapshot_sid: Sid = tx
+        .prepare_cached("SELECT snapshot_sid FROM docs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))?;
     if upto > last_sid {
         return Err(StoreError::CompactBeyondLog {
             doc: doc.to_owned(),
@@ -678,54 +671,38 @@ fn compact(
             snapshot_sid,
         });
     }
-    let mut authors: BTreeSet<String> =
-        serde_json::from_str(&pending).map_err(|e| StoreError::Corrupt {
-            doc: doc.to_owned(),
-            detail: format!("pending authors: {e}"),
-        })?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "SELECT DISTINCT author FROM updates WHERE doc_id = ?1 AND sid <= ?2",
-        )?;
-        let rows = stmt.query_map(params![id, upto], |r| r.get::<_, String>(0))?;
-        for author in rows {
-            authors.insert(author?);
-        }
-    }
+    let state = &compaction.state[..];
     tx.prepare_cached(
         "INSERT INTO snapshots (doc_id, sid, data) VALUES (?1, ?2, ?3)
          ON CONFLICT (doc_id) DO UPDATE SET sid = excluded.sid, data = excluded.data",
     )?
-    .execute(params![id, upto, &snapshot[..]])?;
+    .execute(params![id, upto, state])?;
     let removed = tx
         .prepare_cached("DELETE FROM updates WHERE doc_id = ?1 AND sid <= ?2")?
         .execute(params![id, upto])? as u64;
-    let previous = (checkpoint_sid > 0).then_some((checkpoint_sid, checkpoint_at));
-    let authors_json = |set: &BTreeSet<String>| {
-        serde_json::to_string(set).map_err(|e| StoreError::Backend(BackendError::new(e)))
-    };
-    let checkpoint = if policy.is_due(previous, upto, now_ms) {
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO checkpoints (doc_id, sid, at, authors, data)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![
-            id,
-            upto,
-            now_ms,
-            authors_json(&authors)?,
-            &snapshot[..]
-        ])?;
-        tx.prepare_cached(
-            "UPDATE docs SET snapshot_sid = ?2, checkpoint_sid = ?2, checkpoint_at = ?3,
-             pending_authors = '[]' WHERE id = ?1",
-        )?
-        .execute(params![id, upto, now_ms])?;
-        Some(upto)
-    } else {
-        tx.prepare_cached("UPDATE docs SET snapshot_sid = ?2, pending_authors = ?3 WHERE id = ?1")?
-            .execute(params![id, upto, authors_json(&authors)?])?;
-        None
+    let authors = serde_json::to_string(&compaction.authors)
+        .map_err(|e| StoreError::Backend(BackendError::new(e)))?;
+    let checkpoint = match compaction.checkpoint_at {
+        Some(at) => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO checkpoints (doc_id, sid, at, authors, data)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![id, upto, at, authors, state])?;
+            tx.prepare_cached(
+                "UPDATE docs SET snapshot_sid = ?2, checkpoint_sid = ?2, checkpoint_at = ?3,
+                 pending_authors = '[]' WHERE id = ?1",
+            )?
+            .execute(params![id, upto, at])?;
+            Some(upto)
+        }
+        None => {
+            tx.prepare_cached(
+                "UPDATE docs SET snapshot_sid = ?2, pending_authors = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id, upto, authors])?;
+            None
+        }
     };
     Ok(Compacted {
         removed,
@@ -738,17 +715,26 @@ struct DocRow {
     id: i64,
     last_sid: Sid,
     snapshot_sid: Sid,
+    checkpoint_sid: Sid,
+    checkpoint_at: u64,
+    pending_authors: String,
 }
 
 /// The row of `doc`, or `None` if it was never written.
 fn doc_row(tx: &Connection, doc: &str) -> Result<Option<DocRow>, StoreError> {
     Ok(tx
-        .prepare_cached("SELECT id, last_sid, snapshot_sid FROM docs WHERE doc = ?1")?
+        .prepare_cached(
+            "SELECT id, last_sid, snapshot_sid, checkpoint_sid, checkpoint_at, pending_authors
+             FROM docs WHERE doc = ?1",
+        )?
         .query_row([doc], |r| {
             Ok(DocRow {
                 id: r.get(0)?,
                 last_sid: r.get(1)?,
                 snapshot_sid: r.get(2)?,
+                checkpoint_sid: r.get(3)?,
+                checkpoint_at: r.get(4)?,
+                pending_authors: r.get(5)?,
             })
         })
         .optional()?)
@@ -835,10 +821,20 @@ fn load(conn: &mut Connection, doc: &str) -> Result<Option<Loaded>, StoreError> 
         });
     }
     let updates = read_log(&tx, doc, &row, row.snapshot_sid)?;
+    let authors: Vec<String> =
+        serde_json::from_str(&row.pending_authors).map_err(|e| StoreError::Corrupt {
+            doc: doc.to_owned(),
+            detail: format!("pending authors: {e}"),
+        })?;
     Ok(Some(Loaded {
         snapshot,
         updates,
         last_sid: row.last_sid,
+        history: HistoryMark {
+            last_checkpoint: (row.checkpoint_sid > 0)
+                .then_some((row.checkpoint_sid, row.checkpoint_at)),
+            authors,
+        },
     }))
 }
 
@@ -950,17 +946,11 @@ impl Store for SqliteStore {
         self.read(move |conn| updates_since(conn, &doc, sid)).await
     }
 
-    async fn compact(
-        &self,
-        doc: &str,
-        upto: Sid,
-        snapshot: Bytes,
-    ) -> Result<Compacted, StoreError> {
+    async fn compact(&self, doc: &str, compaction: Compaction) -> Result<Compacted, StoreError> {
         let doc = doc.to_owned();
         self.call(|reply| Request::Compact {
             doc,
-            upto,
-            snapshot,
+            compaction,
             reply,
         })
         .await
@@ -1018,8 +1008,6 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     fn options() -> SqliteOptions {
@@ -1028,6 +1016,16 @@ mod tests {
 
     fn open(dir: &Path) -> SqliteStore {
         SqliteStore::open(dir, options()).unwrap()
+    }
+
+    /// A compaction to `upto` with no checkpoint.
+    fn snap(upto: Sid, state: &str) -> Compaction {
+        Compaction {
+            upto,
+            state: upd(state),
+            authors: Vec::new(),
+            checkpoint_at: None,
+        }
     }
 
     fn upd(s: &str) -> Bytes {
@@ -1065,7 +1063,7 @@ mod tests {
             Since::Ahead { last_sid: 0 }
         );
         assert!(matches!(
-            store.compact("nope", 1, upd("s")).await,
+            store.compact("nope", snap(1, "s")).await,
             Err(StoreError::UnknownDocument(_))
         ));
         assert_eq!(store.checkpoints("nope").await.unwrap(), vec![]);
@@ -1255,12 +1253,12 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let done = store.compact("doc", 6, upd("state@6")).await.unwrap();
+        let done = store.compact("doc", snap(6, "state@6")).await.unwrap();
         assert_eq!(
             done,
             Compacted {
                 removed: 6,
-                checkpoint: Some(6)
+                checkpoint: None
             }
         );
         let loaded = store.load("doc").await.unwrap().unwrap();
@@ -1312,7 +1310,7 @@ mod tests {
         );
 
         // Compacting everything leaves an empty log; sids still continue.
-        store.compact("doc", 10, upd("state@10")).await.unwrap();
+        store.compact("doc", snap(10, "state@10")).await.unwrap();
         let loaded = store.load("doc").await.unwrap().unwrap();
         assert_eq!((loaded.updates.len(), loaded.last_sid), (0, 10));
         assert_eq!(store.append("doc", upd("u11"), "u").await.unwrap(), 11);
@@ -1327,16 +1325,16 @@ mod tests {
             store.append("doc", upd(&i.to_string()), "u").await.unwrap();
         }
         assert!(matches!(
-            store.compact("doc", 6, upd("s")).await,
+            store.compact("doc", snap(6, "s")).await,
             Err(StoreError::CompactBeyondLog {
                 upto: 6,
                 last_sid: 5,
                 ..
             })
         ));
-        store.compact("doc", 3, upd("s3")).await.unwrap();
+        store.compact("doc", snap(3, "s3")).await.unwrap();
         assert!(matches!(
-            store.compact("doc", 2, upd("s2")).await,
+            store.compact("doc", snap(2, "s2")).await,
             Err(StoreError::CompactBehindSnapshot {
                 upto: 2,
                 snapshot_sid: 3,
@@ -1361,12 +1359,12 @@ mod tests {
         until_queued(&store, 1).await;
         let bad = tokio::spawn({
             let store = store.clone();
-            async move { store.compact("doc", 99, upd("s")).await }
+            async move { store.compact("doc", snap(99, "s")).await }
         });
         until_queued(&store, 2).await;
         let good = tokio::spawn({
             let store = store.clone();
-            async move { store.compact("doc", 2, upd("s2")).await }
+            async move { store.compact("doc", snap(2, "s2")).await }
         });
         until_queued(&store, 3).await;
         release.send(()).unwrap();
@@ -1379,88 +1377,63 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn checkpoints_follow_the_policy_and_collect_authors() {
+    async fn checkpoints_are_kept_when_asked_and_the_history_mark_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(
-            dir.path(),
-            SqliteOptions {
-                checkpoints: CheckpointPolicy {
-                    every_sids: 10,
-                    interval: Duration::from_secs(3600),
-                },
-                ..options()
-            },
-        )
-        .unwrap();
-        let author = |i: u64| ["ada", "bob", "cy"][(i % 3) as usize].to_owned();
-        for i in 1..=25u64 {
-            store
-                .append("doc", upd(&i.to_string()), &author(i))
-                .await
-                .unwrap();
+        let store = open(dir.path());
+        for i in 1..=12u64 {
+            store.append("doc", upd(&i.to_string()), "u").await.unwrap();
         }
-        // First compaction: always a checkpoint.
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
+        let with = |upto, state: &str, authors: &[&str], at| Compaction {
+            upto,
+            state: upd(state),
+            authors: names(authors),
+            checkpoint_at: at,
+        };
+        let done = store
+            .compact("doc", with(2, "s2", &["bob", "cy"], Some(1_000)))
+            .await
+            .unwrap();
+        assert_eq!(done.checkpoint, Some(2));
+        // No checkpoint: the authors are kept for the next load.
+        let done = store
+            .compact("doc", with(5, "s5", &["ada"], None))
+            .await
+            .unwrap();
+        assert_eq!(done.checkpoint, None);
+        let loaded = store.load("doc").await.unwrap().unwrap();
         assert_eq!(
-            store.compact("doc", 2, upd("s2")).await.unwrap().checkpoint,
-            Some(2)
+            loaded.history,
+            HistoryMark {
+                last_checkpoint: Some((2, 1_000)),
+                authors: names(&["ada"]),
+            }
         );
-        // Sids 3..=5: under the interval of 10, no checkpoint, authors carried over.
-        assert_eq!(
-            store.compact("doc", 5, upd("s5")).await.unwrap().checkpoint,
-            None
-        );
-        // Sids 6..=12: 10 since the last checkpoint: due.
-        assert_eq!(
-            store
-                .compact("doc", 12, upd("s12"))
-                .await
-                .unwrap()
-                .checkpoint,
-            Some(12)
-        );
+        store
+            .compact("doc", with(12, "s12", &["ada", "bob"], Some(2_000)))
+            .await
+            .unwrap();
         let list = store.checkpoints("doc").await.unwrap();
         assert_eq!(list.len(), 2);
-        // Sids 1 and 2 were written by bob and cy.
+        assert_eq!((list[0].sid, list[0].at), (2, 1_000));
+        assert_eq!(list[0].authors, names(&["bob", "cy"]));
         assert_eq!(
-            (list[0].sid, list[0].authors.clone()),
-            (2, vec!["bob".into(), "cy".into()])
+            (list[1].sid, list[1].authors.clone()),
+            (12, names(&["ada", "bob"]))
         );
-        assert_eq!(list[1].sid, 12);
-        assert_eq!(
-            list[1].authors,
-            vec!["ada".to_owned(), "bob".into(), "cy".into()]
-        );
-        assert!(list[1].at >= list[0].at);
         assert_eq!(store.checkpoint("doc", 12).await.unwrap(), Some(upd("s12")));
         assert_eq!(store.checkpoint("doc", 5).await.unwrap(), None);
         assert_eq!(store.inner.metrics.store_checkpoints.get(), 2);
         assert_eq!(store.inner.metrics.store_compactions.get(), 3);
-    }
-
-    #[tokio::test]
-    async fn checkpoints_are_due_after_the_interval() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(
-            dir.path(),
-            SqliteOptions {
-                checkpoints: CheckpointPolicy {
-                    every_sids: 1_000_000,
-                    interval: Duration::from_millis(1),
-                },
-                ..options()
-            },
-        )
-        .unwrap();
-        store.append("doc", upd("1"), "u").await.unwrap();
-        store.compact("doc", 1, upd("s1")).await.unwrap();
-        // Make the previous checkpoint old instead of waiting for the clock.
-        let conn = Connection::open(store.path()).unwrap();
-        conn.execute("UPDATE docs SET checkpoint_at = checkpoint_at - 10", [])
-            .unwrap();
-        store.append("doc", upd("2"), "u").await.unwrap();
+        store.close().await.unwrap();
+        let again = open(dir.path());
+        let loaded = again.load("doc").await.unwrap().unwrap();
         assert_eq!(
-            store.compact("doc", 2, upd("s2")).await.unwrap().checkpoint,
-            Some(2)
+            loaded.history,
+            HistoryMark {
+                last_checkpoint: Some((12, 2_000)),
+                authors: Vec::new(),
+            }
         );
     }
 

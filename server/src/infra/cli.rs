@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::auth::{DocPattern, Role};
-use crate::config::{defaults, ByteSize};
+use std::fmt;
+use std::str::FromStr;
+
+use crate::base::name::DocPattern;
+use crate::base::role::Role;
 
 /// tandem: real-time collaboration server (Yjs-compatible).
 #[derive(Debug, Parser)]
@@ -136,6 +139,112 @@ pub struct TokenArgs {
 
 fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
     humantime::parse_duration(s)
+}
+
+/// Defaults of every flag, shared by the CLI and [`Config::default_for`].
+pub mod defaults {
+    /// `--addr`.
+    pub const ADDR: &str = "127.0.0.1:8787";
+    /// `--data-dir`.
+    pub const DATA_DIR: &str = "./tandem-data";
+    /// `--max-frame-size`: 1 MiB.
+    pub const MAX_FRAME_SIZE: &str = "1MiB";
+    /// `--max-awareness-size`: 8 KiB.
+    pub const MAX_AWARENESS_SIZE: &str = "8KiB";
+    /// `--max-document-size`: 64 MiB.
+    pub const MAX_DOCUMENT_SIZE: &str = "64MiB";
+    /// `--message-rate`: messages per second per connection.
+    pub const MESSAGE_RATE: u32 = 1_000;
+    /// `--message-burst`.
+    pub const MESSAGE_BURST: u32 = 2_000;
+    /// `--connection-rate`: new connections per second per IP.
+    pub const CONNECTION_RATE: u32 = 100;
+    /// `--connection-burst`.
+    pub const CONNECTION_BURST: u32 = 1_000;
+    /// `--max-connections`.
+    pub const MAX_CONNECTIONS: usize = 25_000;
+    /// `--max-pending-updates`.
+    pub const MAX_PENDING_UPDATES: usize = 1_000;
+    /// `--checkpoint-every`: updates between version-history checkpoints.
+    pub const CHECKPOINT_EVERY: u64 = 1_000;
+    /// `--checkpoint-interval`.
+    pub const CHECKPOINT_INTERVAL: &str = "10m";
+    /// `--compact-after`: log entries that trigger compaction.
+    pub const COMPACT_AFTER: u64 = 1_000;
+    /// `--compact-after-bytes`.
+    pub const COMPACT_AFTER_BYTES: &str = "4MiB";
+}
+
+/// A size in bytes, written as a plain number or with a suffix: `B`, `KiB`/`K`, `MiB`/`M`,
+/// `GiB`/`G` (all binary, also accepted as `KB`, `MB`, `GB`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+/// `ByteSize` could not be parsed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0:?} is not a size like 65536, 64KiB or 1MiB")]
+pub struct ByteSizeError(String);
+
+impl FromStr for ByteSize {
+    type Err = ByteSizeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ByteSizeError(s.to_owned());
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            _ => return Err(bad()),
+        };
+        n.checked_mul(mult).map(ByteSize).ok_or_else(bad)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if n >= size && (n / size) * size == n {
+                return write!(f, "{}{unit}", n / size);
+            }
+        }
+        write!(f, "{n}B")
+    }
+}
+
+impl ServeArgs {
+    /// The flags with nothing given, built from [`defaults`] without reading the command line
+    /// or the environment. A test checks it against what clap produces.
+    pub fn defaults() -> ServeArgs {
+        // The default strings are constants covered by `default_for_matches_the_cli_defaults`.
+        let size = |s: &str| s.parse::<ByteSize>().unwrap_or(ByteSize(0));
+        ServeArgs {
+            addr: defaults::ADDR.to_owned(),
+            data_dir: PathBuf::from(defaults::DATA_DIR),
+            auth_secret: None,
+            database_url: None,
+            redis_url: None,
+            max_frame_size: size(defaults::MAX_FRAME_SIZE),
+            max_awareness_size: size(defaults::MAX_AWARENESS_SIZE),
+            max_document_size: size(defaults::MAX_DOCUMENT_SIZE),
+            message_rate: defaults::MESSAGE_RATE,
+            message_burst: defaults::MESSAGE_BURST,
+            connection_rate: defaults::CONNECTION_RATE,
+            connection_burst: defaults::CONNECTION_BURST,
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_pending_updates: defaults::MAX_PENDING_UPDATES,
+            checkpoint_every: defaults::CHECKPOINT_EVERY,
+            checkpoint_interval: humantime::parse_duration(defaults::CHECKPOINT_INTERVAL)
+                .unwrap_or(Duration::ZERO),
+            compact_after: defaults::COMPACT_AFTER,
+            compact_after_bytes: size(defaults::COMPACT_AFTER_BYTES),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,29 +8,41 @@
 //! starts with a fresh `snapshot` carrying `"reset": true`. `?format=yjs` carries base64 Yjs
 //! updates (`update` events) instead of JSON deltas, for CRDT clients without a WebSocket.
 //! A comment line is sent every 15 s so proxies keep the stream open.
+//!
+//! A stream is a long-lived connection like a WebSocket: admitted within the per-IP connection
+//! rate and `--max-connections`, filed under its user so `POST /admin/revoke` ends it at once,
+//! and ended at its token's expiry. It then ends with a last `close` event,
+//! `{"code": 4401, "reason": "token revoked" | "token expired"}`, so a client knows not to
+//! reconnect with the same token (a browser EventSource that does gets a 401 and stops).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use futures_util::Stream;
 use serde_json::{json, Value};
 use tandem_engine::{Change, Document};
 use tokio::sync::mpsc;
 
-use crate::api::{authorize, field_json, parse_since, snapshot_json};
-use crate::auth::Access;
-use crate::docs::{FeedItem, PresenceChange, PresenceView, Published};
-use crate::http::{ApiError, AppState};
-use crate::store::{Sid, Since, Store};
+use super::error::{ApiError, ErrorCode};
+use super::extract::parse_since;
+use super::extract::{Authorized, ReadAccess};
+use super::json::{field_json, snapshot_json};
+use super::live::{self, Live};
+use super::state::AppState;
+use crate::documents::{FeedItem, PresenceAction, PresenceChange, PresenceView, Published};
+use crate::infra::store::{Sid, Since, Store};
 
 /// Heartbeat comment interval.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Reconnection delay suggested to clients.
 const RETRY: Duration = Duration::from_secs(2);
+/// How long a stream ended by the server waits to queue its last event.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Events buffered between the stream's producer and the HTTP body.
 const STREAM_QUEUE: usize = 256;
 
@@ -174,44 +186,59 @@ async fn catch_up(
     Ok(Start::Events(out))
 }
 
-/// The event-stream handler.
-pub async fn events(
-    State(state): State<AppState>,
-    Path(doc): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    authorize(&state, &headers, query.as_deref(), &doc, Access::Read)?;
-    let format = match query.as_deref().and_then(|q| {
+/// Reads `?format=json|yjs`.
+fn parse_format(query: Option<&str>) -> Result<Format, ApiError> {
+    let format = query.and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "format")
             .map(|(_, v)| v.into_owned())
-    }) {
-        None => Format::Json,
-        Some(f) if f == "json" => Format::Json,
-        Some(f) if f == "yjs" => Format::Yjs,
-        Some(_) => {
-            return Err(ApiError::new(
-                crate::http::ErrorCode::BadRequest,
-                "format must be json or yjs",
-            ))
-        }
+    });
+    match format.as_deref() {
+        None | Some("json") => Ok(Format::Json),
+        Some("yjs") => Ok(Format::Yjs),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "format must be json or yjs",
+        )),
+    }
+}
+
+/// Reads `Last-Event-ID` (a sid), which wins over `?since=`.
+fn parse_resume(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Sid>, ApiError> {
+    match headers.get("last-event-id") {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<Sid>().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::new(ErrorCode::BadRequest, "Last-Event-ID must be a sid")),
+        None => parse_since(query),
+    }
+}
+
+/// The event that ends a stream closed by the server for `close`.
+fn close_event(close: &crate::base::close::Close) -> Event {
+    Event::default()
+        .event("close")
+        .data(json!({"code": close.code, "reason": close.reason}).to_string())
+}
+
+/// The event-stream handler.
+pub async fn events(
+    who: Authorized<ReadAccess>,
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let format = parse_format(query.as_deref())?;
+    let since = parse_resume(&headers, query.as_deref())?;
+    let admission = match live::admit(&state, peer.ip()) {
+        Ok(admission) => admission,
+        Err(refused) => return Ok(refused),
     };
-    let last_event_id = match headers.get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<Sid>().ok())
-                .ok_or_else(|| {
-                    ApiError::new(
-                        crate::http::ErrorCode::BadRequest,
-                        "Last-Event-ID must be a sid",
-                    )
-                })?,
-        ),
-        None => None,
-    };
-    let since = last_event_id.or(parse_since(query.as_deref())?);
+    let mut live = Live::register(&state, admission, &who.identity);
+    let doc = who.doc().to_owned();
     let sub = state.registry.subscribe(&doc).await?;
     let upto = sub.state.sid;
     let start = match since {
@@ -251,13 +278,12 @@ pub async fn events(
             first.push(presence_event(
                 upto,
                 &PresenceChange {
-                    action: "join",
+                    action: PresenceAction::Join,
                     view: PresenceView::clone(view),
                 },
             ));
         }
         let mut feed = sub.feed;
-        tokio::pin!(shutdown);
         let forward = async {
             for e in first {
                 if tx.send(e).await.is_err() {
@@ -286,16 +312,23 @@ pub async fn events(
             // The feed closed: this stream fell too far behind, or the document failed. The
             // client reconnects with Last-Event-ID and catches up from the log.
         };
-        tokio::select! {
-            _ = forward => {}
-            _ = &mut shutdown => {}
+        let ended = tokio::select! {
+            () = forward => None,
+            () = shutdown => None,
+            close = live.ended() => Some(close),
+        };
+        if let Some(close) = ended {
+            tracing::debug!(%doc, code = close.code, reason = %close.reason, "ending an event stream");
+            // A stream whose client stopped reading is ended all the same.
+            let _ = tokio::time::timeout(CLOSE_GRACE, tx.send(close_event(&close))).await;
         }
+        drop(live);
         metrics.sse_streams.dec();
     });
-    let stream =
-        futures_util::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|e| (Ok(e), rx)) },
-        );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat")))
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
+        .into_response())
 }

@@ -12,16 +12,28 @@
 //! - [`Store::load`] returns `Ok(None)` only for a document that was never written. Any failure
 //!   to read is an `Err`, so a caller never mistakes real data for a new, empty document.
 //! - [`Store::compact`] replaces the log up to a sid by a snapshot of the document at that sid;
-//!   `updates_since` an older sid then answers [`Since::Compacted`].
+//!   `updates_since` an older sid then answers [`Since::Compacted`]. When to compact and when
+//!   to keep a checkpoint is decided above the store (the document layer); the store only keeps
+//!   what it is given, so every backend behaves alike.
+//!
+//! What the store assumes about its writers: each document has one writer at a time on a
+//! node, its owner task, which sends one append of a document after another (never two at
+//! once) and compacts only with none of that document's appends in flight. `SqliteStore`
+//! relies on this for compaction (the snapshot must hold exactly the state at `upto`) and is
+//! one node's store. A store shared by several nodes must not: it assigns each append its sids
+//! inside the transaction that stores it (a per-document counter row locked until commit, so
+//! commit order is sid order), and serialises compactions of one document itself.
 //!
 //! Architecture invariant: the store treats updates and snapshots as opaque bytes. It knows
 //! nothing of Yjs, of the engine, or of connections.
 
 pub mod sqlite;
 
+use crate::infra::config::{Config, StorageConfig};
+use crate::infra::metrics::Metrics;
+
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -79,6 +91,34 @@ pub struct Loaded {
     pub updates: Vec<LogEntry>,
     /// The document's latest sid (the last update's, or the snapshot's when the log is empty).
     pub last_sid: Sid,
+    /// Where version history stands: the last checkpoint, and the authors of the updates
+    /// compacted since it (as the last [`Compaction`] left them).
+    pub history: HistoryMark,
+}
+
+/// Where a document's version history stands, as stored by the last compaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryMark {
+    /// The last checkpoint's sid and time (unix milliseconds), if any.
+    pub last_checkpoint: Option<(Sid, u64)>,
+    /// Authors of the updates folded into the snapshot since that checkpoint, sorted.
+    pub authors: Vec<String>,
+}
+
+/// What [`Store::compact`] stores. The caller decides (the store keeps no policy): the snapshot
+/// replaces the log up to `upto`; with `checkpoint_at`, the same state is also kept as a
+/// version-history checkpoint made at that time, crediting `authors`; without, `authors` is
+/// kept as the [`HistoryMark`] the next load returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compaction {
+    /// The sid the state includes everything up to.
+    pub upto: Sid,
+    /// The encoded state at `upto`.
+    pub state: Bytes,
+    /// Users whose updates went in since the last checkpoint, up to `upto`, sorted.
+    pub authors: Vec<String>,
+    /// Keep a checkpoint at `upto`, made at this time (unix milliseconds).
+    pub checkpoint_at: Option<u64>,
 }
 
 impl Loaded {
@@ -129,57 +169,6 @@ pub struct CheckpointInfo {
     pub at: u64,
     /// Users whose updates went in since the previous checkpoint, sorted.
     pub authors: Vec<String>,
-}
-
-/// When a document's log should be compacted into a snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CompactionPolicy {
-    /// Compact once the log holds this many entries.
-    pub after_updates: u64,
-    /// Compact once the log holds this many bytes.
-    pub after_bytes: u64,
-}
-
-impl CompactionPolicy {
-    /// Whether a log holding `entries` entries of `bytes` bytes should be compacted.
-    pub fn is_due(&self, entries: u64, bytes: u64) -> bool {
-        entries > 0 && (entries >= self.after_updates || bytes >= self.after_bytes)
-    }
-}
-
-/// When a compaction also keeps a version-history checkpoint: the first compaction of a
-/// document always does; later ones when `every_sids` sids or `interval` time have passed since
-/// the previous checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CheckpointPolicy {
-    /// Sids between checkpoints.
-    pub every_sids: u64,
-    /// Time between checkpoints.
-    pub interval: Duration,
-}
-
-impl Default for CheckpointPolicy {
-    fn default() -> Self {
-        CheckpointPolicy {
-            every_sids: 1_000,
-            interval: Duration::from_secs(600),
-        }
-    }
-}
-
-impl CheckpointPolicy {
-    /// Whether a compaction to `sid` at `now_ms` keeps a checkpoint, given the previous one
-    /// (`None` when the document has none).
-    pub fn is_due(&self, previous: Option<(Sid, u64)>, sid: Sid, now_ms: u64) -> bool {
-        match previous {
-            None => true,
-            Some((prev_sid, _)) if sid <= prev_sid => false,
-            Some((prev_sid, prev_at)) => {
-                sid - prev_sid >= self.every_sids
-                    || u128::from(now_ms.saturating_sub(prev_at)) >= self.interval.as_millis()
-            }
-        }
-    }
 }
 
 /// A failure below the store (SQLite, I/O, a network database), shared cheaply so one
@@ -274,12 +263,14 @@ pub enum StoreError {
     /// The store was closed, or its writer stopped after a fatal error.
     #[error("the store is closed")]
     Closed,
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Backend(BackendError::new(e))
-    }
+    /// The configuration names a backend this build does not drive.
+    #[error("{flag} is set, but this build of tandem cannot use it yet: {what}")]
+    BackendUnavailable {
+        /// The flag that asked for it.
+        flag: &'static str,
+        /// What is missing.
+        what: &'static str,
+    },
 }
 
 /// Durable document storage. Object-safe: the server holds an `Arc<dyn Store>`.
@@ -305,10 +296,9 @@ pub trait Store: Send + Sync + 'static {
     /// The log entries after `sid` (see [`Since`]).
     async fn updates_since(&self, doc: &str, sid: Sid) -> Result<Since, StoreError>;
 
-    /// Stores `snapshot` as the document's state at `upto` and deletes log entries up to it.
-    /// Keeps a version-history checkpoint when the store's [`CheckpointPolicy`] says so.
-    async fn compact(&self, doc: &str, upto: Sid, snapshot: Bytes)
-        -> Result<Compacted, StoreError>;
+    /// Stores the compaction's state as the document's snapshot at `upto`, deletes log entries
+    /// up to it, and keeps a checkpoint when asked (see [`Compaction`]).
+    async fn compact(&self, doc: &str, compaction: Compaction) -> Result<Compacted, StoreError>;
 
     /// The document's version-history checkpoints, oldest first.
     async fn checkpoints(&self, doc: &str) -> Result<Vec<CheckpointInfo>, StoreError>;
@@ -323,34 +313,20 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self) -> Result<(), StoreError>;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn compaction_is_due_on_either_threshold() {
-        let p = CompactionPolicy {
-            after_updates: 10,
-            after_bytes: 1000,
-        };
-        assert!(!p.is_due(0, 0));
-        assert!(!p.is_due(9, 999));
-        assert!(p.is_due(10, 0));
-        assert!(p.is_due(1, 1000));
-    }
-
-    #[test]
-    fn checkpoints_are_due_by_sids_or_time() {
-        let p = CheckpointPolicy {
-            every_sids: 100,
-            interval: Duration::from_secs(60),
-        };
-        assert!(p.is_due(None, 1, 0));
-        assert!(!p.is_due(Some((50, 1_000)), 149, 1_000));
-        assert!(p.is_due(Some((50, 1_000)), 150, 1_000));
-        assert!(!p.is_due(Some((50, 1_000)), 51, 60_999));
-        assert!(p.is_due(Some((50, 1_000)), 51, 61_000));
-        // Never twice at the same sid, however much time passed.
-        assert!(!p.is_due(Some((50, 1_000)), 50, 1_000_000));
+/// Opens the store the configuration names. Blocking (SQLite opens files): call it from
+/// `spawn_blocking` inside a runtime.
+pub fn open(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, StoreError> {
+    match config.storage() {
+        StorageConfig::Embedded { data_dir } => {
+            let options = sqlite::SqliteOptions {
+                metrics: metrics.clone(),
+                ..sqlite::SqliteOptions::default()
+            };
+            Ok(Arc::new(sqlite::SqliteStore::open(&data_dir, options)?))
+        }
+        StorageConfig::Postgres { .. } => Err(StoreError::BackendUnavailable {
+            flag: "--database-url",
+            what: "PostgreSQL storage",
+        }),
     }
 }

@@ -8,48 +8,13 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use url::Url;
 
-use crate::auth::{AuthMode, Secret};
-use crate::cli::ServeArgs;
-use crate::store::{CheckpointPolicy, CompactionPolicy};
+use std::sync::Arc;
 
-/// Defaults of every flag, shared by the CLI and [`Config::default_for`].
-pub mod defaults {
-    /// `--addr`.
-    pub const ADDR: &str = "127.0.0.1:8787";
-    /// `--data-dir`.
-    pub const DATA_DIR: &str = "./tandem-data";
-    /// `--max-frame-size`: 1 MiB.
-    pub const MAX_FRAME_SIZE: &str = "1MiB";
-    /// `--max-awareness-size`: 8 KiB.
-    pub const MAX_AWARENESS_SIZE: &str = "8KiB";
-    /// `--max-document-size`: 64 MiB.
-    pub const MAX_DOCUMENT_SIZE: &str = "64MiB";
-    /// `--message-rate`: messages per second per connection.
-    pub const MESSAGE_RATE: u32 = 1_000;
-    /// `--message-burst`.
-    pub const MESSAGE_BURST: u32 = 2_000;
-    /// `--connection-rate`: new connections per second per IP.
-    pub const CONNECTION_RATE: u32 = 100;
-    /// `--connection-burst`.
-    pub const CONNECTION_BURST: u32 = 1_000;
-    /// `--max-connections`.
-    pub const MAX_CONNECTIONS: usize = 25_000;
-    /// `--max-pending-updates`.
-    pub const MAX_PENDING_UPDATES: usize = 1_000;
-    /// `--checkpoint-every`: updates between version-history checkpoints.
-    pub const CHECKPOINT_EVERY: u64 = 1_000;
-    /// `--checkpoint-interval`.
-    pub const CHECKPOINT_INTERVAL: &str = "10m";
-    /// `--compact-after`: log entries that trigger compaction.
-    pub const COMPACT_AFTER: u64 = 1_000;
-    /// `--compact-after-bytes`.
-    pub const COMPACT_AFTER_BYTES: &str = "4MiB";
-}
+use super::cli::{ByteSize, ServeArgs};
 
 /// Why the flags do not make a usable configuration.
 #[derive(Debug, thiserror::Error)]
@@ -98,46 +63,54 @@ pub enum ConfigError {
     },
 }
 
-/// A size in bytes, written as a plain number or with a suffix: `B`, `KiB`/`K`, `MiB`/`M`,
-/// `GiB`/`G` (all binary, also accepted as `KB`, `MB`, `GB`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
+/// An empty secret cannot sign or verify tokens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the secret is empty")]
+pub struct EmptySecret;
 
-/// `ByteSize` could not be parsed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0:?} is not a size like 65536, 64KiB or 1MiB")]
-pub struct ByteSizeError(String);
+/// The server secret. Its bytes never appear in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<[u8]>);
 
-impl FromStr for ByteSize {
-    type Err = ByteSizeError;
+impl Secret {
+    /// Wraps a secret; empty secrets are refused.
+    pub fn new(bytes: impl AsRef<[u8]>) -> Result<Self, EmptySecret> {
+        let bytes = bytes.as_ref();
+        if bytes.is_empty() {
+            return Err(EmptySecret);
+        }
+        Ok(Secret(bytes.into()))
+    }
 
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || ByteSizeError(s.to_owned());
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (digits, unit) = t.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" | "kib" => 1 << 10,
-            "m" | "mb" | "mib" => 1 << 20,
-            "g" | "gb" | "gib" => 1 << 30,
-            _ => return Err(bad()),
-        };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(bad)
+    /// The secret's length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false: an empty secret cannot be constructed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The secret's bytes, to sign or verify with.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
     }
 }
 
-impl fmt::Display for ByteSize {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0;
-        for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-            if n >= size && (n / size) * size == n {
-                return write!(f, "{}{unit}", n / size);
-            }
-        }
-        write!(f, "{n}B")
+        write!(f, "Secret({} bytes)", self.0.len())
     }
+}
+
+/// How the server authenticates requests.
+#[derive(Debug, Clone)]
+pub enum AuthMode {
+    /// No secret: every request is the development identity. Only allowed on loopback.
+    Open,
+    /// Tokens signed with this secret are required.
+    Secret(Secret),
 }
 
 /// A token bucket's parameters: `per_second` tokens refill each second, up to `burst`.
@@ -166,6 +139,57 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most updates per document waiting for missing dependencies.
     pub max_pending_updates: usize,
+}
+
+/// When a document's log should be compacted into a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    /// Compact once the log holds this many entries.
+    pub after_updates: u64,
+    /// Compact once the log holds this many bytes.
+    pub after_bytes: u64,
+}
+
+impl CompactionPolicy {
+    /// Whether a log holding `entries` entries of `bytes` bytes should be compacted.
+    pub fn is_due(&self, entries: u64, bytes: u64) -> bool {
+        entries > 0 && (entries >= self.after_updates || bytes >= self.after_bytes)
+    }
+}
+
+/// When a compaction also keeps a version-history checkpoint: the first compaction of a
+/// document always does; later ones when `every_sids` sids or `interval` time have passed since
+/// the previous checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// Sids between checkpoints.
+    pub every_sids: u64,
+    /// Time between checkpoints.
+    pub interval: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            every_sids: 1_000,
+            interval: Duration::from_secs(600),
+        }
+    }
+}
+
+impl CheckpointPolicy {
+    /// Whether a compaction to `sid` at `now_ms` keeps a checkpoint, given the previous one
+    /// (`None` when the document has none).
+    pub fn is_due(&self, previous: Option<(u64, u64)>, sid: u64, now_ms: u64) -> bool {
+        match previous {
+            None => true,
+            Some((prev_sid, _)) if sid <= prev_sid => false,
+            Some((prev_sid, prev_at)) => {
+                sid - prev_sid >= self.every_sids
+                    || u128::from(now_ms.saturating_sub(prev_at)) >= self.interval.as_millis()
+            }
+        }
+    }
 }
 
 /// When documents are compacted and version history is kept.
@@ -308,7 +332,7 @@ impl Config {
     /// The configuration `tandem serve` would use with no flags, but with this data dir and
     /// an ephemeral loopback port: open development mode. Meant for tests and embedding.
     pub fn default_for(data_dir: impl Into<PathBuf>) -> Config {
-        let mut args = default_args();
+        let mut args = ServeArgs::defaults();
         args.addr = "127.0.0.1:0".to_owned();
         args.data_dir = data_dir.into();
         match Config::from_args(args) {
@@ -331,34 +355,6 @@ impl Config {
     /// Whether requests need no token (open development mode).
     pub fn is_open(&self) -> bool {
         matches!(self.auth, AuthMode::Open)
-    }
-}
-
-/// The flags of `tandem serve` with nothing given, built from [`defaults`] without reading the
-/// command line or the environment. A test checks it against what clap produces.
-fn default_args() -> ServeArgs {
-    // The default strings are constants covered by `default_for_matches_the_cli_defaults`.
-    let size = |s: &str| s.parse::<ByteSize>().unwrap_or(ByteSize(0));
-    ServeArgs {
-        addr: defaults::ADDR.to_owned(),
-        data_dir: PathBuf::from(defaults::DATA_DIR),
-        auth_secret: None,
-        database_url: None,
-        redis_url: None,
-        max_frame_size: size(defaults::MAX_FRAME_SIZE),
-        max_awareness_size: size(defaults::MAX_AWARENESS_SIZE),
-        max_document_size: size(defaults::MAX_DOCUMENT_SIZE),
-        message_rate: defaults::MESSAGE_RATE,
-        message_burst: defaults::MESSAGE_BURST,
-        connection_rate: defaults::CONNECTION_RATE,
-        connection_burst: defaults::CONNECTION_BURST,
-        max_connections: defaults::MAX_CONNECTIONS,
-        max_pending_updates: defaults::MAX_PENDING_UPDATES,
-        checkpoint_every: defaults::CHECKPOINT_EVERY,
-        checkpoint_interval: humantime::parse_duration(defaults::CHECKPOINT_INTERVAL)
-            .unwrap_or(Duration::ZERO),
-        compact_after: defaults::COMPACT_AFTER,
-        compact_after_bytes: size(defaults::COMPACT_AFTER_BYTES),
     }
 }
 
@@ -407,8 +403,11 @@ mod tests {
     fn args(extra: &[&str]) -> ServeArgs {
         use clap::Parser;
         let argv = ["tandem", "serve"].into_iter().chain(extra.iter().copied());
-        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
-            crate::cli::Command::Serve(a) => a,
+        match crate::infra::cli::Cli::try_parse_from(argv)
+            .unwrap()
+            .command
+        {
+            crate::infra::cli::Command::Serve(a) => a,
             _ => panic!("expected serve"),
         }
     }
@@ -563,5 +562,42 @@ mod tests {
         assert_eq!(ByteSize(1 << 20).to_string(), "1MiB");
         assert_eq!(ByteSize(1536).to_string(), "1536B");
         assert_eq!(ByteSize(8192).to_string(), "8KiB");
+    }
+
+    #[test]
+    fn secrets_do_not_leak_through_debug() {
+        let s = format!(
+            "{:?}",
+            Secret::new("a test secret that is long enough!").unwrap()
+        );
+        assert!(!s.contains("test secret"), "{s}");
+        assert_eq!(Secret::new(""), Err(EmptySecret));
+    }
+
+    #[test]
+    fn compaction_is_due_on_either_threshold() {
+        let p = CompactionPolicy {
+            after_updates: 10,
+            after_bytes: 1000,
+        };
+        assert!(!p.is_due(0, 0));
+        assert!(!p.is_due(9, 999));
+        assert!(p.is_due(10, 0));
+        assert!(p.is_due(1, 1000));
+    }
+
+    #[test]
+    fn checkpoints_are_due_by_sids_or_time() {
+        let p = CheckpointPolicy {
+            every_sids: 100,
+            interval: Duration::from_secs(60),
+        };
+        assert!(p.is_due(None, 1, 0));
+        assert!(!p.is_due(Some((50, 1_000)), 149, 1_000));
+        assert!(p.is_due(Some((50, 1_000)), 150, 1_000));
+        assert!(!p.is_due(Some((50, 1_000)), 51, 60_999));
+        assert!(p.is_due(Some((50, 1_000)), 51, 61_000));
+        // Never twice at the same sid, however much time passed.
+        assert!(!p.is_due(Some((50, 1_000)), 50, 1_000_000));
     }
 }

@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::http::{ApiError, AppState, ErrorCode};
+use super::error::{ApiError, ErrorCode};
+use super::state::AppState;
 
 /// The demo routes: `/`, `/sw.js`, `/demo/{file}`, `/pkg/{file}`.
 pub fn routes() -> Router<AppState> {

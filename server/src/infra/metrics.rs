@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::limits::LimitKind;
+use crate::base::limit::LimitKind;
 
 /// A monotonically increasing count.
 #[derive(Debug, Default)]

@@ -11,8 +11,8 @@
 //! the handles of one user's connections: that is how `POST /admin/revoke` reaches live
 //! WebSockets and event streams. A [`Registration`] leaves the registry when dropped.
 //!
-//! [`crate::auth::Auth`] owns the server's `Connections`; routes reach them through
-//! [`crate::auth::Auth::admit`] and [`crate::auth::Auth::register`], which also close the race
+//! [`super::auth::Auth`] owns the server's `Connections`; routes reach them through
+//! [`super::auth::Auth::admit`] and [`super::auth::Auth::register`], which also close the race
 //! between a revocation and a connection registering at the same moment.
 
 use std::collections::HashMap;
@@ -24,9 +24,10 @@ use std::time::Instant;
 use dashmap::DashMap;
 use tokio::sync::oneshot;
 
-use crate::config::Limits;
-use crate::docs::Close;
-use crate::limits::{IpRateLimiter, LimitKind};
+use super::limits::IpRateLimiter;
+use crate::base::close::Close;
+use crate::base::limit::LimitKind;
+use crate::infra::config::Limits;
 
 /// The live connections of one server. Cheap to clone.
 #[derive(Clone, Default)]
@@ -203,7 +204,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::{Config, Rate};
+    use crate::infra::config::{Config, Rate};
 
     fn limits(max_connections: usize, per_second: u32, burst: u32) -> Limits {
         Limits {

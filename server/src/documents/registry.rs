@@ -1,4 +1,4 @@
-//! The registry of loaded documents: one owner task per document.
+//! [`Registry`]: the loaded documents, one owner task each.
 //!
 //! [`Registry::join`] finds the document's task or starts one. A new task first loads the
 //! document from the store; commands sent meanwhile wait in its bounded queue, so concurrent
@@ -7,234 +7,26 @@
 //! the task removes itself from the registry and ends (the document unloads); a join racing
 //! with that is retried against a fresh task.
 
-mod task;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use dashmap::DashMap;
-use std::collections::BTreeMap;
 use tandem_engine::protocol::{ConnId, ConnInfo};
-use tandem_engine::{Change, FieldValue};
-
-use crate::store::Sid;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::store::Store;
+use super::command::{Command, JoinReply, Reply};
+use super::task::{self, Context};
+use super::{
+    ConnSink, DocError, DocState, FieldOutcome, JoinError, Subscription, SUBSCRIBER_QUEUE,
+};
+use crate::infra::config::Config;
+use crate::infra::metrics::Metrics;
+use crate::infra::store::{Sid, Store};
 
-/// Frames a document task may queue for one connection before the connection counts as a
-/// slow reader (resynced, then closed if it falls behind again). Frames are shared among the
-/// document's connections, so a queue costs a slot (32 bytes) per frame plus what only it holds.
-pub const CONNECTION_QUEUE: usize = 4096;
-/// Bytes of frames one connection's queue may hold (the same slow-reader rule).
-pub const CONNECTION_QUEUE_BYTES: usize = 4 << 20;
-/// Feed items queued for one event-stream subscriber before it is dropped as too slow (it
-/// resumes from its last event id, with no gap).
-pub const SUBSCRIBER_QUEUE: usize = 1024;
 /// Commands a document task queues before senders wait (backpressure on readers).
 const COMMAND_QUEUE: usize = 1024;
-
-/// Why a connection is being closed by the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Close {
-    /// WebSocket close code.
-    pub code: u16,
-    /// Human-readable reason (at most 123 bytes on the wire).
-    pub reason: String,
-}
-
-impl Close {
-    /// A close with `code` and `reason`.
-    pub fn new(code: u16, reason: impl Into<String>) -> Self {
-        Close {
-            code,
-            reason: reason.into(),
-        }
-    }
-}
-
-/// Where a document task sends a connection's frames, and how it tells it to close.
-#[derive(Debug)]
-pub struct ConnSink {
-    /// Outgoing frames, bounded by [`CONNECTION_QUEUE`].
-    pub frames: crate::outbox::Sender,
-    /// Fired once when the server closes the connection.
-    pub close: oneshot::Sender<Close>,
-}
-
-/// Why a connection could not join a document.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum JoinError {
-    /// Loading the document from storage failed; nothing was created.
-    #[error("the document could not be loaded")]
-    LoadFailed,
-    /// The server is shutting down.
-    #[error("the server is shutting down")]
-    ShuttingDown,
-}
-
-/// A document task's answer to a join.
-pub(crate) enum JoinReply {
-    Joined,
-    /// The task is unloading: try again with a fresh task.
-    Retry(ConnSink),
-    Failed(JoinError),
-}
-
-/// A document's current state as the HTTP API shows it.
-#[derive(Debug, Clone)]
-pub struct DocState {
-    /// Whether the document exists (has ever been written).
-    pub exists: bool,
-    /// Sequence number of the last durable update.
-    pub sid: Sid,
-    /// Text fields.
-    pub texts: BTreeMap<String, String>,
-    /// Registers.
-    pub fields: BTreeMap<String, FieldValue>,
-    /// The whole document as one Yjs update (only when asked for).
-    pub update: Option<Bytes>,
-}
-
-/// A durable update as subscribers see it.
-#[derive(Debug)]
-pub struct Published {
-    /// Its sequence number.
-    pub sid: Sid,
-    /// The update, v1 encoding.
-    pub update: Bytes,
-    /// Its author.
-    pub author: String,
-    /// What it changed (text deltas, register changes).
-    pub changes: Vec<Change>,
-}
-
-/// One user's presence as subscribers see it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PresenceView {
-    /// The user (id, name, colour as the client set them; id stamped by the server).
-    pub user: serde_json::Value,
-    /// The field the user is typing in.
-    pub typing: Option<String>,
-    /// Whether the user is viewing the document.
-    pub viewing: bool,
-}
-
-/// A presence change: `join`, `leave` or `update`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct PresenceChange {
-    /// `join`, `leave` or `update`.
-    pub action: &'static str,
-    /// The user's presence (the last known one for `leave`).
-    #[serde(flatten)]
-    pub view: PresenceView,
-}
-
-/// What a subscriber receives.
-#[derive(Debug, Clone)]
-pub enum FeedItem {
-    /// An update became durable.
-    Update(Arc<Published>),
-    /// Presence changed; the sid is the document's current one.
-    Presence(Sid, Arc<Vec<PresenceChange>>),
-}
-
-/// Subscription handed to an event stream: the state at `state.sid` and every later change.
-#[derive(Debug)]
-pub struct Subscription {
-    /// The state when the subscription started.
-    pub state: DocState,
-    /// Later changes, in order. Closes if the subscriber falls too far behind (it then
-    /// resumes from its last sid).
-    pub feed: mpsc::Receiver<FeedItem>,
-    /// Current presence, for a first `presence` listing.
-    pub presence: Vec<PresenceView>,
-}
-
-/// Why an HTTP operation on a document failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DocError {
-    /// The document does not exist.
-    #[error("no such document")]
-    NotFound,
-    /// The document could not be loaded or is shutting down.
-    #[error(transparent)]
-    Join(#[from] JoinError),
-    /// The request was refused by the document (malformed update, bad field name, range).
-    #[error("{0}")]
-    Invalid(String),
-    /// A limit was reached.
-    #[error("{0}")]
-    Limit(String),
-    /// Storing the change failed; it was not applied durably.
-    #[error("storage failure")]
-    Storage,
-}
-
-/// Result of a register write through the HTTP API.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FieldOutcome {
-    /// Written at this sid; the new state (`None` after a delete).
-    Written(Sid, Option<FieldValue>),
-    /// The expected version was stale; the current state.
-    Stale(Option<FieldValue>),
-}
-
-pub(crate) type Reply<T> = oneshot::Sender<Result<T, DocError>>;
-
-pub(crate) enum Command {
-    Read {
-        with_update: bool,
-        reply: Reply<DocState>,
-    },
-    Subscribe {
-        feed: mpsc::Sender<FeedItem>,
-        reply: Reply<(DocState, Vec<PresenceView>)>,
-    },
-    ApplyUpdate {
-        author: String,
-        update: Bytes,
-        reply: Reply<Sid>,
-    },
-    SetField {
-        user: String,
-        name: String,
-        value: Option<serde_json::Value>,
-        expected: Option<String>,
-        reply: Reply<FieldOutcome>,
-    },
-    EditText {
-        user: String,
-        field: String,
-        index: u32,
-        delete: u32,
-        insert: String,
-        reply: Reply<(Sid, String)>,
-    },
-    Join {
-        conn: ConnId,
-        info: ConnInfo,
-        sink: ConnSink,
-        reply: oneshot::Sender<JoinReply>,
-    },
-    Frame {
-        conn: ConnId,
-        frame: Bytes,
-        received: Instant,
-    },
-    Leave {
-        conn: ConnId,
-    },
-    Shutdown,
-    /// Runs a closure on the room as the document task would run an engine call (tests only:
-    /// makes the document panic).
-    #[cfg(test)]
-    Run(Box<dyn FnOnce(&mut tandem_engine::protocol::Room) + Send>),
-}
 
 #[derive(Clone)]
 struct DocHandle {
@@ -258,9 +50,7 @@ impl std::fmt::Debug for Registry {
 
 struct Shared {
     docs: DashMap<String, DocHandle>,
-    store: Arc<dyn Store>,
-    metrics: Metrics,
-    config: Arc<Config>,
+    context: Context,
     next_id: AtomicU64,
     /// Document tasks still running, and a wake-up when one ends.
     live: AtomicUsize,
@@ -320,23 +110,17 @@ impl Drop for Attached {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Registry {
     /// An empty registry over `store`.
     pub fn new(store: Arc<dyn Store>, metrics: Metrics, config: Arc<Config>) -> Self {
         Registry {
             shared: Arc::new(Shared {
                 docs: DashMap::new(),
-                store,
-                metrics,
-                config,
+                context: Context {
+                    store,
+                    metrics,
+                    config,
+                },
                 next_id: AtomicU64::new(1),
                 live: AtomicUsize::new(0),
                 ended: Notify::new(),
@@ -365,7 +149,13 @@ impl Registry {
             .or_insert_with(|| {
                 let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
-                let task = task::DocTask::new(self.clone(), doc.to_owned(), id, rx);
+                let forget = {
+                    let registry = self.clone();
+                    let doc = doc.to_owned();
+                    Box::new(move || registry.forget(&doc, id))
+                };
+                let task =
+                    task::DocTask::new(self.shared.context.clone(), doc.to_owned(), rx, forget);
                 self.shared.live.fetch_add(1, Ordering::AcqRel);
                 let registry = self.clone();
                 tokio::spawn(async move {
@@ -556,6 +346,25 @@ impl Registry {
         .await
     }
 
+    /// Hands `doc` an update another node stored at `sid`, when `doc` is loaded here: it is
+    /// applied and broadcast to this node's connections and subscribers, not stored again. A
+    /// document not loaded here has nothing to update (it loads from the store, which has the
+    /// update). Deliver each document's updates in sid order; a sid the document already has
+    /// is ignored.
+    pub async fn apply_replicated(&self, doc: &str, sid: Sid, update: Bytes, author: &str) {
+        let Some(handle) = self.shared.docs.get(doc).map(|h| h.clone()) else {
+            return;
+        };
+        let _ = handle
+            .tx
+            .send(Command::Replicated {
+                sid,
+                update,
+                author: author.to_owned(),
+            })
+            .await;
+    }
+
     /// Removes `doc` from the registry if it is still the task `id`.
     fn forget(&self, doc: &str, id: u64) {
         self.shared.docs.remove_if(doc, |_, h| h.id == id);
@@ -565,7 +374,10 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::{SqliteOptions, SqliteStore};
+    use crate::base::close::Close;
+    use crate::documents::outbox;
+    use crate::documents::{CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES};
+    use crate::infra::store::sqlite::{SqliteOptions, SqliteStore};
     use tandem_engine::protocol::{sync_frame, Role};
 
     fn writer() -> ConnInfo {
@@ -577,8 +389,8 @@ mod tests {
         }
     }
 
-    fn sink() -> (ConnSink, crate::outbox::Receiver, oneshot::Receiver<Close>) {
-        let (frames, rx) = crate::outbox::outbox(CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES);
+    fn sink() -> (ConnSink, outbox::Receiver, oneshot::Receiver<Close>) {
+        let (frames, rx) = outbox::outbox(CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES);
         let (close, closed) = oneshot::channel();
         (ConnSink { frames, close }, rx, closed)
     }

@@ -14,9 +14,10 @@
 //! - After the upgrade, as close codes browsers can see: 4400 invalid document name, 4401
 //!   missing/invalid/expired/revoked token, 4403 a token that does not reach the document.
 //! - While open: 4401 "token expired" at the token's expiry, 4401 "token revoked" within
-//!   moments of `POST /admin/revoke`, 4429 over the message rate (one token per message),
-//!   1009 a frame over `--max-frame-size`, and whatever the document task decides (limits in
-//!   the room, slow reader 4008, document failure 1011, shutdown 1001).
+//!   moments of `POST /admin/revoke`, 1009 a frame over `--max-frame-size`, and whatever the
+//!   document task decides (document size 4507, slow reader 4008, document failure 1011,
+//!   shutdown 1001). Over the message rate (one token per message) the connection is slowed,
+//!   not closed: its socket is not read until the bucket refills.
 //!
 //! A read-only token (role `read`, or a pattern that covers the document for reading only)
 //! joins as an engine `Role::Read`: it syncs and sets presence; its updates are answered with
@@ -41,11 +42,19 @@ use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::auth::{self, Access, AuthError, Identity};
-use crate::conns::Admission;
-use crate::docs::{Close, ConnSink, Registry, CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES};
-use crate::http::{ApiError, AppState};
-use crate::limits::{LimitKind, TokenBucket};
+use super::error::{ApiError, ErrorCode};
+use super::extract::{authenticate, count_refusal};
+use super::live::{self, Live, EXPIRED_REASON};
+use super::state::AppState;
+use crate::access::conns::Admission;
+use crate::access::limits::TokenBucket;
+use crate::access::token::Identity;
+use crate::base::close::{code, Close};
+use crate::base::limit::LimitKind;
+use crate::base::name::DocName;
+use crate::base::role::Access;
+use crate::documents::outbox;
+use crate::documents::{ConnSink, JoinError, Registry, CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES};
 
 /// Ping interval.
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -82,18 +91,34 @@ fn websocket_key(method: &Method, headers: &HeaderMap) -> Option<HeaderValue> {
         .flatten()
 }
 
-/// Checks a document name taken from a URL: 1 to 256 characters, no control characters.
-pub fn valid_doc_name(doc: &str) -> bool {
-    !doc.is_empty()
-        && doc.len() <= 1024
-        && doc.chars().count() <= 256
-        && !doc.chars().any(char::is_control)
-}
-
 fn wants_extensions(query: Option<&str>) -> bool {
     query.is_some_and(|q| {
         url::form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "tandem" && v != "0")
     })
+}
+
+/// Who the request is and the role it joins `doc` with, or the close that refuses it: 4400
+/// for an invalid document name, 4401 for a missing, invalid, expired or revoked token, 4403
+/// for a token that does not reach the document.
+fn admit_to_document(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    doc: &str,
+) -> Result<(Identity, Role), Close> {
+    let doc = DocName::parse(doc).map_err(|e| Close::new(code::BAD_REQUEST, e.to_string()))?;
+    let refused = |e: crate::access::token::AuthError| Close::new(e.close_code(), e.to_string());
+    let identity = authenticate(state, headers, query).map_err(refused)?;
+    if identity.check(&doc, Access::Write).is_ok() {
+        return Ok((identity, Role::Write));
+    }
+    match identity.check(&doc, Access::Read) {
+        Ok(()) => Ok((identity, Role::Read)),
+        Err(e) => {
+            count_refusal(state, &e);
+            Err(refused(e))
+        }
+    }
 }
 
 /// The upgrade handler.
@@ -112,22 +137,15 @@ pub async fn handler(
             .remove::<hyper::upgrade::OnUpgrade>(),
     ) else {
         return ApiError::new(
-            crate::http::ErrorCode::BadRequest,
+            ErrorCode::BadRequest,
             "expected a WebSocket upgrade (GET, Connection: Upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)",
         )
         .into_response();
     };
     let headers = request.headers();
-    let admission = match state
-        .auth
-        .admit(peer.ip(), &state.config.limits, Instant::now())
-    {
+    let admission = match live::admit(&state, peer.ip()) {
         Ok(admission) => admission,
-        Err(kind) => {
-            state.metrics.limit_breached(kind);
-            tracing::debug!(%peer, limit = kind.as_str(), "refusing a WebSocket handshake");
-            return ([(header::RETRY_AFTER, "1")], ApiError::from(kind)).into_response();
-        }
+        Err(refused) => return refused,
     };
     let limits = &state.config.limits;
     let config = WebSocketConfig::default()
@@ -137,37 +155,8 @@ pub async fn handler(
         // larger frame grows it while it is read.
         .read_buffer_size(1024)
         .write_buffer_size(8 * 1024);
-    let authorization = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let token = auth::token_from_request(authorization, query.as_deref()).map(|t| t.into_owned());
-    let now = auth::unix_now();
     // Errors are told after the upgrade, as close codes, which browsers can see.
-    let verdict: Result<(Identity, Role), Close> = if !valid_doc_name(&doc) {
-        Err(Close::new(4400, "invalid document name"))
-    } else {
-        let refused = |e: AuthError| {
-            if e.is_forbidden() {
-                state.metrics.auth_forbidden.inc();
-            } else {
-                state.metrics.auth_unauthorized.inc();
-            }
-            Close::new(e.close_code(), e.to_string())
-        };
-        match state.auth.authenticate(token.as_deref(), now) {
-            Err(e) => Err(refused(e)),
-            Ok(identity) => {
-                if identity.check(&doc, Access::Write).is_ok() {
-                    Ok((identity, Role::Write))
-                } else {
-                    match identity.check(&doc, Access::Read) {
-                        Ok(()) => Ok((identity, Role::Read)),
-                        Err(e) => Err(refused(e)),
-                    }
-                }
-            }
-        }
-    };
+    let verdict = admit_to_document(&state, headers, query.as_deref(), &doc);
     let extensions = wants_extensions(query.as_deref());
     let setup = Box::new(Setup {
         socket: None,
@@ -256,7 +245,6 @@ async fn serve(setup: Box<Setup>) {
         extensions,
         peer,
     } = Setup::unbox(setup);
-    let _admission: Admission = admission;
     let Some(socket) = socket else { return };
     let (identity, role) = match verdict {
         Ok(v) => v,
@@ -268,20 +256,10 @@ async fn serve(setup: Box<Setup>) {
     let metrics = state.metrics.clone();
     metrics.connections.inc();
     metrics.connections_accepted.inc();
-    let (frames_tx, mut frames_rx) =
-        crate::outbox::outbox(CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES);
+    let (frames_tx, mut frames_rx) = outbox::outbox(CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES);
     let (close_tx, mut close_rx) = oneshot::channel::<Close>();
     // Filed under the user, so a revocation closes this connection.
-    let (revoked_tx, revoked_rx) = oneshot::channel::<Close>();
-    let _registration = state.auth.register(&identity, revoked_tx);
-    let revoked = async move {
-        match revoked_rx.await {
-            Ok(close) => close,
-            // The registry dropped the handle without firing it: nothing will.
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::pin!(revoked);
+    let mut live = Live::register(&state, admission, &identity);
     let mut bucket = TokenBucket::new(state.config.limits.message_rate, Instant::now());
     let info = ConnInfo {
         role,
@@ -307,8 +285,8 @@ async fn serve(setup: Box<Setup>) {
         Ok(a) => a,
         Err(e) => {
             let code = match e {
-                crate::docs::JoinError::LoadFailed => 1011,
-                crate::docs::JoinError::ShuttingDown => 1001,
+                JoinError::LoadFailed => code::DOCUMENT_FAILED,
+                JoinError::ShuttingDown => code::GOING_AWAY,
             };
             let _ = Box::pin(sink.send(close_message(Close::new(code, e.to_string())))).await;
             metrics.connections.dec();
@@ -320,24 +298,26 @@ async fn serve(setup: Box<Setup>) {
     let start = tokio::time::Instant::now();
     let mut last_heard = start;
     // One timer for both the next ping and the token's expiry.
-    let expires_at = identity.expires_at.map(|exp| {
-        start
-            + Duration::from_millis(
-                exp.saturating_mul(1000)
-                    .saturating_sub(crate::docs::now_ms()),
-            )
-    });
+    let expires_at = live.expires_at();
     drop(identity);
     let mut next_ping = start + PING_EVERY;
-    let deadline =
-        |next_ping| expires_at.map_or(next_ping, |e: tokio::time::Instant| e.min(next_ping));
-    let mut timer = Box::pin(tokio::time::sleep_until(deadline(next_ping)));
+    // Over the message rate, the socket is not read until the bucket refills: TCP pushes back
+    // on the sender, whose burst arrives late but whole (never a close: stock clients would
+    // not come back, and a paced sender cannot exceed the rate).
+    let mut paused_until: Option<tokio::time::Instant> = None;
+    let deadline = |next_ping: tokio::time::Instant, paused: Option<tokio::time::Instant>| {
+        [expires_at, paused]
+            .into_iter()
+            .flatten()
+            .fold(next_ping, tokio::time::Instant::min)
+    };
+    let mut timer = Box::pin(tokio::time::sleep_until(deadline(next_ping, None)));
 
     let close: Option<Close> = loop {
         tokio::select! {
             biased;
             close = &mut close_rx => break close.ok(),
-            close = &mut revoked => break Some(close),
+            close = live.revoked() => break Some(close),
             frame = frames_rx.recv() => {
                 let Some(frame) = frame else { break None };
                 // Everything queued now goes out in one flush (up to WRITE_BATCH frames).
@@ -371,21 +351,25 @@ async fn serve(setup: Box<Setup>) {
                     break None;
                 }
             }
-            msg = stream.next() => {
+            msg = stream.next(), if paused_until.is_none() => {
                 last_heard = tokio::time::Instant::now();
                 let counted = matches!(&msg, Some(Ok(m)) if !matches!(m, Message::Close(_)));
-                if counted && !bucket.try_take(Instant::now()) {
-                    metrics.limit_breached(LimitKind::MessageRate);
-                    break Some(LimitKind::MessageRate.close());
+                if counted {
+                    let wait = bucket.take(Instant::now());
+                    if !wait.is_zero() {
+                        metrics.limit_breached(LimitKind::MessageRate);
+                        paused_until = Some(last_heard + wait);
+                        timer.as_mut().reset(deadline(next_ping, paused_until));
+                    }
                 }
                 match msg {
                     Some(Ok(Message::Binary(data))) => {
                         if !attached.frame(data).await {
-                            break Some(Close::new(1011, "document closed"));
+                            break Some(Close::new(code::DOCUMENT_FAILED, "document closed"));
                         }
                     }
                     Some(Ok(Message::Text(_))) => {
-                        break Some(Close::new(1003, "binary frames only"));
+                        break Some(Close::new(code::TEXT_FRAME, "binary frames only"));
                     }
                     Some(Ok(Message::Close(_))) | None => break None,
                     Some(Ok(_)) => {} // ping/pong: liveness only
@@ -395,25 +379,28 @@ async fn serve(setup: Box<Setup>) {
                     }
                     Some(Err(e)) => {
                         tracing::debug!(%peer, cause = %e, "WebSocket read error");
-                        break Some(Close::new(1002, "malformed WebSocket frame"));
+                        break Some(Close::new(code::MALFORMED_FRAME, "malformed WebSocket frame"));
                     }
                 }
             }
             _ = timer.as_mut() => {
                 let now = tokio::time::Instant::now();
+                if paused_until.is_some_and(|p| now >= p) {
+                    paused_until = None;
+                }
                 if expires_at.is_some_and(|e| now >= e) {
-                    break Some(Close::new(auth::CLOSE_UNAUTHORIZED, "token expired"));
+                    break Some(Close::new(code::UNAUTHORIZED, EXPIRED_REASON));
                 }
                 if now >= next_ping {
                     if last_heard.elapsed() >= SILENCE_LIMIT {
-                        break Some(Close::new(1001, "no pong within 30 s"));
+                        break Some(Close::new(code::GOING_AWAY, "no pong within 30 s"));
                     }
                     if sink.send(Message::Ping(Bytes::new())).await.is_err() {
                         break None;
                     }
                     next_ping = now + PING_EVERY;
                 }
-                timer.as_mut().reset(deadline(next_ping));
+                timer.as_mut().reset(deadline(next_ping, paused_until));
             }
         }
     };
@@ -433,6 +420,7 @@ async fn serve(setup: Box<Setup>) {
         }
     }
     let _ = Box::pin(sink.close()).await;
+    drop(live);
     metrics.connections.dec();
     tracing::debug!(%peer, %doc, ?close, "disconnected");
 }

@@ -1,0 +1,76 @@
+//! The commands a document's owner task takes, and their replies.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use tandem_engine::protocol::{ConnId, ConnInfo};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ConnSink, DocError, DocState, FeedItem, FieldOutcome, JoinError, PresenceView};
+use crate::infra::store::Sid;
+
+/// A document task's answer to a join.
+pub(super) enum JoinReply {
+    Joined,
+    /// The task is unloading: try again with a fresh task.
+    Retry(ConnSink),
+    Failed(JoinError),
+}
+
+pub(super) type Reply<T> = oneshot::Sender<Result<T, DocError>>;
+
+pub(super) enum Command {
+    Read {
+        with_update: bool,
+        reply: Reply<DocState>,
+    },
+    Subscribe {
+        feed: mpsc::Sender<FeedItem>,
+        reply: Reply<(DocState, Vec<PresenceView>)>,
+    },
+    ApplyUpdate {
+        author: String,
+        update: Bytes,
+        reply: Reply<Sid>,
+    },
+    SetField {
+        user: String,
+        name: String,
+        value: Option<serde_json::Value>,
+        expected: Option<String>,
+        reply: Reply<FieldOutcome>,
+    },
+    EditText {
+        user: String,
+        field: String,
+        index: u32,
+        delete: u32,
+        insert: String,
+        reply: Reply<(Sid, String)>,
+    },
+    Join {
+        conn: ConnId,
+        info: ConnInfo,
+        sink: ConnSink,
+        reply: oneshot::Sender<JoinReply>,
+    },
+    Frame {
+        conn: ConnId,
+        frame: Bytes,
+        received: Instant,
+    },
+    Leave {
+        conn: ConnId,
+    },
+    /// An update another node stored at `sid` (see `Registry::apply_replicated`).
+    Replicated {
+        sid: Sid,
+        update: Bytes,
+        author: String,
+    },
+    Shutdown,
+    /// Runs a closure on the room as the document task would run an engine call (tests only:
+    /// makes the document panic).
+    #[cfg(test)]
+    Run(Box<dyn FnOnce(&mut tandem_engine::protocol::Room) + Send>),
+}

@@ -1,0 +1,154 @@
+//! The document layer: the documents loaded in memory, each with one owner task, and what
+//! they answer.
+//!
+//! - [`registry`]: [`Registry`], the loaded documents by name. [`Registry::join`] attaches a
+//!   connection; the HTTP operations (`read`, `subscribe`, `apply_update`, `set_field`,
+//!   `edit_text`) are commands to the owner task.
+//! - `task`: the owner task of one document: loads it, runs its command loop over the engine's
+//!   `Room`, unloads it when idle.
+//! - `fanout`: the document's connections and the frames for them: one push per connection per
+//!   batch, slow readers resynced then closed.
+//! - `commit`: the commit pipeline: accepted updates queued, stored one batch in flight at a
+//!   time, acknowledged once durable.
+//! - `feed`: event-stream subscribers: durable changes and presence, in sid order.
+//! - `compaction`: when the log is folded into a snapshot, and the checkpoint bookkeeping.
+//! - [`outbox`]: a connection's bounded outbound frame queue.
+//! - [`refusal`]: how an engine refusal is answered (close code, limit counted).
+//!
+//! Architecture invariant: a document is mutated only by its owner task; nothing here holds a
+//! lock across `.await`, and nothing here speaks HTTP or authenticates.
+
+mod command;
+mod commit;
+mod compaction;
+mod fanout;
+mod feed;
+pub mod outbox;
+pub mod refusal;
+mod registry;
+mod task;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tandem_engine::{Change, FieldValue};
+use tokio::sync::{mpsc, oneshot};
+
+pub use registry::{Attached, Registry};
+
+use crate::base::close::Close;
+use crate::infra::store::Sid;
+
+/// Frames a document task may queue for one connection before the connection counts as a
+/// slow reader (resynced, then closed if it falls behind again). Frames are shared among the
+/// document's connections, so a queue costs a slot (32 bytes) per frame plus what only it holds.
+pub const CONNECTION_QUEUE: usize = 4096;
+/// Bytes of frames one connection's queue may hold (the same slow-reader rule).
+pub const CONNECTION_QUEUE_BYTES: usize = 4 << 20;
+/// Feed items queued for one event-stream subscriber before it is dropped as too slow (it
+/// resumes from its last event id, with no gap).
+pub const SUBSCRIBER_QUEUE: usize = 1024;
+
+/// Where a document task sends a connection's frames, and how it tells it to close.
+#[derive(Debug)]
+pub struct ConnSink {
+    /// Outgoing frames, bounded by [`CONNECTION_QUEUE`].
+    pub frames: outbox::Sender,
+    /// Fired once when the server closes the connection.
+    pub close: oneshot::Sender<Close>,
+}
+
+/// Why a connection could not join a document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// Loading the document from storage failed; nothing was created.
+    #[error("the document could not be loaded")]
+    LoadFailed,
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// A document's current state as the HTTP API shows it.
+#[derive(Debug, Clone)]
+pub struct DocState {
+    /// Whether the document exists (has ever been written).
+    pub exists: bool,
+    /// Sequence number of the last durable update.
+    pub sid: Sid,
+    /// Text fields.
+    pub texts: BTreeMap<String, String>,
+    /// Registers.
+    pub fields: BTreeMap<String, FieldValue>,
+    /// The whole document as one Yjs update (only when asked for).
+    pub update: Option<Bytes>,
+}
+
+/// A durable update as subscribers see it.
+#[derive(Debug)]
+pub struct Published {
+    /// Its sequence number.
+    pub sid: Sid,
+    /// The update, v1 encoding.
+    pub update: Bytes,
+    /// Its author.
+    pub author: String,
+    /// What it changed (text deltas, register changes).
+    pub changes: Vec<Change>,
+}
+
+/// One user's presence as subscribers see it (the engine's one rule for presence).
+pub use tandem_engine::presence::UserPresence as PresenceView;
+/// A presence change: `join`, `leave` or `update` with the user's presence.
+pub use tandem_engine::presence::{PresenceAction, PresenceChange};
+
+/// What a subscriber receives.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    /// An update became durable.
+    Update(Arc<Published>),
+    /// Presence changed; the sid is the document's current one.
+    Presence(Sid, Arc<Vec<PresenceChange>>),
+}
+
+/// Subscription handed to an event stream: the state at `state.sid` and every later change.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The state when the subscription started.
+    pub state: DocState,
+    /// Later changes, in order. Closes if the subscriber falls too far behind (it then
+    /// resumes from its last sid).
+    pub feed: mpsc::Receiver<FeedItem>,
+    /// Current presence, for a first `presence` listing.
+    pub presence: Vec<PresenceView>,
+}
+
+/// Why an HTTP operation on a document failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DocError {
+    /// The document does not exist.
+    #[error("no such document")]
+    NotFound,
+    /// The document could not be loaded or is shutting down.
+    #[error(transparent)]
+    Join(#[from] JoinError),
+    /// The request was refused by the document (malformed update, bad field name, range).
+    #[error("{0}")]
+    Invalid(String),
+    /// A limit was reached.
+    #[error("{0}")]
+    Limit(String),
+    /// Storing the change failed; it was not applied durably.
+    #[error("storage failure")]
+    Storage,
+}
+
+/// Result of a register write through the HTTP API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldOutcome {
+    /// Written at this sid; the new state (`None` after a delete).
+    Written(Sid, Option<FieldValue>),
+    /// The expected version was stale; the current state.
+    Stale(Option<FieldValue>),
+}

@@ -1,0 +1,650 @@
+//! The owner task of one loaded document: loads it, then runs the command loop over its
+//! engine [`Room`] until the document unloads.
+//!
+//! Each turn handles up to [`COMMAND_BATCH`] waiting commands, then flushes what they produced
+//! to the connections ([`super::fanout`]), starts storing what was accepted
+//! ([`super::commit`]), and compacts when due ([`super::compaction`]). Durable updates are
+//! acknowledged and published to event streams ([`super::feed`]). A panic inside an engine call
+//! fails only this document: its connections are closed (1011) and the next one reloads it.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tandem_engine::protocol::{self, ConnId, FieldWrite, Limits, Output, Room};
+use tandem_engine::{Document, ProtocolError};
+use tokio::sync::mpsc;
+
+use super::command::{Command, JoinReply};
+use super::commit::{Commit, Waiter};
+use super::compaction::{self, History, Log};
+use super::fanout::{self, Behind, Fanout};
+use super::feed::Feed;
+use super::refusal::protocol_error_close;
+use super::{DocError, DocState, FeedItem, FieldOutcome, JoinError, Published};
+use crate::base::clock::now_ms;
+use crate::base::close::{code, Close};
+use crate::base::limit::LimitKind;
+use crate::infra::config::Config;
+use crate::infra::metrics::Metrics;
+use crate::infra::store::{NewUpdate, Sid, Store, StoreError};
+
+/// Commands handled before the produced frames are flushed to the connections.
+const COMMAND_BATCH: usize = 64;
+/// How often awareness states are swept for expiry.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// What a document task needs from the server.
+#[derive(Clone)]
+pub(super) struct Context {
+    pub store: Arc<dyn Store>,
+    pub metrics: Metrics,
+    pub config: Arc<Config>,
+}
+
+/// Takes the document out of the registry (called once, when it stops taking commands).
+pub(super) type Forget = Box<dyn FnOnce() + Send + Sync>;
+
+pub(super) struct DocTask {
+    ctx: Context,
+    name: String,
+    rx: mpsc::Receiver<Command>,
+    forget: Option<Forget>,
+}
+
+/// A document as loaded from the store.
+struct Loaded {
+    /// Whether the store had the document.
+    exists: bool,
+    room: Room,
+    last_sid: Sid,
+    /// The log since the last snapshot.
+    log: Log,
+    /// Version history since the last checkpoint.
+    history: History,
+}
+
+impl DocTask {
+    pub(super) fn new(
+        ctx: Context,
+        name: String,
+        rx: mpsc::Receiver<Command>,
+        forget: Forget,
+    ) -> Self {
+        DocTask {
+            ctx,
+            name,
+            rx,
+            forget: Some(forget),
+        }
+    }
+
+    /// Leaves the registry: commands sent from now on go to a fresh task.
+    fn forget(&mut self) {
+        if let Some(forget) = self.forget.take() {
+            forget();
+        }
+    }
+
+    fn limits(config: &Config) -> Limits {
+        let l = &config.limits;
+        Limits {
+            max_frame: l.max_frame_bytes,
+            max_awareness_state: l.max_awareness_bytes,
+            max_pending: l.max_pending_updates,
+            max_document: l.max_document_bytes,
+            ..Limits::default()
+        }
+    }
+
+    async fn load(&self, ctx: &Context) -> Result<Loaded, StoreError> {
+        let stored = ctx.store.load(&self.name).await?;
+        let mut doc = Document::new(fastrand::u64(1..tandem_engine::wire::MAX_SAFE_INTEGER));
+        let limits = Self::limits(&ctx.config);
+        let Some(stored) = stored else {
+            return Ok(Loaded {
+                exists: false,
+                room: Room::new(doc, limits),
+                last_sid: 0,
+                log: Log::default(),
+                history: History::default(),
+            });
+        };
+        let corrupt = |detail: String| StoreError::Corrupt {
+            doc: self.name.clone(),
+            detail,
+        };
+        if let Some(snapshot) = &stored.snapshot {
+            doc.apply_update(&snapshot.state, None)
+                .map_err(|e| corrupt(format!("snapshot at sid {}: {e}", snapshot.sid)))?;
+        }
+        for entry in &stored.updates {
+            doc.apply_update(&entry.update, None)
+                .map_err(|e| corrupt(format!("update at sid {}: {e}", entry.sid)))?;
+        }
+        Ok(Loaded {
+            exists: true,
+            room: Room::new(doc, limits),
+            last_sid: stored.last_sid,
+            log: Log {
+                entries: stored.updates.len() as u64,
+                bytes: stored.log_bytes(),
+            },
+            history: History::loaded(stored.history, &stored.updates),
+        })
+    }
+
+    pub(super) async fn run(mut self) {
+        let ctx = self.ctx.clone();
+        let metrics = ctx.metrics.clone();
+        let loaded = match self.load(&ctx).await {
+            Ok(l) => {
+                metrics.document_loads.inc();
+                l
+            }
+            Err(e) => {
+                metrics.document_load_failures.inc();
+                tracing::error!(doc = %self.name, cause = %e, "document load failed");
+                self.forget();
+                self.refuse_all(JoinError::LoadFailed).await;
+                return;
+            }
+        };
+        metrics.documents_loaded.inc();
+        let mut doc = Running {
+            name: self.name.clone(),
+            commit: Commit::new(Arc::clone(&ctx.store), metrics.clone(), loaded.last_sid),
+            ctx,
+            room: loaded.room,
+            exists: loaded.exists,
+            log: loaded.log,
+            history: loaded.history,
+            fanout: Fanout::default(),
+            feed: Feed::default(),
+            failed: false,
+            shutting_down: false,
+        };
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => {
+                        doc.command(cmd);
+                        // Whatever else is already waiting joins this batch (bounded, so
+                        // storage and timers still get their turn).
+                        for _ in 1..COMMAND_BATCH {
+                            match self.rx.try_recv() {
+                                Ok(cmd) => doc.command(cmd),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                result = doc.commit.stored(), if doc.commit.in_flight() => doc.stored(result),
+                _ = sweep.tick() => doc.sweep(),
+            }
+            doc.flush();
+            if !doc.commit.in_flight() {
+                doc.submit();
+                if !doc.commit.in_flight() {
+                    doc.compact_if_due().await;
+                }
+            }
+            let idle = doc.fanout.is_empty() && doc.feed.is_empty() && doc.commit.is_idle();
+            if idle || (doc.failed && !doc.commit.in_flight()) {
+                doc.compact_if_due().await;
+                break;
+            }
+        }
+        // Unload: leave the registry, then send whatever is still queued to a fresh task.
+        self.forget();
+        self.rx.close();
+        while let Some(cmd) = self.rx.recv().await {
+            if let Command::Join { sink, reply, .. } = cmd {
+                let _ = reply.send(JoinReply::Retry(sink));
+            }
+        }
+        metrics.documents_loaded.dec();
+        metrics.document_unloads.inc();
+        tracing::debug!(doc = %self.name, "document unloaded");
+    }
+
+    /// The load failed: answers every queued command with `error`.
+    async fn refuse_all(&mut self, error: JoinError) {
+        self.rx.close();
+        while let Some(cmd) = self.rx.recv().await {
+            let failed = DocError::Join(error.clone());
+            match cmd {
+                Command::Join { reply, .. } => {
+                    let _ = reply.send(JoinReply::Failed(error.clone()));
+                }
+                Command::Read { reply, .. } => drop(reply.send(Err(failed))),
+                Command::Subscribe { reply, .. } => drop(reply.send(Err(failed))),
+                Command::ApplyUpdate { reply, .. } => drop(reply.send(Err(failed))),
+                Command::SetField { reply, .. } => drop(reply.send(Err(failed))),
+                Command::EditText { reply, .. } => drop(reply.send(Err(failed))),
+                Command::Replicated { .. }
+                | Command::Frame { .. }
+                | Command::Leave { .. }
+                | Command::Shutdown => {}
+                #[cfg(test)]
+                Command::Run(_) => {}
+            }
+        }
+    }
+}
+
+/// A loaded document and everything its owner task keeps for it.
+struct Running {
+    name: String,
+    ctx: Context,
+    room: Room,
+    /// Whether the document has ever been written.
+    exists: bool,
+    fanout: Fanout,
+    commit: Commit,
+    feed: Feed,
+    log: Log,
+    history: History,
+    /// Set after a storage failure or a panic: the document stops serving and unloads.
+    failed: bool,
+    shutting_down: bool,
+}
+
+impl Running {
+    fn command(&mut self, cmd: Command) {
+        let now = now_ms();
+        match cmd {
+            Command::Join {
+                conn,
+                info,
+                sink,
+                reply,
+            } => {
+                if self.failed || self.shutting_down {
+                    let _ = reply.send(JoinReply::Retry(sink));
+                    return;
+                }
+                self.fanout.add(conn, info.clone(), sink);
+                let out = self.guarded(|room| room.join(conn, info, now));
+                let _ = reply.send(JoinReply::Joined);
+                if let Some(out) = out {
+                    self.dispatch(out, None);
+                }
+            }
+            Command::Frame {
+                conn,
+                frame,
+                received,
+            } => {
+                if !self.fanout.contains(conn) {
+                    return;
+                }
+                self.ctx.metrics.bytes_received.add(frame.len() as u64);
+                if let Some(out) = self.guarded(|room| room.handle(conn, &frame, now)) {
+                    self.dispatch(out, Some((conn, received)));
+                }
+            }
+            Command::Leave { conn } => {
+                if self.fanout.remove(conn) {
+                    if let Some(out) = self.guarded(|room| room.leave(conn, now)) {
+                        self.dispatch(out, None);
+                    }
+                }
+            }
+            Command::Read { with_update, reply } => {
+                let result = if self.exists {
+                    Ok(self.state(with_update))
+                } else {
+                    Err(DocError::NotFound)
+                };
+                let _ = reply.send(result);
+            }
+            Command::Subscribe { feed, reply } => {
+                if !self.exists {
+                    let _ = reply.send(Err(DocError::NotFound));
+                    return;
+                }
+                let presence = self.feed.subscribe(feed, &mut self.room, now);
+                let _ = reply.send(Ok((self.state(false), presence)));
+            }
+            Command::ApplyUpdate {
+                author,
+                update,
+                reply,
+            } => {
+                let result = self.guarded(|room| room.apply_update(&update, Some(&author), now));
+                match result {
+                    None => drop(reply.send(Err(DocError::Storage))),
+                    Some(Err(e)) => drop(reply.send(Err(refused(e)))),
+                    Some(Ok(mut out)) => match out.error.take() {
+                        Some(e) => {
+                            let _ = reply.send(Err(refused(e)));
+                            self.dispatch(out, None);
+                        }
+                        None => {
+                            self.dispatch(out, None);
+                            self.when_durable(Box::new(move |r| drop(reply.send(r))));
+                        }
+                    },
+                }
+            }
+            Command::SetField {
+                user,
+                name,
+                value,
+                expected,
+                reply,
+            } => {
+                if let Err(e) = tandem_engine::document::check_name(&name) {
+                    let _ = reply.send(Err(DocError::Invalid(e.to_string())));
+                    return;
+                }
+                let result = self
+                    .guarded(|room| room.set_field(&user, &name, value, expected.as_deref(), now));
+                match result {
+                    None => drop(reply.send(Err(DocError::Storage))),
+                    Some(Err(e)) => drop(reply.send(Err(refused(e)))),
+                    Some(Ok((FieldWrite::Rejected(current), _))) => {
+                        let _ = reply.send(Ok(FieldOutcome::Stale(current)));
+                    }
+                    Some(Ok((FieldWrite::Accepted(state), out))) => {
+                        self.dispatch(out, None);
+                        self.when_durable(Box::new(move |r| {
+                            drop(reply.send(r.map(|sid| FieldOutcome::Written(sid, state))))
+                        }));
+                    }
+                }
+            }
+            Command::EditText {
+                user,
+                field,
+                index,
+                delete,
+                insert,
+                reply,
+            } => {
+                let result =
+                    self.guarded(|room| room.edit_text(&user, &field, index, delete, &insert, now));
+                match result {
+                    None => drop(reply.send(Err(DocError::Storage))),
+                    Some(Err(e)) => drop(reply.send(Err(refused(e)))),
+                    Some(Ok(out)) => {
+                        self.dispatch(out, None);
+                        let text = self.room.document().text(&field).unwrap_or_default();
+                        self.when_durable(Box::new(move |r| {
+                            drop(reply.send(r.map(|sid| (sid, text))))
+                        }));
+                    }
+                }
+            }
+            Command::Replicated {
+                sid,
+                update,
+                author,
+            } => self.replicated(sid, update, author, now),
+            #[cfg(test)]
+            Command::Run(f) => {
+                self.guarded(f);
+            }
+            Command::Shutdown => {
+                self.shutting_down = true;
+                for id in self.fanout.ids() {
+                    self.close(id, Close::new(code::GOING_AWAY, "server shutting down"));
+                }
+            }
+        }
+    }
+
+    /// An update stored by another node, at `sid`: applied and broadcast to this document's
+    /// connections and subscribers, not stored again. Ignored when this document already has
+    /// that sid (a duplicate delivery).
+    fn replicated(&mut self, sid: Sid, update: Bytes, author: String, now: u64) {
+        if sid <= self.commit.last_sid() {
+            return;
+        }
+        let author_ref = (!author.is_empty()).then_some(author.as_str());
+        let Some(result) = self.guarded(|room| room.apply_update(&update, author_ref, now)) else {
+            return;
+        };
+        let mut out = match result {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::error!(doc = %self.name, sid, cause = %e, "a replicated update was refused");
+                return;
+            }
+        };
+        self.fanout.queue(std::mem::take(&mut out.messages), None);
+        self.exists = true;
+        self.commit.advance(sid);
+        let changes = out.accepted.into_iter().flat_map(|a| a.changes).collect();
+        if !self.feed.is_empty() {
+            let item = FeedItem::Update(Arc::new(Published {
+                sid,
+                update,
+                author,
+                changes,
+            }));
+            self.feed.publish(item, &mut self.room);
+        }
+    }
+
+    /// Runs an engine call, isolating a panic: the document is then dropped (its connections
+    /// closed) and reloaded from storage by the next connection.
+    fn guarded<T>(&mut self, f: impl FnOnce(&mut Room) -> T) -> Option<T> {
+        if self.failed {
+            return None;
+        }
+        match catch_unwind(AssertUnwindSafe(|| f(&mut self.room))) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::error!(doc = %self.name, "document panicked; unloading it");
+                self.ctx.metrics.document_panics.inc();
+                self.fail("document failed; reconnect to reload it");
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, reason: &str) {
+        self.failed = true;
+        self.commit.drop_queue();
+        self.feed.clear();
+        for id in self.fanout.ids() {
+            self.close(id, Close::new(code::DOCUMENT_FAILED, reason));
+        }
+    }
+
+    fn close(&mut self, conn: ConnId, close: Close) {
+        if self.fanout.close(conn, close) && !self.failed {
+            let now = now_ms();
+            if let Some(out) = self.guarded(|room| room.leave(conn, now)) {
+                self.dispatch(out, None);
+            }
+        }
+    }
+
+    /// Takes what the room produced: frames wait in the fan-out until [`Running::flush`],
+    /// accepted updates are queued for storage, presence changes go to subscribers.
+    fn dispatch(&mut self, out: Output, from: Option<(ConnId, Instant)>) {
+        // Limits the room enforces without closing anyone: counted here.
+        for _ in 0..out.dropped_awareness {
+            self.ctx.metrics.limit_breached(LimitKind::AwarenessSize);
+        }
+        for _ in 0..out.dropped_updates {
+            self.ctx.metrics.limit_breached(LimitKind::PendingUpdates);
+        }
+        self.fanout.queue(out.messages, from.map(|(_, at)| at));
+        for accepted in out.accepted {
+            self.ctx.metrics.updates.inc();
+            let seq = self.fanout.count_update(accepted.conn);
+            self.exists = true;
+            let update = NewUpdate {
+                update: accepted.update,
+                author: accepted.author.unwrap_or_default(),
+            };
+            self.commit
+                .push(accepted.conn, seq, update, accepted.changes);
+        }
+        if out.presence_changed {
+            let sid = self.commit.last_sid();
+            self.feed.presence_changed(&mut self.room, sid, now_ms());
+        }
+        if let (Some(err), Some((conn, _))) = (out.error, from) {
+            tracing::info!(doc = %self.name, conn, cause = %err, "closing a connection after a protocol error");
+            let close = protocol_error_close(&err, &self.ctx.metrics);
+            self.close(conn, close);
+        }
+    }
+
+    /// Hands every frame produced since the last flush to its connections; connections whose
+    /// queues were full are resynced or closed ([`super::fanout`]).
+    fn flush(&mut self) {
+        // Closing a slow reader broadcasts its presence removal: flush again for that.
+        while self.fanout.has_outgoing() {
+            for id in self.fanout.flush(&self.ctx.metrics) {
+                self.behind(id);
+            }
+        }
+    }
+
+    fn behind(&mut self, id: ConnId) {
+        let now = Instant::now();
+        match self.fanout.behind(id, now) {
+            None => {}
+            Some(Behind::Close) => {
+                self.ctx.metrics.slow_reader_closes.inc();
+                tracing::info!(doc = %self.name, conn = id, "closing a slow reader");
+                self.close(id, fanout::slow_reader_close());
+            }
+            Some(Behind::Resync(ack)) => {
+                let Some(out) = self.guarded(|room| room.resync(id)) else {
+                    return;
+                };
+                let mut frames: Vec<Bytes> = out.into_iter().map(|o| o.frame).collect();
+                if let Some((count, sid)) = ack {
+                    frames.push(protocol::ack_frame(count, sid));
+                }
+                self.ctx.metrics.slow_reader_resyncs.inc();
+                tracing::info!(doc = %self.name, conn = id, "resyncing a slow reader");
+                self.fanout.resync(id, frames, now);
+            }
+        }
+    }
+
+    /// Starts storing the queued updates as one batch, when none is in flight.
+    fn submit(&mut self) {
+        if !self.failed {
+            let bytes = self.commit.submit(&self.name);
+            if bytes > 0 {
+                self.log.bytes += bytes;
+            }
+        }
+    }
+
+    /// A batch finished storing: ack its senders and publish it, or fail the document.
+    fn stored(&mut self, result: Result<crate::infra::store::SidRange, StoreError>) {
+        if let Err(e) = &result {
+            tracing::error!(doc = %self.name, cause = %e, "storing updates failed");
+        }
+        let failed = result.is_err();
+        let durable = self.commit.finish(result);
+        if failed {
+            self.fail("storage failure; reconnect to resync");
+            return;
+        }
+        self.log.entries += durable.len() as u64;
+        // The last update of each connection in the batch is acked (acks count updates).
+        let mut last_of: Vec<(ConnId, u64, Sid)> = Vec::new();
+        for d in durable {
+            self.history.wrote(&d.update.author);
+            if let Some((conn, seq)) = d.conn {
+                match last_of.iter_mut().find(|(c, _, _)| *c == conn) {
+                    Some(entry) => *entry = (conn, seq, d.sid),
+                    None => last_of.push((conn, seq, d.sid)),
+                }
+            }
+            if !self.feed.is_empty() {
+                let item = FeedItem::Update(Arc::new(Published {
+                    sid: d.sid,
+                    update: d.update.update,
+                    author: d.update.author,
+                    changes: d.changes,
+                }));
+                self.feed.publish(item, &mut self.room);
+            }
+        }
+        for (conn, count, sid) in last_of {
+            self.fanout.ack(conn, count, sid);
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = now_ms();
+        self.feed.sweep(&mut self.room);
+        if let Some(out) = self.guarded(|room| room.tick(now)) {
+            self.dispatch(out, None);
+        }
+        // Typing states time out without a message: publish what that changed.
+        let sid = self.commit.last_sid();
+        self.feed.presence_changed(&mut self.room, sid, now);
+    }
+
+    /// Answers `waiter` once the update the current command queued (and all before it) is
+    /// durable.
+    fn when_durable(&mut self, waiter: Waiter) {
+        if self.failed {
+            waiter(Err(DocError::Storage));
+        } else {
+            self.commit.when_durable(waiter);
+        }
+    }
+
+    fn state(&self, with_update: bool) -> DocState {
+        let doc = self.room.document();
+        DocState {
+            exists: self.exists,
+            sid: self.commit.last_sid(),
+            texts: doc.texts(),
+            fields: doc.fields(),
+            update: with_update.then(|| Bytes::from(doc.encode_state())),
+        }
+    }
+
+    /// Folds the log into a snapshot when the policy says so. Only called with nothing in
+    /// flight, so the snapshot is exactly the state at the last durable sid.
+    async fn compact_if_due(&mut self) {
+        let policies = &self.ctx.config.history;
+        let sid = self.commit.last_sid();
+        if self.failed || sid == 0 || !self.log.is_due(&policies.compaction) {
+            return;
+        }
+        let done = compaction::compact(
+            &self.ctx.store,
+            &self.name,
+            &self.room,
+            sid,
+            &mut self.log,
+            &mut self.history,
+            &policies.checkpoints,
+            now_ms(),
+        )
+        .await;
+        if done {
+            self.room.compacted();
+        }
+    }
+}
+
+/// Maps an engine refusal to the HTTP-facing error.
+fn refused(e: ProtocolError) -> DocError {
+    match e {
+        ProtocolError::TooManyPending(_) | ProtocolError::DocumentTooLarge(_) => {
+            DocError::Limit(e.to_string())
+        }
+        other => DocError::Invalid(other.to_string()),
+    }
+}

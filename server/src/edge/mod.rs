@@ -1,0 +1,26 @@
+//! The HTTP edge: everything that speaks HTTP, WebSocket or SSE, above the document layer.
+//!
+//! - [`state`]: [`state::AppState`], the handles every route reaches.
+//! - [`error`]: [`error::ApiError`], the one error type every route answers with (`{"error":
+//!   code, "message": text}`, the cause logged, never sent).
+//! - [`extract`]: [`extract::Authorized`], the one way every route authenticates, and
+//!   [`extract::Stream`], the admission and revocation handle of every long-lived response.
+//! - [`json`]: how documents and registers look in JSON.
+//! - [`router`]: [`router::app`], every route, `/healthz`, `/metrics`.
+//! - [`serve`]: [`serve::run`], what `tandem serve` calls.
+//! - Routes: [`ws`] (`/ws/{doc}`), [`sse`] (`/docs/{doc}/events`), [`documents`] (the other
+//!   document routes), [`admin`], [`demo`], [`openapi`].
+
+pub mod admin;
+pub mod demo;
+pub mod documents;
+pub mod error;
+pub mod extract;
+pub mod json;
+pub mod live;
+pub mod openapi;
+pub mod router;
+pub mod serve;
+pub mod sse;
+pub mod state;
+pub mod ws;

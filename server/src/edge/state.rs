@@ -1,0 +1,58 @@
+//! [`AppState`]: what every route handler can reach.
+
+use std::sync::Arc;
+
+use crate::access::auth::Auth;
+use crate::documents::Registry;
+use crate::infra::config::Config;
+use crate::infra::metrics::Metrics;
+use crate::infra::shutdown::Shutdown;
+use crate::infra::store::Store;
+
+/// What every route handler can reach. Cheap to clone: every field is a shared handle.
+#[derive(Clone)]
+pub struct AppState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Token verification and revocation.
+    pub auth: Auth,
+    /// The metrics registry.
+    pub metrics: Metrics,
+    /// Durable storage.
+    pub store: Arc<dyn Store>,
+    /// Fires when the server begins shutting down; long-lived connections select on it.
+    pub shutdown: Shutdown,
+    /// The loaded documents.
+    pub registry: Registry,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.config)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Assembles the state; the auth mode comes from the config.
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+        shutdown: Shutdown,
+    ) -> Self {
+        let auth = Auth::new(config.auth.clone());
+        let config = Arc::new(config);
+        let registry = Registry::new(Arc::clone(&store), metrics.clone(), Arc::clone(&config));
+        AppState {
+            config,
+            auth,
+            metrics,
+            store,
+            shutdown,
+            registry,
+        }
+    }
+}

@@ -209,8 +209,6 @@ pub enum FieldWrite {
 struct Conn {
     info: ConnInfo,
     client_ids: Vec<u64>,
-    /// Updates received from this connection so far (for acks).
-    updates: u64,
 }
 
 /// One document with its connections and presence.
@@ -376,7 +374,6 @@ impl Room {
             Conn {
                 info,
                 client_ids: Vec::new(),
-                updates: 0,
             },
         );
         let mut out = Output::default();
@@ -572,9 +569,6 @@ impl Room {
                 self.admit(update.len())?;
                 let bound = Some((self.limits.max_pending, WhenFull::DropWaiting));
                 let bounded = self.doc.apply_bounded(update, author.as_deref(), bound)?;
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    c.updates += 1;
-                }
                 let (update, changed) = match bounded {
                     Bounded::Applied(applied) => (Bytes::copy_from_slice(update), applied.changed),
                     Bounded::Trimmed { ready, changed, .. } => {

@@ -51,12 +51,6 @@ pub mod code {
     pub const UNAUTHORIZED: u16 = 4401;
     /// A token that does not reach the document.
     pub const FORBIDDEN: u16 = 4403;
-    /// Awareness state over `--max-awareness-size`.
-    pub const AWARENESS_TOO_LARGE: u16 = 4413;
-    /// Too many updates waiting for missing dependencies.
-    pub const TOO_MANY_PENDING: u16 = 4422;
-    /// Over the message rate.
-    pub const MESSAGE_RATE: u16 = 4429;
     /// The document is at its size limit.
     pub const DOCUMENT_TOO_LARGE: u16 = 4507;
 

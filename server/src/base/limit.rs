@@ -53,18 +53,19 @@ impl LimitKind {
         }
     }
 
-    /// The WebSocket close code a breach closes the connection with.
-    ///
-    /// Standard codes where one fits (1009 message too big, 1013 try again later); otherwise
-    /// 4000 + the matching HTTP status.
-    pub fn close_code(self) -> u16 {
+    /// The WebSocket close code a breach closes the connection with, for the limits that close
+    /// one. The others never close: over the message rate a connection is slowed, an oversized
+    /// awareness state is dropped, pending updates past the bound are resynced in place, and the
+    /// two admission limits answer the handshake over HTTP.
+    pub fn close_code(self) -> Option<u16> {
         match self {
-            LimitKind::FrameSize => code::FRAME_TOO_LARGE,
-            LimitKind::AwarenessSize => code::AWARENESS_TOO_LARGE,
-            LimitKind::DocumentSize => code::DOCUMENT_TOO_LARGE,
-            LimitKind::MessageRate | LimitKind::ConnectionRate => code::MESSAGE_RATE,
-            LimitKind::MaxConnections => 1013,
-            LimitKind::PendingUpdates => code::TOO_MANY_PENDING,
+            LimitKind::FrameSize => Some(code::FRAME_TOO_LARGE),
+            LimitKind::DocumentSize => Some(code::DOCUMENT_TOO_LARGE),
+            LimitKind::AwarenessSize
+            | LimitKind::MessageRate
+            | LimitKind::ConnectionRate
+            | LimitKind::MaxConnections
+            | LimitKind::PendingUpdates => None,
         }
     }
 
@@ -93,9 +94,10 @@ impl LimitKind {
         }
     }
 
-    /// The close frame a breach closes a WebSocket with.
-    pub fn close(self) -> Close {
-        Close::new(self.close_code(), self.reason())
+    /// The close frame a breach closes a WebSocket with (see [`LimitKind::close_code`]).
+    pub fn close(self) -> Option<Close> {
+        self.close_code()
+            .map(|code| Close::new(code, self.reason()))
     }
 }
 
@@ -113,7 +115,10 @@ mod tests {
         labels.dedup();
         assert_eq!(labels.len(), LimitKind::ALL.len());
         for k in LimitKind::ALL {
-            assert!(k.close_code() >= 1000 && k.close_code() < 5000);
+            if let Some(code) = k.close_code() {
+                // Stock clients come back after these: a limit is never a reason to stop.
+                assert!(code::stock_client_reconnects(code), "{k:?}");
+            }
             assert!((400..600).contains(&k.http_status()));
             assert!(k.reason().len() < 123);
         }

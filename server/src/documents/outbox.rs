@@ -1,7 +1,8 @@
 //! A connection's outbound frame queue: bounded, and holding no allocation while empty.
 //!
 //! The document task pushes frames with [`Sender::try_send`] (never waiting: a full queue marks
-//! a slow reader, which the task closes); the connection's writer loop takes them with
+//! a slow reader, which the task resyncs, then closes if it falls behind again); the
+//! connection's socket loop takes them with
 //! [`Receiver::recv`] and [`Receiver::try_recv`]. A tokio `mpsc` channel would do the same but
 //! allocates a block of slots up front for every connection; most connections are idle most of
 //! the time, so this queue allocates only while frames are waiting and gives its buffer back
@@ -52,7 +53,7 @@ pub struct Sender {
     inner: Arc<Inner>,
 }
 
-/// The receiving half, held by the connection's writer loop.
+/// The receiving half, held by the connection's socket loop.
 #[derive(Debug)]
 pub struct Receiver {
     inner: Arc<Inner>,

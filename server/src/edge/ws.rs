@@ -1,10 +1,10 @@
 //! `GET /ws/{doc}`: the y-websocket protocol over a WebSocket.
 //!
 //! The handler authenticates (token in `?token=` or `Authorization: Bearer`), upgrades, and
-//! attaches the connection to the document's owner task. Two loops then run per connection:
-//! the reader hands frames to the document (waiting when it is busy), the writer drains the
-//! connection's bounded queue, several frames per flush. The connection is pinged every 15 s and
-//! closed after 30 s without hearing from the client. `?tandem=1` asks for tandem's extension
+//! attaches the connection to the document's owner task. One `select!` loop then serves the
+//! connection: it hands received frames to the document (waiting when it is busy), drains the
+//! connection's bounded queue (several frames per flush), pings every 15 s and closes after 30 s
+//! without hearing from the client. `?tandem=1` asks for tandem's extension
 //! messages (durability acks, conditional field writes).
 //!
 //! # Refusals and closes
@@ -375,7 +375,7 @@ async fn serve(setup: Box<Setup>) {
                     Some(Ok(_)) => {} // ping/pong: liveness only
                     Some(Err(WsError::Capacity(_))) => {
                         metrics.limit_breached(LimitKind::FrameSize);
-                        break Some(LimitKind::FrameSize.close());
+                        break Some(Close::new(code::FRAME_TOO_LARGE, LimitKind::FrameSize.reason()));
                     }
                     Some(Err(e)) => {
                         tracing::debug!(%peer, cause = %e, "WebSocket read error");

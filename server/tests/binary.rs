@@ -99,6 +99,27 @@ fn serve_refuses_a_public_address_without_a_secret() {
     assert!(stderr.contains("loopback"), "{stderr}");
 }
 
+#[test]
+fn serve_says_once_that_a_data_dir_naming_a_file_is_not_a_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = tandem()
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(error.contains("not a directory"), "{error}");
+    assert_eq!(error.matches("not a directory").count(), 1, "{error}");
+    assert!(!error.contains("os error"), "{error}");
+}
+
 /// A running `tandem serve`, killed if the test fails before stopping it.
 struct Server {
     child: Child,

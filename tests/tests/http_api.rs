@@ -22,8 +22,6 @@ async fn sse_carries_every_change_in_order_and_resumes_without_gap_or_duplicate(
     let r = http(server.addr, "GET", "/docs/task-9", &[], b"").await?;
     assert_eq!(r.status, 404);
     assert_eq!(r.json()?["error"], "not_found");
-    let r = http(server.addr, "GET", "/docs/task-9/events", &[], b"").await?;
-    assert_eq!(r.status, 404);
 
     let mut writer = RawClient::connect(&format!("{}/task-9?tandem=1", server.ws_base())).await?;
     writer.sync().await?;

@@ -26,6 +26,7 @@ pub(super) enum Command {
     },
     Subscribe {
         feed: mpsc::Sender<FeedItem>,
+        with_update: bool,
         reply: Reply<(DocState, Vec<PresenceView>)>,
     },
     ApplyUpdate {

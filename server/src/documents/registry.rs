@@ -275,12 +275,15 @@ impl Registry {
             .await
     }
 
-    /// Subscribes to the document's durable changes and presence.
-    pub async fn subscribe(&self, doc: &str) -> Result<Subscription, DocError> {
+    /// Subscribes to the document's durable changes and presence, from its current state (with
+    /// the whole document as one update when `with_update`). A document never written can be
+    /// subscribed to: it starts empty at sid 0, and nothing is stored by subscribing.
+    pub async fn subscribe(&self, doc: &str, with_update: bool) -> Result<Subscription, DocError> {
         let (tx, feed) = mpsc::channel(SUBSCRIBER_QUEUE);
         let (state, presence) = self
             .ask(doc, |reply| Command::Subscribe {
                 feed: tx.clone(),
+                with_update,
                 reply,
             })
             .await?;

@@ -303,13 +303,15 @@ impl Running {
                 };
                 let _ = reply.send(result);
             }
-            Command::Subscribe { feed, reply } => {
-                if !self.exists {
-                    let _ = reply.send(Err(DocError::NotFound));
-                    return;
-                }
+            Command::Subscribe {
+                feed,
+                with_update,
+                reply,
+            } => {
+                // A document nobody has written yet can be followed (its first write arrives
+                // as an event); following it stores nothing.
                 let presence = self.feed.subscribe(feed, &mut self.room, now);
-                let _ = reply.send(Ok((self.state(false), presence)));
+                let _ = reply.send(Ok((self.state(with_update), presence)));
             }
             Command::ApplyUpdate {
                 author,
@@ -392,6 +394,9 @@ impl Running {
             }
             Command::Shutdown => {
                 self.shutting_down = true;
+                // Event streams end now (their clients resume elsewhere), so the document
+                // unloads as soon as what it holds is stored.
+                self.feed.clear();
                 for id in self.fanout.ids() {
                     self.close(id, Close::new(code::GOING_AWAY, "server shutting down"));
                 }

@@ -17,6 +17,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/ws/{doc}", get(super::ws::handler))
+        .route("/ws", get(ws_without_document))
+        .route("/ws/", get(ws_without_document))
         .route("/docs/{doc}/events", get(super::sse::events))
         .route("/openapi.json", get(super::openapi::document))
         .merge(super::documents::routes())
@@ -53,6 +55,14 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+/// What `/ws`, `/ws/` and `/ws?room=…` answer: the document goes in the path.
+pub const WS_ROUTE_HINT: &str = "the WebSocket route is /ws/{doc}: name the document in the \
+     path (y-websocket: new WebsocketProvider('ws://host:8787/ws', 'doc-name', ydoc))";
+
+async fn ws_without_document() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, WS_ROUTE_HINT).with_field("route", "/ws/{doc}")
 }
 
 #[cfg(test)]
@@ -135,6 +145,21 @@ mod tests {
         assert!(body.contains("\ntandem_updates_total 3\n"), "{body}");
         assert!(body.contains("tandem_limit_breaches_total{limit=\"message_rate\"} 1\n"));
         assert!(body.contains("# TYPE tandem_commit_latency_seconds histogram\n"));
+    }
+
+    #[tokio::test]
+    async fn websocket_paths_without_a_document_say_where_it_goes() {
+        let f = fixture();
+        for uri in ["/ws", "/ws/", "/ws?room=abc"] {
+            let (status, body, _) = get(&f.state, uri).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["route"], "/ws/{doc}", "{uri}: {v}");
+            assert!(
+                v["message"].as_str().unwrap().contains("WebsocketProvider"),
+                "{v}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -7,7 +7,9 @@
 //! that sid, from the stored log; when the log no longer reaches back that far, the stream
 //! starts with a fresh `snapshot` carrying `"reset": true`. `?format=yjs` carries base64 Yjs
 //! updates (`update` events) instead of JSON deltas, for CRDT clients without a WebSocket.
-//! A comment line is sent every 15 s so proxies keep the stream open.
+//! A comment line is sent every 15 s so proxies keep the stream open. A document nobody has
+//! written yet can be followed too (a dashboard or bot that subscribes before the first write):
+//! its stream starts with an empty snapshot at sid 0, and reading creates nothing.
 //!
 //! A stream is a long-lived connection like a WebSocket: admitted within the per-IP connection
 //! rate and `--max-connections`, filed under its user so `POST /admin/revoke` ends it at once,
@@ -239,7 +241,10 @@ pub async fn events(
     };
     let mut live = Live::register(&state, admission, &who.identity);
     let doc = who.doc().to_owned();
-    let sub = state.registry.subscribe(&doc).await?;
+    let sub = state
+        .registry
+        .subscribe(&doc, format == Format::Yjs && since.is_none())
+        .await?;
     let upto = sub.state.sid;
     let start = match since {
         None => Start::Snapshot { reset: false },
@@ -248,7 +253,6 @@ pub async fn events(
     let (tx, rx) = mpsc::channel::<Event>(STREAM_QUEUE);
     let metrics = state.metrics.clone();
     let shutdown = state.shutdown.wait();
-    let registry = state.registry.clone();
     tokio::spawn(async move {
         metrics.sse_streams.inc();
         let mut first = vec![Event::default().retry(RETRY)];
@@ -257,14 +261,8 @@ pub async fn events(
                 let mut data = match format {
                     Format::Json => snapshot_json(&doc, upto, &sub.state.texts, &sub.state.fields),
                     Format::Yjs => {
-                        // The subscription's state has no update bytes: ask for them.
-                        let update = registry
-                            .read(&doc, true)
-                            .await
-                            .ok()
-                            .and_then(|s| s.update)
-                            .unwrap_or_default();
-                        json!({"doc": doc, "sid": upto, "update": b64(&update)})
+                        let update = sub.state.update.as_deref().unwrap_or_default();
+                        json!({"doc": doc, "sid": upto, "update": b64(update)})
                     }
                 };
                 if reset {

@@ -205,13 +205,13 @@ impl std::error::Error for BackendError {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store could not be opened or created at this location.
-    #[error("cannot open the store at {location}: {source}")]
+    #[error("cannot open the store at {location}: {cause}")]
     Open {
         /// The path or URL (without credentials).
         location: String,
-        /// The cause.
-        #[source]
-        source: BackendError,
+        /// The cause (shown in the message, so not also chained as a source: it would print
+        /// twice).
+        cause: BackendError,
     },
     /// The stored schema is a version this build does not read.
     #[error("the store's schema version {found} is not supported (this build reads version {supported})")]

@@ -202,7 +202,7 @@ fn unix_ms() -> u64 {
 fn open_error(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Open {
         location: path.display().to_string(),
-        source: BackendError::new(e),
+        cause: BackendError::new(e),
     }
 }
 
@@ -213,6 +213,12 @@ impl SqliteStore {
     /// created, the file is not a SQLite database, WAL mode cannot be enabled, or the schema is
     /// newer than this build.
     pub fn open(data_dir: &Path, options: SqliteOptions) -> Result<Self, StoreError> {
+        if data_dir.exists() && !data_dir.is_dir() {
+            return Err(open_error(
+                data_dir,
+                std::io::Error::other("it is not a directory (--data-dir names a directory)"),
+            ));
+        }
         std::fs::create_dir_all(data_dir).map_err(|e| open_error(data_dir, e))?;
         let path = data_dir.join(DB_FILE);
         let conn = open_writer(&path)?;
@@ -224,7 +230,7 @@ impl SqliteStore {
         let first_reader = readers.open().map_err(|e| match e {
             StoreError::Backend(b) => StoreError::Open {
                 location: path.display().to_string(),
-                source: b,
+                cause: b,
             },
             other => other,
         })?;

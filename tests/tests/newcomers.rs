@@ -1,0 +1,102 @@
+//! What a newcomer meets in the first minutes, against the real binary: an event stream opened
+//! before anyone wrote the document, a WebSocket URL without a document, and a prompt stop.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tandem_tests::{http, temp_dir, Server, SseClient};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_opened_before_the_first_write_gets_it_and_creates_nothing() -> anyhow::Result<()>
+{
+    let server = Server::start(&temp_dir("early-stream"), &[]).await?;
+    // A dashboard follows a flag nobody has set yet: the stream opens (a browser EventSource
+    // never retries a 404) with an empty snapshot at sid 0.
+    let mut sse = SseClient::connect(server.addr, "/docs/flags/events", &[]).await?;
+    assert_eq!(sse.status, 200);
+    let first = sse.next().await?;
+    assert_eq!(first.event, "snapshot");
+    assert_eq!(first.id.as_deref(), Some("0"));
+    assert_eq!(
+        first.data,
+        json!({"doc": "flags", "sid": 0, "texts": {}, "fields": {}})
+    );
+    // Reading created nothing.
+    let r = http(server.addr, "GET", "/docs/flags", &[], b"").await?;
+    assert_eq!(r.status, 404);
+    // The first write arrives as an event.
+    let r = http(
+        server.addr,
+        "PUT",
+        "/docs/flags/fields/dark-mode",
+        &[],
+        b"true",
+    )
+    .await?;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    let event = loop {
+        let e = sse.next().await?;
+        if e.event == "field" {
+            break e;
+        }
+    };
+    assert_eq!(event.id.as_deref(), Some("1"));
+    assert_eq!(event.data["name"], "dark-mode");
+    assert_eq!(event.data["value"], true);
+    // The CRDT form of the stream works the same way.
+    let mut yjs = SseClient::connect(server.addr, "/docs/empty/events?format=yjs", &[]).await?;
+    let first = yjs.next().await?;
+    assert_eq!(
+        (first.event.as_str(), first.data["sid"].as_u64()),
+        ("snapshot", Some(0))
+    );
+    assert!(first.data["update"].as_str().is_some_and(|u| !u.is_empty()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_urls_without_a_document_say_where_it_goes() -> anyhow::Result<()> {
+    let server = Server::start(&temp_dir("ws-hint"), &[]).await?;
+    for path in ["/ws/", "/ws?room=abc"] {
+        let r = http(server.addr, "GET", path, &[], b"").await?;
+        assert_eq!(r.status, 404, "{path}");
+        let body = r.json()?;
+        assert_eq!(body["route"], "/ws/{doc}", "{path}: {body}");
+        assert!(body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/ws/{doc}"));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_promptly_with_streams_open_and_keeps_what_was_acknowledged(
+) -> anyhow::Result<()> {
+    let mut server = Server::start(&temp_dir("prompt-stop"), &[]).await?;
+    let r = http(
+        server.addr,
+        "PUT",
+        "/docs/d/fields/state",
+        &[],
+        b"\"saved\"",
+    )
+    .await?;
+    assert_eq!(r.status, 200);
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut s = SseClient::connect(server.addr, "/docs/d/events", &[]).await?;
+        assert_eq!(s.next().await?.event, "snapshot");
+        streams.push(s);
+    }
+    let started = Instant::now();
+    assert!(server.terminate().await?, "tandem exited with an error");
+    let took = started.elapsed();
+    println!("stopped {took:?} after SIGTERM with 3 event streams open");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    drop(streams);
+    server.restart().await?;
+    let r = http(server.addr, "GET", "/docs/d", &[], b"").await?;
+    assert_eq!(r.json()?["fields"]["state"]["value"], "saved");
+    Ok(())
+}

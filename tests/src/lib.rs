@@ -63,8 +63,33 @@ impl Server {
     }
 
     async fn start_at(data_dir: &Path, addr: &str, extra: &[&str]) -> Result<Server> {
+        Self::start_as(&tandem_bin(), None, data_dir, addr, extra).await
+    }
+
+    /// Starts the binary at `bin` (a copy of tandem, say) in working directory `cwd`, on a free
+    /// port: for what depends on where the binary runs from (the demo's files).
+    pub async fn start_from(
+        bin: &Path,
+        cwd: &Path,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Server> {
+        Self::start_as(bin, Some(cwd), data_dir, "127.0.0.1:0", extra).await
+    }
+
+    async fn start_as(
+        bin: &Path,
+        cwd: Option<&Path>,
+        data_dir: &Path,
+        addr: &str,
+        extra: &[&str],
+    ) -> Result<Server> {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let mut child = Command::new(tandem_bin())
+        let mut command = Command::new(bin);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .arg("serve")
             .arg("--addr")
             .arg(addr)

@@ -100,3 +100,93 @@ async fn sigterm_stops_promptly_with_streams_open_and_keeps_what_was_acknowledge
     assert_eq!(r.json()?["fields"]["state"]["value"], "saved");
     Ok(())
 }
+
+/// A directory that looks like a checkout without a built browser package: `wasm/demo/` from
+/// this repository, and a `wasm/build.sh` with the given body; plus a copy of the tandem binary
+/// (so the server finds this `wasm/`, not the repository's).
+fn checkout_without_package(name: &str, build_sh: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = temp_dir(name);
+    let demo = dir.join("wasm").join("demo");
+    std::fs::create_dir_all(&demo)?;
+    let repo = tandem_tests::repo_root();
+    for file in ["index.html", "demo.js", "demo.css"] {
+        std::fs::copy(repo.join("wasm/demo").join(file), demo.join(file))?;
+    }
+    std::fs::write(dir.join("wasm").join("build.sh"), build_sh)?;
+    std::fs::create_dir_all(dir.join("bin"))?;
+    let bin = dir.join("bin").join("tandem");
+    if std::fs::hard_link(tandem_tests::tandem_bin(), &bin).is_err() {
+        std::fs::copy(tandem_tests::tandem_bin(), &bin)?;
+    }
+    Ok(dir)
+}
+
+async fn demo_status(server: &Server) -> anyhow::Result<serde_json::Value> {
+    http(server.addr, "GET", "/demo/status", &[], b"")
+        .await?
+        .json()
+}
+
+/// Polls `/demo/status` until the package leaves `building` (the build runs in its own
+/// process; there is nothing to wait on but its outcome).
+async fn after_build(server: &Server) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = demo_status(server).await?;
+        if status["package"] != "building" || Instant::now() > deadline {
+            return Ok(status);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_builds_its_missing_package_and_says_why_when_it_cannot() -> anyhow::Result<()> {
+    // A toolchain that works: the package appears and is served.
+    let dir = checkout_without_package(
+        "demo-build-ok",
+        "mkdir -p pkg && echo 'export function open () {}' > pkg/index.js\n",
+    )?;
+    let server = Server::start_from(&dir.join("bin/tandem"), &dir, &dir.join("data"), &[]).await?;
+    let r = http(server.addr, "GET", "/pkg/index.js", &[], b"").await?;
+    assert_eq!(r.status, 503, "the first request starts the build");
+    assert_eq!(r.header("retry-after"), Some("5"));
+    assert_eq!(after_build(&server).await?["package"], "ready");
+    let r = http(server.addr, "GET", "/pkg/index.js", &[], b"").await?;
+    assert_eq!(r.status, 200);
+
+    // No toolchain: the page is told what failed and what to run.
+    let dir = checkout_without_package(
+        "demo-build-fails",
+        "echo 'error: no wasm32 toolchain found' >&2\nexit 1\n",
+    )?;
+    let server = Server::start_from(&dir.join("bin/tandem"), &dir, &dir.join("data"), &[]).await?;
+    assert_eq!(demo_status(&server).await?["package"], "building");
+    let status = after_build(&server).await?;
+    assert_eq!(status["package"], "failed", "{status}");
+    assert!(status["output"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("no wasm32 toolchain"));
+    assert!(status["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("wasm/build.sh"));
+    let r = http(server.addr, "GET", "/pkg/index.js", &[], b"").await?;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()?["package"]["package"], "failed");
+
+    // A server with a secret never runs a build on a request: it says what to run.
+    let dir = checkout_without_package("demo-secured", "touch built\n")?;
+    let server = Server::start_from(
+        &dir.join("bin/tandem"),
+        &dir,
+        &dir.join("data"),
+        &["--auth-secret", "a secret long enough for the demo test"],
+    )
+    .await?;
+    let status = demo_status(&server).await?;
+    assert_eq!(status["package"], "missing", "{status}");
+    assert!(!dir.join("wasm/built").exists());
+    Ok(())
+}

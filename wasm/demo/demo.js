@@ -1,5 +1,37 @@
 // The tandem demo: one task card co-edited by everyone who opens this page.
-import { open } from '/pkg/index.js'
+
+// The browser package is built by wasm/build.sh; a server in development mode builds it on
+// first need. Until it loads, say plainly why, and reload once it is ready.
+const { open } = await import('/pkg/index.js').catch(async (cause) => {
+  await explainMissingPackage()
+  throw new Error(`the browser package did not load: ${cause}`)
+})
+
+async function explainMissingPackage () {
+  const banner = document.createElement('div')
+  banner.className = 'package-problem'
+  banner.setAttribute('role', 'alert')
+  banner.id = 'package-problem'
+  document.body.prepend(banner)
+  for (;;) {
+    let status
+    try {
+      status = await (await fetch('/demo/status')).json()
+    } catch {
+      status = { package: 'failed', message: 'the server cannot be reached' }
+    }
+    if (status.package === 'ready') return location.reload()
+    banner.dataset.package = status.package ?? 'failed'
+    banner.textContent = status.message ?? status.error ?? 'the browser package is not available'
+    if (status.output) {
+      const pre = document.createElement('pre')
+      pre.textContent = status.output
+      banner.append(pre)
+    }
+    if (status.package !== 'building') return
+    await new Promise((resolve) => setTimeout(resolve, 3000))
+  }
+}
 
 const $ = (id) => document.getElementById(id)
 const params = new URLSearchParams(location.search)

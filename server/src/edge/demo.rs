@@ -3,33 +3,69 @@
 //!
 //! The files are read from disk at request time, from the first `wasm/` directory found above
 //! the running binary or the working directory (so `cargo run` and `target/*/tandem` from a
-//! checkout find it). A binary without a checkout, or a checkout whose package was not built,
-//! answers 404 JSON saying what is missing.
+//! checkout find it). A binary without a checkout answers 404 JSON saying what is missing.
+//!
+//! When the package is not built yet, the first request for it starts `wasm/build.sh` in open
+//! development mode (the newcomer's `cargo run -- serve`; a server with a secret never runs a
+//! build on a request): `/pkg/*` answers 503 with `Retry-After` while it runs, and
+//! `/demo/status` says what is happening (`ready`, `building`, `failed` with the end of the
+//! build's output, or `missing` with the command to run), which the page shows instead of a
+//! greyed-out card.
 
 use std::path::{Component, Path, PathBuf};
 
-use axum::extract::Path as UrlPath;
+use axum::extract::{Path as UrlPath, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
+use serde_json::Value;
 
 use super::error::{ApiError, ErrorCode};
 use super::state::AppState;
 
-/// The demo routes: `/`, `/sw.js`, `/demo/{file}`, `/pkg/{file}`.
+/// The demo routes: `/`, `/sw.js`, `/demo/status`, `/demo/{file}`, `/pkg/{file}`.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(|| serve_file("demo", "index.html")))
         .route("/sw.js", get(|| serve_file("demo", "sw.js")))
+        .route("/demo/status", get(status))
         .route(
             "/demo/{*file}",
             get(|UrlPath(file): UrlPath<String>| serve_file("demo", file)),
         )
-        .route(
-            "/pkg/{*file}",
-            get(|UrlPath(file): UrlPath<String>| serve_file("pkg", file)),
+        .route("/pkg/{*file}", get(package_file))
+}
+
+/// `GET /demo/status`: the package's state, for the page.
+async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let wasm = checkout()?;
+    Ok(Json(state.demo.check(&wasm, state.auth.is_open())))
+}
+
+/// `GET /pkg/{file}`: a file of the browser package; 503 with what is happening while it is
+/// missing.
+async fn package_file(
+    State(state): State<AppState>,
+    UrlPath(file): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let wasm = checkout()?;
+    let status = state.demo.check(&wasm, state.auth.is_open());
+    if status["package"] != "ready" {
+        let message = status["message"].as_str().unwrap_or_default().to_owned();
+        let error = ApiError::new(ErrorCode::Unavailable, message).with_field("package", status);
+        return Ok(([(header::RETRY_AFTER, "5")], error).into_response());
+    }
+    serve_file("pkg", file).await
+}
+
+fn checkout() -> Result<PathBuf, ApiError> {
+    wasm_dir().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotFound,
+            "the demo is not available: run tandem from a checkout that has wasm/demo/",
         )
+    })
 }
 
 /// The `wasm/` directory of the checkout the server runs from, if any.
@@ -84,18 +120,7 @@ fn content_type(path: &Path) -> &'static str {
 async fn serve_file(area: &'static str, file: impl AsRef<str>) -> Result<Response, ApiError> {
     let not_found = || ApiError::new(ErrorCode::NotFound, "no such file");
     let relative = safe_relative(file.as_ref()).ok_or_else(not_found)?;
-    let Some(wasm) = wasm_dir() else {
-        return Err(ApiError::new(
-            ErrorCode::NotFound,
-            "the demo is not available: run tandem from a checkout that has wasm/demo/",
-        ));
-    };
-    if area == "pkg" && !wasm.join("pkg").join("index.js").is_file() {
-        return Err(ApiError::new(
-            ErrorCode::NotFound,
-            "the browser package is not built: run wasm/build.sh",
-        ));
-    }
+    let wasm = checkout()?;
     let path = wasm.join(area).join(relative);
     let bytes = tokio::fs::read(&path).await.map_err(|_| not_found())?;
     Ok((

@@ -9,7 +9,8 @@
 //! - [`router`]: [`router::app`], every route, `/healthz`, `/metrics`.
 //! - [`serve`]: [`serve::run`], what `tandem serve` calls.
 //! - Routes: [`ws`] (`/ws/{doc}`), [`sse`] (`/docs/{doc}/events`), [`documents`] (the other
-//!   document routes), [`admin`], [`demo`], [`openapi`].
+//!   document routes), [`admin`], [`demo`] (with [`package`], the browser package and its
+//!   build), [`openapi`].
 
 pub mod admin;
 pub mod demo;
@@ -19,6 +20,7 @@ pub mod extract;
 pub mod json;
 pub mod live;
 pub mod openapi;
+pub mod package;
 pub mod router;
 pub mod serve;
 pub mod sse;

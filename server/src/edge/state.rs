@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::package::Package;
 use crate::access::auth::Auth;
 use crate::documents::Registry;
 use crate::infra::config::Config;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub shutdown: Shutdown,
     /// The loaded documents.
     pub registry: Registry,
+    /// The demo's browser package (built on first need in development mode).
+    pub demo: Package,
 }
 
 impl std::fmt::Debug for AppState {
@@ -53,6 +56,7 @@ impl AppState {
             store,
             shutdown,
             registry,
+            demo: Package::default(),
         }
     }
 }

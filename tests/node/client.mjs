@@ -12,6 +12,9 @@
 //   {"op":"set-awareness","state":{...}}          -> {"ok":true}
 //   {"op":"states"}                               -> {"ok":true,"states":{clientId: state}}
 //   {"op":"wait-states","count":N}                -> {"ok":true,"states":{...}} once N remote+local states exist
+//   {"op":"type","field":F,"text":S}              -> {"ok":true}: one transaction (update) per character, unpaced
+//   {"op":"closes"}                               -> {"ok":true,"closes":[{code,reason}],"closed":{code,reason}|null}
+//   {"op":"wait-closed"}                          -> {"ok":true,"closed":{code,reason}} once the provider gave up for good
 //   {"op":"close"}                                -> {"ok":true}, then exits
 // Every wait is event driven and fails after "timeoutMs" (default 10000).
 import * as Y from 'yjs';
@@ -19,9 +22,17 @@ import { WebsocketProvider } from 'y-websocket';
 import WebSocket from 'ws';
 import readline from 'node:readline';
 
-const [url, room, name = 'client'] = process.argv.slice(2);
+const [url, room, name = 'client', token] = process.argv.slice(2);
 const doc = new Y.Doc();
-const provider = new WebsocketProvider(url, room, doc, { WebSocketPolyfill: WebSocket });
+const provider = new WebsocketProvider(url, room, doc, {
+  WebSocketPolyfill: WebSocket,
+  params: token ? { token } : {}
+});
+// Every close the server sent, and the one after which the provider gave up for good.
+const closes = [];
+let closed = null;
+provider.on('connection-close', (event) => { if (event) closes.push({ code: event.code, reason: event.reason }); });
+provider.on('closed', (event) => { closed = { code: event.code, reason: event.reason }; });
 const reply = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
 
 function waitFor(check, subscribe, unsubscribe, timeoutMs = 10000) {
@@ -54,6 +65,17 @@ async function handle(cmd) {
       await waitFor(() => text.toString() === cmd.text, (f) => doc.on('update', f), (f) => doc.off('update', f), t);
       return {};
     }
+    case 'type':
+      for (const ch of cmd.text) {
+        const text = doc.getText(cmd.field);
+        text.insert(text.length, ch);
+      }
+      return {};
+    case 'closes':
+      return { closes, closed };
+    case 'wait-closed':
+      await waitFor(() => closed !== null, (f) => provider.on('closed', f), (f) => provider.off('closed', f), t);
+      return { closed };
     case 'set-awareness':
       provider.awareness.setLocalState(cmd.state);
       return {};

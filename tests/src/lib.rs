@@ -210,10 +210,21 @@ pub struct NodeClient {
 impl NodeClient {
     /// Connects a `WebsocketProvider(base, doc)`.
     pub async fn connect(base: &str, doc: &str, name: &str) -> Result<NodeClient> {
+        Self::connect_with_token(base, doc, name, None).await
+    }
+
+    /// Connects a `WebsocketProvider(base, doc, { params: { token } })`.
+    pub async fn connect_with_token(
+        base: &str,
+        doc: &str,
+        name: &str,
+        token: Option<&str>,
+    ) -> Result<NodeClient> {
         let dir = node_deps();
         let mut child = Command::new("node")
             .arg(dir.join("client.mjs"))
             .args([base, doc, name])
+            .args(token)
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -48,6 +48,9 @@ pub fn spec() -> Value {
         "schema": {"type": "string"}});
     let mut read_errors = errors(&AUTH);
     read_errors.insert("404".into(), error_response("No such document"));
+    let mut stream_errors = errors(&AUTH);
+    stream_errors.insert("429".into(), error_response("Over the per-IP connection rate"));
+    stream_errors.insert("503".into(), error_response("At --max-connections"));
     let mut write_errors = read_errors.clone();
     write_errors.insert("413".into(), error_response("Body over the size limit"));
     write_errors.insert("422".into(), error_response("Over a document limit"));
@@ -84,12 +87,12 @@ pub fn spec() -> Value {
                     json_ok("The document", json!({"$ref": "#/components/schemas/Snapshot"})))
             }},
             "/docs/{doc}/events": {"get": {
-                "summary": "Server-Sent Events: snapshot, text, field and presence events; id = sid",
+                "summary": "Server-Sent Events: snapshot, text, field and presence events; id = sid. A document nobody has written yet streams from an empty snapshot at sid 0. The stream counts against --max-connections and ends with a `close` event at token expiry or revocation",
                 "parameters": [doc_param, token_param,
                     {"name": "since", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
                     {"name": "format", "in": "query", "required": false, "schema": {"type": "string", "enum": ["json", "yjs"]}},
                     {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "integer", "minimum": 0}}],
-                "responses": with(read_errors.clone(), "200", json!({"description": "An event stream",
+                "responses": with(stream_errors, "200", json!({"description": "An event stream",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}}}))
             }},
             "/docs/{doc}/updates": {"get": {

@@ -43,11 +43,11 @@ struct Inner {
     /// configuration never changes while the server runs).
     ip: OnceLock<IpRateLimiter>,
     /// user id -> registration id -> the connection.
-    by_user: DashMap<String, HashMap<u64, Live>>,
+    by_user: DashMap<String, HashMap<u64, Registered>>,
     next_id: AtomicU64,
 }
 
-struct Live {
+struct Registered {
     issued_at: u64,
     close: oneshot::Sender<Close>,
 }
@@ -161,7 +161,7 @@ impl Connections {
             .by_user
             .entry(user.to_owned())
             .or_default()
-            .insert(id, Live { issued_at, close });
+            .insert(id, Registered { issued_at, close });
         Registration {
             inner: Arc::clone(&self.inner),
             user: user.to_owned(),
@@ -172,7 +172,7 @@ impl Connections {
     /// Closes every registered connection of `user` whose token was issued at or before
     /// `issued_at_or_before`, with `close`. Returns how many were told.
     pub fn close_user(&self, user: &str, issued_at_or_before: u64, close: &Close) -> usize {
-        let taken: Vec<Live> = match self.inner.by_user.get_mut(user) {
+        let taken: Vec<Registered> = match self.inner.by_user.get_mut(user) {
             Some(mut conns) => {
                 let ids: Vec<u64> = conns
                     .iter()

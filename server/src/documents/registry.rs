@@ -379,6 +379,7 @@ mod tests {
     use super::*;
     use crate::base::close::Close;
     use crate::documents::outbox;
+    use crate::documents::FeedItem;
     use crate::documents::{CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES};
     use crate::infra::store::sqlite::{SqliteOptions, SqliteStore};
     use tandem_engine::protocol::{sync_frame, Role};
@@ -444,5 +445,54 @@ mod tests {
         let state = registry.read("victim", false).await.unwrap();
         assert_eq!(state.texts.get("t").map(String::as_str), Some("kept"));
         drop(victim);
+    }
+
+    /// An update another node stored reaches this node's connections and subscribers at its
+    /// sid, is not stored again here, and a repeated delivery is ignored.
+    #[tokio::test]
+    async fn a_replicated_update_is_broadcast_published_and_not_stored_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap());
+        let config = Arc::new(Config::default_for(dir.path()));
+        let registry = Registry::new(store.clone(), Metrics::new(), config);
+        // Not loaded: nothing to do (the document loads from the store).
+        let remote = tandem_engine::Document::new(9)
+            .insert("bob", "t", 0, "hi")
+            .unwrap();
+        registry
+            .apply_replicated("d", 1, Bytes::from(remote.clone()), "bob")
+            .await;
+        assert!(!registry.is_loaded("d"));
+
+        let (s, mut rx, _closed) = sink();
+        let _conn = registry.join("d", writer(), s).await.unwrap();
+        let mut sub = registry.subscribe("d", false).await.unwrap();
+        assert_eq!(sub.state.sid, 0);
+        while rx.try_recv().is_some() {}
+        registry
+            .apply_replicated("d", 1, Bytes::from(remote.clone()), "bob")
+            .await;
+        registry
+            .apply_replicated("d", 1, Bytes::from(remote), "bob")
+            .await;
+        match sub.feed.recv().await.unwrap() {
+            FeedItem::Update(p) => {
+                assert_eq!((p.sid, p.author.as_str()), (1, "bob"));
+                assert!(!p.changes.is_empty());
+            }
+            other => panic!("expected the update, got {other:?}"),
+        }
+        let frame = rx.recv().await.unwrap();
+        assert_eq!(&frame[..2], &[0, 2], "a sync update frame");
+        let state = registry.read("d", false).await.unwrap();
+        assert_eq!(
+            (state.sid, state.texts.get("t").map(String::as_str)),
+            (1, Some("hi"))
+        );
+        // Applied once: the duplicate changed nothing and produced no second event.
+        assert!(sub.feed.try_recv().is_err());
+        assert!(rx.try_recv().is_none());
+        // Not stored here: the other node's store has it.
+        assert_eq!(store.load("d").await.unwrap(), None);
     }
 }

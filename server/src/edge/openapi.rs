@@ -49,7 +49,10 @@ pub fn spec() -> Value {
     let mut read_errors = errors(&AUTH);
     read_errors.insert("404".into(), error_response("No such document"));
     let mut stream_errors = errors(&AUTH);
-    stream_errors.insert("429".into(), error_response("Over the per-IP connection rate"));
+    stream_errors.insert(
+        "429".into(),
+        error_response("Over the per-IP connection rate"),
+    );
     stream_errors.insert("503".into(), error_response("At --max-connections"));
     let mut write_errors = read_errors.clone();
     write_errors.insert("413".into(), error_response("Body over the size limit"));

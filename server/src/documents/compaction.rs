@@ -14,86 +14,118 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tandem_engine::protocol::Room;
 
-use crate::infra::config::{CheckpointPolicy, CompactionPolicy};
-use crate::infra::store::{Compaction, HistoryMark, LogEntry, Sid, Store};
+use crate::infra::config::History as HistoryConfig;
+use crate::infra::store::{Compaction, Loaded, Sid, Store};
 
 /// What the log holds since the last snapshot.
 #[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Log {
-    pub entries: u64,
-    pub bytes: u64,
-}
-
-impl Log {
-    /// Whether the policy says to compact now.
-    pub(super) fn is_due(&self, policy: &CompactionPolicy) -> bool {
-        policy.is_due(self.entries, self.bytes)
-    }
+struct Log {
+    entries: u64,
+    bytes: u64,
 }
 
 /// Version history since the last checkpoint.
 #[derive(Debug, Default)]
-pub(super) struct History {
+struct History {
     /// The last checkpoint's sid and time (unix milliseconds).
     last_checkpoint: Option<(Sid, u64)>,
     /// Users whose durable updates went in since it.
     authors: BTreeSet<String>,
 }
 
-impl History {
-    /// Where history stood when the document was loaded: the store's mark, plus the authors of
-    /// the log entries not yet compacted.
-    pub(super) fn loaded(mark: HistoryMark, log: &[LogEntry]) -> Self {
-        let mut authors: BTreeSet<String> = mark.authors.into_iter().collect();
-        authors.extend(log.iter().map(|e| e.author.clone()));
-        History {
-            last_checkpoint: mark.last_checkpoint,
-            authors,
+/// One document's compaction bookkeeping and policies.
+#[derive(Debug)]
+pub(super) struct Compactor {
+    log: Log,
+    history: History,
+    policies: HistoryConfig,
+}
+
+impl Compactor {
+    /// A document that was never stored.
+    pub(super) fn new(policies: HistoryConfig) -> Self {
+        Compactor {
+            log: Log::default(),
+            history: History::default(),
+            policies,
         }
+    }
+
+    /// A document as loaded: its log since the snapshot, and the store's history mark plus
+    /// the authors of that log.
+    pub(super) fn loaded(policies: HistoryConfig, stored: &Loaded) -> Self {
+        let mark = &stored.history;
+        let mut authors: BTreeSet<String> = mark.authors.iter().cloned().collect();
+        authors.extend(stored.updates.iter().map(|e| e.author.clone()));
+        Compactor {
+            log: Log {
+                entries: stored.updates.len() as u64,
+                bytes: stored.log_bytes(),
+            },
+            history: History {
+                last_checkpoint: mark.last_checkpoint,
+                authors,
+            },
+            policies,
+        }
+    }
+
+    /// Counts the bytes of a batch sent to the store.
+    pub(super) fn submitted(&mut self, bytes: u64) {
+        self.log.bytes += bytes;
     }
 
     /// Counts a durable update by `author`.
-    pub(super) fn wrote(&mut self, author: &str) {
-        if !self.authors.contains(author) {
-            self.authors.insert(author.to_owned());
+    pub(super) fn stored(&mut self, author: &str) {
+        self.log.entries += 1;
+        if !self.history.authors.contains(author) {
+            self.history.authors.insert(author.to_owned());
         }
     }
-}
 
-/// Stores the room's document as the snapshot at `sid` (keeping a checkpoint when `policy`
-/// says so at `now_ms`) and drops the log up to it. Returns whether it did; a failure is
-/// logged and the counters reset anyway, so the next try waits for another policy's worth of
-/// updates instead of running on every turn.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn compact(
-    store: &Arc<dyn Store>,
-    doc: &str,
-    room: &Room,
-    sid: Sid,
-    log: &mut Log,
-    history: &mut History,
-    policy: &CheckpointPolicy,
-    now_ms: u64,
-) -> bool {
-    let checkpoint = policy.is_due(history.last_checkpoint, sid, now_ms);
-    let compaction = Compaction {
-        upto: sid,
-        state: Bytes::from(room.document().encode_state()),
-        authors: history.authors.iter().cloned().collect(),
-        checkpoint_at: checkpoint.then_some(now_ms),
-    };
-    *log = Log::default();
-    match store.compact(doc, compaction).await {
-        Ok(_) => {
-            if checkpoint {
-                history.last_checkpoint = Some((sid, now_ms));
-                history.authors.clear();
+    /// Whether the compaction policy says to compact now.
+    pub(super) fn is_due(&self) -> bool {
+        self.policies
+            .compaction
+            .is_due(self.log.entries, self.log.bytes)
+    }
+
+    /// Stores the room's document as the snapshot at `sid` (keeping a checkpoint when the
+    /// policy says so at `now_ms`) and drops the log up to it. Only call it with nothing of the
+    /// document in flight, so the state is exactly the state at `sid`. Returns whether it did;
+    /// a failure is logged and the counters reset anyway, so the next try waits for another
+    /// policy's worth of updates instead of running on every turn.
+    pub(super) async fn compact(
+        &mut self,
+        store: &Arc<dyn Store>,
+        doc: &str,
+        room: &Room,
+        sid: Sid,
+        now_ms: u64,
+    ) -> bool {
+        let checkpoint =
+            self.policies
+                .checkpoints
+                .is_due(self.history.last_checkpoint, sid, now_ms);
+        let compaction = Compaction {
+            upto: sid,
+            state: Bytes::from(room.document().encode_state()),
+            authors: self.history.authors.iter().cloned().collect(),
+            checkpoint_at: checkpoint.then_some(now_ms),
+        };
+        self.log = Log::default();
+        match store.compact(doc, compaction).await {
+            Ok(_) => {
+                if checkpoint {
+                    self.history.last_checkpoint = Some((sid, now_ms));
+                    self.history.authors.clear();
+                }
+                true
             }
-            true
-        }
-        Err(e) => {
-            tracing::warn!(doc = %doc, cause = %e, "compaction failed");
-            false
+            Err(e) => {
+                tracing::warn!(doc = %doc, cause = %e, "compaction failed");
+                false
+            }
         }
     }
 }
@@ -101,25 +133,32 @@ pub(super) async fn compact(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infra::config::Config;
+    use crate::infra::store::{HistoryMark, LogEntry};
 
     #[test]
     fn history_starts_from_the_stored_mark_and_the_log() {
         let entry = |sid, author: &str| LogEntry {
             sid,
-            update: Bytes::new(),
+            update: Bytes::from_static(b"abc"),
             author: author.to_owned(),
             at: 0,
         };
-        let mut h = History::loaded(
-            HistoryMark {
+        let policies = Config::default_for("/unused").history;
+        let stored = Loaded {
+            snapshot: None,
+            updates: vec![entry(5, "bob"), entry(6, "ada")],
+            last_sid: 6,
+            history: HistoryMark {
                 last_checkpoint: Some((4, 99)),
                 authors: vec!["ada".into()],
             },
-            &[entry(5, "bob"), entry(6, "ada")],
-        );
-        h.wrote("cy");
-        assert_eq!(h.last_checkpoint, Some((4, 99)));
-        let authors: Vec<&str> = h.authors.iter().map(String::as_str).collect();
+        };
+        let mut c = Compactor::loaded(policies, &stored);
+        c.stored("cy");
+        assert_eq!(c.history.last_checkpoint, Some((4, 99)));
+        let authors: Vec<&str> = c.history.authors.iter().map(String::as_str).collect();
         assert_eq!(authors, ["ada", "bob", "cy"]);
+        assert_eq!((c.log.entries, c.log.bytes), (3, 6));
     }
 }

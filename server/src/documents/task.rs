@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::command::{Command, JoinReply};
 use super::commit::{Commit, Waiter};
-use super::compaction::{self, History, Log};
+use super::compaction::Compactor;
 use super::fanout::{self, Behind, Fanout};
 use super::feed::Feed;
 use super::refusal::protocol_error_close;
@@ -59,10 +59,8 @@ struct Loaded {
     exists: bool,
     room: Room,
     last_sid: Sid,
-    /// The log since the last snapshot.
-    log: Log,
-    /// Version history since the last checkpoint.
-    history: History,
+    /// Compaction bookkeeping: the log since the snapshot, history since the checkpoint.
+    compactor: Compactor,
 }
 
 impl DocTask {
@@ -107,8 +105,7 @@ impl DocTask {
                 exists: false,
                 room: Room::new(doc, limits),
                 last_sid: 0,
-                log: Log::default(),
-                history: History::default(),
+                compactor: Compactor::new(ctx.config.history.clone()),
             });
         };
         let corrupt = |detail: String| StoreError::Corrupt {
@@ -127,11 +124,7 @@ impl DocTask {
             exists: true,
             room: Room::new(doc, limits),
             last_sid: stored.last_sid,
-            log: Log {
-                entries: stored.updates.len() as u64,
-                bytes: stored.log_bytes(),
-            },
-            history: History::loaded(stored.history, &stored.updates),
+            compactor: Compactor::loaded(ctx.config.history.clone(), &stored),
         })
     }
 
@@ -158,8 +151,7 @@ impl DocTask {
             ctx,
             room: loaded.room,
             exists: loaded.exists,
-            log: loaded.log,
-            history: loaded.history,
+            compactor: loaded.compactor,
             fanout: Fanout::default(),
             feed: Feed::default(),
             failed: false,
@@ -247,8 +239,7 @@ struct Running {
     fanout: Fanout,
     commit: Commit,
     feed: Feed,
-    log: Log,
-    history: History,
+    compactor: Compactor,
     /// Set after a storage failure or a panic: the document stops serving and unloads.
     failed: bool,
     shutting_down: bool,
@@ -545,7 +536,7 @@ impl Running {
         if !self.failed {
             let bytes = self.commit.submit(&self.name);
             if bytes > 0 {
-                self.log.bytes += bytes;
+                self.compactor.submitted(bytes);
             }
         }
     }
@@ -561,11 +552,10 @@ impl Running {
             self.fail("storage failure; reconnect to resync");
             return;
         }
-        self.log.entries += durable.len() as u64;
         // The last update of each connection in the batch is acked (acks count updates).
         let mut last_of: Vec<(ConnId, u64, Sid)> = Vec::new();
         for d in durable {
-            self.history.wrote(&d.update.author);
+            self.compactor.stored(&d.update.author);
             if let Some((conn, seq)) = d.conn {
                 match last_of.iter_mut().find(|(c, _, _)| *c == conn) {
                     Some(entry) => *entry = (conn, seq, d.sid),
@@ -622,22 +612,14 @@ impl Running {
     /// Folds the log into a snapshot when the policy says so. Only called with nothing in
     /// flight, so the snapshot is exactly the state at the last durable sid.
     async fn compact_if_due(&mut self) {
-        let policies = &self.ctx.config.history;
         let sid = self.commit.last_sid();
-        if self.failed || sid == 0 || !self.log.is_due(&policies.compaction) {
+        if self.failed || sid == 0 || !self.compactor.is_due() {
             return;
         }
-        let done = compaction::compact(
-            &self.ctx.store,
-            &self.name,
-            &self.room,
-            sid,
-            &mut self.log,
-            &mut self.history,
-            &policies.checkpoints,
-            now_ms(),
-        )
-        .await;
+        let done = self
+            .compactor
+            .compact(&self.ctx.store, &self.name, &self.room, sid, now_ms())
+            .await;
         if done {
             self.room.compacted();
         }

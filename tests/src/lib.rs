@@ -598,6 +598,28 @@ fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
+/// `POST /admin/revoke {"user": user}` with an admin token minted with `secret`; returns the
+/// answer (`{user, revoked_at, closed}`) after checking it is a 200.
+pub async fn revoke(server: &Server, secret: &str, user: &str) -> Result<Value> {
+    let admin = mint_token(secret, "root", None, "*", "admin", unix_now() - 1, 3600)?;
+    let body = serde_json::json!({ "user": user }).to_string();
+    let r = http(
+        server.addr,
+        "POST",
+        "/admin/revoke",
+        &[
+            ("Authorization", &format!("Bearer {admin}")),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await?;
+    if r.status != 200 {
+        bail!("revoke answered {}: {:?}", r.status, r.json());
+    }
+    r.json()
+}
+
 /// One Server-Sent Event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SseEvent {

@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 use tandem_tests::{
-    http, limit_breaches, mint_token, temp_dir, unix_now, NodeClient, RawClient, Server,
+    limit_breaches, mint_token, revoke, temp_dir, unix_now, NodeClient, RawClient, Server,
 };
 
 async fn closes(client: &mut NodeClient) -> anyhow::Result<Value> {
@@ -76,19 +76,7 @@ async fn a_stock_client_whose_user_is_revoked_reports_it_and_stops() -> anyhow::
     let token = mint_token(SECRET, "mallory", None, "*", "write", unix_now() - 1, 3600)?;
     let mut client =
         NodeClient::connect_with_token(&server.ws_base(), "d", "mallory", Some(&token)).await?;
-    let admin = mint_token(SECRET, "root", None, "*", "admin", unix_now() - 1, 3600)?;
-    let r = http(
-        server.addr,
-        "POST",
-        "/admin/revoke",
-        &[
-            ("Authorization", &format!("Bearer {admin}")),
-            ("Content-Type", "application/json"),
-        ],
-        br#"{"user":"mallory"}"#,
-    )
-    .await?;
-    assert_eq!(r.status, 200);
+    revoke(&server, SECRET, "mallory").await?;
     // The provider reports a permanent close and stops (a retry with this token cannot work).
     let closed = client.call(json!({"op": "wait-closed"})).await?;
     assert_eq!(closed["closed"]["code"], 4401, "{closed}");

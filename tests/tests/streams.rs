@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tandem_tests::{cli_token, http, mint_token, temp_dir, unix_now, Server, SseClient, SseEvent};
+use tandem_tests::{
+    cli_token, http, mint_token, revoke, temp_dir, unix_now, Server, SseClient, SseEvent,
+};
 
 const SECRET: &str = "end-to-end stream secret, 32 bytes or more";
 
@@ -87,21 +89,9 @@ async fn revocation_ends_the_users_event_streams_within_100_ms() -> anyhow::Resu
             })
         })
         .collect();
-    let admin = token("root", "*", "admin");
     let started = Instant::now();
-    let r = http(
-        server.addr,
-        "POST",
-        "/admin/revoke",
-        &[
-            ("Authorization", &bearer(&admin)),
-            ("Content-Type", "application/json"),
-        ],
-        br#"{"user":"mallory"}"#,
-    )
-    .await?;
-    assert_eq!(r.status, 200, "{:?}", r.json());
-    assert_eq!(r.json()?["closed"], 2, "both streams were registered");
+    let answer = revoke(&server, SECRET, "mallory").await?;
+    assert_eq!(answer["closed"], 2, "both streams were registered");
     for waiter in waiters {
         let (event, at) = waiter.await?;
         let event = event?;

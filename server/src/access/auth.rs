@@ -169,26 +169,9 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::token::fixtures::{claims, secret, NOW};
     use crate::access::token::{mint, Claims};
     use crate::base::role::Role;
-    use crate::infra::config::Secret;
-
-    const NOW: u64 = 1_700_000_000;
-
-    fn secret() -> Secret {
-        Secret::new("a test secret that is long enough!").unwrap()
-    }
-
-    fn claims(doc: &str, role: Role) -> Claims {
-        Claims {
-            sub: "u1".into(),
-            name: Some("Ada".into()),
-            doc: doc.into(),
-            role,
-            exp: NOW + 3600,
-            iat: NOW,
-        }
-    }
 
     #[test]
     fn open_mode_admits_everyone() {

@@ -224,17 +224,20 @@ impl Identity {
     }
 }
 
+/// A secret and claims for the unit tests of this layer.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixtures {
+    use super::{Claims, Role, Secret};
 
-    const NOW: u64 = 1_700_000_000;
+    /// The time the fixtures' tokens are issued at.
+    pub const NOW: u64 = 1_700_000_000;
 
-    fn secret() -> Secret {
+    pub fn secret() -> Secret {
         Secret::new("a test secret that is long enough!").unwrap()
     }
 
-    fn claims(doc: &str, role: Role) -> Claims {
+    /// User `u1` ("Ada") on `doc` with `role`, issued at [`NOW`], valid for an hour.
+    pub fn claims(doc: &str, role: Role) -> Claims {
         Claims {
             sub: "u1".into(),
             name: Some("Ada".into()),
@@ -244,6 +247,12 @@ mod tests {
             iat: NOW,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{claims, secret, NOW};
+    use super::*;
 
     #[test]
     fn mint_then_verify_round_trips() {

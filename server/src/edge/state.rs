@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::idempotency::LocalKeys;
 use crate::access::auth::Auth;
 use crate::documents::Registry;
 use crate::infra::config::Config;
@@ -24,6 +25,9 @@ pub struct AppState {
     pub shutdown: Shutdown,
     /// The loaded documents.
     pub registry: Registry,
+    /// Idempotency keys of the writes whose effect lives in this process's memory
+    /// (revocations).
+    pub local_keys: LocalKeys,
 }
 
 impl std::fmt::Debug for AppState {
@@ -53,6 +57,7 @@ impl AppState {
             store,
             shutdown,
             registry,
+            local_keys: LocalKeys::default(),
         }
     }
 }

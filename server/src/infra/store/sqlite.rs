@@ -18,6 +18,12 @@
 //!   `(doc_id, sid)` (`WITHOUT ROWID`: one b-tree insert per appended update).
 //! - `snapshots(doc_id, sid, data)`: the latest compaction of each document.
 //! - `checkpoints(doc_id, sid, at, authors, data)`: version history.
+//! - `idempotency_keys(id, doc, user, key, fingerprint, status, headers, body, sid, at,
+//!   bytes_through)`: the records of requests that carried an `Idempotency-Key`, inserted by
+//!   the append that stores their updates (same transaction). Keyed by document name, not
+//!   `docs.id`, so a request that changed nothing does not create its document. `id` orders
+//!   them oldest first; `bytes_through` is the running total of answer bytes up to the record,
+//!   so "keep the newest N records / B bytes" is one range delete each.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,8 +38,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BackendError, CheckpointInfo, Compacted, Compaction, HistoryMark, Loaded, LogEntry, NewUpdate,
-    Sid, SidRange, Since, Snapshot, Store, StoreError,
+    BackendError, CheckpointInfo, Compacted, Compaction, Fingerprint, HistoryMark, KeyLimits,
+    KeyRecord, Loaded, LogEntry, NewKey, NewUpdate, Sid, SidRange, Since, Snapshot, Store,
+    StoreError,
 };
 use crate::infra::metrics::Metrics;
 
@@ -77,6 +84,22 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     data BLOB NOT NULL,
     PRIMARY KEY (doc_id, sid)
 );
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    id INTEGER PRIMARY KEY,
+    doc TEXT NOT NULL,
+    user TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
+    status INTEGER NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    sid INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    bytes_through INTEGER NOT NULL,
+    UNIQUE (doc, user, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_at ON idempotency_keys (at);
+CREATE INDEX IF NOT EXISTS idempotency_keys_bytes ON idempotency_keys (bytes_through);
 ";
 
 /// Idle read connections kept for reuse.
@@ -96,6 +119,8 @@ pub struct SqliteOptions {
     pub max_batch_bytes: usize,
     /// Where commit latency and group-commit counters are recorded.
     pub metrics: Metrics,
+    /// How long idempotency records live and how many are kept.
+    pub keys: KeyLimits,
 }
 
 impl Default for SqliteOptions {
@@ -105,6 +130,7 @@ impl Default for SqliteOptions {
             max_batch: 1024,
             max_batch_bytes: 16 << 20,
             metrics: Metrics::new(),
+            keys: KeyLimits::default(),
         }
     }
 }
@@ -127,6 +153,7 @@ struct Inner {
     closed: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
     metrics: Metrics,
+    keys: KeyLimits,
 }
 
 /// Group-commit counters of one store.
@@ -143,6 +170,7 @@ enum Request {
     Append {
         doc: String,
         updates: Vec<NewUpdate>,
+        keys: Vec<NewKey>,
         queued: Instant,
         reply: oneshot::Sender<Result<SidRange, StoreError>>,
     },
@@ -168,7 +196,10 @@ enum Request {
 impl Request {
     fn bytes(&self) -> usize {
         match self {
-            Request::Append { updates, .. } => updates.iter().map(|u| u.update.len()).sum(),
+            Request::Append { updates, keys, .. } => {
+                updates.iter().map(|u| u.update.len()).sum::<usize>()
+                    + keys.iter().map(|k| k.answer.size()).sum::<usize>()
+            }
             Request::Compact { compaction, .. } => compaction.state.len(),
             _ => 0,
         }
@@ -237,6 +268,7 @@ impl SqliteStore {
             max_batch: options.max_batch.max(1),
             max_batch_bytes: options.max_batch_bytes.max(1),
             metrics: options.metrics.clone(),
+            keys: options.keys,
         };
         let handle = std::thread::Builder::new()
             .name("tandem-store-writer".to_owned())
@@ -251,6 +283,7 @@ impl SqliteStore {
                 closed: AtomicBool::new(false),
                 writer: Mutex::new(Some(handle)),
                 metrics: options.metrics,
+                keys: options.keys,
             }),
         })
     }
@@ -412,6 +445,7 @@ struct Writer {
     max_batch: usize,
     max_batch_bytes: usize,
     metrics: Metrics,
+    keys: KeyLimits,
 }
 
 /// Per-batch view of one document touched by an append or compaction.
@@ -423,7 +457,7 @@ struct DocState {
 
 /// A request's result inside a batch, sent once the batch commits.
 enum Answer {
-    Append(SidRange),
+    Append(Result<SidRange, StoreError>),
     Compact(Result<Compacted, StoreError>),
     Done,
 }
@@ -487,10 +521,44 @@ impl Writer {
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut docs: HashMap<String, DocState> = HashMap::new();
             let mut answers = Vec::with_capacity(batch.len());
+            let mut keyed = false;
             for request in batch.iter() {
                 let answer = match request {
-                    Request::Append { doc, updates, .. } => {
-                        Answer::Append(append(&tx, &mut docs, doc, updates, now_ms)?)
+                    Request::Append {
+                        doc, updates, keys, ..
+                    } if keys.is_empty() => {
+                        Answer::Append(Ok(append(&tx, &mut docs, doc, updates, now_ms)?))
+                    }
+                    Request::Append {
+                        doc, updates, keys, ..
+                    } => {
+                        // A savepoint, so a refused key undoes its own append only.
+                        let before = docs.get(doc).map(|d| (d.last_sid, d.dirty));
+                        let sp = tx.savepoint()?;
+                        let outcome =
+                            append_keyed(&sp, &mut docs, doc, updates, keys, &self.keys, now_ms);
+                        match outcome {
+                            Ok(range) => {
+                                sp.commit()?;
+                                keyed = true;
+                                Answer::Append(Ok(range))
+                            }
+                            Err(e @ StoreError::KeyInUse { .. }) => {
+                                drop(sp);
+                                match before {
+                                    Some((last_sid, dirty)) => {
+                                        if let Some(d) = docs.get_mut(doc) {
+                                            d.last_sid = last_sid;
+                                            d.dirty = dirty;
+                                        }
+                                    }
+                                    // Its row was created inside the savepoint: gone with it.
+                                    None => drop(docs.remove(doc)),
+                                }
+                                Answer::Append(Err(e))
+                            }
+                            Err(other) => return Err(other),
+                        }
                     }
                     Request::Compact {
                         doc, compaction, ..
@@ -508,6 +576,9 @@ impl Writer {
                 answers.push(answer);
             }
             write_back(&tx, &docs, now_ms)?;
+            if keyed {
+                evict_keys(&tx, &self.keys, now_ms)?;
+            }
             tx.commit()?;
             Ok(answers)
         })();
@@ -537,11 +608,13 @@ impl Writer {
                     reply,
                     ..
                 },
-                Answer::Append(range),
+                Answer::Append(outcome),
             ) => {
-                self.metrics.store_appends.add(updates.len() as u64);
+                if outcome.is_ok() {
+                    self.metrics.store_appends.add(updates.len() as u64);
+                }
                 self.metrics.commit_latency.observe(queued.elapsed());
-                let _ = reply.send(Ok(range));
+                let _ = reply.send(outcome);
             }
             (Request::Compact { reply, .. }, Answer::Compact(outcome)) => {
                 if let Ok(done) = &outcome {
@@ -628,6 +701,155 @@ fn append(
         first,
         last: state.last_sid,
     })
+}
+
+/// An append that carries idempotency keys (`updates` may then be empty): the updates as
+/// [`append`] stores them, then one record per key, refused with [`StoreError::KeyInUse`] when
+/// the key has a live record. Run inside a savepoint: on error the caller rolls back.
+fn append_keyed(
+    tx: &Connection,
+    docs: &mut HashMap<String, DocState>,
+    doc: &str,
+    updates: &[NewUpdate],
+    keys: &[NewKey],
+    limits: &KeyLimits,
+    now_ms: u64,
+) -> Result<SidRange, StoreError> {
+    let range = if updates.is_empty() {
+        // Nothing to log: the document is neither created nor touched.
+        let last = doc_state(tx, docs, doc, false, now_ms)?.map_or(0, |d| d.last_sid);
+        SidRange {
+            first: last + 1,
+            last,
+        }
+    } else {
+        append(tx, docs, doc, updates, now_ms)?
+    };
+    for key in keys {
+        let sid = range.first - 1 + key.after.min(updates.len()) as u64;
+        insert_key(
+            tx,
+            doc,
+            key,
+            sid,
+            now_ms,
+            now_ms.saturating_sub(limits.ttl_ms),
+        )?;
+    }
+    Ok(range)
+}
+
+fn insert_key(
+    tx: &Connection,
+    doc: &str,
+    key: &NewKey,
+    sid: Sid,
+    now_ms: u64,
+    expired_before: u64,
+) -> Result<(), StoreError> {
+    // An expired record of the key (not evicted yet) makes way; a live one refuses the key.
+    tx.prepare_cached(
+        "DELETE FROM idempotency_keys WHERE doc = ?1 AND user = ?2 AND key = ?3 AND at < ?4",
+    )?
+    .execute(params![doc, key.user, key.key, expired_before])?;
+    let headers = serde_json::to_string(&key.answer.headers)
+        .map_err(|e| StoreError::Backend(BackendError::new(e)))?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO idempotency_keys
+                 (doc, user, key, fingerprint, status, headers, body, sid, at, bytes_through)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+                 ?10 + (SELECT COALESCE(MAX(bytes_through), 0) FROM idempotency_keys))
+             ON CONFLICT (doc, user, key) DO NOTHING",
+        )?
+        .execute(params![
+            doc,
+            key.user,
+            key.key,
+            &key.fingerprint[..],
+            key.answer.status,
+            headers,
+            &key.answer.body[..],
+            sid,
+            now_ms,
+            key.answer.size() as u64,
+        ])?;
+    if inserted == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::KeyInUse {
+            doc: doc.to_owned(),
+            user: key.user.clone(),
+            key: key.key.clone(),
+        })
+    }
+}
+
+/// Deletes expired records, then the oldest beyond the count and byte bounds.
+fn evict_keys(tx: &Connection, limits: &KeyLimits, now_ms: u64) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM idempotency_keys WHERE at < ?1")?
+        .execute([now_ms.saturating_sub(limits.ttl_ms)])?;
+    tx.prepare_cached(
+        "DELETE FROM idempotency_keys
+         WHERE id <= (SELECT MAX(id) FROM idempotency_keys) - ?1",
+    )?
+    .execute([limits.max_keys])?;
+    tx.prepare_cached(
+        "DELETE FROM idempotency_keys
+         WHERE bytes_through <= (SELECT MAX(bytes_through) FROM idempotency_keys) - ?1",
+    )?
+    .execute([limits.max_bytes])?;
+    Ok(())
+}
+
+/// The live record of a key (see [`Store::idempotency_key`]).
+fn lookup_key(
+    conn: &mut Connection,
+    doc: &str,
+    user: &str,
+    key: &str,
+    expired_before: u64,
+) -> Result<Option<KeyRecord>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT fingerprint, status, headers, body, sid, at FROM idempotency_keys
+             WHERE doc = ?1 AND user = ?2 AND key = ?3 AND at >= ?4",
+        )?
+        .query_row(params![doc, user, key, expired_before], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, u16>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, Sid>(4)?,
+                r.get::<_, u64>(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((fingerprint, status, headers, body, sid, at)) = row else {
+        return Ok(None);
+    };
+    let corrupt = |detail: String| StoreError::Corrupt {
+        doc: doc.to_owned(),
+        detail,
+    };
+    let fingerprint: Fingerprint = fingerprint.try_into().map_err(|_| {
+        corrupt(format!(
+            "idempotency key {key:?}: fingerprint is not 32 bytes"
+        ))
+    })?;
+    let headers: Vec<(String, String)> = serde_json::from_str(&headers)
+        .map_err(|e| corrupt(format!("idempotency key {key:?}: headers: {e}")))?;
+    Ok(Some(KeyRecord {
+        fingerprint,
+        answer: super::Answer {
+            status,
+            headers,
+            body: Bytes::from(body),
+        },
+        sid,
+        at,
+    }))
 }
 
 fn write_back(
@@ -923,22 +1145,36 @@ impl Store for SqliteStore {
         Ok(range.last)
     }
 
-    async fn append_batch(
+    async fn append_with_keys(
         &self,
         doc: &str,
         updates: Vec<NewUpdate>,
+        keys: Vec<NewKey>,
     ) -> Result<SidRange, StoreError> {
-        if updates.is_empty() {
+        if updates.is_empty() && keys.is_empty() {
             return Err(StoreError::EmptyAppend);
         }
         let doc = doc.to_owned();
         self.call(|reply| Request::Append {
             doc,
             updates,
+            keys,
             queued: Instant::now(),
             reply,
         })
         .await
+    }
+
+    async fn idempotency_key(
+        &self,
+        doc: &str,
+        user: &str,
+        key: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let (doc, user, key) = (doc.to_owned(), user.to_owned(), key.to_owned());
+        let expired_before = unix_ms().saturating_sub(self.inner.keys.ttl_ms);
+        self.read(move |conn| lookup_key(conn, &doc, &user, &key, expired_before))
+            .await
     }
 
     async fn updates_since(&self, doc: &str, sid: Sid) -> Result<Since, StoreError> {

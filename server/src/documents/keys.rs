@@ -228,3 +228,202 @@ impl Keys {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use futures_util::future::join;
+    use serde_json::json;
+
+    use super::*;
+    use crate::documents::{Registry, RequestKey, Write, Written};
+    use crate::infra::config::Config;
+    use crate::infra::metrics::Metrics;
+    use crate::infra::store::sqlite::{SqliteOptions, SqliteStore};
+
+    fn render(written: &Written) -> Answer {
+        Answer {
+            status: if matches!(written, Written::Stale { .. }) {
+                412
+            } else {
+                200
+            },
+            headers: Vec::new(),
+            body: format!("{written:?}").into(),
+        }
+    }
+
+    fn setup(dir: &Path) -> (Registry, SqliteStore) {
+        let store = SqliteStore::open(dir, SqliteOptions::default()).unwrap();
+        let config = Arc::new(Config::default_for(dir));
+        let registry = Registry::new(Arc::new(store.clone()), Metrics::new(), config);
+        (registry, store)
+    }
+
+    fn insert(user: &str, key: &str, text: &str) -> WriteRequest {
+        WriteRequest {
+            user: user.into(),
+            write: Write::Text {
+                field: "t".into(),
+                index: 0,
+                delete: 0,
+                insert: text.into(),
+            },
+            key: Some(RequestKey {
+                key: key.into(),
+                fingerprint: [text.len() as u8; 32],
+            }),
+            render,
+        }
+    }
+
+    async fn text(registry: &Registry) -> String {
+        let state = registry.read("doc", false).await.unwrap();
+        state.texts.get("t").cloned().unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_keyed_write_runs_once_and_its_retries_get_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, _store) = setup(dir.path());
+        let first = registry
+            .write("doc", insert("ann", "k", "a"))
+            .await
+            .unwrap();
+        assert!(!first.replayed);
+        let again = registry
+            .write("doc", insert("ann", "k", "a"))
+            .await
+            .unwrap();
+        assert!(again.replayed);
+        assert_eq!((again.answer, again.sid), (first.answer, first.sid));
+        assert_eq!(text(&registry).await, "a");
+        // Another request with the key: refused, not run.
+        let other = registry.write("doc", insert("ann", "k", "bb")).await;
+        assert_eq!(other, Err(DocError::KeyReused));
+        // Another user's key of the same name is another key; a request without a key runs
+        // every time.
+        registry
+            .write("doc", insert("bob", "k", "c"))
+            .await
+            .unwrap();
+        let mut plain = insert("ann", "", "d");
+        plain.key = None;
+        registry.write("doc", plain.clone()).await.unwrap();
+        registry.write("doc", plain).await.unwrap();
+        assert_eq!(text(&registry).await, "ddca");
+    }
+
+    #[tokio::test]
+    async fn retries_arriving_while_the_first_runs_wait_for_its_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, store) = setup(dir.path());
+        registry
+            .write("doc", insert("ann", "x", "x"))
+            .await
+            .unwrap();
+        let release = store.hold_writer().await;
+        // Three requests with one key reach the task together: two wait behind the first's
+        // lookup. The writer is held, so the first one's commit waits too.
+        let three = futures_util::future::join3(
+            registry.write("doc", insert("ann", "k", "a")),
+            registry.write("doc", insert("ann", "k", "a")),
+            registry.write("doc", insert("ann", "k", "bb")),
+        );
+        let fourth = async {
+            while store.queued() < 1 {
+                tokio::task::yield_now().await;
+            }
+            // The first one's batch is queued. A retry arriving now finds the key pending; a
+            // read sent after it is answered once the task has taken it.
+            let retry = registry.write("doc", insert("ann", "k", "a"));
+            let barrier = async {
+                registry.read("doc", false).await.unwrap();
+                release.send(()).unwrap();
+            };
+            join(retry, barrier).await.0
+        };
+        let ((a, b, c), d) = join(three, fourth).await;
+        let (a, b, d) = (a.unwrap(), b.unwrap(), d.unwrap());
+        assert_eq!(c, Err(DocError::KeyReused));
+        assert!(!a.replayed && b.replayed && d.replayed);
+        assert_eq!((&b.answer, b.sid), (&a.answer, a.sid));
+        assert_eq!((&d.answer, d.sid), (&a.answer, a.sid));
+        assert_eq!(a.sid, 2);
+        assert_eq!(text(&registry).await, "ax");
+    }
+
+    #[tokio::test]
+    async fn a_key_outlives_its_document_task_and_the_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = {
+            let (registry, store) = setup(dir.path());
+            let first = registry
+                .write("doc", insert("ann", "k", "a"))
+                .await
+                .unwrap();
+            registry.close().await;
+            store.close().await.unwrap();
+            first
+        };
+        let (registry, _store) = setup(dir.path());
+        let again = registry
+            .write("doc", insert("ann", "k", "a"))
+            .await
+            .unwrap();
+        assert!(again.replayed);
+        assert_eq!((again.answer, again.sid), (first.answer, first.sid));
+        assert_eq!(text(&registry).await, "a");
+    }
+
+    #[tokio::test]
+    async fn a_stale_conditional_write_is_remembered_and_a_refused_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (registry, _store) = setup(dir.path());
+        let field = |value: i64, expected: Option<&str>, key: &str| WriteRequest {
+            user: "ann".into(),
+            write: Write::Field {
+                name: "f".into(),
+                value: Some(json!(value)),
+                expected: expected.map(str::to_owned),
+            },
+            key: Some(RequestKey {
+                key: key.into(),
+                fingerprint: [value as u8; 32],
+            }),
+            render,
+        };
+        let stale = registry
+            .write("doc", field(1, Some("nope"), "s"))
+            .await
+            .unwrap();
+        assert_eq!(stale.answer.status, 412);
+        registry.write("doc", field(2, None, "w")).await.unwrap();
+        // The retry gets the first answer, though the register changed meanwhile.
+        let retry = registry
+            .write("doc", field(1, Some("nope"), "s"))
+            .await
+            .unwrap();
+        assert!(retry.replayed);
+        assert_eq!(retry.answer, stale.answer);
+        // A refused request (a bad offset) did nothing, so its key is still free.
+        let mut bad = insert("ann", "r", "a");
+        bad.write = Write::Text {
+            field: "t".into(),
+            index: 99,
+            delete: 0,
+            insert: "a".into(),
+        };
+        assert!(matches!(
+            registry.write("doc", bad).await,
+            Err(DocError::Invalid(_))
+        ));
+        let ok = registry
+            .write("doc", insert("ann", "r", "ok"))
+            .await
+            .unwrap();
+        assert!(!ok.replayed);
+        assert_eq!(text(&registry).await, "ok");
+    }
+}

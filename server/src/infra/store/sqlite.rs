@@ -18,11 +18,11 @@
 //!   `(doc_id, sid)` (`WITHOUT ROWID`: one b-tree insert per appended update).
 //! - `snapshots(doc_id, sid, data)`: the latest compaction of each document.
 //! - `checkpoints(doc_id, sid, at, authors, data)`: version history.
-//! - `idempotency_keys(id, doc, user, key, fingerprint, status, headers, body, sid, at,
-//!   bytes_through)`: the records of requests that carried an `Idempotency-Key`, inserted by
+//! - `idempotency_keys(id, doc, user, key, fingerprint, status, headers, body, sid, at, size,
+//!   bytes_before)`: the records of requests that carried an `Idempotency-Key`, inserted by
 //!   the append that stores their updates (same transaction). Keyed by document name, not
 //!   `docs.id`, so a request that changed nothing does not create its document. `id` orders
-//!   them oldest first; `bytes_through` is the running total of answer bytes up to the record,
+//!   them oldest first; `bytes_before` is the running total of answer bytes before the record,
 //!   so "keep the newest N records / B bytes" is one range delete each.
 
 use std::collections::HashMap;
@@ -95,11 +95,12 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     body BLOB NOT NULL,
     sid INTEGER NOT NULL,
     at INTEGER NOT NULL,
-    bytes_through INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    bytes_before INTEGER NOT NULL,
     UNIQUE (doc, user, key)
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_at ON idempotency_keys (at);
-CREATE INDEX IF NOT EXISTS idempotency_keys_bytes ON idempotency_keys (bytes_through);
+CREATE INDEX IF NOT EXISTS idempotency_keys_bytes ON idempotency_keys (bytes_before);
 ";
 
 /// Idle read connections kept for reuse.
@@ -347,7 +348,7 @@ impl SqliteStore {
     /// Test only: blocks the writer until the returned sender is used or dropped. When this
     /// returns, the writer is blocked and the queue holds only requests sent afterwards.
     #[cfg(test)]
-    async fn hold_writer(&self) -> std::sync::mpsc::Sender<()> {
+    pub(crate) async fn hold_writer(&self) -> std::sync::mpsc::Sender<()> {
         let (release_tx, release) = std::sync::mpsc::channel();
         let (taken, taken_rx) = oneshot::channel();
         self.inner
@@ -757,9 +758,9 @@ fn insert_key(
     let inserted = tx
         .prepare_cached(
             "INSERT INTO idempotency_keys
-                 (doc, user, key, fingerprint, status, headers, body, sid, at, bytes_through)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
-                 ?10 + (SELECT COALESCE(MAX(bytes_through), 0) FROM idempotency_keys))
+                 (doc, user, key, fingerprint, status, headers, body, sid, at, size, bytes_before)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, COALESCE(
+                 (SELECT bytes_before + size FROM idempotency_keys ORDER BY id DESC LIMIT 1), 0))
              ON CONFLICT (doc, user, key) DO NOTHING",
         )?
         .execute(params![
@@ -795,8 +796,8 @@ fn evict_keys(tx: &Connection, limits: &KeyLimits, now_ms: u64) -> Result<(), St
     )?
     .execute([limits.max_keys])?;
     tx.prepare_cached(
-        "DELETE FROM idempotency_keys
-         WHERE bytes_through <= (SELECT MAX(bytes_through) FROM idempotency_keys) - ?1",
+        "DELETE FROM idempotency_keys WHERE bytes_before < (
+             SELECT bytes_before + size FROM idempotency_keys ORDER BY id DESC LIMIT 1) - ?1",
     )?
     .execute([limits.max_bytes])?;
     Ok(())
@@ -1786,5 +1787,239 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(open(dir.path()));
         assert_eq!(store.append("d", upd("x"), "u").await.unwrap(), 1);
         assert_eq!(store.load("d").await.unwrap().unwrap().last_sid, 1);
+    }
+
+    fn answer(body: &str) -> super::super::Answer {
+        super::super::Answer {
+            status: 200,
+            headers: vec![("etag".into(), format!("\"{body}\""))],
+            body: upd(body),
+        }
+    }
+
+    fn key(user: &str, key: &str, after: usize) -> NewKey {
+        NewKey {
+            user: user.into(),
+            key: key.into(),
+            fingerprint: [key.len() as u8; 32],
+            answer: answer(key),
+            after,
+        }
+    }
+
+    fn new(s: &str) -> NewUpdate {
+        NewUpdate {
+            update: upd(s),
+            author: "u".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_stored_with_their_batch_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            let range = store
+                .append_with_keys(
+                    "doc",
+                    vec![new("1"), new("2")],
+                    vec![key("ann", "a", 1), key("ann", "bb", 2)],
+                )
+                .await
+                .unwrap();
+            assert_eq!(range, SidRange { first: 1, last: 2 });
+            // Keys only: a request that changed nothing. Its sid is the last one before it,
+            // and a document never written is not created by it.
+            let range = store
+                .append_with_keys("doc", vec![], vec![key("ann", "ccc", 0)])
+                .await
+                .unwrap();
+            assert_eq!(range, SidRange { first: 3, last: 2 });
+            store
+                .append_with_keys("fresh", vec![], vec![key("ann", "a", 0)])
+                .await
+                .unwrap();
+            assert_eq!(store.load("fresh").await.unwrap(), None);
+            assert!(matches!(
+                store.append_with_keys("doc", vec![], vec![]).await,
+                Err(StoreError::EmptyAppend)
+            ));
+            // Dropped without close: what was answered is committed.
+        }
+        let store = open(dir.path());
+        let a = store
+            .idempotency_key("doc", "ann", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.sid, a.fingerprint, a.answer), (1, [1; 32], answer("a")));
+        let sids = [("doc", "bb", 2), ("doc", "ccc", 2), ("fresh", "a", 0)];
+        for (doc, k, sid) in sids {
+            let record = store.idempotency_key(doc, "ann", k).await.unwrap().unwrap();
+            assert_eq!(record.sid, sid, "{doc} {k}");
+            assert!(record.at > 1_600_000_000_000);
+        }
+        // Keys are per user and per document.
+        assert_eq!(
+            store.idempotency_key("doc", "bob", "a").await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store.idempotency_key("other", "ann", "a").await.unwrap(),
+            None
+        );
+        assert_eq!(store.load("doc").await.unwrap().unwrap().last_sid, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_key_refuses_its_append_and_only_its_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .append_with_keys("doc", vec![new("1")], vec![key("ann", "k", 1)])
+            .await
+            .unwrap();
+        store
+            .append_with_keys("new", vec![], vec![key("ann", "k", 0)])
+            .await
+            .unwrap();
+        // One transaction: a refused key undoes its own append, nothing else.
+        let release = store.hold_writer().await;
+        let send = |doc: &'static str, update: &'static str, keys: Vec<NewKey>| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append_with_keys(doc, vec![new(update)], keys).await })
+        };
+        let refused = send(
+            "doc",
+            "dup",
+            vec![key("ann", "fresh", 1), key("ann", "k", 1)],
+        );
+        until_queued(&store, 1).await;
+        let plain = send("doc", "2", vec![]);
+        until_queued(&store, 2).await;
+        let keyed = send("doc", "3", vec![key("ann", "fresh", 1)]);
+        until_queued(&store, 3).await;
+        // The document's row is created inside the refused append: gone with it.
+        let refused_new = send("new", "dup", vec![key("ann", "k", 1)]);
+        until_queued(&store, 4).await;
+        let first_new = send("new", "n1", vec![]);
+        until_queued(&store, 5).await;
+        let transactions = store.stats().transactions;
+        release.send(()).unwrap();
+        assert!(matches!(
+            refused.await.unwrap(),
+            Err(StoreError::KeyInUse { ref key, .. }) if key == "k"
+        ));
+        assert_eq!(
+            plain.await.unwrap().unwrap(),
+            SidRange { first: 2, last: 2 }
+        );
+        assert_eq!(
+            keyed.await.unwrap().unwrap(),
+            SidRange { first: 3, last: 3 }
+        );
+        assert!(refused_new.await.unwrap().is_err());
+        assert_eq!(
+            first_new.await.unwrap().unwrap(),
+            SidRange { first: 1, last: 1 }
+        );
+        assert_eq!(store.stats().transactions, transactions + 1);
+        let loaded = store.load("doc").await.unwrap().unwrap();
+        assert_eq!(
+            texts(&loaded.updates),
+            vec![(1, "1".into()), (2, "2".into()), (3, "3".into())]
+        );
+        // "fresh" is the record of the append that got it in, not of the refused one.
+        let fresh = store.idempotency_key("doc", "ann", "fresh").await.unwrap();
+        assert_eq!(fresh.unwrap().sid, 3);
+        let loaded = store.load("new").await.unwrap().unwrap();
+        assert_eq!(texts(&loaded.updates), vec![(1, "n1".into())]);
+        store.close().await.unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.load("new").await.unwrap().unwrap().last_sid, 1);
+    }
+
+    #[tokio::test]
+    async fn expired_keys_are_free_again_and_the_oldest_keys_are_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        // Answers of "k0".."k5" take 10 bytes each; of "0".."5", 8.
+        assert_eq!((answer("k0").size(), answer("0").size()), (10, 8));
+        let store = SqliteStore::open(
+            dir.path(),
+            SqliteOptions {
+                keys: KeyLimits {
+                    ttl_ms: 60_000,
+                    max_keys: 4,
+                    max_bytes: 35,
+                },
+                ..options()
+            },
+        )
+        .unwrap();
+        for i in 0..6 {
+            store
+                .append_with_keys("doc", vec![new("x")], vec![key("ann", &format!("k{i}"), 1)])
+                .await
+                .unwrap();
+        }
+        // 35 bytes hold three of these answers (the tighter bound here): the newest three
+        // are kept.
+        let mut kept = Vec::new();
+        for i in 0..6 {
+            let k = format!("k{i}");
+            if store
+                .idempotency_key("doc", "ann", &k)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                kept.push(k);
+            }
+        }
+        assert_eq!(kept, ["k3", "k4", "k5"]);
+        // Four short keys fit in the bytes but not in the count.
+        for i in 0..6 {
+            store
+                .append_with_keys("doc", vec![], vec![key("bob", &i.to_string(), 0)])
+                .await
+                .unwrap();
+        }
+        let conn = Connection::open(store.path()).unwrap();
+        let count: u64 = conn
+            .query_row("SELECT COUNT(*) FROM idempotency_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 4);
+        assert!(store
+            .idempotency_key("doc", "bob", "5")
+            .await
+            .unwrap()
+            .is_some());
+        assert!(store
+            .idempotency_key("doc", "bob", "1")
+            .await
+            .unwrap()
+            .is_none());
+        // A record older than the TTL is not seen, and its key can be stored again.
+        conn.execute(
+            "UPDATE idempotency_keys SET at = at - 61000 WHERE key = '5'",
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            store.idempotency_key("doc", "bob", "5").await.unwrap(),
+            None
+        );
+        let mut again = key("bob", "5", 1);
+        again.answer = answer("again");
+        store
+            .append_with_keys("doc", vec![new("y")], vec![again])
+            .await
+            .unwrap();
+        let record = store
+            .idempotency_key("doc", "bob", "5")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((record.sid, record.answer), (7, answer("again")));
     }
 }

@@ -383,6 +383,11 @@ pub enum StoreError {
 
 /// Durable document storage. Object-safe: the server holds an `Arc<dyn Store>`.
 ///
+/// Idempotency records are part of the contract (see the module docs): a backend stores them
+/// in the transaction of the append that carries them, refuses a second live record of a key
+/// inside that transaction (a unique constraint, so it holds across nodes), keeps them
+/// [`KeyLimits`], and answers [`Store::idempotency_key`] from committed data only.
+///
 /// Cancellation: dropping an append's future after it was queued does not withdraw the
 /// update; it may still be committed (durable but unacknowledged, like a lost ack).
 #[async_trait]

@@ -553,7 +553,8 @@ impl Writer {
                                             d.dirty = dirty;
                                         }
                                     }
-                                    // Its row was created inside the savepoint: gone with it.
+                                    // First touched by this append: read again next time
+                                    // (a row it created is gone with the savepoint).
                                     None => drop(docs.remove(doc)),
                                 }
                                 Answer::Append(Err(e))

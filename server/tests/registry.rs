@@ -11,8 +11,8 @@ use tandem_server::documents::{outbox, ConnSink, JoinError, Registry};
 use tandem_server::infra::config::Config;
 use tandem_server::infra::metrics::Metrics;
 use tandem_server::infra::store::{
-    BackendError, CheckpointInfo, Compacted, Compaction, Loaded, NewUpdate, Sid, SidRange, Since,
-    Store, StoreError,
+    BackendError, CheckpointInfo, Compacted, Compaction, KeyRecord, Loaded, NewKey, NewUpdate, Sid,
+    SidRange, Since, Store, StoreError,
 };
 use tokio::sync::{oneshot, Semaphore};
 
@@ -49,12 +49,25 @@ impl Store for Scripted {
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(1)
     }
-    async fn append_batch(&self, _: &str, u: Vec<NewUpdate>) -> Result<SidRange, StoreError> {
+    async fn append_with_keys(
+        &self,
+        _: &str,
+        u: Vec<NewUpdate>,
+        _: Vec<NewKey>,
+    ) -> Result<SidRange, StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(SidRange {
             first: 1,
             last: u.len() as Sid,
         })
+    }
+    async fn idempotency_key(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(None)
     }
     async fn updates_since(&self, _: &str, _: Sid) -> Result<Since, StoreError> {
         Ok(Since::Updates {

@@ -6,7 +6,9 @@ use bytes::Bytes;
 use tandem_engine::protocol::{ConnId, ConnInfo};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{ConnSink, DocError, DocState, FeedItem, FieldOutcome, JoinError, PresenceView};
+use super::{
+    Answered, ConnSink, DocError, DocState, FeedItem, JoinError, PresenceView, WriteRequest,
+};
 use crate::infra::store::Sid;
 
 /// A document task's answer to a join.
@@ -29,25 +31,10 @@ pub(super) enum Command {
         with_update: bool,
         reply: Reply<(DocState, Vec<PresenceView>)>,
     },
-    ApplyUpdate {
-        author: String,
-        update: Bytes,
-        reply: Reply<Sid>,
-    },
-    SetField {
-        user: String,
-        name: String,
-        value: Option<serde_json::Value>,
-        expected: Option<String>,
-        reply: Reply<FieldOutcome>,
-    },
-    EditText {
-        user: String,
-        field: String,
-        index: u32,
-        delete: u32,
-        insert: String,
-        reply: Reply<(Sid, String)>,
+    /// An HTTP write (see [`super::keys`] for one with an idempotency key).
+    Write {
+        request: WriteRequest,
+        reply: Reply<Answered>,
     },
     Join {
         conn: ConnId,

@@ -5,6 +5,12 @@
 //! ([`Durable::conn`], [`Durable::seq`]); an HTTP request registers a [`Waiter`] with
 //! [`Commit::when_durable`], answered once every update queued before it is durable (its own
 //! update, queued by the command that registers it, is the last of those).
+//!
+//! Idempotency keys ride with the updates: [`Commit::push_key`] attaches a key's record to the
+//! last queued entry (the update its request just queued, or, for a request that changed
+//! nothing, whatever is queued last, else an entry of its own that holds no update), and the
+//! batch stores updates and records in one transaction ([`Store::append_with_keys`]).
+//! [`Finished::keys`] says which became durable, with the sid of their write.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -15,23 +21,44 @@ use std::time::Instant;
 use tandem_engine::protocol::ConnId;
 use tandem_engine::Change;
 
+use super::keys::KeyId;
 use super::DocError;
 use crate::infra::metrics::Metrics;
-use crate::infra::store::{NewUpdate, Sid, SidRange, Store, StoreError};
+use crate::infra::store::{
+    Answer, Fingerprint, NewKey, NewUpdate, Sid, SidRange, Store, StoreError,
+};
 
 /// Called with the sid up to which everything it waited for is durable (or with the failure).
 pub(super) type Waiter = Box<dyn FnOnce(Result<Sid, DocError>) + Send>;
 
-/// An accepted update waiting to be stored.
+/// An accepted update waiting to be stored, or (without one) idempotency records of requests
+/// that changed nothing.
 struct Pending {
     conn: Option<ConnId>,
     /// The connection's update count including this one.
     seq: u64,
-    update: NewUpdate,
+    update: Option<NewUpdate>,
     /// What it changed, for event-stream subscribers.
     changes: Vec<Change>,
     /// Requests answered once this update (and every one before it) is durable.
     waiters: Vec<Waiter>,
+    /// Idempotency records stored with it; their write's sid is this entry's.
+    keys: Vec<PendingKey>,
+}
+
+/// The idempotency record of a request, to store with its write.
+pub(super) struct PendingKey {
+    pub id: KeyId,
+    pub fingerprint: Fingerprint,
+    pub answer: Answer,
+}
+
+/// What a stored batch made durable.
+pub(super) struct Finished {
+    /// Its updates, with their sids.
+    pub updates: Vec<Durable>,
+    /// Its idempotency records, with the sid of their write.
+    pub keys: Vec<(KeyId, Sid)>,
 }
 
 /// An update that became durable.
@@ -93,10 +120,28 @@ impl Commit {
         self.queue.push_back(Pending {
             conn,
             seq,
-            update,
+            update: Some(update),
             changes,
             waiters: Vec::new(),
+            keys: Vec::new(),
         });
+    }
+
+    /// Stores `key` with the last queued entry (so its sid is that entry's: the update the
+    /// current command queued, or the last one queued before it), or, when nothing is queued,
+    /// in an entry of its own holding no update (its sid is then the last update's before it).
+    pub(super) fn push_key(&mut self, key: PendingKey) {
+        match self.queue.back_mut() {
+            Some(p) => p.keys.push(key),
+            None => self.queue.push_back(Pending {
+                conn: None,
+                seq: 0,
+                update: None,
+                changes: Vec::new(),
+                waiters: Vec::new(),
+                keys: vec![key],
+            }),
+        }
     }
 
     /// Answers `waiter` once every update queued so far is durable, with the sid of the last of
@@ -119,15 +164,28 @@ impl Commit {
             return 0;
         }
         let batch: Vec<Pending> = self.queue.drain(..).collect();
-        let bytes = batch.iter().map(|p| p.update.update.len() as u64).sum();
-        let updates: Vec<NewUpdate> = batch.iter().map(|p| p.update.clone()).collect();
+        let mut updates: Vec<NewUpdate> = Vec::with_capacity(batch.len());
+        let mut keys: Vec<NewKey> = Vec::new();
+        for p in &batch {
+            if let Some(update) = &p.update {
+                updates.push(update.clone());
+            }
+            keys.extend(p.keys.iter().map(|k| NewKey {
+                user: k.id.0.clone(),
+                key: k.id.1.clone(),
+                fingerprint: k.fingerprint,
+                answer: k.answer.clone(),
+                after: updates.len(),
+            }));
+        }
+        let bytes = updates.iter().map(|u| u.update.len() as u64).sum();
         self.inflight_batch = batch;
         let store = Arc::clone(&self.store);
         let metrics = self.metrics.clone();
         let doc = doc.to_owned();
         let started = Instant::now();
         self.inflight = Some(Box::pin(async move {
-            let r = store.append_batch(&doc, updates).await;
+            let r = store.append_with_keys(&doc, updates, keys).await;
             metrics.commit_latency.observe(started.elapsed());
             r
         }));
@@ -148,25 +206,35 @@ impl Commit {
     }
 
     /// Takes the result of the batch in flight: answers its waiters and returns its updates
-    /// with their sids. On failure every waiter (of the batch and of the queue) gets
-    /// [`DocError::Storage`] and nothing is returned.
-    pub(super) fn finish(&mut self, result: Result<SidRange, StoreError>) -> Vec<Durable> {
+    /// and idempotency records with their sids. On failure every waiter (of the batch and of
+    /// the queue) gets [`DocError::Storage`] and nothing is returned.
+    pub(super) fn finish(&mut self, result: Result<SidRange, StoreError>) -> Finished {
         let batch = std::mem::take(&mut self.inflight_batch);
+        let mut out = Finished {
+            updates: Vec::with_capacity(batch.len()),
+            keys: Vec::new(),
+        };
         match result {
             Ok(range) => {
                 self.last_sid = range.last;
-                let mut out = Vec::with_capacity(batch.len());
-                for (i, p) in batch.into_iter().enumerate() {
-                    let sid = range.first + i as u64;
+                // The sid of the last update so far (the last one before the batch at first).
+                let mut sid = range.first - 1;
+                for p in batch {
+                    if p.update.is_some() {
+                        sid += 1;
+                    }
                     for waiter in p.waiters {
                         waiter(Ok(sid));
                     }
-                    out.push(Durable {
-                        sid,
-                        conn: p.conn.map(|c| (c, p.seq)),
-                        update: p.update,
-                        changes: p.changes,
-                    });
+                    out.keys.extend(p.keys.into_iter().map(|k| (k.id, sid)));
+                    if let Some(update) = p.update {
+                        out.updates.push(Durable {
+                            sid,
+                            conn: p.conn.map(|c| (c, p.seq)),
+                            update,
+                            changes: p.changes,
+                        });
+                    }
                 }
                 out
             }
@@ -177,7 +245,7 @@ impl Commit {
                     }
                 }
                 self.drop_queue();
-                Vec::new()
+                out
             }
         }
     }

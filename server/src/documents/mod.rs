@@ -2,8 +2,8 @@
 //! they answer.
 //!
 //! - [`registry`]: [`Registry`], the loaded documents by name. [`Registry::join`] attaches a
-//!   connection; the HTTP operations (`read`, `subscribe`, `apply_update`, `set_field`,
-//!   `edit_text`) are commands to the owner task.
+//!   connection; the HTTP operations (`read`, `subscribe`, `write`) are commands to the owner
+//!   task.
 //! - `task`: the owner task of one document: loads it, runs its command loop over the engine's
 //!   `Room`, unloads it when idle.
 //! - `fanout`: the document's connections and the frames for them: one push per connection per
@@ -12,6 +12,8 @@
 //!   time, acknowledged once durable.
 //! - `feed`: event-stream subscribers: durable changes and presence, in sid order.
 //! - `compaction`: when the log is folded into a snapshot, and the checkpoint bookkeeping.
+//! - `keys`: idempotency keys whose first request is still being carried out (looked up in the
+//!   store, or applied and waiting to be durable with its record).
 //! - [`outbox`]: a connection's bounded outbound frame queue.
 //! - [`refusal`]: how an engine refusal is answered (close code, limit counted).
 //!
@@ -23,6 +25,7 @@ mod commit;
 mod compaction;
 mod fanout;
 mod feed;
+mod keys;
 pub mod outbox;
 pub mod refusal;
 mod registry;
@@ -38,7 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use registry::{Attached, Registry};
 
 use crate::base::close::Close;
-use crate::infra::store::Sid;
+use crate::infra::store::{Answer, Fingerprint, Sid};
 
 /// Frames a document task may queue for one connection before the connection counts as a
 /// slow reader (resynced, then closed if it falls behind again). Frames are shared among the
@@ -142,13 +145,102 @@ pub enum DocError {
     /// Storing the change failed; it was not applied durably.
     #[error("storage failure")]
     Storage,
+    /// The request's idempotency key was first used by a different request (another method,
+    /// path or body); nothing was done.
+    #[error("the idempotency key was already used with a different request")]
+    KeyReused,
 }
 
-/// Result of a register write through the HTTP API.
+/// A write through the HTTP API, carried out by the document's owner task.
 #[derive(Debug, Clone, PartialEq)]
-pub enum FieldOutcome {
-    /// Written at this sid; the new state (`None` after a delete).
-    Written(Sid, Option<FieldValue>),
-    /// The expected version was stale; the current state.
-    Stale(Option<FieldValue>),
+pub enum Write {
+    /// Apply a binary Yjs update (v1).
+    Update(Bytes),
+    /// Set (`Some`) or delete (`None`) a register; with `expected`, only while its version is
+    /// still that one (`""`: only while it is unset).
+    Field {
+        /// The register.
+        name: String,
+        /// The new value.
+        value: Option<serde_json::Value>,
+        /// The version the writer expects.
+        expected: Option<String>,
+    },
+    /// Edit a text field (UTF-16 offsets).
+    Text {
+        /// The text field.
+        field: String,
+        /// Where the edit starts.
+        index: u32,
+        /// Code units deleted there.
+        delete: u32,
+        /// Text inserted there.
+        insert: String,
+    },
+}
+
+/// What a write did: what its answer is rendered from (the sid comes once it is durable).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Written {
+    /// The update was applied.
+    Update,
+    /// The register was written; its new state (`None` after a delete).
+    Field {
+        /// The register.
+        name: String,
+        /// Its new state.
+        state: Option<FieldValue>,
+    },
+    /// The conditional write lost: the register's version was not the expected one. Nothing
+    /// was written; its current state.
+    Stale {
+        /// The register's current state.
+        current: Option<FieldValue>,
+    },
+    /// The text field was edited; its new text.
+    Text {
+        /// The text field.
+        field: String,
+        /// Its text after the edit.
+        text: String,
+    },
+}
+
+/// Renders a write's answer. Supplied by the caller (the HTTP edge); the document layer stores
+/// what it renders with an idempotency key and never looks inside.
+pub type Render = fn(&Written) -> Answer;
+
+/// A write request: who writes what, with which idempotency key, answered how.
+#[derive(Debug, Clone)]
+pub struct WriteRequest {
+    /// The writer (the author of what it changes).
+    pub user: String,
+    /// The write.
+    pub write: Write,
+    /// The request's idempotency key: then the write is carried out at most once per key
+    /// (of this user, on this document) and every request with the key gets the first answer.
+    pub key: Option<RequestKey>,
+    /// How its answer looks.
+    pub render: Render,
+}
+
+/// An idempotency key and the fingerprint of the request that carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestKey {
+    /// The key, as the client sent it.
+    pub key: String,
+    /// What makes two requests with this key the same request.
+    pub fingerprint: Fingerprint,
+}
+
+/// A write's answer, once what it did is durable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answered {
+    /// The answer, as [`WriteRequest::render`] made it (for a replay: for the first request).
+    pub answer: Answer,
+    /// The write's sid: the sid of the update it made, or the document's last sid when it
+    /// made none.
+    pub sid: Sid,
+    /// Whether an earlier request with the same key made this answer (nothing was done now).
+    pub replayed: bool,
 }

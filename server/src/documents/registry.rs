@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use super::command::{Command, JoinReply, Reply};
 use super::task::{self, Context};
 use super::{
-    ConnSink, DocError, DocState, FieldOutcome, JoinError, Subscription, SUBSCRIBER_QUEUE,
+    Answered, ConnSink, DocError, DocState, JoinError, Subscription, WriteRequest, SUBSCRIBER_QUEUE,
 };
 use crate::infra::config::Config;
 use crate::infra::metrics::Metrics;
@@ -294,56 +294,11 @@ impl Registry {
         })
     }
 
-    /// Applies a binary update by `author`; returns its sid once durable.
-    pub async fn apply_update(
-        &self,
-        doc: &str,
-        author: &str,
-        update: Bytes,
-    ) -> Result<Sid, DocError> {
-        self.ask(doc, |reply| Command::ApplyUpdate {
-            author: author.to_owned(),
-            update: update.clone(),
-            reply,
-        })
-        .await
-    }
-
-    /// Writes a register (the server decides a conditional write); answers once durable.
-    pub async fn set_field(
-        &self,
-        doc: &str,
-        user: &str,
-        name: &str,
-        value: Option<serde_json::Value>,
-        expected: Option<String>,
-    ) -> Result<FieldOutcome, DocError> {
-        self.ask(doc, |reply| Command::SetField {
-            user: user.to_owned(),
-            name: name.to_owned(),
-            value: value.clone(),
-            expected: expected.clone(),
-            reply,
-        })
-        .await
-    }
-
-    /// Edits a text field (UTF-16 offsets); returns the sid and the field's new text.
-    pub async fn edit_text(
-        &self,
-        doc: &str,
-        user: &str,
-        field: &str,
-        index: u32,
-        delete: u32,
-        insert: &str,
-    ) -> Result<(Sid, String), DocError> {
-        self.ask(doc, |reply| Command::EditText {
-            user: user.to_owned(),
-            field: field.to_owned(),
-            index,
-            delete,
-            insert: insert.to_owned(),
+    /// Carries out a write (see [`WriteRequest`]); answers once what it did is durable. With
+    /// an idempotency key, at most once per key: a retry gets the first answer, `replayed`.
+    pub async fn write(&self, doc: &str, request: WriteRequest) -> Result<Answered, DocError> {
+        self.ask(doc, |reply| Command::Write {
+            request: request.clone(),
             reply,
         })
         .await

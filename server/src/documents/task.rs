@@ -4,7 +4,8 @@
 //! Each turn handles up to [`COMMAND_BATCH`] waiting commands, then flushes what they produced
 //! to the connections ([`super::fanout`]), starts storing what was accepted
 //! ([`super::commit`]), and compacts when due ([`super::compaction`]). Durable updates are
-//! acknowledged and published to event streams ([`super::feed`]). A panic inside an engine call
+//! acknowledged and published to event streams ([`super::feed`]). HTTP writes with an
+//! idempotency key go through [`super::keys`] first. A panic inside an engine call
 //! fails only this document: its connections are closed (1011) and the next one reloads it.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,19 +17,22 @@ use tandem_engine::protocol::{self, ConnId, FieldWrite, Limits, Output, Room};
 use tandem_engine::{Document, ProtocolError};
 use tokio::sync::mpsc;
 
-use super::command::{Command, JoinReply};
-use super::commit::{Commit, Waiter};
+use super::command::{Command, JoinReply, Reply};
+use super::commit::{Commit, PendingKey, Waiter};
 use super::compaction::Compactor;
 use super::fanout::{self, Behind, Fanout};
 use super::feed::Feed;
+use super::keys::{KeyId, Keys, Parked};
 use super::refusal::protocol_error_close;
-use super::{DocError, DocState, FeedItem, FieldOutcome, JoinError, Published};
+use super::{
+    Answered, DocError, DocState, FeedItem, JoinError, Published, Write, WriteRequest, Written,
+};
 use crate::base::clock::now_ms;
 use crate::base::close::{code, Close};
 use crate::base::limit::LimitKind;
 use crate::infra::config::Config;
 use crate::infra::metrics::Metrics;
-use crate::infra::store::{NewUpdate, Sid, Store, StoreError};
+use crate::infra::store::{KeyRecord, NewUpdate, Sid, Store, StoreError};
 
 /// Commands handled before the produced frames are flushed to the connections.
 const COMMAND_BATCH: usize = 64;
@@ -154,6 +158,7 @@ impl DocTask {
             compactor: loaded.compactor,
             fanout: Fanout::default(),
             feed: Feed::default(),
+            keys: Keys::default(),
             failed: false,
             shutting_down: false,
         };
@@ -176,6 +181,9 @@ impl DocTask {
                     None => break,
                 },
                 result = doc.commit.stored(), if doc.commit.in_flight() => doc.stored(result),
+                (id, found) = doc.keys.looked_up(), if doc.keys.looking_up() => {
+                    doc.key_looked_up(id, found);
+                }
                 _ = sweep.tick() => doc.sweep(),
             }
             doc.flush();
@@ -185,7 +193,10 @@ impl DocTask {
                     doc.compact_if_due().await;
                 }
             }
-            let idle = doc.fanout.is_empty() && doc.feed.is_empty() && doc.commit.is_idle();
+            let idle = doc.fanout.is_empty()
+                && doc.feed.is_empty()
+                && doc.commit.is_idle()
+                && doc.keys.is_idle();
             if idle || (doc.failed && !doc.commit.in_flight()) {
                 doc.compact_if_due().await;
                 break;
@@ -215,9 +226,7 @@ impl DocTask {
                 }
                 Command::Read { reply, .. } => drop(reply.send(Err(failed))),
                 Command::Subscribe { reply, .. } => drop(reply.send(Err(failed))),
-                Command::ApplyUpdate { reply, .. } => drop(reply.send(Err(failed))),
-                Command::SetField { reply, .. } => drop(reply.send(Err(failed))),
-                Command::EditText { reply, .. } => drop(reply.send(Err(failed))),
+                Command::Write { reply, .. } => drop(reply.send(Err(failed))),
                 Command::Replicated { .. }
                 | Command::Frame { .. }
                 | Command::Leave { .. }
@@ -240,6 +249,8 @@ struct Running {
     commit: Commit,
     feed: Feed,
     compactor: Compactor,
+    /// Idempotency keys whose first request is being carried out.
+    keys: Keys,
     /// Set after a storage failure or a panic: the document stops serving and unloads.
     failed: bool,
     shutting_down: bool,
@@ -304,76 +315,7 @@ impl Running {
                 let presence = self.feed.subscribe(feed, &mut self.room, now);
                 let _ = reply.send(Ok((self.state(with_update), presence)));
             }
-            Command::ApplyUpdate {
-                author,
-                update,
-                reply,
-            } => {
-                let result = self.guarded(|room| room.apply_update(&update, Some(&author), now));
-                match result {
-                    None => drop(reply.send(Err(DocError::Storage))),
-                    Some(Err(e)) => drop(reply.send(Err(refused(e)))),
-                    Some(Ok(mut out)) => match out.error.take() {
-                        Some(e) => {
-                            let _ = reply.send(Err(refused(e)));
-                            self.dispatch(out, None);
-                        }
-                        None => {
-                            self.dispatch(out, None);
-                            self.when_durable(Box::new(move |r| drop(reply.send(r))));
-                        }
-                    },
-                }
-            }
-            Command::SetField {
-                user,
-                name,
-                value,
-                expected,
-                reply,
-            } => {
-                if let Err(e) = tandem_engine::document::check_name(&name) {
-                    let _ = reply.send(Err(DocError::Invalid(e.to_string())));
-                    return;
-                }
-                let result = self
-                    .guarded(|room| room.set_field(&user, &name, value, expected.as_deref(), now));
-                match result {
-                    None => drop(reply.send(Err(DocError::Storage))),
-                    Some(Err(e)) => drop(reply.send(Err(refused(e)))),
-                    Some(Ok((FieldWrite::Rejected(current), _))) => {
-                        let _ = reply.send(Ok(FieldOutcome::Stale(current)));
-                    }
-                    Some(Ok((FieldWrite::Accepted(state), out))) => {
-                        self.dispatch(out, None);
-                        self.when_durable(Box::new(move |r| {
-                            drop(reply.send(r.map(|sid| FieldOutcome::Written(sid, state))))
-                        }));
-                    }
-                }
-            }
-            Command::EditText {
-                user,
-                field,
-                index,
-                delete,
-                insert,
-                reply,
-            } => {
-                let result =
-                    self.guarded(|room| room.edit_text(&user, &field, index, delete, &insert, now));
-                match result {
-                    None => drop(reply.send(Err(DocError::Storage))),
-                    Some(Err(e)) => drop(reply.send(Err(refused(e)))),
-                    Some(Ok(out)) => {
-                        self.dispatch(out, None);
-                        let text = self.room.document().text(&field).unwrap_or_default();
-                        self.when_durable(Box::new(move |r| {
-                            drop(reply.send(r.map(|sid| (sid, text))))
-                        }));
-                    }
-                }
-            }
+            Command::Write { request, reply } => self.write(request, reply, now),
             Command::Replicated {
                 sid,
                 update,
@@ -391,6 +333,140 @@ impl Running {
                 for id in self.fanout.ids() {
                     self.close(id, Close::new(code::GOING_AWAY, "server shutting down"));
                 }
+            }
+        }
+    }
+
+    /// An HTTP write: at once without a key; with one, through [`super::keys`].
+    fn write(&mut self, request: WriteRequest, reply: Reply<Answered>, now: u64) {
+        match &request.key {
+            None => self.write_now(request, reply, now),
+            Some(key) => {
+                let id: KeyId = (request.user.clone(), key.key.clone());
+                let parked = Parked {
+                    fingerprint: key.fingerprint,
+                    request,
+                    reply,
+                };
+                let store = Arc::clone(&self.ctx.store);
+                if let Some(p) = self.keys.admit(id, parked, false, &store, &self.name) {
+                    self.write_now(p.request, p.reply, now);
+                }
+            }
+        }
+    }
+
+    /// A key's lookup answered: runs the requests that waited for it when the key is unused.
+    fn key_looked_up(&mut self, id: KeyId, found: Result<Option<KeyRecord>, StoreError>) {
+        let now = now_ms();
+        let store = Arc::clone(&self.ctx.store);
+        for parked in self.keys.lookup_done(&id, found) {
+            if let Some(p) = self
+                .keys
+                .admit(id.clone(), parked, true, &store, &self.name)
+            {
+                self.write_now(p.request, p.reply, now);
+            }
+        }
+    }
+
+    /// Carries out a write and answers it once durable. With a key, the answer is stored with
+    /// the write (see [`super::keys`]).
+    fn write_now(&mut self, request: WriteRequest, reply: Reply<Answered>, now: u64) {
+        let WriteRequest {
+            user,
+            write,
+            key,
+            render,
+        } = request;
+        let written = match self.perform(&user, write, now) {
+            Ok(written) if !self.failed => written,
+            Ok(_) => {
+                let _ = reply.send(Err(DocError::Storage));
+                return;
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let answer = render(&written);
+        match key {
+            Some(key) => {
+                let id: KeyId = (user, key.key);
+                self.commit.push_key(PendingKey {
+                    id: id.clone(),
+                    fingerprint: key.fingerprint,
+                    answer: answer.clone(),
+                });
+                self.keys.pending(id, key.fingerprint, answer, reply);
+            }
+            // Nothing was written: nothing to wait for.
+            None if matches!(written, Written::Stale { .. }) => {
+                let sid = self.commit.last_sid();
+                let _ = reply.send(Ok(Answered {
+                    answer,
+                    sid,
+                    replayed: false,
+                }));
+            }
+            None => self.when_durable(Box::new(move |r| {
+                drop(reply.send(r.map(|sid| Answered {
+                    answer,
+                    sid,
+                    replayed: false,
+                })))
+            })),
+        }
+    }
+
+    /// Applies a write to the room; what it changed is queued for storage.
+    fn perform(&mut self, user: &str, write: Write, now: u64) -> Result<Written, DocError> {
+        match write {
+            Write::Update(update) => {
+                let mut out = self
+                    .guarded(|room| room.apply_update(&update, Some(user), now))
+                    .ok_or(DocError::Storage)?
+                    .map_err(refused)?;
+                let error = out.error.take();
+                self.dispatch(out, None);
+                match error {
+                    Some(e) => Err(refused(e)),
+                    None => Ok(Written::Update),
+                }
+            }
+            Write::Field {
+                name,
+                value,
+                expected,
+            } => {
+                tandem_engine::document::check_name(&name)
+                    .map_err(|e| DocError::Invalid(e.to_string()))?;
+                let (write, out) = self
+                    .guarded(|room| room.set_field(user, &name, value, expected.as_deref(), now))
+                    .ok_or(DocError::Storage)?
+                    .map_err(refused)?;
+                match write {
+                    FieldWrite::Rejected(current) => Ok(Written::Stale { current }),
+                    FieldWrite::Accepted(state) => {
+                        self.dispatch(out, None);
+                        Ok(Written::Field { name, state })
+                    }
+                }
+            }
+            Write::Text {
+                field,
+                index,
+                delete,
+                insert,
+            } => {
+                let out = self
+                    .guarded(|room| room.edit_text(user, &field, index, delete, &insert, now))
+                    .ok_or(DocError::Storage)?
+                    .map_err(refused)?;
+                self.dispatch(out, None);
+                let text = self.room.document().text(&field).unwrap_or_default();
+                Ok(Written::Text { field, text })
             }
         }
     }
@@ -448,6 +524,7 @@ impl Running {
     fn fail(&mut self, reason: &str) {
         self.failed = true;
         self.commit.drop_queue();
+        self.keys.fail();
         self.feed.clear();
         for id in self.fanout.ids() {
             self.close(id, Close::new(code::DOCUMENT_FAILED, reason));
@@ -547,11 +624,15 @@ impl Running {
             tracing::error!(doc = %self.name, cause = %e, "storing updates failed");
         }
         let failed = result.is_err();
-        let durable = self.commit.finish(result);
+        let finished = self.commit.finish(result);
         if failed {
             self.fail("storage failure; reconnect to resync");
             return;
         }
+        for (id, sid) in &finished.keys {
+            self.keys.durable(id, *sid);
+        }
+        let durable = finished.updates;
         // The last update of each connection in the batch is acked (acks count updates).
         let mut last_of: Vec<(ConnId, u64, Sid)> = Vec::new();
         for d in durable {

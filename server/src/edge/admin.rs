@@ -3,19 +3,24 @@
 //! `POST /admin/revoke` with `{"user": "<id>"}`: refuses every token of that user issued up to
 //! now and closes the user's open WebSockets (close 4401, reason "token revoked") and event
 //! streams. Answers `{"user": id, "revoked_at": unix seconds, "closed": connections closed}`.
-//! Tokens minted from the next second on are accepted again.
+//! Tokens minted from the next second on are accepted again. Takes an `Idempotency-Key`: a
+//! retry with the key gets the first answer and revokes nothing more (the key lives in memory
+//! with the revocation; see [`super::idempotency`]).
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::error::{ApiError, ErrorCode};
 use super::extract::{AdminAccess, Authorized};
+use super::idempotency::{json_answer, respond, Keyed};
 use super::state::AppState;
-use crate::base::clock::unix_now;
+use crate::base::clock::{now_ms, unix_now};
 
 /// The admin routes (merged into [`crate::http::app`]).
 pub fn routes() -> Router<AppState> {
@@ -32,23 +37,28 @@ struct RevokeRequest {
 async fn revoke(
     who: Authorized<AdminAccess>,
     State(state): State<AppState>,
+    keyed: Keyed,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let request: RevokeRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            ErrorCode::BadRequest,
-            format!("expected {{\"user\": \"<id>\"}}: {e}"),
-        )
+) -> Result<Response, ApiError> {
+    let key = keyed.request_key(&body);
+    let admin = &who.identity.user;
+    let (answer, replayed) = state.local_keys.once(admin, key, now_ms(), || {
+        let request: RevokeRequest = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("expected {{\"user\": \"<id>\"}}: {e}"),
+            )
+        })?;
+        if request.user.is_empty() {
+            return Err(ApiError::new(ErrorCode::BadRequest, "user is empty"));
+        }
+        let at = unix_now();
+        let closed = state.auth.revoke(&request.user, at);
+        tracing::info!(admin = %admin, user = %request.user, closed, "revoked a user's tokens");
+        let body = json!({"user": request.user, "revoked_at": at, "closed": closed});
+        Ok(json_answer(StatusCode::OK, Vec::new(), &body))
     })?;
-    if request.user.is_empty() {
-        return Err(ApiError::new(ErrorCode::BadRequest, "user is empty"));
-    }
-    let at = unix_now();
-    let closed = state.auth.revoke(&request.user, at);
-    tracing::info!(admin = %who.identity.user, user = %request.user, closed, "revoked a user's tokens");
-    Ok(Json(
-        json!({"user": request.user, "revoked_at": at, "closed": closed}),
-    ))
+    Ok(respond(answer, None, replayed))
 }
 
 #[cfg(test)]
@@ -56,6 +66,8 @@ mod tests {
     use axum::body::Body;
     use axum::http::{header, Request, StatusCode};
     use tower::ServiceExt;
+
+    use serde_json::Value;
 
     use super::*;
     use crate::access::token::{mint, AuthError, Claims};

@@ -1,10 +1,12 @@
 //! The document routes of the HTTP API, for consumers that do not run a CRDT: snapshots,
 //! catch-up and binary writes, conditional register writes, text edits and version history.
-//! The event stream is in [`super::sse`]. Text offsets are UTF-16 code units.
+//! The event stream is in [`super::sse`]. Text offsets are UTF-16 code units. Every write takes
+//! an `Idempotency-Key` ([`super::idempotency`]); its answer is rendered by [`render`], once,
+//! and replayed as is to retries.
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -15,11 +17,12 @@ use tandem_engine::Document;
 use super::error::{ApiError, ErrorCode};
 use super::extract::parse_since;
 use super::extract::{Authorized, ReadAccess, WriteAccess};
+use super::idempotency::{error_answer, json_answer, respond_write, Keyed};
 use super::json::{field_json, snapshot_json};
 use super::state::AppState;
 use crate::base::limit::LimitKind;
-use crate::documents::{DocState, FieldOutcome};
-use crate::infra::store::{Sid, Since};
+use crate::documents::{DocState, Write, WriteRequest, Written};
+use crate::infra::store::{Answer, Sid, Since};
 
 /// The document routes (merged into [`crate::http::app`]).
 pub fn routes() -> Router<AppState> {
@@ -101,12 +104,70 @@ async fn updates_since(
         .into_response())
 }
 
+/// The answer to a write, without its sid (added once durable, [`respond_write`]): `{}` for an
+/// update, `{name, value, version, author, at}` and its `ETag` for a register (`{name,
+/// deleted}` after a delete), the 412 error with `current` for a stale conditional write,
+/// `{field, text}` for a text edit.
+pub fn render(written: &Written) -> Answer {
+    match written {
+        Written::Update => json_answer(StatusCode::OK, Vec::new(), &json!({})),
+        Written::Field {
+            name,
+            state: Some(f),
+        } => {
+            let mut body = field_json(f);
+            body["name"] = json!(name);
+            let etag = vec![("etag".to_owned(), format!("\"{}\"", f.version))];
+            json_answer(StatusCode::OK, etag, &body)
+        }
+        Written::Field { name, state: None } => json_answer(
+            StatusCode::OK,
+            Vec::new(),
+            &json!({"name": name, "deleted": true}),
+        ),
+        Written::Stale { current } => error_answer(
+            ApiError::new(
+                ErrorCode::PreconditionFailed,
+                "the register changed since that version",
+            )
+            .with_field(
+                "current",
+                current.as_ref().map(field_json).unwrap_or(Value::Null),
+            ),
+        ),
+        Written::Text { field, text } => json_answer(
+            StatusCode::OK,
+            Vec::new(),
+            &json!({"field": field, "text": text}),
+        ),
+    }
+}
+
+/// Runs a write as `who` and answers it (see [`super::idempotency`]).
+async fn write(
+    state: &AppState,
+    who: &Authorized<WriteAccess>,
+    keyed: &Keyed,
+    body: &[u8],
+    write: Write,
+) -> Result<Response, ApiError> {
+    let request = WriteRequest {
+        user: who.identity.user.clone(),
+        write,
+        key: keyed.request_key(body),
+        render,
+    };
+    let answered = state.registry.write(who.doc(), request).await?;
+    Ok(respond_write(answered))
+}
+
 /// `POST /docs/{doc}/update`: applies a binary Yjs update (v1); answers `{sid}` once durable.
 async fn apply_update(
     who: Authorized<WriteAccess>,
     State(state): State<AppState>,
+    keyed: Keyed,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     check_body_size(&state, &body)?;
     if body.is_empty() {
         return Err(ApiError::new(
@@ -114,11 +175,7 @@ async fn apply_update(
             "empty body: expected a Yjs update",
         ));
     }
-    let sid = state
-        .registry
-        .apply_update(who.doc(), &who.identity.user, body)
-        .await?;
-    Ok(Json(json!({ "sid": sid })))
+    write(&state, &who, &keyed, &body, Write::Update(body.clone())).await
 }
 
 /// Reads `If-Match: "<version>"` (or `If-None-Match: *`, which expects the register unset).
@@ -141,35 +198,13 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(None)
 }
 
-fn field_result(name: &str, outcome: FieldOutcome) -> Response {
-    match outcome {
-        FieldOutcome::Written(sid, Some(f)) => {
-            let mut body = field_json(&f);
-            body["name"] = json!(name);
-            body["sid"] = json!(sid);
-            ([(header::ETAG, format!("\"{}\"", f.version))], Json(body)).into_response()
-        }
-        FieldOutcome::Written(sid, None) => {
-            Json(json!({"name": name, "deleted": true, "sid": sid})).into_response()
-        }
-        FieldOutcome::Stale(current) => ApiError::new(
-            ErrorCode::PreconditionFailed,
-            "the register changed since that version",
-        )
-        .with_field(
-            "current",
-            current.as_ref().map(field_json).unwrap_or(Value::Null),
-        )
-        .into_response(),
-    }
-}
-
 /// `PUT /docs/{doc}/fields/{name}`: sets a register to the JSON body. With `If-Match`, only
 /// when its version is still the given one (else 412 with the current value).
 async fn set_field(
     who: Authorized<WriteAccess>,
     State(state): State<AppState>,
     Path((_, name)): Path<(String, String)>,
+    keyed: Keyed,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -177,11 +212,12 @@ async fn set_field(
     check_body_size(&state, &body)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("body is not JSON: {e}")))?;
-    let outcome = state
-        .registry
-        .set_field(who.doc(), &who.identity.user, &name, Some(value), expected)
-        .await?;
-    Ok(field_result(&name, outcome))
+    let field = Write::Field {
+        name,
+        value: Some(value),
+        expected,
+    };
+    write(&state, &who, &keyed, &body, field).await
 }
 
 /// `DELETE /docs/{doc}/fields/{name}`: deletes a register (conditional with `If-Match`).
@@ -189,14 +225,16 @@ async fn delete_field(
     who: Authorized<WriteAccess>,
     State(state): State<AppState>,
     Path((_, name)): Path<(String, String)>,
+    keyed: Keyed,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let expected = expected_version(&headers)?;
-    let outcome = state
-        .registry
-        .set_field(who.doc(), &who.identity.user, &name, None, expected)
-        .await?;
-    Ok(field_result(&name, outcome))
+    let field = Write::Field {
+        name,
+        value: None,
+        expected,
+    };
+    write(&state, &who, &keyed, b"", field).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,8 +252,9 @@ async fn edit_text(
     who: Authorized<WriteAccess>,
     State(state): State<AppState>,
     Path((_, field)): Path<(String, String)>,
+    keyed: Keyed,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     check_body_size(&state, &body)?;
     let edit: TextEdit = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
@@ -223,18 +262,13 @@ async fn edit_text(
             format!("expected {{index, delete, insert}}: {e}"),
         )
     })?;
-    let (sid, text) = state
-        .registry
-        .edit_text(
-            who.doc(),
-            &who.identity.user,
-            &field,
-            edit.index,
-            edit.delete,
-            &edit.insert,
-        )
-        .await?;
-    Ok(Json(json!({"sid": sid, "field": field, "text": text})))
+    let text = Write::Text {
+        field,
+        index: edit.index,
+        delete: edit.delete,
+        insert: edit.insert,
+    };
+    write(&state, &who, &keyed, &body, text).await
 }
 
 /// `GET /docs/{doc}/history`: the retained checkpoints, oldest first.

@@ -128,6 +128,14 @@ impl ApiError {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// The JSON body the client sees: `{"error": code, "message": text, ...extra}`.
+    pub fn body(&self) -> Value {
+        let mut body = self.extra.clone();
+        body.insert("error".to_owned(), Value::from(self.code.as_str()));
+        body.insert("message".to_owned(), Value::from(self.message.as_str()));
+        Value::Object(body)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -140,10 +148,7 @@ impl IntoResponse for ApiError {
             (Some(cause), false) => tracing::debug!(code, cause = ?cause, "request refused"),
             (None, false) => tracing::debug!(code, message = %self.message, "request refused"),
         }
-        let mut body = self.extra;
-        body.insert("error".to_owned(), Value::from(code));
-        body.insert("message".to_owned(), Value::from(self.message));
-        (status, Json(Value::Object(body))).into_response()
+        (status, Json(self.body())).into_response()
     }
 }
 
@@ -192,6 +197,11 @@ impl From<DocError> for ApiError {
             DocError::Storage => {
                 ApiError::new(ErrorCode::Internal, "the change could not be stored")
             }
+            DocError::KeyReused => ApiError::new(
+                ErrorCode::Unprocessable,
+                "this Idempotency-Key was already used with a different request (method, path \
+                 or body): send a new key for a new request",
+            ),
         }
     }
 }

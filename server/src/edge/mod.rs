@@ -6,6 +6,7 @@
 //! - [`extract`]: [`extract::Authorized`], the one way every route authenticates, and
 //!   [`extract::Stream`], the admission and revocation handle of every long-lived response.
 //! - [`json`]: how documents and registers look in JSON.
+//! - [`idempotency`]: the `Idempotency-Key` header, request fingerprints, answers and replays.
 //! - [`router`]: [`router::app`], every route, `/healthz`, `/metrics`.
 //! - [`serve`]: [`serve::run`], what `tandem serve` calls.
 //! - Routes: [`ws`] (`/ws/{doc}`), [`sse`] (`/docs/{doc}/events`), [`documents`] (the other
@@ -17,6 +18,7 @@ pub mod demo;
 pub mod documents;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod json;
 pub mod live;
 pub mod openapi;

@@ -26,7 +26,7 @@ fn with(mut base: serde_json::Map<String, Value>, code: &str, response: Value) -
 const AUTH: [(&str, &str); 4] = [
     (
         "400",
-        "Malformed request (document name, parameters or body)",
+        "Malformed request (document name, parameters, Idempotency-Key or body)",
     ),
     ("401", "No valid token"),
     ("403", "The token does not grant this access"),
@@ -54,9 +54,34 @@ pub fn spec() -> Value {
         error_response("Over the per-IP connection rate"),
     );
     stream_errors.insert("503".into(), error_response("At --max-connections"));
+    let key_param = json!({"name": "Idempotency-Key", "in": "header", "required": false,
+        "description": "Makes a retry safe: a write with a key this user already used on this \
+            document is not done again and gets the first answer (status, body, ETag) with \
+            `Idempotent-Replayed: true`; while the first request is still running, the retry \
+            waits for its answer. Keys are kept 24 h. The same key with another request \
+            (method, path, If-Match / If-None-Match or body) is a 422.",
+        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"}});
+    let replayed = json!({"Idempotent-Replayed": {"description": "`true` when the answer is \
+        the one an earlier request with the same Idempotency-Key got",
+        "schema": {"type": "string", "enum": ["true"]}}});
     let mut write_errors = read_errors.clone();
     write_errors.insert("413".into(), error_response("Body over the size limit"));
-    write_errors.insert("422".into(), error_response("Over a document limit"));
+    write_errors.insert(
+        "422".into(),
+        error_response(
+            "Over a document limit, or the Idempotency-Key was used with a different request \
+             (`unprocessable`)",
+        ),
+    );
+    let written = |description: &str, schema: Value| {
+        json!({"description": description, "headers": replayed,
+            "content": {"application/json": {"schema": schema}}})
+    };
+    let mut admin_errors = errors(&AUTH);
+    admin_errors.insert(
+        "422".into(),
+        error_response("The Idempotency-Key was used with a different request"),
+    );
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -110,18 +135,18 @@ pub fn spec() -> Value {
             }},
             "/docs/{doc}/update": {"post": {
                 "summary": "Apply a binary Yjs update (v1); answers once durable",
-                "parameters": [doc_param, token_param],
+                "parameters": [doc_param, token_param, key_param],
                 "requestBody": {"required": true, "content": {"application/octet-stream":
                     {"schema": {"type": "string", "format": "binary"}}}},
                 "responses": with(write_errors.clone(), "200",
-                    json_ok("Stored", json!({"type": "object", "required": ["sid"],
+                    written("Stored", json!({"type": "object", "required": ["sid"],
                         "properties": {"sid": {"type": "integer", "minimum": 0}}})))
             }},
             "/docs/{doc}/fields/{name}": {
                 "parameters": [doc_param, {"name": "name", "in": "path", "required": true,
                     "description": "Register name: 1 to 64 characters, not starting with `tandem:`",
                     "schema": {"type": "string", "minLength": 1, "maxLength": 64,
-                               "pattern": "^(?!tandem:)"}}, token_param,
+                               "pattern": "^(?!tandem:)"}}, token_param, key_param,
                     {"name": "If-Match", "in": "header", "required": false,
                      "description": "Write only if the register's version is still this one (quoted)",
                      "schema": {"type": "string"}}],
@@ -131,14 +156,14 @@ pub fn spec() -> Value {
                     "responses": with(with(write_errors.clone(), "412",
                             error_response("The version in If-Match is stale; `current` holds the register"))
                         .as_object().cloned().unwrap_or_default(), "200",
-                        json_ok("Written", json!({"$ref": "#/components/schemas/FieldWrite"})))
+                        written("Written", json!({"$ref": "#/components/schemas/FieldWrite"})))
                 },
                 "delete": {
                     "summary": "Delete a register",
                     "responses": with(with(write_errors.clone(), "412",
                             error_response("The version in If-Match is stale; `current` holds the register"))
                         .as_object().cloned().unwrap_or_default(), "200",
-                        json_ok("Deleted", json!({"type": "object", "required": ["name", "deleted", "sid"],
+                        written("Deleted", json!({"type": "object", "required": ["name", "deleted", "sid"],
                             "properties": {"name": {"type": "string"}, "deleted": {"type": "boolean"},
                                            "sid": {"type": "integer"}}})))
                 }
@@ -148,14 +173,14 @@ pub fn spec() -> Value {
                 "parameters": [doc_param, {"name": "field", "in": "path", "required": true,
                     "description": "Text field name: 1 to 64 characters, not starting with `tandem:`",
                     "schema": {"type": "string", "minLength": 1, "maxLength": 64,
-                               "pattern": "^(?!tandem:)"}}, token_param],
+                               "pattern": "^(?!tandem:)"}}, token_param, key_param],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {
                     "type": "object", "required": ["index"],
                     "properties": {"index": {"type": "integer", "minimum": 0},
                                    "delete": {"type": "integer", "minimum": 0},
                                    "insert": {"type": "string"}}}}}},
                 "responses": with(write_errors.clone(), "200",
-                    json_ok("Edited", json!({"type": "object", "required": ["sid", "field", "text"],
+                    written("Edited", json!({"type": "object", "required": ["sid", "field", "text"],
                         "properties": {"sid": {"type": "integer"}, "field": {"type": "string"},
                                        "text": {"type": "string"}}})))
             }},
@@ -168,6 +193,17 @@ pub fn spec() -> Value {
                             "items": {"type": "object", "required": ["sid", "at", "authors"],
                                 "properties": {"sid": {"type": "integer"}, "at": {"type": "integer"},
                                     "authors": {"type": "array", "items": {"type": "string"}}}}}}})))
+            }},
+            "/admin/revoke": {"post": {
+                "summary": "Refuse every token of a user issued up to now and close the user's connections (admin role)",
+                "parameters": [token_param, key_param],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["user"], "additionalProperties": false,
+                    "properties": {"user": {"type": "string", "minLength": 1}}}}}},
+                "responses": with(admin_errors, "200",
+                    written("Revoked", json!({"type": "object", "required": ["user", "revoked_at", "closed"],
+                        "properties": {"user": {"type": "string"}, "revoked_at": {"type": "integer"},
+                                       "closed": {"type": "integer", "minimum": 0}}})))
             }},
             "/docs/{doc}/history/{sid}": {"get": {
                 "summary": "The document as it was at a checkpoint",

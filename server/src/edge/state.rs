@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::idempotency::LocalKeys;
 use super::package::Package;
 use crate::access::auth::Auth;
 use crate::documents::Registry;
@@ -27,6 +28,9 @@ pub struct AppState {
     pub registry: Registry,
     /// The demo's browser package (built on first need in development mode).
     pub demo: Package,
+    /// Idempotency keys of the writes whose effect lives in this process's memory
+    /// (revocations).
+    pub local_keys: LocalKeys,
 }
 
 impl std::fmt::Debug for AppState {
@@ -57,6 +61,7 @@ impl AppState {
             shutdown,
             registry,
             demo: Package::default(),
+            local_keys: LocalKeys::default(),
         }
     }
 }

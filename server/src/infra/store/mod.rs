@@ -24,8 +24,24 @@
 //! inside the transaction that stores it (a per-document counter row locked until commit, so
 //! commit order is sid order), and serialises compactions of one document itself.
 //!
-//! Architecture invariant: the store treats updates and snapshots as opaque bytes. It knows
-//! nothing of Yjs, of the engine, or of connections.
+//! Idempotency keys ([`Store::append_with_keys`], [`Store::idempotency_key`]): a write
+//! request that carries a key is stored together with a [`KeyRecord`] (the key, a fingerprint
+//! of the request, and the answer it got), in the same transaction as the updates it made, so
+//! after any crash either both are durable or neither is. What every backend keeps:
+//! - A record is found by `(doc, user, key)`, and a key has at most one live record: an append
+//!   carrying a key that already has one is refused whole ([`StoreError::KeyInUse`]), so two
+//!   writers (two nodes) racing on one key cannot both commit. A shared backend enforces this
+//!   with a unique constraint checked inside the append's transaction, not by a read before it;
+//!   keys live in the store, never only in one node's memory.
+//! - A record lives at least [`KeyLimits::ttl_ms`] (24 h) and is then expired: lookups no
+//!   longer see it and its key may be used again. Records are bounded ([`KeyLimits`]): at most
+//!   `max_keys` records and `max_bytes` bytes of answers in all; beyond that the oldest records
+//!   go first, even before 24 h. Eviction happens in the transactions that add records.
+//! - A lookup sees exactly the committed records: a record it does not see was not committed
+//!   when the lookup began.
+//!
+//! Architecture invariant: the store treats updates, snapshots and answers as opaque bytes. It
+//! knows nothing of Yjs, of the engine, of HTTP, or of connections.
 
 pub mod sqlite;
 
@@ -65,12 +81,93 @@ pub struct NewUpdate {
 }
 
 /// The sids given to a batch appended with [`Store::append_batch`]: `first..=last`, contiguous.
+/// A batch of keys only (no updates) gets `first = last + 1`, `last` the document's last sid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SidRange {
     /// The first update's sid.
     pub first: Sid,
     /// The last update's sid.
     pub last: Sid,
+}
+
+/// What identifies one request among those that reuse a key: a SHA-256 digest, computed above
+/// the store (the store only compares them).
+pub type Fingerprint = [u8; 32];
+
+/// The answer a request with an idempotency key got, replayed to its retries. Opaque to the
+/// store: a status, headers and a body as the layer above rendered them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// Headers that belong to the answer (e.g. `etag`), lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// Bytes the record takes, as counted against [`KeyLimits::max_bytes`].
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// An idempotency key to store with a batch ([`Store::append_with_keys`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKey {
+    /// The user the key belongs to.
+    pub user: String,
+    /// The key, as the client sent it.
+    pub key: String,
+    /// The fingerprint of the request that used it first.
+    pub fingerprint: Fingerprint,
+    /// The answer that request got.
+    pub answer: Answer,
+    /// Where the request's write stands in the batch: its sid is the sid of the batch's
+    /// `after`-th update (counting from 1), or, when 0, the document's last sid before the
+    /// batch (a write that changed nothing, such as a stale conditional write).
+    pub after: usize,
+}
+
+/// A stored idempotency key ([`Store::idempotency_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// The fingerprint of the request that used it first.
+    pub fingerprint: Fingerprint,
+    /// The answer that request got.
+    pub answer: Answer,
+    /// The sid of its write (see [`NewKey::after`]).
+    pub sid: Sid,
+    /// When it was stored, unix milliseconds.
+    pub at: u64,
+}
+
+/// How long idempotency records live and how many are kept (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// A record expires this long after it was stored (milliseconds; 24 h).
+    pub ttl_ms: u64,
+    /// At most this many records in all (100,000); the oldest are evicted first.
+    pub max_keys: u64,
+    /// At most this many bytes of answers in all (256 MiB; [`Answer::size`]); the oldest
+    /// records are evicted first.
+    pub max_bytes: u64,
+}
+
+impl Default for KeyLimits {
+    fn default() -> Self {
+        KeyLimits {
+            ttl_ms: 24 * 60 * 60 * 1000,
+            max_keys: 100_000,
+            max_bytes: 256 << 20,
+        }
+    }
 }
 
 /// A document's full state at one sid.
@@ -260,6 +357,17 @@ pub enum StoreError {
     /// An append of zero updates.
     #[error("an append needs at least one update")]
     EmptyAppend,
+    /// An append carried an idempotency key that already has a live record; nothing of the
+    /// append was stored.
+    #[error("idempotency key {key:?} of {user:?} on {doc:?} is already stored")]
+    KeyInUse {
+        /// The document.
+        doc: String,
+        /// The key's user.
+        user: String,
+        /// The key.
+        key: String,
+    },
     /// The store was closed, or its writer stopped after a fatal error.
     #[error("the store is closed")]
     Closed,
@@ -274,6 +382,11 @@ pub enum StoreError {
 }
 
 /// Durable document storage. Object-safe: the server holds an `Arc<dyn Store>`.
+///
+/// Idempotency records are part of the contract (see the module docs): a backend stores them
+/// in the transaction of the append that carries them, refuses a second live record of a key
+/// inside that transaction (a unique constraint, so it holds across nodes), keeps them
+/// [`KeyLimits`], and answers [`Store::idempotency_key`] from committed data only.
 ///
 /// Cancellation: dropping an append's future after it was queued does not withdraw the
 /// update; it may still be committed (durable but unacknowledged, like a lost ack).
@@ -291,7 +404,30 @@ pub trait Store: Send + Sync + 'static {
         &self,
         doc: &str,
         updates: Vec<NewUpdate>,
+    ) -> Result<SidRange, StoreError> {
+        self.append_with_keys(doc, updates, Vec::new()).await
+    }
+
+    /// Appends `updates` and stores `keys` (the idempotency records of the requests that made
+    /// them) in one transaction: once this returns `Ok`, all of it is durable; on `Err`, none
+    /// of it is stored. A key that already has a live record fails the whole append with
+    /// [`StoreError::KeyInUse`] (other appends committed with it are not affected). `updates`
+    /// may be empty when `keys` is not (requests that changed nothing); such a batch does not
+    /// create the document. Evicts expired and surplus records ([`KeyLimits`]).
+    async fn append_with_keys(
+        &self,
+        doc: &str,
+        updates: Vec<NewUpdate>,
+        keys: Vec<NewKey>,
     ) -> Result<SidRange, StoreError>;
+
+    /// The live (committed, not expired, not evicted) record of `user`'s `key` on `doc`.
+    async fn idempotency_key(
+        &self,
+        doc: &str,
+        user: &str,
+        key: &str,
+    ) -> Result<Option<KeyRecord>, StoreError>;
 
     /// The log entries after `sid` (see [`Since`]).
     async fn updates_since(&self, doc: &str, sid: Sid) -> Result<Since, StoreError>;

@@ -18,6 +18,12 @@
 //!   `(doc_id, sid)` (`WITHOUT ROWID`: one b-tree insert per appended update).
 //! - `snapshots(doc_id, sid, data)`: the latest compaction of each document.
 //! - `checkpoints(doc_id, sid, at, authors, data)`: version history.
+//! - `idempotency_keys(id, doc, user, key, fingerprint, status, headers, body, sid, at, size,
+//!   bytes_before)`: the records of requests that carried an `Idempotency-Key`, inserted by
+//!   the append that stores their updates (same transaction). Keyed by document name, not
+//!   `docs.id`, so a request that changed nothing does not create its document. `id` orders
+//!   them oldest first; `bytes_before` is the running total of answer bytes before the record,
+//!   so "keep the newest N records / B bytes" is one range delete each.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,8 +38,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBeha
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    BackendError, CheckpointInfo, Compacted, Compaction, HistoryMark, Loaded, LogEntry, NewUpdate,
-    Sid, SidRange, Since, Snapshot, Store, StoreError,
+    BackendError, CheckpointInfo, Compacted, Compaction, Fingerprint, HistoryMark, KeyLimits,
+    KeyRecord, Loaded, LogEntry, NewKey, NewUpdate, Sid, SidRange, Since, Snapshot, Store,
+    StoreError,
 };
 use crate::infra::metrics::Metrics;
 
@@ -77,6 +84,23 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     data BLOB NOT NULL,
     PRIMARY KEY (doc_id, sid)
 );
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    id INTEGER PRIMARY KEY,
+    doc TEXT NOT NULL,
+    user TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
+    status INTEGER NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    sid INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    bytes_before INTEGER NOT NULL,
+    UNIQUE (doc, user, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_at ON idempotency_keys (at);
+CREATE INDEX IF NOT EXISTS idempotency_keys_bytes ON idempotency_keys (bytes_before);
 ";
 
 /// Idle read connections kept for reuse.
@@ -96,6 +120,8 @@ pub struct SqliteOptions {
     pub max_batch_bytes: usize,
     /// Where commit latency and group-commit counters are recorded.
     pub metrics: Metrics,
+    /// How long idempotency records live and how many are kept.
+    pub keys: KeyLimits,
 }
 
 impl Default for SqliteOptions {
@@ -105,6 +131,7 @@ impl Default for SqliteOptions {
             max_batch: 1024,
             max_batch_bytes: 16 << 20,
             metrics: Metrics::new(),
+            keys: KeyLimits::default(),
         }
     }
 }
@@ -127,6 +154,7 @@ struct Inner {
     closed: AtomicBool,
     writer: Mutex<Option<JoinHandle<()>>>,
     metrics: Metrics,
+    keys: KeyLimits,
 }
 
 /// Group-commit counters of one store.
@@ -143,6 +171,7 @@ enum Request {
     Append {
         doc: String,
         updates: Vec<NewUpdate>,
+        keys: Vec<NewKey>,
         queued: Instant,
         reply: oneshot::Sender<Result<SidRange, StoreError>>,
     },
@@ -168,7 +197,10 @@ enum Request {
 impl Request {
     fn bytes(&self) -> usize {
         match self {
-            Request::Append { updates, .. } => updates.iter().map(|u| u.update.len()).sum(),
+            Request::Append { updates, keys, .. } => {
+                updates.iter().map(|u| u.update.len()).sum::<usize>()
+                    + keys.iter().map(|k| k.answer.size()).sum::<usize>()
+            }
             Request::Compact { compaction, .. } => compaction.state.len(),
             _ => 0,
         }
@@ -243,6 +275,7 @@ impl SqliteStore {
             max_batch: options.max_batch.max(1),
             max_batch_bytes: options.max_batch_bytes.max(1),
             metrics: options.metrics.clone(),
+            keys: options.keys,
         };
         let handle = std::thread::Builder::new()
             .name("tandem-store-writer".to_owned())
@@ -257,6 +290,7 @@ impl SqliteStore {
                 closed: AtomicBool::new(false),
                 writer: Mutex::new(Some(handle)),
                 metrics: options.metrics,
+                keys: options.keys,
             }),
         })
     }
@@ -320,7 +354,7 @@ impl SqliteStore {
     /// Test only: blocks the writer until the returned sender is used or dropped. When this
     /// returns, the writer is blocked and the queue holds only requests sent afterwards.
     #[cfg(test)]
-    async fn hold_writer(&self) -> std::sync::mpsc::Sender<()> {
+    pub(crate) async fn hold_writer(&self) -> std::sync::mpsc::Sender<()> {
         let (release_tx, release) = std::sync::mpsc::channel();
         let (taken, taken_rx) = oneshot::channel();
         self.inner
@@ -418,6 +452,7 @@ struct Writer {
     max_batch: usize,
     max_batch_bytes: usize,
     metrics: Metrics,
+    keys: KeyLimits,
 }
 
 /// Per-batch view of one document touched by an append or compaction.
@@ -429,7 +464,7 @@ struct DocState {
 
 /// A request's result inside a batch, sent once the batch commits.
 enum Answer {
-    Append(SidRange),
+    Append(Result<SidRange, StoreError>),
     Compact(Result<Compacted, StoreError>),
     Done,
 }
@@ -493,10 +528,45 @@ impl Writer {
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut docs: HashMap<String, DocState> = HashMap::new();
             let mut answers = Vec::with_capacity(batch.len());
+            let mut keyed = false;
             for request in batch.iter() {
                 let answer = match request {
-                    Request::Append { doc, updates, .. } => {
-                        Answer::Append(append(&tx, &mut docs, doc, updates, now_ms)?)
+                    Request::Append {
+                        doc, updates, keys, ..
+                    } if keys.is_empty() => {
+                        Answer::Append(Ok(append(&tx, &mut docs, doc, updates, now_ms)?))
+                    }
+                    Request::Append {
+                        doc, updates, keys, ..
+                    } => {
+                        // A savepoint, so a refused key undoes its own append only.
+                        let before = docs.get(doc).map(|d| (d.last_sid, d.dirty));
+                        let sp = tx.savepoint()?;
+                        let outcome =
+                            append_keyed(&sp, &mut docs, doc, updates, keys, &self.keys, now_ms);
+                        match outcome {
+                            Ok(range) => {
+                                sp.commit()?;
+                                keyed = true;
+                                Answer::Append(Ok(range))
+                            }
+                            Err(e @ StoreError::KeyInUse { .. }) => {
+                                drop(sp);
+                                match before {
+                                    Some((last_sid, dirty)) => {
+                                        if let Some(d) = docs.get_mut(doc) {
+                                            d.last_sid = last_sid;
+                                            d.dirty = dirty;
+                                        }
+                                    }
+                                    // First touched by this append: read again next time
+                                    // (a row it created is gone with the savepoint).
+                                    None => drop(docs.remove(doc)),
+                                }
+                                Answer::Append(Err(e))
+                            }
+                            Err(other) => return Err(other),
+                        }
                     }
                     Request::Compact {
                         doc, compaction, ..
@@ -514,6 +584,9 @@ impl Writer {
                 answers.push(answer);
             }
             write_back(&tx, &docs, now_ms)?;
+            if keyed {
+                evict_keys(&tx, &self.keys, now_ms)?;
+            }
             tx.commit()?;
             Ok(answers)
         })();
@@ -543,11 +616,13 @@ impl Writer {
                     reply,
                     ..
                 },
-                Answer::Append(range),
+                Answer::Append(outcome),
             ) => {
-                self.metrics.store_appends.add(updates.len() as u64);
+                if outcome.is_ok() {
+                    self.metrics.store_appends.add(updates.len() as u64);
+                }
                 self.metrics.commit_latency.observe(queued.elapsed());
-                let _ = reply.send(Ok(range));
+                let _ = reply.send(outcome);
             }
             (Request::Compact { reply, .. }, Answer::Compact(outcome)) => {
                 if let Ok(done) = &outcome {
@@ -634,6 +709,155 @@ fn append(
         first,
         last: state.last_sid,
     })
+}
+
+/// An append that carries idempotency keys (`updates` may then be empty): the updates as
+/// [`append`] stores them, then one record per key, refused with [`StoreError::KeyInUse`] when
+/// the key has a live record. Run inside a savepoint: on error the caller rolls back.
+fn append_keyed(
+    tx: &Connection,
+    docs: &mut HashMap<String, DocState>,
+    doc: &str,
+    updates: &[NewUpdate],
+    keys: &[NewKey],
+    limits: &KeyLimits,
+    now_ms: u64,
+) -> Result<SidRange, StoreError> {
+    let range = if updates.is_empty() {
+        // Nothing to log: the document is neither created nor touched.
+        let last = doc_state(tx, docs, doc, false, now_ms)?.map_or(0, |d| d.last_sid);
+        SidRange {
+            first: last + 1,
+            last,
+        }
+    } else {
+        append(tx, docs, doc, updates, now_ms)?
+    };
+    for key in keys {
+        let sid = range.first - 1 + key.after.min(updates.len()) as u64;
+        insert_key(
+            tx,
+            doc,
+            key,
+            sid,
+            now_ms,
+            now_ms.saturating_sub(limits.ttl_ms),
+        )?;
+    }
+    Ok(range)
+}
+
+fn insert_key(
+    tx: &Connection,
+    doc: &str,
+    key: &NewKey,
+    sid: Sid,
+    now_ms: u64,
+    expired_before: u64,
+) -> Result<(), StoreError> {
+    // An expired record of the key (not evicted yet) makes way; a live one refuses the key.
+    tx.prepare_cached(
+        "DELETE FROM idempotency_keys WHERE doc = ?1 AND user = ?2 AND key = ?3 AND at < ?4",
+    )?
+    .execute(params![doc, key.user, key.key, expired_before])?;
+    let headers = serde_json::to_string(&key.answer.headers)
+        .map_err(|e| StoreError::Backend(BackendError::new(e)))?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO idempotency_keys
+                 (doc, user, key, fingerprint, status, headers, body, sid, at, size, bytes_before)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, COALESCE(
+                 (SELECT bytes_before + size FROM idempotency_keys ORDER BY id DESC LIMIT 1), 0))
+             ON CONFLICT (doc, user, key) DO NOTHING",
+        )?
+        .execute(params![
+            doc,
+            key.user,
+            key.key,
+            &key.fingerprint[..],
+            key.answer.status,
+            headers,
+            &key.answer.body[..],
+            sid,
+            now_ms,
+            key.answer.size() as u64,
+        ])?;
+    if inserted == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::KeyInUse {
+            doc: doc.to_owned(),
+            user: key.user.clone(),
+            key: key.key.clone(),
+        })
+    }
+}
+
+/// Deletes expired records, then the oldest beyond the count and byte bounds.
+fn evict_keys(tx: &Connection, limits: &KeyLimits, now_ms: u64) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM idempotency_keys WHERE at < ?1")?
+        .execute([now_ms.saturating_sub(limits.ttl_ms)])?;
+    tx.prepare_cached(
+        "DELETE FROM idempotency_keys
+         WHERE id <= (SELECT MAX(id) FROM idempotency_keys) - ?1",
+    )?
+    .execute([limits.max_keys])?;
+    tx.prepare_cached(
+        "DELETE FROM idempotency_keys WHERE bytes_before < (
+             SELECT bytes_before + size FROM idempotency_keys ORDER BY id DESC LIMIT 1) - ?1",
+    )?
+    .execute([limits.max_bytes])?;
+    Ok(())
+}
+
+/// The live record of a key (see [`Store::idempotency_key`]).
+fn lookup_key(
+    conn: &mut Connection,
+    doc: &str,
+    user: &str,
+    key: &str,
+    expired_before: u64,
+) -> Result<Option<KeyRecord>, StoreError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT fingerprint, status, headers, body, sid, at FROM idempotency_keys
+             WHERE doc = ?1 AND user = ?2 AND key = ?3 AND at >= ?4",
+        )?
+        .query_row(params![doc, user, key, expired_before], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, u16>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, Sid>(4)?,
+                r.get::<_, u64>(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((fingerprint, status, headers, body, sid, at)) = row else {
+        return Ok(None);
+    };
+    let corrupt = |detail: String| StoreError::Corrupt {
+        doc: doc.to_owned(),
+        detail,
+    };
+    let fingerprint: Fingerprint = fingerprint.try_into().map_err(|_| {
+        corrupt(format!(
+            "idempotency key {key:?}: fingerprint is not 32 bytes"
+        ))
+    })?;
+    let headers: Vec<(String, String)> = serde_json::from_str(&headers)
+        .map_err(|e| corrupt(format!("idempotency key {key:?}: headers: {e}")))?;
+    Ok(Some(KeyRecord {
+        fingerprint,
+        answer: super::Answer {
+            status,
+            headers,
+            body: Bytes::from(body),
+        },
+        sid,
+        at,
+    }))
 }
 
 fn write_back(
@@ -929,22 +1153,36 @@ impl Store for SqliteStore {
         Ok(range.last)
     }
 
-    async fn append_batch(
+    async fn append_with_keys(
         &self,
         doc: &str,
         updates: Vec<NewUpdate>,
+        keys: Vec<NewKey>,
     ) -> Result<SidRange, StoreError> {
-        if updates.is_empty() {
+        if updates.is_empty() && keys.is_empty() {
             return Err(StoreError::EmptyAppend);
         }
         let doc = doc.to_owned();
         self.call(|reply| Request::Append {
             doc,
             updates,
+            keys,
             queued: Instant::now(),
             reply,
         })
         .await
+    }
+
+    async fn idempotency_key(
+        &self,
+        doc: &str,
+        user: &str,
+        key: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let (doc, user, key) = (doc.to_owned(), user.to_owned(), key.to_owned());
+        let expired_before = unix_ms().saturating_sub(self.inner.keys.ttl_ms);
+        self.read(move |conn| lookup_key(conn, &doc, &user, &key, expired_before))
+            .await
     }
 
     async fn updates_since(&self, doc: &str, sid: Sid) -> Result<Since, StoreError> {
@@ -1556,5 +1794,239 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(open(dir.path()));
         assert_eq!(store.append("d", upd("x"), "u").await.unwrap(), 1);
         assert_eq!(store.load("d").await.unwrap().unwrap().last_sid, 1);
+    }
+
+    fn answer(body: &str) -> super::super::Answer {
+        super::super::Answer {
+            status: 200,
+            headers: vec![("etag".into(), format!("\"{body}\""))],
+            body: upd(body),
+        }
+    }
+
+    fn key(user: &str, key: &str, after: usize) -> NewKey {
+        NewKey {
+            user: user.into(),
+            key: key.into(),
+            fingerprint: [key.len() as u8; 32],
+            answer: answer(key),
+            after,
+        }
+    }
+
+    fn new(s: &str) -> NewUpdate {
+        NewUpdate {
+            update: upd(s),
+            author: "u".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_stored_with_their_batch_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            let range = store
+                .append_with_keys(
+                    "doc",
+                    vec![new("1"), new("2")],
+                    vec![key("ann", "a", 1), key("ann", "bb", 2)],
+                )
+                .await
+                .unwrap();
+            assert_eq!(range, SidRange { first: 1, last: 2 });
+            // Keys only: a request that changed nothing. Its sid is the last one before it,
+            // and a document never written is not created by it.
+            let range = store
+                .append_with_keys("doc", vec![], vec![key("ann", "ccc", 0)])
+                .await
+                .unwrap();
+            assert_eq!(range, SidRange { first: 3, last: 2 });
+            store
+                .append_with_keys("fresh", vec![], vec![key("ann", "a", 0)])
+                .await
+                .unwrap();
+            assert_eq!(store.load("fresh").await.unwrap(), None);
+            assert!(matches!(
+                store.append_with_keys("doc", vec![], vec![]).await,
+                Err(StoreError::EmptyAppend)
+            ));
+            // Dropped without close: what was answered is committed.
+        }
+        let store = open(dir.path());
+        let a = store
+            .idempotency_key("doc", "ann", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.sid, a.fingerprint, a.answer), (1, [1; 32], answer("a")));
+        let sids = [("doc", "bb", 2), ("doc", "ccc", 2), ("fresh", "a", 0)];
+        for (doc, k, sid) in sids {
+            let record = store.idempotency_key(doc, "ann", k).await.unwrap().unwrap();
+            assert_eq!(record.sid, sid, "{doc} {k}");
+            assert!(record.at > 1_600_000_000_000);
+        }
+        // Keys are per user and per document.
+        assert_eq!(
+            store.idempotency_key("doc", "bob", "a").await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store.idempotency_key("other", "ann", "a").await.unwrap(),
+            None
+        );
+        assert_eq!(store.load("doc").await.unwrap().unwrap().last_sid, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_key_refuses_its_append_and_only_its_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store
+            .append_with_keys("doc", vec![new("1")], vec![key("ann", "k", 1)])
+            .await
+            .unwrap();
+        store
+            .append_with_keys("new", vec![], vec![key("ann", "k", 0)])
+            .await
+            .unwrap();
+        // One transaction: a refused key undoes its own append, nothing else.
+        let release = store.hold_writer().await;
+        let send = |doc: &'static str, update: &'static str, keys: Vec<NewKey>| {
+            let store = store.clone();
+            tokio::spawn(async move { store.append_with_keys(doc, vec![new(update)], keys).await })
+        };
+        let refused = send(
+            "doc",
+            "dup",
+            vec![key("ann", "fresh", 1), key("ann", "k", 1)],
+        );
+        until_queued(&store, 1).await;
+        let plain = send("doc", "2", vec![]);
+        until_queued(&store, 2).await;
+        let keyed = send("doc", "3", vec![key("ann", "fresh", 1)]);
+        until_queued(&store, 3).await;
+        // The document's row is created inside the refused append: gone with it.
+        let refused_new = send("new", "dup", vec![key("ann", "k", 1)]);
+        until_queued(&store, 4).await;
+        let first_new = send("new", "n1", vec![]);
+        until_queued(&store, 5).await;
+        let transactions = store.stats().transactions;
+        release.send(()).unwrap();
+        assert!(matches!(
+            refused.await.unwrap(),
+            Err(StoreError::KeyInUse { ref key, .. }) if key == "k"
+        ));
+        assert_eq!(
+            plain.await.unwrap().unwrap(),
+            SidRange { first: 2, last: 2 }
+        );
+        assert_eq!(
+            keyed.await.unwrap().unwrap(),
+            SidRange { first: 3, last: 3 }
+        );
+        assert!(refused_new.await.unwrap().is_err());
+        assert_eq!(
+            first_new.await.unwrap().unwrap(),
+            SidRange { first: 1, last: 1 }
+        );
+        assert_eq!(store.stats().transactions, transactions + 1);
+        let loaded = store.load("doc").await.unwrap().unwrap();
+        assert_eq!(
+            texts(&loaded.updates),
+            vec![(1, "1".into()), (2, "2".into()), (3, "3".into())]
+        );
+        // "fresh" is the record of the append that got it in, not of the refused one.
+        let fresh = store.idempotency_key("doc", "ann", "fresh").await.unwrap();
+        assert_eq!(fresh.unwrap().sid, 3);
+        let loaded = store.load("new").await.unwrap().unwrap();
+        assert_eq!(texts(&loaded.updates), vec![(1, "n1".into())]);
+        store.close().await.unwrap();
+        let store = open(dir.path());
+        assert_eq!(store.load("new").await.unwrap().unwrap().last_sid, 1);
+    }
+
+    #[tokio::test]
+    async fn expired_keys_are_free_again_and_the_oldest_keys_are_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        // Answers of "k0".."k5" take 10 bytes each; of "0".."5", 8.
+        assert_eq!((answer("k0").size(), answer("0").size()), (10, 8));
+        let store = SqliteStore::open(
+            dir.path(),
+            SqliteOptions {
+                keys: KeyLimits {
+                    ttl_ms: 60_000,
+                    max_keys: 4,
+                    max_bytes: 35,
+                },
+                ..options()
+            },
+        )
+        .unwrap();
+        for i in 0..6 {
+            store
+                .append_with_keys("doc", vec![new("x")], vec![key("ann", &format!("k{i}"), 1)])
+                .await
+                .unwrap();
+        }
+        // 35 bytes hold three of these answers (the tighter bound here): the newest three
+        // are kept.
+        let mut kept = Vec::new();
+        for i in 0..6 {
+            let k = format!("k{i}");
+            if store
+                .idempotency_key("doc", "ann", &k)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                kept.push(k);
+            }
+        }
+        assert_eq!(kept, ["k3", "k4", "k5"]);
+        // Four short keys fit in the bytes but not in the count.
+        for i in 0..6 {
+            store
+                .append_with_keys("doc", vec![], vec![key("bob", &i.to_string(), 0)])
+                .await
+                .unwrap();
+        }
+        let conn = Connection::open(store.path()).unwrap();
+        let count: u64 = conn
+            .query_row("SELECT COUNT(*) FROM idempotency_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count, 4);
+        assert!(store
+            .idempotency_key("doc", "bob", "5")
+            .await
+            .unwrap()
+            .is_some());
+        assert!(store
+            .idempotency_key("doc", "bob", "1")
+            .await
+            .unwrap()
+            .is_none());
+        // A record older than the TTL is not seen, and its key can be stored again.
+        conn.execute(
+            "UPDATE idempotency_keys SET at = at - 61000 WHERE key = '5'",
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            store.idempotency_key("doc", "bob", "5").await.unwrap(),
+            None
+        );
+        let mut again = key("bob", "5", 1);
+        again.answer = answer("again");
+        store
+            .append_with_keys("doc", vec![new("y")], vec![again])
+            .await
+            .unwrap();
+        let record = store
+            .idempotency_key("doc", "bob", "5")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((record.sid, record.answer), (7, answer("again")));
     }
 }

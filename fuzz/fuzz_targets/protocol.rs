@@ -584,6 +584,8 @@ impl Harness {
             user: Some(USERS[usize::from(user) % USERS.len()].to_owned()),
             extensions,
             name: named.then(|| format!("Name {user}")),
+            // Extension connections receive stateless messages too (as Hocuspocus ones do).
+            stateless: extensions,
         };
         let empty_room = self.room.document().encode_state() == Document::new(2).encode_state();
         let out = alloc::in_room(|| self.room.join(conn, info.clone(), self.now));

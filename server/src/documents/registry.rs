@@ -386,6 +386,7 @@ mod tests {
             user: Some("alice".into()),
             extensions: false,
             name: None,
+            stateless: false,
         }
     }
 

@@ -267,6 +267,7 @@ async fn serve(setup: Box<Setup>) {
         extensions,
         // Open development mode has no real identities: presence is relayed as sent.
         name: (!state.auth.is_open()).then(|| identity.name.clone()),
+        stateless: false,
     };
     let registry: &Registry = &state.registry;
     let (mut sink, mut stream) = socket.split();

@@ -8,19 +8,24 @@
 //! - [`json`]: how documents and registers look in JSON.
 //! - [`router`]: [`router::app`], every route, `/healthz`, `/metrics`.
 //! - [`serve`]: [`serve::run`], what `tandem serve` calls.
-//! - Routes: [`ws`] (`/ws/{doc}`), [`sse`] (`/docs/{doc}/events`), [`documents`] (the other
-//!   document routes), [`admin`], [`demo`], [`openapi`].
+//! - [`socket`]: WebSocket plumbing both dialects share (upgrade, batched writes, closes,
+//!   pacing); [`live`]: admission, revocation and expiry of long-lived responses.
+//! - Routes: [`ws`] (`/ws/{doc}`, y-websocket), [`hocuspocus`] (`/ws`, the Hocuspocus
+//!   dialect), [`sse`] (`/docs/{doc}/events`), [`documents`] (the other document routes),
+//!   [`admin`], [`demo`], [`openapi`].
 
 pub mod admin;
 pub mod demo;
 pub mod documents;
 pub mod error;
 pub mod extract;
+pub mod hocuspocus;
 pub mod json;
 pub mod live;
 pub mod openapi;
 pub mod router;
 pub mod serve;
+pub mod socket;
 pub mod sse;
 pub mod state;
 pub mod ws;

@@ -16,6 +16,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .route("/ws", get(super::hocuspocus::handler))
         .route("/ws/{doc}", get(super::ws::handler))
         .route("/docs/{doc}/events", get(super::sse::events))
         .route("/openapi.json", get(super::openapi::document))
@@ -135,6 +136,28 @@ mod tests {
         assert!(body.contains("\ntandem_updates_total 3\n"), "{body}");
         assert!(body.contains("tandem_limit_breaches_total{limit=\"message_rate\"} 1\n"));
         assert!(body.contains("# TYPE tandem_commit_latency_seconds histogram\n"));
+    }
+
+    #[tokio::test]
+    async fn both_websocket_routes_want_an_upgrade() {
+        let f = fixture();
+        // `/ws` is the Hocuspocus dialect's route, `/ws/{doc}` the y-websocket one.
+        for uri in ["/ws", "/ws/notes"] {
+            let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 4000));
+            let request = Request::get(uri)
+                .extension(axum::extract::ConnectInfo(peer))
+                .body(Body::empty())
+                .unwrap();
+            let response = app(f.state.clone()).oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"], "bad_request", "{uri}");
+        }
     }
 
     #[tokio::test]

@@ -162,7 +162,10 @@ pub fn node_deps() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = repo_root().join("tests/node");
-        if !dir.join("node_modules/y-websocket").exists() {
+        let installed = ["y-websocket", "@hocuspocus/provider"]
+            .iter()
+            .all(|package| dir.join("node_modules").join(package).exists());
+        if !installed {
             let status = std::process::Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund"])
                 .current_dir(&dir)
@@ -175,7 +178,9 @@ pub fn node_deps() -> PathBuf {
     .clone()
 }
 
-/// A stock Yjs client (`tests/node/client.mjs`) under Node, driven by JSON commands.
+/// A stock Yjs client under Node, driven by JSON commands: a y-websocket provider
+/// (`tests/node/client.mjs`, [`NodeClient::connect`]) or Hocuspocus providers sharing one
+/// socket (`tests/node/hocuspocus.mjs`, [`NodeClient::hocuspocus`]).
 pub struct NodeClient {
     child: Child,
     stdin: ChildStdin,
@@ -183,12 +188,11 @@ pub struct NodeClient {
 }
 
 impl NodeClient {
-    /// Connects a `WebsocketProvider(base, doc)`.
-    pub async fn connect(base: &str, doc: &str, name: &str) -> Result<NodeClient> {
+    fn spawn(script: &str, args: &[&str]) -> Result<NodeClient> {
         let dir = node_deps();
         let mut child = Command::new("node")
-            .arg(dir.join("client.mjs"))
-            .args([base, doc, name])
+            .arg(dir.join(script))
+            .args(args)
             .current_dir(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -198,16 +202,27 @@ impl NodeClient {
             .context("spawn node")?;
         let stdin = child.stdin.take().context("stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let mut client = NodeClient {
+        Ok(NodeClient {
             child,
             stdin,
             stdout,
-        };
+        })
+    }
+
+    /// Connects a `WebsocketProvider(base, doc)`.
+    pub async fn connect(base: &str, doc: &str, name: &str) -> Result<NodeClient> {
+        let mut client = Self::spawn("client.mjs", &[base, doc, name])?;
         client
             .call(serde_json::json!({"op": "wait-synced"}))
             .await
             .context("client did not sync")?;
         Ok(client)
+    }
+
+    /// Starts a `HocuspocusProviderWebsocket` on `url` (`ws://addr/ws`) for providers to share;
+    /// open documents on it with `{"op": "open", "doc": ..., "token": ...}` (see the script).
+    pub fn hocuspocus(url: &str) -> Result<NodeClient> {
+        Self::spawn("hocuspocus.mjs", &[url])
     }
 
     /// Sends one command and returns its reply; a reply with `ok: false` is an error.

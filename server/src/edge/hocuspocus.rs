@@ -4,11 +4,11 @@
 //! One socket carries several documents, each named in every message (the codec is
 //! [`tandem_engine::hocuspocus`]). Each document is authorized on its own, with the token of
 //! its Auth message (an empty one falls back to the upgrade request's `Authorization: Bearer`
-//! or `?token=`), and then joins the document's owner task through [`Registry::join`] exactly
-//! as a y-websocket connection does: frames are translated here, at the edge (the name
-//! stripped on the way in and written on the way out), so the document layer and the engine
-//! stay dialect-free. Awareness, presence, registers, event streams and every limit behave as
-//! for the other dialect.
+//! or `?token=`), and then joins the document's owner task through
+//! [`Registry::join`](crate::documents::Registry::join) exactly as a y-websocket connection
+//! does: frames are translated here, at the edge (the name stripped on the way in and written
+//! on the way out), so the document layer and the engine stay dialect-free. Awareness,
+//! presence, registers, event streams and every limit behave as for the other dialect.
 //!
 //! # A document on a socket
 //!

@@ -3,13 +3,13 @@
 //! - [`state`]: [`state::AppState`], the handles every route reaches.
 //! - [`error`]: [`error::ApiError`], the one error type every route answers with (`{"error":
 //!   code, "message": text}`, the cause logged, never sent).
-//! - [`extract`]: [`extract::Authorized`], the one way every route authenticates, and
-//!   [`extract::Stream`], the admission and revocation handle of every long-lived response.
+//! - [`extract`]: [`extract::Authorized`], the one way every route authenticates.
 //! - [`json`]: how documents and registers look in JSON.
 //! - [`router`]: [`router::app`], every route, `/healthz`, `/metrics`.
 //! - [`serve`]: [`serve::run`], what `tandem serve` calls.
 //! - [`socket`]: WebSocket plumbing both dialects share (upgrade, batched writes, closes,
-//!   pacing); [`live`]: admission, revocation and expiry of long-lived responses.
+//!   pacing); [`live`]: [`live::Live`], the admission, revocation and expiry of every
+//!   long-lived response.
 //! - Routes: [`ws`] (`/ws/{doc}`, y-websocket), [`hocuspocus`] (`/ws`, the Hocuspocus
 //!   dialect), [`sse`] (`/docs/{doc}/events`), [`documents`] (the other document routes),
 //!   [`admin`], [`demo`], [`openapi`].

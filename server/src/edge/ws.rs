@@ -10,7 +10,7 @@
 //! # Refusals and closes
 //!
 //! - Before the upgrade, over the per-IP connection rate or `--max-connections`: HTTP 429 or
-//!   503 with a JSON reason and `Retry-After: 1` (see [`crate::limits`] for why).
+//!   503 with a JSON reason and `Retry-After: 1` (see [`crate::access::limits`] for why).
 //! - After the upgrade, as close codes browsers can see: 4400 invalid document name, 4401
 //!   missing/invalid/expired/revoked token, 4403 a token that does not reach the document.
 //! - While open: 4401 "token expired" at the token's expiry, 4401 "token revoked" within

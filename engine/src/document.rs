@@ -628,6 +628,28 @@ impl Document {
         Ok(self.with_waiting(diff))
     }
 
+    /// Whether the document already holds everything `update` (v1) carries: every block below
+    /// its state vector and every deletion already made, so applying it would change nothing.
+    /// What a replica sends back in its step 2 when it has made no edit of its own (the delete
+    /// set of a Yjs step 2 is the replica's whole delete set). The bytes are validated first;
+    /// blocks that wait for missing dependencies count as not held.
+    pub fn holds(&self, update: &[u8]) -> Result<bool, DocumentError> {
+        let summary = guard::check_update_v1(update)?;
+        let txn = self.doc.transact();
+        let sv = txn.state_vector();
+        let beyond =
+            |&(client, _, end): &(u64, u32, u32)| end > sv.get(&yrs::ClientID::new(client));
+        if summary.provides.iter().any(beyond) {
+            return Ok(false);
+        }
+        if summary.deletes.is_empty() {
+            return Ok(true);
+        }
+        let update = Update::decode_v1(update).map_err(|e| DocumentError::Apply(e.to_string()))?;
+        let deleted = txn.snapshot().delete_set;
+        Ok(update.delete_set().diff(&deleted).is_empty())
+    }
+
     /// The whole document as one update, updates still waiting for their dependencies
     /// included (as Yjs's `encodeStateAsUpdate` includes its pending structs).
     pub fn encode_state(&self) -> Vec<u8> {
@@ -1059,6 +1081,32 @@ mod bound_tests {
                 update.len()
             );
         }
+    }
+
+    #[test]
+    fn holds_tells_a_step_2_with_nothing_new_from_one_with_edits() {
+        let mut server = Document::new(1);
+        let mut viewer = Document::new(2);
+        let typed = server.insert("a", "t", 0, "hello").unwrap();
+        viewer.apply_update(&typed, None).unwrap();
+        // The viewer's step 2 holds nothing the server lacks...
+        let step2 = viewer.diff(&server.state_vector()).unwrap();
+        assert!(server.holds(&step2).unwrap());
+        assert!(server.holds(&EMPTY_UPDATE).unwrap());
+        // ...including once deletions exist: a Yjs step 2 carries the whole delete set.
+        let deleted = server.delete("a", "t", 1, 2).unwrap();
+        viewer.apply_update(&deleted, None).unwrap();
+        let step2 = viewer.diff(&server.state_vector()).unwrap();
+        assert!(server.holds(&step2).unwrap());
+        // A new block, or a deletion the server has not made, is not held.
+        let mut edited = Document::new(3);
+        edited.apply_update(&server.encode_state(), None).unwrap();
+        let insert = edited.insert("b", "t", 0, "x").unwrap();
+        assert!(!server.holds(&insert).unwrap());
+        let delete = edited.delete("b", "t", 1, 1).unwrap();
+        assert!(!server.holds(&delete).unwrap());
+        // Garbage is an error, not an answer.
+        assert!(server.holds(&[1, 2, 3]).is_err());
     }
 
     #[test]

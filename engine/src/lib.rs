@@ -6,6 +6,8 @@
 //!   their changes — and their expiry.
 //! - [`protocol`]: the y-websocket protocol (plus tandem's extensions) as a sans-IO state
 //!   machine: frames in, frames out, addressed to connections.
+//! - [`hocuspocus`]: the Hocuspocus dialect (every message prefixed by its document's name) as
+//!   a pure codec, translating to and from what a [`protocol::Room`] speaks.
 //! - [`wire`] and [`guard`]: bounded decoding of untrusted bytes.
 //!
 //! The engine never reads a clock: times are passed in as milliseconds since the Unix epoch.
@@ -28,6 +30,7 @@
 pub mod document;
 pub mod error;
 pub mod guard;
+pub mod hocuspocus;
 pub mod presence;
 pub mod protocol;
 pub mod register;

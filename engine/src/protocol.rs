@@ -23,11 +23,22 @@
 //! | 1 set field | client → server | `varUint(request)`, `varUint(flags)` (bit 0: conditional, bit 1: delete), `varString(name)`, `varString(expected version, "" = unset)`, `varString(value JSON)` |
 //! | 2 field result | server → client | `varUint(request)`, `varUint(accepted 0/1)`, `varString(version)`, `varString(current value JSON, "null" when unset)` |
 //! | 3 notice | server → client | `varUint(code)`, `varString(reason)`: the server set aside something this connection sent, without closing it; codes below |
+//! | 4 stateless | both | `varString(payload)`: an application message, not part of the document; relayed to every other connection that receives them (see below) |
 //!
 //! Notice codes: [`NOTICE_AWARENESS_TOO_LARGE`] (1), an awareness state over the room's size
 //! limit was dropped, neither stored nor relayed; [`NOTICE_PENDING_FULL`] (2), the part of an
 //! update that would wait for missing dependencies was dropped because too many bytes wait
-//! already (see [`Room::handle`]). Clients should ignore codes they do not know.
+//! already (see [`Room::handle`]); [`NOTICE_NOTHING_NEW`] (3), an update from a read-only
+//! connection held nothing the document lacks, so nothing was refused (nor stored). Clients
+//! should ignore codes they do not know.
+//!
+//! # Stateless messages
+//!
+//! A stateless message (tandem message 4) is relayed as it came, to every other connection of
+//! the room whose [`ConnInfo::stateless`] is set (clients that said they understand it: the
+//! Hocuspocus dialect's connections); nothing of it is stored. Any connection may send one, a
+//! read-only one too (it changes nothing). Stock y-websocket clients have no such message and
+//! never receive one.
 //!
 //! # Limits without closing
 //!
@@ -49,7 +60,6 @@
 
 use crate::document::{self, Bounded, Change, Document, WhenFull, EMPTY_UPDATE};
 use crate::error::{DecodeError, ProtocolError};
-use crate::guard;
 use crate::presence::Presence;
 use crate::register::FieldValue;
 use crate::wire::{Reader, Writer};
@@ -83,11 +93,17 @@ pub const TANDEM_SET_FIELD: u64 = 1;
 pub const TANDEM_FIELD_RESULT: u64 = 2;
 /// tandem sub-message: notice of something set aside without closing the connection.
 pub const TANDEM_NOTICE: u64 = 3;
+/// tandem sub-message: a stateless application message, relayed to the room's other
+/// connections that receive them.
+pub const TANDEM_STATELESS: u64 = 4;
 /// Notice code: an awareness state over [`Limits::max_awareness_state`] was dropped.
 pub const NOTICE_AWARENESS_TOO_LARGE: u64 = 1;
 /// Notice code: the part of an update that would wait for missing dependencies was dropped,
 /// as [`Limits::max_pending`] bytes wait already; after a sync update, a sync step 1 follows.
 pub const NOTICE_PENDING_FULL: u64 = 2;
+/// Notice code: an update from a read-only connection held nothing the document lacks (a
+/// reconnecting viewer's step 2): nothing was refused, and nothing stored.
+pub const NOTICE_NOTHING_NEW: u64 = 3;
 
 /// Identifies a connection within a room; chosen by the transport.
 pub type ConnId = u64;
@@ -113,6 +129,9 @@ pub struct ConnInfo {
     /// Authenticated display name. With `user`, it is stamped on this connection's awareness
     /// states (see [`stamp_identity`]); `None` relays states as sent.
     pub name: Option<String>,
+    /// Whether the client receives the stateless messages other connections send (tandem
+    /// message 4; see the module docs). Only for clients that understand that message.
+    pub stateless: bool,
 }
 
 /// Bounds the room enforces on what clients send.
@@ -557,8 +576,20 @@ impl Room {
                     .get(&conn)
                     .ok_or(ProtocolError::UnknownConnection)?;
                 if c.info.role == Role::Read {
-                    // Still validate, so garbage is reported as such.
-                    guard::check_update_v1(update)?;
+                    // Validated too, so garbage is reported as such.
+                    if self.doc.holds(update)? {
+                        // Nothing refused: a viewer's step 2 after (re)connecting.
+                        if c.info.extensions {
+                            out.messages.push(Outgoing {
+                                to: To::One(conn),
+                                frame: notice_frame(
+                                    NOTICE_NOTHING_NEW,
+                                    "read-only access: the update held nothing new",
+                                ),
+                            });
+                        }
+                        return Ok(());
+                    }
                     out.messages.push(Outgoing {
                         to: To::One(conn),
                         frame: permission_denied_frame("read-only access: updates are not applied"),
@@ -799,6 +830,18 @@ impl Room {
                 });
                 Ok(())
             }
+            TANDEM_STATELESS => {
+                let frame = stateless_frame(r.var_str()?);
+                let to = self
+                    .conns
+                    .iter()
+                    .filter(|(id, c)| **id != conn && c.info.stateless);
+                out.messages.extend(to.map(|(id, _)| Outgoing {
+                    to: To::One(*id),
+                    frame: frame.clone(),
+                }));
+                Ok(())
+            }
             other => Err(ProtocolError::UnknownTandemMessage(other)),
         }
     }
@@ -1034,6 +1077,16 @@ pub fn notice_frame(code: u64, reason: &str) -> Bytes {
         .var_u64(TANDEM_NOTICE)
         .var_u64(code)
         .var_str(reason);
+    Bytes::from(w.finish())
+}
+
+/// Encodes a tandem stateless message (relayed to the room's other connections that receive
+/// them; see the module docs).
+pub fn stateless_frame(payload: &str) -> Bytes {
+    let mut w = Writer::with_capacity(payload.len() + 8);
+    w.var_u64(MSG_TANDEM)
+        .var_u64(TANDEM_STATELESS)
+        .var_str(payload);
     Bytes::from(w.finish())
 }
 

@@ -280,6 +280,7 @@ fn bobs_room() -> (
         user: Some("bob".into()),
         extensions: false,
         name: None,
+        stateless: false,
     };
     (Room::new(Document::new(99), Limits::default()), info)
 }

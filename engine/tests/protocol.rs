@@ -1,8 +1,8 @@
 //! The sans-IO room, checked byte for byte against hand-decoded y-websocket frames.
 
 use tandem_engine::protocol::{
-    ConnInfo, FieldWrite, Limits, Outgoing, Role, Room, To, MSG_TANDEM, NOTICE_AWARENESS_TOO_LARGE,
-    TANDEM_NOTICE, TANDEM_SET_FIELD,
+    stateless_frame, ConnInfo, FieldWrite, Limits, Outgoing, Role, Room, To, MSG_TANDEM,
+    NOTICE_AWARENESS_TOO_LARGE, NOTICE_NOTHING_NEW, TANDEM_NOTICE, TANDEM_SET_FIELD,
 };
 use tandem_engine::wire::{Reader, Writer};
 use tandem_engine::{Document, ProtocolError};
@@ -13,6 +13,7 @@ fn writer(user: &str) -> ConnInfo {
         user: Some(user.into()),
         extensions: false,
         name: None,
+        stateless: false,
     }
 }
 
@@ -118,6 +119,73 @@ fn read_only_connections_sync_but_cannot_write() {
     assert_eq!(&o.messages[0].frame[..2], &[2, 0]);
     assert_eq!(o.messages[0].to, To::One(1));
     assert_eq!(room.document().text("t"), None);
+}
+
+#[test]
+fn a_viewers_step_2_with_nothing_new_is_not_refused() {
+    let mut room = room();
+    room.join(1, writer("ada"), 0);
+    let mut frame = vec![0, 2, INSERT_A.len() as u8];
+    frame.extend_from_slice(&INSERT_A);
+    room.handle(1, &frame, 0);
+    // A stock viewer that holds the document already: its step 2 gets no answer at all.
+    room.join(2, reader("viewer"), 0);
+    let mut step2 = vec![0, 1, INSERT_A.len() as u8];
+    step2.extend_from_slice(&INSERT_A);
+    let o = room.handle(2, &step2, 0);
+    assert!(o.error.is_none() && o.accepted.is_empty());
+    assert!(o.messages.is_empty(), "{:?}", o.messages);
+    // One that speaks tandem's extensions is told nothing was refused.
+    let tandem = ConnInfo {
+        extensions: true,
+        ..reader("viewer")
+    };
+    room.join(3, tandem, 0);
+    let o = room.handle(3, &[0, 1, 2, 0, 0], 0);
+    assert_eq!(o.messages.len(), 1);
+    assert_eq!(o.messages[0].to, To::One(3));
+    let mut r = Reader::new(&o.messages[0].frame);
+    let head: Vec<u64> = (0..3).map(|_| r.var_u64().unwrap()).collect();
+    assert_eq!(head, [MSG_TANDEM, TANDEM_NOTICE, NOTICE_NOTHING_NEW]);
+    // What it does not hold is still refused.
+    let other: [u8; 11] = [1, 1, 6, 0, 4, 1, 1, b't', 1, b'b', 0];
+    let mut frame = vec![0, 2, other.len() as u8];
+    frame.extend_from_slice(&other);
+    let o = room.handle(3, &frame, 0);
+    assert_eq!(&o.messages[0].frame[..2], &[2, 0], "permission denied");
+    assert_eq!(room.document().text("t").as_deref(), Some("a"));
+}
+
+#[test]
+fn stateless_messages_reach_the_other_connections_that_receive_them() {
+    let mut room = room();
+    let receives = |user: &str| ConnInfo {
+        extensions: true,
+        stateless: true,
+        ..reader(user)
+    };
+    room.join(1, receives("ada"), 0);
+    room.join(2, receives("bob"), 0);
+    room.join(3, writer("stock"), 0);
+    room.join(4, receives("cy"), 0);
+    let frame = stateless_frame("{\"ping\":1}");
+    assert_eq!(&frame[..3], &[100, 4, 10]);
+    let o = room.handle(1, &frame, 0);
+    assert!(o.error.is_none() && o.accepted.is_empty() && !o.presence_changed);
+    let mut to: Vec<To> = o.messages.iter().map(|m| m.to).collect();
+    to.sort_by_key(|t| format!("{t:?}"));
+    assert_eq!(
+        to,
+        [To::One(2), To::One(4)],
+        "not the sender, not a stock client"
+    );
+    assert!(o.messages.iter().all(|m| m.frame == frame));
+    // A stock client may send one too; truncated ones are errors.
+    assert_eq!(room.handle(3, &frame, 0).messages.len(), 3);
+    assert!(matches!(
+        error_of(&mut room, 1, &frame[..frame.len() - 1]),
+        ProtocolError::Decode(_)
+    ));
 }
 
 fn error_of(room: &mut Room, conn: u64, frame: &[u8]) -> ProtocolError {

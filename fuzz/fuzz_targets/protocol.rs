@@ -9,7 +9,10 @@
 //!   one byte corrupted.
 //!
 //! Each connection has a client replica (a `Document`) and a stock client's view of presence
-//! ([`Mirror`]); every frame the room sends is delivered to them.
+//! ([`Mirror`]); every frame the room sends is delivered to them. A connection may speak the
+//! Hocuspocus dialect (`tandem_engine::hocuspocus`): its messages go out one per frame under
+//! the document's name and through the dialect's codec before the room sees them, and what the
+//! room sends it goes through its `Outbound` (script op 5 feeds raw bytes to the codec).
 //!
 //! Properties, checked after every step:
 //! - nothing panics;
@@ -22,6 +25,13 @@
 //! - awareness ownership: a client id's state changes only through the connection that first
 //!   claimed it (until that connection leaves); leaving removes every state it owned;
 //! - read-only connections never change the document;
+//! - Hocuspocus dialect: the codec never panics; what a stock provider sends is never refused,
+//!   and the room gets exactly the y-websocket message under the name (a stateless message as
+//!   tandem's); every room frame has a Hocuspocus form, exactly the expected one (sync and
+//!   awareness under the name, a refused update SyncStatus(false), a viewer's update with
+//!   nothing new SyncStatus(true), stateless as Stateless, other notices nothing); acks give
+//!   one SyncStatus(true) per update acknowledged for the first time; stateless messages reach
+//!   only the other connections that receive them;
 //! - an accepted register write is the register's current state right after;
 //! - every update the room accepted or sent applies cleanly on a client replica;
 //! - with the change feed on (as when SSE streams follow the document), the text deltas and
@@ -41,6 +51,8 @@ use libfuzzer_sys::fuzz_target;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tandem_engine::error::ProtocolError;
+use tandem_engine::hocuspocus::{self, ClientFrame, Message, Outbound, Reply};
+use tandem_engine::protocol::{ack_frame, MSG_TANDEM, NOTICE_NOTHING_NEW, TANDEM_STATELESS};
 use tandem_engine::protocol::{ConnId, ConnInfo, Limits, Output, Role, Room, To};
 use tandem_engine::protocol::{SYNC_STEP1, SYNC_STEP2, SYNC_UPDATE};
 use tandem_engine::wire::Writer;
@@ -68,6 +80,8 @@ const CONNS: u8 = 6;
 const MAX_ACTIONS: usize = 96;
 
 const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+/// The room's document name, as Hocuspocus connections write it.
+const DOC: &str = "notes";
 const FIELDS: [&str; 3] = ["description", "comment:42", "title"];
 const MAP_ROOTS: [&str; 2] = ["meta", "tandem:registers"];
 const REGISTERS: [&str; 5] = ["status", "assignee", "due", "tandem:reserved", ""];
@@ -81,6 +95,14 @@ enum Action {
         user: u8,
         /// Authenticated with a display name: the room stamps its awareness states.
         named: bool,
+        /// Speaks the Hocuspocus dialect (extensions and stateless messages on).
+        hocuspocus: bool,
+    },
+    /// The server acknowledges `forward` more updates of a Hocuspocus connection (0: an ack
+    /// repeated after a resync).
+    Ack {
+        conn: u8,
+        forward: u8,
     },
     /// A text edit through the HTTP API (`Room::edit_text`), at any offset.
     HttpEdit {
@@ -164,6 +186,8 @@ enum Msg {
     /// An awareness message with arbitrary payload.
     AwarenessRaw(Vec<u8>),
     QueryAwareness,
+    /// A stateless message (Hocuspocus `sendStateless`, tandem message 4).
+    Stateless(String),
     Auth {
         kind: u8,
         reason: String,
@@ -181,10 +205,12 @@ enum Msg {
 }
 
 impl Msg {
-    /// Whether a stock Yjs client (y-websocket provider, any Yjs app) sends this message in
-    /// the normal course of things; such frames must never get a connection closed.
-    fn is_stock(&self) -> bool {
+    /// Whether a stock Yjs client (y-websocket provider or, with `hocuspocus`, Hocuspocus
+    /// provider; any Yjs app) sends this message in the normal course of things; such frames
+    /// must never get a connection closed.
+    fn is_stock(&self, hocuspocus: bool) -> bool {
         match self {
+            Msg::Stateless(_) => hocuspocus,
             Msg::Step1
             | Msg::Step2Reply
             | Msg::Edit { .. }
@@ -317,6 +343,9 @@ struct Client {
     presence_tainted: bool,
     /// The room's last step 1 state vector.
     server_sv: Option<Vec<u8>>,
+    /// The Hocuspocus side of a connection that speaks that dialect, and the updates the
+    /// server acknowledged to it.
+    outbound: Option<(Outbound, u64)>,
     /// Updates made on the replica and not sent yet.
     held: Vec<Vec<u8>>,
     mirror: Mirror,
@@ -574,7 +603,15 @@ impl Harness {
         );
     }
 
-    fn join(&mut self, conn: ConnId, writer: bool, extensions: bool, user: u8, named: bool) {
+    fn join(
+        &mut self,
+        conn: ConnId,
+        writer: bool,
+        extensions: bool,
+        user: u8,
+        named: bool,
+        hocuspocus: bool,
+    ) {
         if self.clients.contains_key(&conn) {
             // The transport never reuses a live connection id.
             return;
@@ -582,8 +619,9 @@ impl Harness {
         let info = ConnInfo {
             role: if writer { Role::Write } else { Role::Read },
             user: Some(USERS[usize::from(user) % USERS.len()].to_owned()),
-            extensions,
+            extensions: extensions || hocuspocus,
             name: named.then(|| format!("Name {user}")),
+            stateless: hocuspocus,
         };
         let empty_room = self.room.document().encode_state() == Document::new(2).encode_state();
         let out = alloc::in_room(|| self.room.join(conn, info.clone(), self.now));
@@ -597,6 +635,7 @@ impl Harness {
                 tainted: false,
                 presence_tainted: false,
                 server_sv: None,
+                outbound: hocuspocus.then(|| (Outbound::new(DOC), 0)),
                 held: Vec::new(),
                 mirror: Mirror::default(),
             },
@@ -734,6 +773,13 @@ impl Harness {
                 Err(e) => panic!("the room sent a malformed frame ({e:?}): {:?}", m.frame),
             };
             match m.to {
+                To::One(c) if matches!(msg, ServerMessage::Stateless(_)) => {
+                    assert_ne!(c, conn, "a stateless message went back to its sender");
+                    assert!(
+                        self.clients[&c].info.stateless,
+                        "a stateless message went to {c}, which does not receive them"
+                    );
+                }
                 To::One(c) => assert_eq!(c, conn, "a reply to {conn} went to {c}"),
                 To::AllExcept(c) => assert_eq!(c, conn),
                 To::All => {}
@@ -868,6 +914,15 @@ impl Harness {
                 if !to_me {
                     continue;
                 }
+                if matches!(
+                    msg,
+                    ServerMessage::Notice { .. } | ServerMessage::Stateless(_)
+                ) {
+                    assert!(c.info.extensions, "a tandem message to a stock client");
+                }
+                if let Some((outbound, _)) = &mut c.outbound {
+                    check_hocuspocus(outbound, &m.frame, &msg);
+                }
                 match &msg {
                     ServerMessage::Step1(sv) => c.server_sv = Some(sv.clone()),
                     ServerMessage::Step2(update) | ServerMessage::Update(update) => {
@@ -933,6 +988,122 @@ impl Harness {
                 "connection {conn}'s replica has other registers than the room"
             );
         }
+    }
+
+    /// A Hocuspocus connection sends `msgs`, one frame each (as the provider does), the first
+    /// one corrupted by `corrupt`.
+    fn send_hocuspocus(&mut self, conn: ConnId, msgs: &[Msg], corrupt: Option<(u16, u8)>) {
+        for (i, msg) in msgs.iter().enumerate() {
+            if !self.clients.contains_key(&conn) {
+                // Refused meanwhile: the transport drops the document's messages.
+                return;
+            }
+            let built = self.build(conn, std::slice::from_ref(msg));
+            if built.frame.is_empty() {
+                continue;
+            }
+            // The document's name, then the y-websocket message (a stateless message in the
+            // dialect's own form).
+            let mut w = Writer::new();
+            w.var_str(DOC);
+            match (
+                msg,
+                built
+                    .frame
+                    .strip_prefix(&[MSG_TANDEM as u8, TANDEM_STATELESS as u8]),
+            ) {
+                (Msg::Stateless(_), Some(payload)) => w.var_u64(hocuspocus::STATELESS).raw(payload),
+                _ => w.raw(&built.frame),
+            };
+            let mut frame = w.finish();
+            let mut corrupted = false;
+            if let (0, Some((pos, x))) = (i, corrupt) {
+                let at = usize::from(pos) % frame.len();
+                frame[at] ^= x | 1;
+                corrupted = true;
+            }
+            let stock = !corrupted && !built.squatted && msg.is_stock(true);
+            let expect = (!corrupted).then_some(&built.frame[..]);
+            let taint = built.taint || corrupted;
+            self.hocuspocus_frame(conn, &frame, expect, &built.requests, taint);
+            if stock {
+                assert!(
+                    self.clients.contains_key(&conn),
+                    "a message a stock provider sends got its document refused: {msg:?}"
+                );
+            }
+        }
+    }
+
+    /// A frame in the Hocuspocus dialect from `conn`, through the codec as the transport does;
+    /// `expect` is the y-websocket message it carries, when known.
+    fn hocuspocus_frame(
+        &mut self,
+        conn: ConnId,
+        frame: &[u8],
+        expect: Option<&[u8]>,
+        requests: &[String],
+        taint: bool,
+    ) {
+        let body = match ClientFrame::parse(frame) {
+            Ok(ClientFrame::Document { name, body }) if name == DOC => body,
+            // A pong, or another document (its messages wait for its Auth).
+            Ok(_) => return,
+            // No document to charge it to: the socket closes.
+            Err(_) => return self.leave(conn),
+        };
+        let message = match Message::parse(body) {
+            Ok(message) => message,
+            // The document is refused on this socket.
+            Err(_) => return self.leave(conn),
+        };
+        let Some(room) = message.room_frame() else {
+            if message == Message::Close {
+                self.leave(conn);
+            }
+            return;
+        };
+        if let Some(sent) = expect {
+            let sent: Vec<u8> = match sent.split_first() {
+                // A SyncReply reaches the room as a Sync.
+                Some((&t, rest)) if u64::from(t) == hocuspocus::SYNC_REPLY => {
+                    [&[hocuspocus::SYNC as u8][..], rest].concat()
+                }
+                _ => sent.to_vec(),
+            };
+            assert_eq!(
+                &room[..],
+                &sent[..],
+                "the room got another message than was sent"
+            );
+        }
+        let room = room.into_owned();
+        // Whether a stock provider sent it is checked by the caller (the document stays open).
+        self.send(conn, &room, requests, taint, false);
+    }
+
+    /// The server acknowledges `forward` more updates of Hocuspocus connection `conn`.
+    fn ack(&mut self, conn: ConnId, forward: u64) {
+        let Some((outbound, acked)) = self
+            .clients
+            .get_mut(&conn)
+            .and_then(|c| c.outbound.as_mut())
+        else {
+            return;
+        };
+        let count = *acked + forward;
+        let mut out = Vec::new();
+        outbound
+            .translate(&ack_frame(count, 1 + count), &mut out)
+            .expect("an ack translates");
+        *acked = count;
+        let saved = hocuspocus::encode(DOC, Reply::SyncStatus(true));
+        assert_eq!(
+            out.len() as u64,
+            forward,
+            "one SyncStatus per update acknowledged"
+        );
+        assert!(out.iter().all(|f| *f == saved));
     }
 
     /// Builds the frame for `msgs` from `conn`.
@@ -1134,6 +1305,7 @@ impl Harness {
                         .var_bytes(b);
                 }
                 Msg::QueryAwareness => frames::query_awareness_msg(&mut w),
+                Msg::Stateless(payload) => frames::stateless_msg(&mut w, payload),
                 Msg::Auth { kind, reason } => frames::auth_msg(&mut w, u64::from(*kind), reason),
                 Msg::SetField {
                     conditional,
@@ -1170,6 +1342,34 @@ impl Harness {
             squatted,
         }
     }
+}
+
+/// What a Hocuspocus connection gets for a room frame (`msg`, decoded) is exactly what the
+/// dialect says.
+fn check_hocuspocus(outbound: &mut Outbound, frame: &[u8], msg: &ServerMessage) {
+    let mut out = Vec::new();
+    if let Err(e) = outbound.translate(frame, &mut out) {
+        panic!("a room frame has no Hocuspocus form ({e}): {frame:?}");
+    }
+    let reply = |r: Reply<'_>| hocuspocus::encode(DOC, r);
+    let expected = match msg {
+        ServerMessage::Step1(_)
+        | ServerMessage::Step2(_)
+        | ServerMessage::Update(_)
+        | ServerMessage::Awareness(_) => {
+            let mut w = Writer::new();
+            w.var_str(DOC).raw(frame);
+            vec![w.finish()]
+        }
+        ServerMessage::Denied(_) => vec![reply(Reply::SyncStatus(false))],
+        ServerMessage::Notice { code, .. } if *code == NOTICE_NOTHING_NEW => {
+            vec![reply(Reply::SyncStatus(true))]
+        }
+        ServerMessage::Stateless(payload) => vec![reply(Reply::Stateless(payload))],
+        ServerMessage::Notice { .. } | ServerMessage::FieldResult { .. } => Vec::new(),
+        ServerMessage::Ack { .. } => panic!("the room sent an ack itself"),
+    };
+    assert_eq!(out, expected, "the Hocuspocus form of {msg:?}");
 }
 
 /// The JSON text of an awareness state spec.
@@ -1217,7 +1417,8 @@ fn conn_id(n: u8) -> ConnId {
 
 /// Frame script: records `[op << 4 | conn][len: u16 LE][len bytes]` until the input ends.
 /// Ops: 0 frame (joining as a writer first if needed), 1 frame (joining read-only first),
-/// 2 leave, 3 tick by `len` ms, 4 join with extensions (writer).
+/// 2 leave, 3 tick by `len` ms, 4 join with extensions (writer), 5 a Hocuspocus frame (joining
+/// as a Hocuspocus writer first).
 fn frame_script(h: &mut Harness, mut data: &[u8]) {
     while data.len() >= 3 {
         let op = data[0] >> 4;
@@ -1235,12 +1436,19 @@ fn frame_script(h: &mut Harness, mut data: &[u8]) {
                 let len = len.min(data.len());
                 let (frame, rest) = data.split_at(len);
                 data = rest;
-                h.join(conn, op == 0, false, conn as u8, false);
+                h.join(conn, op == 0, false, conn as u8, false, false);
                 h.send(conn, frame, &[], false, false);
             }
             2 => h.leave(conn),
             3 => h.tick(len as u64),
-            _ => h.join(conn, true, true, conn as u8, true),
+            5 => {
+                let len = len.min(data.len());
+                let (frame, rest) = data.split_at(len);
+                data = rest;
+                h.join(conn, true, false, conn as u8, false, true);
+                h.hocuspocus_frame(conn, frame, None, &[], false);
+            }
+            _ => h.join(conn, true, true, conn as u8, true, false),
         }
     }
 }
@@ -1264,7 +1472,9 @@ fn structured(h: &mut Harness, data: &[u8]) {
                 extensions,
                 user,
                 named,
-            } => h.join(conn_id(conn), writer, extensions, user, named),
+                hocuspocus,
+            } => h.join(conn_id(conn), writer, extensions, user, named, hocuspocus),
+            Action::Ack { conn, forward } => h.ack(conn_id(conn), u64::from(forward)),
             Action::HttpEdit {
                 field,
                 index,
@@ -1302,6 +1512,17 @@ fn structured(h: &mut Harness, data: &[u8]) {
                 conn,
                 msgs,
                 corrupt,
+            } if h
+                .clients
+                .get(&conn_id(conn))
+                .is_some_and(|c| c.outbound.is_some()) =>
+            {
+                h.send_hocuspocus(conn_id(conn), &msgs, corrupt);
+            }
+            Action::Send {
+                conn,
+                msgs,
+                corrupt,
             } => {
                 let conn = conn_id(conn);
                 let Built {
@@ -1310,7 +1531,7 @@ fn structured(h: &mut Harness, data: &[u8]) {
                     mut taint,
                     squatted,
                 } = h.build(conn, &msgs);
-                let mut stock = !squatted && msgs.iter().all(Msg::is_stock);
+                let mut stock = !squatted && msgs.iter().all(|m| m.is_stock(false));
                 if let Some((pos, x)) = corrupt {
                     if !frame.is_empty() {
                         let i = usize::from(pos) % frame.len();

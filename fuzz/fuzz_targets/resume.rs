@@ -34,7 +34,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use tandem_engine::Document;
 use tandem_server::infra::store::sqlite::{SqliteOptions, SqliteStore};
-use tandem_server::infra::store::{NewUpdate, Sid, Since, Store, StoreError};
+use tandem_server::infra::store::{Compaction, NewUpdate, Sid, Since, Store, StoreError};
 
 /// Documents per input.
 const DOCS: usize = 2;
@@ -274,10 +274,16 @@ impl Run<'_> {
     fn compact(&mut self, doc: usize, upto: Sid) {
         let m = &self.docs[doc];
         let snapshot = m.state_at(upto);
+        let compaction = Compaction {
+            upto,
+            state: snapshot,
+            authors: Vec::new(),
+            checkpoint_at: None,
+        };
         let result = self
             .shared
             .rt
-            .block_on(self.shared.store.compact(&m.name, upto, snapshot));
+            .block_on(self.shared.store.compact(&m.name, compaction));
         let m = &mut self.docs[doc];
         match result {
             Ok(done) => {

@@ -4,7 +4,8 @@ use tandem_engine::error::DecodeError;
 use tandem_engine::guard;
 use tandem_engine::protocol::{
     MSG_AUTH, MSG_AWARENESS, MSG_QUERY_AWARENESS, MSG_SYNC, MSG_TANDEM, SYNC_STEP1, SYNC_STEP2,
-    SYNC_UPDATE, TANDEM_ACK, TANDEM_FIELD_RESULT, TANDEM_SET_FIELD,
+    SYNC_UPDATE, TANDEM_ACK, TANDEM_FIELD_RESULT, TANDEM_NOTICE, TANDEM_SET_FIELD,
+    TANDEM_STATELESS,
 };
 use tandem_engine::wire::{Reader, Writer};
 
@@ -50,6 +51,15 @@ pub enum ServerMessage {
         /// The register's value after the request.
         value: serde_json::Value,
     },
+    /// A tandem notice: something set aside without closing the connection.
+    Notice {
+        /// Which (`NOTICE_*`).
+        code: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A tandem stateless message relayed from another connection.
+    Stateless(String),
 }
 
 /// Why a frame from the room is not one well-formed message.
@@ -125,6 +135,11 @@ pub fn parse_server_frame(frame: &[u8]) -> Result<ServerMessage, BadFrame> {
                     value,
                 }
             }
+            TANDEM_NOTICE => ServerMessage::Notice {
+                code: r.var_u64()?,
+                reason: r.var_str()?.to_owned(),
+            },
+            TANDEM_STATELESS => ServerMessage::Stateless(r.var_str()?.to_owned()),
             other => return Err(BadFrame::UnknownType(other)),
         },
         other => return Err(BadFrame::UnknownType(other)),
@@ -201,4 +216,11 @@ pub fn set_field_msg(
         .var_str(name)
         .var_str(expected)
         .var_str(value_json);
+}
+
+/// Appends a tandem stateless message to `w`.
+pub fn stateless_msg(w: &mut Writer, payload: &str) {
+    w.var_u64(MSG_TANDEM)
+        .var_u64(TANDEM_STATELESS)
+        .var_str(payload);
 }

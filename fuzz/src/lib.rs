@@ -33,5 +33,7 @@ pub fn unused_client(updates: &[&[u8]], from: u64) -> u64 {
             used.extend(s.deletes.iter().map(|&(client, _)| client));
         }
     }
-    (from..).find(|c| !used.contains(c)).expect("a free client id")
+    (from..)
+        .find(|c| !used.contains(c))
+        .expect("a free client id")
 }

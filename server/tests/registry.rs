@@ -121,6 +121,7 @@ fn writer() -> ConnInfo {
         user: Some("u".into()),
         name: None,
         extensions: false,
+        stateless: false,
     }
 }
 

@@ -20,7 +20,7 @@
 import * as Y from 'yjs';
 import { WebsocketProvider } from 'y-websocket';
 import WebSocket from 'ws';
-import readline from 'node:readline';
+import { serveCommands, waitFor } from './driver.mjs';
 
 const [url, room, name = 'client', token] = process.argv.slice(2);
 const doc = new Y.Doc();
@@ -33,16 +33,6 @@ const closes = [];
 let closed = null;
 provider.on('connection-close', (event) => { if (event) closes.push({ code: event.code, reason: event.reason }); });
 provider.on('closed', (event) => { closed = { code: event.code, reason: event.reason }; });
-const reply = (obj) => process.stdout.write(JSON.stringify(obj) + '\n');
-
-function waitFor(check, subscribe, unsubscribe, timeoutMs = 10000) {
-  return new Promise((resolve, reject) => {
-    if (check()) return resolve();
-    const timer = setTimeout(() => { unsubscribe(on); reject(new Error('timeout')); }, timeoutMs);
-    const on = () => { if (check()) { clearTimeout(timer); unsubscribe(on); resolve(); } };
-    subscribe(on);
-  });
-}
 
 const states = () => Object.fromEntries(provider.awareness.getStates());
 
@@ -94,15 +84,4 @@ async function handle(cmd) {
   }
 }
 
-const rl = readline.createInterface({ input: process.stdin });
-let queue = Promise.resolve();
-rl.on('line', (line) => {
-  queue = queue.then(async () => {
-    try {
-      reply({ ok: true, ...(await handle(JSON.parse(line))) });
-    } catch (e) {
-      reply({ ok: false, error: String(e && e.message || e) });
-    }
-  });
-});
-rl.on('close', () => { provider.destroy(); process.exit(0); });
+serveCommands(handle, () => provider.destroy());

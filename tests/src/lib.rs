@@ -187,7 +187,10 @@ pub fn node_deps() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = repo_root().join("tests/node");
-        if !dir.join("node_modules/y-websocket").exists() {
+        let installed = ["y-websocket", "@hocuspocus/provider"]
+            .iter()
+            .all(|package| dir.join("node_modules").join(package).exists());
+        if !installed {
             let status = std::process::Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund"])
                 .current_dir(&dir)
@@ -200,7 +203,9 @@ pub fn node_deps() -> PathBuf {
     .clone()
 }
 
-/// A stock Yjs client (`tests/node/client.mjs`) under Node, driven by JSON commands.
+/// A stock Yjs client under Node, driven by JSON commands: a y-websocket provider
+/// (`tests/node/client.mjs`, [`NodeClient::connect`]) or Hocuspocus providers sharing one
+/// socket (`tests/node/hocuspocus.mjs`, [`NodeClient::hocuspocus`]).
 pub struct NodeClient {
     child: Child,
     stdin: ChildStdin,
@@ -208,6 +213,27 @@ pub struct NodeClient {
 }
 
 impl NodeClient {
+    fn spawn(script: &str, args: &[&str]) -> Result<NodeClient> {
+        let dir = node_deps();
+        let mut child = Command::new("node")
+            .arg(dir.join(script))
+            .args(args)
+            .current_dir(&dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawn node")?;
+        let stdin = child.stdin.take().context("stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        Ok(NodeClient {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
     /// Connects a `WebsocketProvider(base, doc)`.
     pub async fn connect(base: &str, doc: &str, name: &str) -> Result<NodeClient> {
         Self::connect_with_token(base, doc, name, None).await
@@ -220,30 +246,20 @@ impl NodeClient {
         name: &str,
         token: Option<&str>,
     ) -> Result<NodeClient> {
-        let dir = node_deps();
-        let mut child = Command::new("node")
-            .arg(dir.join("client.mjs"))
-            .args([base, doc, name])
-            .args(token)
-            .current_dir(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("spawn node")?;
-        let stdin = child.stdin.take().context("stdin")?;
-        let stdout = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let mut client = NodeClient {
-            child,
-            stdin,
-            stdout,
-        };
+        let mut args = vec![base, doc, name];
+        args.extend(token);
+        let mut client = Self::spawn("client.mjs", &args)?;
         client
             .call(serde_json::json!({"op": "wait-synced"}))
             .await
             .context("client did not sync")?;
         Ok(client)
+    }
+
+    /// Starts a `HocuspocusProviderWebsocket` on `url` (`ws://addr/ws`) for providers to share;
+    /// open documents on it with `{"op": "open", "doc": ..., "token": ...}` (see the script).
+    pub fn hocuspocus(url: &str) -> Result<NodeClient> {
+        Self::spawn("hocuspocus.mjs", &[url])
     }
 
     /// Sends one command and returns its reply; a reply with `ok: false` is an error.

@@ -345,6 +345,7 @@ mod tests {
             user: Some("alice".into()),
             extensions: false,
             name: None,
+            stateless: false,
         }
     }
 

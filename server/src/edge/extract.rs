@@ -1,8 +1,9 @@
 //! How every route learns who is asking: [`authenticate`] reads the request's token
 //! (`Authorization: Bearer`, then `?token=`), checks it and counts refusals in the metrics;
 //! [`Authorized`] is the axum extractor built on it that also checks the access the route
-//! needs on its `{doc}` path parameter. The WebSocket route uses [`authenticate`] directly,
-//! because it answers refusals after the upgrade, as close codes browsers can see.
+//! needs on its `{doc}` path parameter. The WebSocket routes use [`authenticate`] (or
+//! [`authenticate_token`]) and [`document_role`] directly, because they answer refusals after
+//! the upgrade: as close codes browsers can see, or per document in the Hocuspocus dialect.
 //!
 //! ```text
 //! async fn snapshot(who: Authorized<ReadAccess>, State(state): State<AppState>) -> ... {
@@ -19,6 +20,7 @@ use std::marker::PhantomData;
 use axum::extract::{FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
+use tandem_engine::protocol::{ConnInfo, Role};
 
 use super::error::{ApiError, ErrorCode};
 use super::state::AppState;
@@ -59,10 +61,53 @@ pub fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let token = token_from_request(authorization, query);
+    authenticate_token(state, token.as_deref())
+}
+
+/// Authenticates `token` now (a token that came another way than with the request, such as
+/// the Hocuspocus dialect's Auth message), counting a refusal like [`authenticate`].
+pub fn authenticate_token(state: &AppState, token: Option<&str>) -> Result<Identity, AuthError> {
     state
         .auth
-        .authenticate(token.as_deref(), unix_now())
+        .authenticate(token, unix_now())
         .inspect_err(|e| count_refusal(state, e))
+}
+
+/// The role `identity` joins `doc` with over a WebSocket: [`Role::Write`] when it may change
+/// the document, [`Role::Read`] when it may only read it (it syncs and sets presence; its
+/// updates are refused), or the refusal (counted) when it may not even read it.
+pub fn document_role(
+    state: &AppState,
+    identity: &Identity,
+    doc: &DocName,
+) -> Result<Role, AuthError> {
+    if identity.check(doc, Access::Write).is_ok() {
+        return Ok(Role::Write);
+    }
+    identity
+        .check(doc, Access::Read)
+        .map(|()| Role::Read)
+        .inspect_err(|e| count_refusal(state, e))
+}
+
+/// Who a WebSocket connection of `identity` is, for the document it joins with `role`.
+/// `extensions`: it receives tandem's extension messages; `stateless`: it receives stateless
+/// messages (see `tandem_engine::protocol`).
+pub fn conn_info(
+    state: &AppState,
+    identity: &Identity,
+    role: Role,
+    extensions: bool,
+    stateless: bool,
+) -> ConnInfo {
+    ConnInfo {
+        role,
+        user: Some(identity.user.clone()),
+        extensions,
+        // Open development mode has no real identities: presence is relayed as sent.
+        name: (!state.auth.is_open()).then(|| identity.name.clone()),
+        stateless,
+    }
 }
 
 /// Counts a refusal in `tandem_auth_unauthorized_total` or `tandem_auth_forbidden_total`.

@@ -4,7 +4,9 @@
 //! [`admit`] asks for one of the `--max-connections` slots within the per-IP connection rate
 //! before anything is opened; a refusal is HTTP 429 or 503 with `Retry-After: 1`. [`Live`]
 //! then files the connection under its user, so `POST /admin/revoke` reaches it, and knows when
-//! its token expires. Every long-lived route goes through both.
+//! its token expires. Every long-lived route goes through both. A Hocuspocus socket, whose
+//! documents are each authorized with a token of their own, holds its admission and one
+//! [`Grant`] (registration and expiry) per document instead.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -37,27 +39,59 @@ pub fn admit(state: &AppState, ip: IpAddr) -> Result<Admission, Response> {
         })
 }
 
-/// An open long-lived connection's hold: its admission slot, its registration for revocation,
-/// and its token's expiry. Dropping it gives both back.
+/// An open long-lived connection's hold: its admission slot and the [`Grant`] of its token.
+/// Dropping it gives both back.
 #[derive(Debug)]
 pub struct Live {
     _admission: Admission,
-    _registration: Registration,
-    revoked: oneshot::Receiver<Close>,
-    expires_at: Option<tokio::time::Instant>,
+    grant: Grant,
 }
 
 impl Live {
     /// Files the connection of `identity` (admitted with `admission`) under its user.
     pub fn register(state: &AppState, admission: Admission, identity: &Identity) -> Live {
+        Live {
+            _admission: admission,
+            grant: Grant::register(state, identity),
+        }
+    }
+
+    /// When the token expires (`None` in open development mode).
+    pub fn expires_at(&self) -> Option<tokio::time::Instant> {
+        self.grant.expires_at()
+    }
+
+    /// Completes when the user is revoked, with the close that says so.
+    pub async fn revoked(&mut self) -> Close {
+        self.grant.revoked().await
+    }
+
+    /// Completes when the connection must end: revoked, or its token expired.
+    pub async fn ended(&mut self) -> Close {
+        self.grant.ended().await
+    }
+}
+
+/// What one token grants a live connection, for as long as it lasts: its registration for
+/// revocation and its expiry. A connection holds one per token it was authorized with (a
+/// Hocuspocus socket, one per document). Dropping it unregisters.
+#[derive(Debug)]
+pub struct Grant {
+    _registration: Registration,
+    revoked: oneshot::Receiver<Close>,
+    expires_at: Option<tokio::time::Instant>,
+}
+
+impl Grant {
+    /// Files `identity` under its user, so a revocation reaches it.
+    pub fn register(state: &AppState, identity: &Identity) -> Grant {
         let (tx, revoked) = oneshot::channel();
         let registration = state.auth.register(identity, tx);
         let expires_at = identity.expires_at.map(|exp| {
             let left = exp.saturating_mul(1000).saturating_sub(now_ms());
             tokio::time::Instant::now() + Duration::from_millis(left)
         });
-        Live {
-            _admission: admission,
+        Grant {
             _registration: registration,
             revoked,
             expires_at,
@@ -78,7 +112,7 @@ impl Live {
         }
     }
 
-    /// Completes when the connection must end: revoked, or its token expired.
+    /// Completes when the grant ends: revoked, or the token expired.
     pub async fn ended(&mut self) -> Close {
         let expiry = self.expires_at;
         let expired = async move {

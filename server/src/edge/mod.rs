@@ -3,21 +3,24 @@
 //! - [`state`]: [`state::AppState`], the handles every route reaches.
 //! - [`error`]: [`error::ApiError`], the one error type every route answers with (`{"error":
 //!   code, "message": text}`, the cause logged, never sent).
-//! - [`extract`]: [`extract::Authorized`], the one way every route authenticates, and
-//!   [`extract::Stream`], the admission and revocation handle of every long-lived response.
+//! - [`extract`]: [`extract::Authorized`], the one way every route authenticates.
 //! - [`json`]: how documents and registers look in JSON.
 //! - [`idempotency`]: the `Idempotency-Key` header, request fingerprints, answers and replays.
 //! - [`router`]: [`router::app`], every route, `/healthz`, `/metrics`.
 //! - [`serve`]: [`serve::run`], what `tandem serve` calls.
-//! - Routes: [`ws`] (`/ws/{doc}`), [`sse`] (`/docs/{doc}/events`), [`documents`] (the other
-//!   document routes), [`admin`], [`demo`] (with [`package`], the browser package and its
-//!   build), [`openapi`].
+//! - [`socket`]: WebSocket plumbing both dialects share (upgrade, batched writes, closes,
+//!   pacing); [`live`]: [`live::Live`], the admission, revocation and expiry of every
+//!   long-lived response.
+//! - Routes: [`ws`] (`/ws/{doc}`, y-websocket), [`hocuspocus`] (`/ws`, the Hocuspocus
+//!   dialect), [`sse`] (`/docs/{doc}/events`), [`documents`] (the other document routes),
+//!   [`admin`], [`demo`] (with [`package`], the browser package and its build), [`openapi`].
 
 pub mod admin;
 pub mod demo;
 pub mod documents;
 pub mod error;
 pub mod extract;
+pub mod hocuspocus;
 pub mod idempotency;
 pub mod json;
 pub mod live;
@@ -25,6 +28,7 @@ pub mod openapi;
 pub mod package;
 pub mod router;
 pub mod serve;
+pub mod socket;
 pub mod sse;
 pub mod state;
 pub mod ws;

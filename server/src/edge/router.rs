@@ -16,8 +16,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .route("/ws", get(super::hocuspocus::handler))
         .route("/ws/{doc}", get(super::ws::handler))
-        .route("/ws", get(ws_without_document))
         .route("/ws/", get(ws_without_document))
         .route("/docs/{doc}/events", get(super::sse::events))
         .route("/openapi.json", get(super::openapi::document))
@@ -150,7 +150,7 @@ mod tests {
     #[tokio::test]
     async fn websocket_paths_without_a_document_say_where_it_goes() {
         let f = fixture();
-        for uri in ["/ws", "/ws/", "/ws?room=abc"] {
+        for uri in ["/ws/"] {
             let (status, body, _) = get(&f.state, uri).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
             let v: Value = serde_json::from_str(&body).unwrap();
@@ -159,6 +159,29 @@ mod tests {
                 v["message"].as_str().unwrap().contains("WebsocketProvider"),
                 "{v}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn both_websocket_routes_want_an_upgrade() {
+        let f = fixture();
+        // `/ws` is the Hocuspocus dialect's route, `/ws/{doc}` the y-websocket one.
+        for uri in ["/ws", "/ws/notes"] {
+            let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 4000));
+            let request = Request::get(uri)
+                .extension(axum::extract::ConnectInfo(peer))
+                .body(Body::empty())
+                .unwrap();
+            let response = app(f.state.clone()).oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            let body = String::from_utf8(body.to_vec()).unwrap();
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"], "bad_request", "{uri}");
+            assert!(v["message"].as_str().unwrap().contains("/ws/{doc}"), "{v}");
         }
     }
 

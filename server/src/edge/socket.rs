@@ -1,0 +1,350 @@
+//! WebSocket plumbing both dialects share ([`super::ws`], y-websocket, and
+//! [`super::hocuspocus`]): the upgrade on hyper's upgraded connection with tokio-tungstenite,
+//! the codec's limits, batched writes (large messages as fragments), close frames, what a read
+//! means, and [`Pace`], the timers and message rate of one connection's loop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio::time::Sleep;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use super::error::{ApiError, ErrorCode};
+use super::live::{self, EXPIRED_REASON};
+use super::state::AppState;
+use crate::access::conns::Admission;
+use crate::access::limits::TokenBucket;
+use crate::base::close::{code, Close};
+use crate::base::limit::LimitKind;
+use crate::infra::config::{Limits, Rate};
+use crate::infra::metrics::Metrics;
+
+/// Ping interval.
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+/// A connection silent for this long is closed.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
+/// Frames written per flush at most.
+pub const WRITE_BATCH: usize = 64;
+/// How long a closed connection waits for the client to answer its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Larger outgoing messages are sent as fragments of this size. The WebSocket codec keeps its
+/// write buffer at the largest size it ever held, so without fragments every connection that
+/// received a large document's sync step 2 would hold a buffer that size until it closed.
+const FRAGMENT: usize = 32 * 1024;
+
+/// A WebSocket over an upgraded HTTP connection.
+pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// The writing half of a [`Socket`].
+pub type Sink = SplitSink<Socket, Message>;
+/// The reading half of a [`Socket`].
+pub type Stream = SplitStream<Socket>;
+
+/// The `Sec-WebSocket-Key` of a well-formed WebSocket upgrade request (RFC 6455 §4.2.1).
+fn websocket_key(method: &Method, headers: &HeaderMap) -> Option<HeaderValue> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let version_13 = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v.as_bytes() == b"13");
+    (method == Method::GET
+        && has_token(header::CONNECTION, "upgrade")
+        && has_token(header::UPGRADE, "websocket")
+        && version_13)
+        .then(|| headers.get(header::SEC_WEBSOCKET_KEY).cloned())
+        .flatten()
+}
+
+/// Takes a WebSocket upgrade out of `request` and admits the connection from `peer` (see
+/// [`live::admit`]), or answers the refusal: 400 for a request that is no upgrade, 429 or 503
+/// over the admission limits.
+#[allow(clippy::result_large_err)]
+pub fn admit(
+    state: &AppState,
+    peer: SocketAddr,
+    request: &mut Request,
+) -> Result<(Upgrade, Admission), Response> {
+    let upgrade = Upgrade::from_request(request)?;
+    let admission = live::admit(state, peer.ip())?;
+    Ok((upgrade, admission))
+}
+
+/// A well-formed WebSocket upgrade request, not answered yet.
+pub struct Upgrade {
+    key: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+impl Upgrade {
+    /// Takes the upgrade out of `request`, or answers 400 when it is not a WebSocket upgrade.
+    #[allow(clippy::result_large_err)]
+    pub fn from_request(request: &mut Request) -> Result<Upgrade, Response> {
+        let key = websocket_key(request.method(), request.headers());
+        let on_upgrade = request
+            .extensions_mut()
+            .remove::<hyper::upgrade::OnUpgrade>();
+        match (key, on_upgrade) {
+            (Some(key), Some(on_upgrade)) => Ok(Upgrade { key, on_upgrade }),
+            _ => Err(ApiError::new(
+                ErrorCode::BadRequest,
+                "expected a WebSocket upgrade (GET, Connection: Upgrade, Upgrade: websocket, \
+                 Sec-WebSocket-Version: 13). The WebSocket routes are /ws/{doc} for y-websocket \
+                 (new WebsocketProvider('ws://host:8787/ws', 'doc-name', ydoc)) and /ws for \
+                 Hocuspocus (new HocuspocusProvider({ url: 'ws://host:8787/ws', name }))",
+            )
+            .into_response()),
+        }
+    }
+
+    /// Answers 101 Switching Protocols and, once the connection is upgraded, runs `serve` on
+    /// the socket in a task of its own. The codec refuses frames and messages over
+    /// `--max-frame-size`; its read buffer starts small (every connection keeps it for its
+    /// whole life, and most are idle), and a larger frame grows it while it is read.
+    pub fn accept<S, F>(self, limits: &Limits, serve: S) -> Response
+    where
+        S: FnOnce(Socket) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let config = WebSocketConfig::default()
+            .max_frame_size(Some(limits.max_frame_bytes))
+            .max_message_size(Some(limits.max_frame_bytes))
+            .read_buffer_size(1024)
+            .write_buffer_size(8 * 1024);
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let socket = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                WsRole::Server,
+                Some(config),
+            )
+            .await;
+            serve(socket).await
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(
+                header::SEC_WEBSOCKET_ACCEPT,
+                derive_accept_key(self.key.as_bytes()),
+            )
+            .body(Body::empty())
+            .unwrap_or_default()
+    }
+}
+
+/// The close frame of `close` (its reason cut to 120 bytes, within the 123 a frame allows).
+pub fn close_message(close: Close) -> Message {
+    let mut reason = close.reason;
+    if reason.len() > 120 {
+        let mut cut = 120;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+    }
+    Message::Close(Some(CloseFrame {
+        code: close.code.into(),
+        reason: Utf8Bytes::from(reason),
+    }))
+}
+
+/// Writes `frames` (at most [`WRITE_BATCH`] of them) as binary messages and flushes once;
+/// a message over 32 KiB goes out as fragments. `false` when the socket is gone.
+pub async fn send_batch(sink: &mut Sink, frames: impl Iterator<Item = Bytes>) -> bool {
+    for f in frames.take(WRITE_BATCH) {
+        if f.len() <= FRAGMENT {
+            if sink.feed(Message::Binary(f)).await.is_err() {
+                return false;
+            }
+            continue;
+        }
+        let last = (f.len() - 1) / FRAGMENT;
+        for (i, chunk) in f.chunks(FRAGMENT).enumerate() {
+            let opcode = if i == 0 { Data::Binary } else { Data::Continue };
+            let frame = Frame::message(f.slice_ref(chunk), OpCode::Data(opcode), i == last);
+            if sink.feed(Message::Frame(frame)).await.is_err() {
+                return false;
+            }
+        }
+    }
+    sink.flush().await.is_ok()
+}
+
+/// Ends a connection: sends `close` when there is one, waits for the client's answer, closes.
+pub async fn finish(sink: &mut Sink, stream: &mut Stream, close: Option<Close>) {
+    if let Some(close) = close {
+        if Box::pin(sink.send(close_message(close))).await.is_ok() {
+            // Wait for the client's answer before dropping the socket: dropping it with input
+            // still unread makes the kernel reset the connection, and a client that has not
+            // read our close frame yet loses it (and its code) to the reset.
+            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, async {
+                while let Some(Ok(_)) = stream.next().await {}
+            }))
+            .await;
+        }
+    }
+    let _ = Box::pin(sink.close()).await;
+}
+
+/// What a read from the socket means.
+#[derive(Debug)]
+pub enum Received {
+    /// A binary message.
+    Frame(Bytes),
+    /// A ping or pong: liveness only.
+    Liveness,
+    /// The connection ends, with the close to send (`None`: the client closed it or it is
+    /// gone).
+    End(Option<Close>),
+}
+
+impl Received {
+    /// Classifies a read: a text frame closes with 1003, an oversized one with 1009 (counted
+    /// as a frame-size breach), a malformed one with 1002.
+    pub fn of(
+        msg: Option<Result<Message, WsError>>,
+        metrics: &Metrics,
+        peer: SocketAddr,
+    ) -> Received {
+        match msg {
+            Some(Ok(Message::Binary(data))) => Received::Frame(data),
+            Some(Ok(Message::Text(_))) => {
+                Received::End(Some(Close::new(code::TEXT_FRAME, "binary frames only")))
+            }
+            Some(Ok(Message::Close(_))) | None => Received::End(None),
+            Some(Ok(_)) => Received::Liveness,
+            Some(Err(WsError::Capacity(_))) => {
+                metrics.limit_breached(LimitKind::FrameSize);
+                Received::End(LimitKind::FrameSize.close())
+            }
+            Some(Err(e)) => {
+                tracing::debug!(%peer, cause = %e, "WebSocket read error");
+                Received::End(Some(Close::new(
+                    code::MALFORMED_FRAME,
+                    "malformed WebSocket frame",
+                )))
+            }
+        }
+    }
+}
+
+/// What [`Pace`]'s timer firing asks of the loop.
+#[derive(Debug)]
+pub enum Tick {
+    /// Nothing to do (reads resume if they were paused).
+    Idle,
+    /// Send a ping.
+    Ping,
+    /// Close the connection: the token expired, or the client was silent too long.
+    Close(Close),
+}
+
+/// The timers and message rate of one connection's loop, on one timer: a ping every
+/// [`PING_EVERY`], a close after [`SILENCE_LIMIT`] without hearing from the client, the token's
+/// expiry, and the end of a pause. Over the message rate (one token per message) the socket is
+/// not read until the bucket refills: TCP pushes back on the sender, whose burst arrives late
+/// but whole (never a close: stock clients would not come back, and a paced sender cannot
+/// exceed the rate).
+pub struct Pace {
+    bucket: TokenBucket,
+    last_heard: tokio::time::Instant,
+    next_ping: tokio::time::Instant,
+    paused_until: Option<tokio::time::Instant>,
+    expires_at: Option<tokio::time::Instant>,
+    // Boxed: the connection's future, which lives as long as the connection, stays small.
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Pace {
+    /// Starts pacing now, at `rate`; `expires_at` is the token's expiry, if the connection
+    /// closes at one.
+    pub fn new(rate: Rate, expires_at: Option<tokio::time::Instant>) -> Pace {
+        let start = tokio::time::Instant::now();
+        let mut pace = Pace {
+            bucket: TokenBucket::new(rate, Instant::now()),
+            last_heard: start,
+            next_ping: start + PING_EVERY,
+            paused_until: None,
+            expires_at,
+            timer: Box::pin(tokio::time::sleep_until(start)),
+        };
+        pace.reset();
+        pace
+    }
+
+    fn reset(&mut self) {
+        let at = [self.expires_at, self.paused_until]
+            .into_iter()
+            .flatten()
+            .fold(self.next_ping, tokio::time::Instant::min);
+        self.timer.as_mut().reset(at);
+    }
+
+    /// Whether the socket may be read now (reads pause over the message rate).
+    pub fn reading(&self) -> bool {
+        self.paused_until.is_none()
+    }
+
+    /// Records a read: the client was heard, and every message but a close takes a token;
+    /// over the rate, reads pause (counted as a message-rate breach).
+    pub fn heard(&mut self, msg: &Option<Result<Message, WsError>>, metrics: &Metrics) {
+        self.last_heard = tokio::time::Instant::now();
+        if !matches!(msg, Some(Ok(m)) if !matches!(m, Message::Close(_))) {
+            return;
+        }
+        let wait = self.bucket.take(Instant::now());
+        if !wait.is_zero() {
+            metrics.limit_breached(LimitKind::MessageRate);
+            self.paused_until = Some(self.last_heard + wait);
+            self.reset();
+        }
+    }
+
+    /// Completes when the timer fires; then call [`Pace::fired`].
+    pub async fn tick(&mut self) {
+        self.timer.as_mut().await
+    }
+
+    /// What the timer firing means now; the timer is set again.
+    pub fn fired(&mut self) -> Tick {
+        let now = tokio::time::Instant::now();
+        if self.paused_until.is_some_and(|p| now >= p) {
+            self.paused_until = None;
+        }
+        if self.expires_at.is_some_and(|e| now >= e) {
+            return Tick::Close(Close::new(code::UNAUTHORIZED, EXPIRED_REASON));
+        }
+        let mut tick = Tick::Idle;
+        if now >= self.next_ping {
+            if self.last_heard.elapsed() >= SILENCE_LIMIT {
+                return Tick::Close(Close::new(code::GOING_AWAY, "no pong within 30 s"));
+            }
+            self.next_ping = now + PING_EVERY;
+            tick = Tick::Ping;
+        }
+        self.reset();
+        tick
+    }
+}

@@ -13,7 +13,9 @@
 #
 # Environment: CARGO_TARGET_DIR (default <repo>/target), TANDEM_BIN (default: the release
 # `tandem` binary built here), TRACES (default <repo>/../shared/traces), TANDEM_BENCH_FLAGS
-# (extra `tandem serve` flags; default lifts the message and connection rate limits).
+# (extra `tandem serve` flags; default lifts the message and connection rate limits),
+# TANDEM_DIALECT=hocuspocus (tandem's clients speak the Hocuspocus dialect on /ws, as
+# @hocuspocus/provider does, instead of the stock protocol on /ws/{doc}).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -167,7 +169,9 @@ for s in "${server_list[@]}"; do
         fi
         log "$s $w (pid $server_pid, port $port)"
         # In the background so that a signal reaches the traps at once.
-        "$bench_bin" run --server "$s" --addr "127.0.0.1:$port" --pid "$server_pid" \
+        dialect=()
+        [ "$s" = tandem ] && [ "${TANDEM_DIALECT:-stock}" = hocuspocus ] && dialect=(--tandem-hocuspocus)
+        "$bench_bin" run --server "$s" --addr "127.0.0.1:$port" --pid "$server_pid" ${dialect[@]+"${dialect[@]}"} \
             --mode "$mode" --workloads "$w" --traces "$traces" --cache "$here/results/cache" \
             ${sizes[@]+"${sizes[@]}"} --out "$results/$s-$w.json" \
             >"$results/logs/$s-$w.jsonl" 2>"$results/logs/$s-$w.log" &

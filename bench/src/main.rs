@@ -37,6 +37,10 @@ struct RunArgs {
     /// The server's loopback address.
     #[arg(long)]
     addr: SocketAddr,
+    /// Clients of tandem speak the Hocuspocus dialect on `/ws` (as `@hocuspocus/provider`
+    /// does) instead of the stock protocol on `/ws/{doc}`.
+    #[arg(long)]
+    tandem_hocuspocus: bool,
     /// The server's pid, to read its CPU time and memory from /proc.
     #[arg(long)]
     pid: Option<u32>,
@@ -132,6 +136,7 @@ fn run(args: RunArgs) -> Result<()> {
             server: args.server,
             addr: args.addr,
             token: args.token,
+            tandem_hocuspocus: args.tandem_hocuspocus,
         },
         server: args.pid.map(Proc::pid),
         sizes: sizes.clone(),

@@ -41,12 +41,16 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Token sent to tandem (`?token=`) or in Hocuspocus's Auth message.
     pub token: Option<String>,
+    /// For tandem: speak the Hocuspocus dialect on its `GET /ws` route instead of the stock
+    /// protocol on `GET /ws/{doc}`.
+    pub tandem_hocuspocus: bool,
 }
 
 impl Target {
     /// The WebSocket URL a client of `doc` opens.
     pub fn url(&self, doc: &str) -> String {
         match self.server {
+            Server::Tandem if self.tandem_hocuspocus => format!("ws://{}/ws", self.addr),
             Server::Tandem => match &self.token {
                 Some(t) => format!("ws://{}/ws/{doc}?token={t}", self.addr),
                 None => format!("ws://{}/ws/{doc}", self.addr),
@@ -60,6 +64,7 @@ impl Target {
     pub fn dialect(&self, doc: &str) -> Dialect {
         match self.server {
             Server::Hocuspocus => Dialect::Hocuspocus { doc: doc.into() },
+            Server::Tandem if self.tandem_hocuspocus => Dialect::Hocuspocus { doc: doc.into() },
             Server::Tandem | Server::Ywebsocket => Dialect::Stock,
         }
     }
@@ -81,6 +86,7 @@ mod tests {
             server,
             addr,
             token: token.map(String::from),
+            tandem_hocuspocus: false,
         };
         assert_eq!(
             t(Server::Tandem, None).url("d1"),
@@ -100,6 +106,15 @@ mod tests {
         );
         assert_eq!(
             t(Server::Hocuspocus, None).dialect("d1"),
+            Dialect::Hocuspocus { doc: "d1".into() }
+        );
+        let dialect = Target {
+            tandem_hocuspocus: true,
+            ..t(Server::Tandem, None)
+        };
+        assert_eq!(dialect.url("d1"), "ws://127.0.0.1:9000/ws");
+        assert_eq!(
+            dialect.dialect("d1"),
             Dialect::Hocuspocus { doc: "d1".into() }
         );
     }

@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::{self, Bytes, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::protocol::{Dialect, EMPTY_STATE_VECTOR};
-use crate::target::{Server, Target};
+use crate::target::Target;
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -69,10 +69,9 @@ impl Conn {
         target: &Target,
         awareness_update: Option<&[u8]>,
     ) -> Result<(), ClientError> {
-        if target.server == Server::Hocuspocus {
-            if let Some(auth) = self.dialect.auth_token(target.hocuspocus_token()) {
-                self.ws.feed(Message::binary(auth)).await?;
-            }
+        // The dialect decides: Hocuspocus itself, or tandem's `/ws` route speaking it.
+        if let Some(auth) = self.dialect.auth_token(target.hocuspocus_token()) {
+            self.ws.feed(Message::binary(auth)).await?;
         }
         self.ws
             .feed(Message::binary(self.dialect.step1(EMPTY_STATE_VECTOR)))

@@ -60,7 +60,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_MAX_FRAME_SIZE", default_value = defaults::MAX_FRAME_SIZE)]
     pub max_frame_size: ByteSize,
 
-    /// Largest awareness (presence) state of one client.
+    /// Largest awareness (presence) state of one client; a larger one is dropped (the
+    /// connection stays).
     #[arg(long, env = "TANDEM_MAX_AWARENESS_SIZE", default_value = defaults::MAX_AWARENESS_SIZE)]
     pub max_awareness_size: ByteSize,
 
@@ -68,7 +69,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_MAX_DOCUMENT_SIZE", default_value = defaults::MAX_DOCUMENT_SIZE)]
     pub max_document_size: ByteSize,
 
-    /// Messages per second one connection may send, sustained (token bucket refill rate).
+    /// Messages per second one connection may send, sustained (token bucket refill rate);
+    /// a faster sender is slowed (its socket is not read until the bucket refills), not closed.
     #[arg(long, env = "TANDEM_MESSAGE_RATE", default_value_t = defaults::MESSAGE_RATE)]
     pub message_rate: u32,
 
@@ -88,7 +90,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
 
-    /// Most updates per document waiting for missing dependencies.
+    /// Most updates per document waiting for missing dependencies; past it, the waiting part
+    /// is dropped and its sender resynced.
     #[arg(long, env = "TANDEM_MAX_PENDING_UPDATES", default_value_t = defaults::MAX_PENDING_UPDATES)]
     pub max_pending_updates: usize,
 

@@ -176,7 +176,12 @@ async fn the_demo_builds_its_missing_package_and_says_why_when_it_cannot() -> an
         .contains("wasm/build.sh"));
     let r = http(server.addr, "GET", "/pkg/index.js", &[], b"").await?;
     assert_eq!(r.status, 503);
-    assert_eq!(r.json()?["package"]["package"], "failed");
+    let body = r.json()?;
+    assert_eq!(body["package"], "failed", "{body}");
+    assert!(body["output"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("no wasm32 toolchain"));
 
     // A server with a secret never runs a build on a request: it says what to run.
     let dir = checkout_without_package("demo-secured", "touch built\n")?;

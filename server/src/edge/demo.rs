@@ -53,7 +53,11 @@ async fn package_file(
     let status = state.demo.check(&wasm, state.auth.is_open());
     if status["package"] != "ready" {
         let message = status["message"].as_str().unwrap_or_default().to_owned();
-        let error = ApiError::new(ErrorCode::Unavailable, message).with_field("package", status);
+        let mut error = ApiError::new(ErrorCode::Unavailable, message)
+            .with_field("package", status["package"].clone());
+        if let Some(output) = status.get("output") {
+            error = error.with_field("output", output.clone());
+        }
         return Ok(([(header::RETRY_AFTER, "5")], error).into_response());
     }
     serve_file("pkg", file).await

@@ -21,6 +21,10 @@ async function explainMissingPackage () {
       status = { package: 'failed', message: 'the server cannot be reached' }
     }
     if (status.package === 'ready') return location.reload()
+    const connection = document.getElementById('connection')
+    if (connection) connection.dataset.state = 'offline'
+    const label = document.getElementById('connection-label')
+    if (label) label.textContent = status.package === 'building' ? 'Building…' : 'Not available'
     banner.dataset.package = status.package ?? 'failed'
     banner.textContent = status.message ?? status.error ?? 'the browser package is not available'
     if (status.output) {

@@ -898,25 +898,7 @@ impl Room {
                 return Err(ProtocolError::TooManyPending(pending))
             }
         };
-        let update = Bytes::copy_from_slice(update);
-        let mut out = Output::default();
-        if applied.changed {
-            out.messages.push(Outgoing {
-                to: To::All,
-                frame: sync_frame(SYNC_UPDATE, &update),
-            });
-        }
-        let changes = self.doc.take_changes();
-        self.accept(
-            &mut out,
-            Accepted {
-                conn: None,
-                author: author.map(str::to_owned),
-                update,
-                changes,
-            },
-        );
-        Ok(out)
+        Ok(self.hand_over(Bytes::copy_from_slice(update), author, applied.changed))
     }
 
     /// Edits a text field on the server's replica as `user` (`index`/`delete` in UTF-16 units)
@@ -941,14 +923,19 @@ impl Room {
     /// Broadcasts and hands over for storage an update made on the server's own replica (it
     /// counts in the size estimate; being made already, it is not checked against the limit).
     pub fn local_update(&mut self, update: Vec<u8>, author: Option<&str>) -> Output {
-        let update = Bytes::from(update);
-        let mut out = Output {
-            messages: vec![Outgoing {
+        self.hand_over(Bytes::from(update), author, true)
+    }
+
+    /// An update applied outside any connection: broadcast to every connection (when it
+    /// `changed` anything) and handed over for storage with the changes it made.
+    fn hand_over(&mut self, update: Bytes, author: Option<&str>, changed: bool) -> Output {
+        let mut out = Output::default();
+        if changed {
+            out.messages.push(Outgoing {
                 to: To::All,
                 frame: sync_frame(SYNC_UPDATE, &update),
-            }],
-            ..Output::default()
-        };
+            });
+        }
         let changes = self.doc.take_changes();
         self.accept(
             &mut out,

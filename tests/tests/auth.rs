@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tandem_tests::{
     awareness_entries, awareness_message, cli_token, http, metric, mint_token, permission_denied,
-    temp_dir, unix_now, RawClient, Server,
+    revoke, temp_dir, unix_now, RawClient, Server,
 };
 
 const SECRET: &str = "end-to-end auth secret, 32 bytes or more";
@@ -207,21 +207,8 @@ async fn revocation_closes_the_users_connections_within_100_ms() -> anyhow::Resu
             })
         })
         .collect();
-    let admin = token("root", "*", "admin");
     let started = Instant::now();
-    let r = http(
-        server.addr,
-        "POST",
-        "/admin/revoke",
-        &[
-            ("Authorization", &bearer(&admin)),
-            ("Content-Type", "application/json"),
-        ],
-        br#"{"user":"mallory"}"#,
-    )
-    .await?;
-    assert_eq!(r.status, 200, "{:?}", r.json());
-    let body: Value = r.json()?;
+    let body = revoke(&server, SECRET, "mallory").await?;
     assert_eq!(body["user"], "mallory");
     for waiter in waiters {
         let (closed, at) = waiter.await?;

@@ -3,7 +3,9 @@
 
 use serde_json::{json, Value};
 use tandem_engine::hocuspocus::{self, Reply, Scope};
-use tandem_tests::{http, metric, mint_token, temp_dir, unix_now, NodeClient, RawClient, Server};
+use tandem_tests::{
+    http, metric, mint_token, revoke, temp_dir, unix_now, NodeClient, RawClient, Server,
+};
 
 const SECRET: &str = "end-to-end hocuspocus secret, 32 bytes or more";
 
@@ -176,18 +178,7 @@ async fn documents_on_one_socket_are_authorized_one_by_one() -> anyhow::Result<(
     // Revoking the user of one document's token refuses that document alone.
     p.open_synced("shared", &token("mallory", "shared", "write"), "read-write")
         .await?;
-    let r = http(
-        server.addr,
-        "POST",
-        "/admin/revoke",
-        &[
-            ("Authorization", &format!("Bearer {admin}")),
-            ("Content-Type", "application/json"),
-        ],
-        br#"{"user":"mallory"}"#,
-    )
-    .await?;
-    assert_eq!(r.status, 200);
+    revoke(&server, SECRET, "mallory").await?;
     let failed = p.on("wait-failed", "shared", json!({})).await?;
     assert_eq!(failed["reason"], "token revoked");
     p.insert("plan", "t", 0, "> ").await?;

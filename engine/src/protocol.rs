@@ -956,6 +956,49 @@ impl Room {
     }
 }
 
+/// Whether `frame` holds a conditional register write (tandem's set-field message with an
+/// expected version). A server whose nodes share a document decides such a write under the
+/// document's write lock, so it looks before handing the frame to [`Room::handle`]. A frame
+/// that does not parse answers `false` (the room reports it).
+pub fn holds_conditional_write(frame: &[u8]) -> bool {
+    fn scan(r: &mut Reader<'_>) -> Result<bool, DecodeError> {
+        while !r.is_empty() {
+            match r.var_u64()? {
+                MSG_SYNC => {
+                    r.var_u64()?;
+                    r.var_bytes()?;
+                }
+                MSG_AWARENESS => {
+                    r.var_bytes()?;
+                }
+                MSG_AUTH => {
+                    r.var_u64()?;
+                    r.var_str()?;
+                }
+                MSG_QUERY_AWARENESS => {}
+                MSG_TANDEM => match r.var_u64()? {
+                    TANDEM_SET_FIELD => {
+                        r.var_u64()?;
+                        if r.var_u64()? & 1 != 0 {
+                            return Ok(true);
+                        }
+                        r.var_str()?;
+                        r.var_str()?;
+                        r.var_str()?;
+                    }
+                    TANDEM_STATELESS => {
+                        r.var_str()?;
+                    }
+                    _ => return Ok(false),
+                },
+                _ => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+    scan(&mut Reader::new(frame)).unwrap_or(false)
+}
+
 /// Encodes the answer to a register write request.
 pub fn field_result_frame(request: u64, result: &FieldWrite) -> Bytes {
     let (accepted, state) = match result {

@@ -1,6 +1,7 @@
 //! The sans-IO room, checked byte for byte against hand-decoded y-websocket frames.
 
 use tandem_engine::protocol::{
+    holds_conditional_write,
     stateless_frame, ConnInfo, FieldWrite, Limits, Outgoing, Role, Room, To, MSG_TANDEM,
     NOTICE_AWARENESS_TOO_LARGE, NOTICE_NOTHING_NEW, TANDEM_NOTICE, TANDEM_SET_FIELD,
 };
@@ -806,4 +807,22 @@ fn a_server_side_update_that_does_not_fit_among_the_waiting_is_refused_whole() {
         "{refused:?}"
     );
     assert_eq!(room.document().pending_len(), waiting);
+}
+
+/// A server whose nodes share a document finds conditional register writes before handling a
+/// frame: alone, behind other messages, and not mistaken for unconditional ones or garbage.
+#[test]
+fn conditional_writes_are_found_in_frames() {
+    let conditional = set_field_frame(1, 1, "status", "v1", "\"done\"");
+    let plain = set_field_frame(2, 0, "status", "", "\"done\"");
+    assert!(holds_conditional_write(&conditional));
+    assert!(!holds_conditional_write(&plain));
+    let mut several = awareness(&[(7, 1, "{}")]);
+    several.extend_from_slice(&plain);
+    several.extend_from_slice(&conditional);
+    assert!(holds_conditional_write(&several));
+    assert!(!holds_conditional_write(&update_frame(&[0, 0])));
+    assert!(!holds_conditional_write(&[]));
+    assert!(!holds_conditional_write(&conditional[..3]));
+    assert!(!holds_conditional_write(&[0xff, 0xff]));
 }

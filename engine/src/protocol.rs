@@ -69,9 +69,9 @@
 //! greeting, expiry) and relayed to every local connection, but never appear in
 //! `awareness_out`, so nodes do not echo each other. Neither side of a node can change the
 //! other's states: entries of another node for an id a local connection owns are ignored, and
-//! a local connection cannot claim an id another node owns (a newer state for it is
-//! [`ProtocolError::AwarenessNotOwned`], as for another local connection's id; relays and
-//! removals are skipped). When a node is gone, [`Room::remove_origin`] drops its states;
+//! a newer state from a local connection for an id another node holds takes it over (the
+//! client moved here; its state is stamped with this connection's identity), while relays and
+//! removals of it are skipped. When a node is gone, [`Room::remove_origin`] drops its states;
 //! [`Room::local_awareness`] gives the local states to publish again (after the transport
 //! reconnects, or to a node that asks). Remote states are not stamped again: the node that
 //! owns the connection stamped them.
@@ -894,12 +894,15 @@ impl Room {
             // same clock. Relaying anything else would let a replica that never saw the
             // newer state (a late joiner) show a state the room has dropped.
             let applies = newer || (is_null && known == Some(entry.clock));
-            // Whose the id is: this connection's (`Some(true)`), another connection's or
-            // another node's (`Some(false)`), or nobody's (`None`).
-            let mine = match self.owners.get(&id) {
-                Some(owner) => Some(*owner == conn),
-                None => self.remote.contains_key(&id).then_some(false),
-            };
+            // Whose the id is: this connection's (`Some(true)`), another connection's
+            // (`Some(false)`), or no local connection's (`None`). An id another node holds is
+            // taken over by a newer state from here: the client moved to this node (its old
+            // node's removal may not have arrived yet), and its state is stamped with this
+            // connection's identity all the same.
+            let mine = self.owners.get(&id).map(|owner| *owner == conn);
+            if mine.is_none() && newer && !is_null {
+                self.remote.remove(&id);
+            }
             match mine {
                 Some(true) if applies => accepted.push((id, entry)),
                 Some(true) => {}

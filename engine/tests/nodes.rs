@@ -179,10 +179,23 @@ fn only_local_changes_are_published() {
     let o = b.handle(2, &awareness(&[(10, 2, "null")]), 10);
     assert!(o.error.is_none() && o.messages.is_empty() && o.awareness_out.is_none());
     assert_eq!(clients(&b), [10]);
-    // A newer state for it is impersonation, as for another local connection's id.
-    let o = b.handle(2, &awareness(&[(10, 3, r#"{"evil":1}"#)]), 10);
+    // A newer state for it takes it over: the client moved to this node before its old
+    // node's removal arrived. It is published as this node's from now on, and the old node's
+    // later entries for it are ignored.
+    let o = b.handle(2, &awareness(&[(10, 3, r#"{"moved":1}"#)]), 10);
+    assert!(o.error.is_none());
+    assert_eq!(published(&o), [(10, 3, r#"{"moved":1}"#.to_owned())]);
+    let late = a.leave(1, 11);
+    relay(&late, &mut b, A, 11);
+    assert_eq!(
+        clients(&b),
+        [10],
+        "the old node's removal does not remove the moved client"
+    );
+    // Another local connection still cannot claim it.
+    b.join(3, stock("eve"), 12);
+    let o = b.handle(3, &awareness(&[(10, 9, r#"{"evil":1}"#)]), 12);
     assert_eq!(o.error, Some(ProtocolError::AwarenessNotOwned(10)));
-    assert!(o.awareness_out.is_none());
 
     // Bob's own state, then more of it in one frame: the latest entry per id is published,
     // the messages before an error included.
@@ -198,11 +211,15 @@ fn only_local_changes_are_published() {
     // Neither the sync protocol nor a query publishes anything.
     assert!(b.handle(2, &[0, 0, 1, 0, 3], 30).awareness_out.is_none());
 
-    // B's local states, never the remote one.
+    // B's local states (the moved client's included), never a remote one.
     let local = b.local_awareness().unwrap();
     assert_eq!(
         entries(&local),
-        [(20, 2, r#"{"x":1}"#.to_owned()), (21, 1, "{}".to_owned())]
+        [
+            (10, 3, r#"{"moved":1}"#.to_owned()),
+            (20, 2, r#"{"x":1}"#.to_owned()),
+            (21, 1, "{}".to_owned())
+        ]
     );
     assert_eq!(clients(&b), [10, 20, 21]);
 }

@@ -235,7 +235,7 @@ pub struct MetricSet {
     pub bus_received: Counter,
     /// Bus messages dropped, by reason.
     pub bus_dropped: BusDrops,
-    /// Times the bus got its connection back after losing it.
+    /// Times the bus connected to Redis again after being down (each `Reconnected` event).
     pub bus_reconnects: Counter,
     /// Other nodes found gone (goodbye or expired heartbeat).
     pub bus_nodes_gone: Counter,

@@ -214,13 +214,13 @@ mod tests {
         for bytes in [
             &b""[..],
             b"\x01",
-            b"\x02\x03\x01n",          // unknown version
-            b"\x01\x09\x01n",          // unknown kind
-            b"\x01\x03\x00",           // empty node id
-            b"\x01\x03\x05n",          // node id longer than the message
-            b"\x01\x03\x01\xff",       // node id not UTF-8
-            b"\x01\x03\x01nx",         // a query with trailing bytes
-            b"\x01\x01\x01n\x00\x00",  // a truncated sid
+            b"\x02\x03\x01n",                                     // unknown version
+            b"\x01\x09\x01n",                                     // unknown kind
+            b"\x01\x03\x00",                                      // empty node id
+            b"\x01\x03\x05n",                                     // node id longer than the message
+            b"\x01\x03\x01\xff",                                  // node id not UTF-8
+            b"\x01\x03\x01nx",                                    // a query with trailing bytes
+            b"\x01\x01\x01n\x00\x00",                             // a truncated sid
             b"\x01\x04\x01n\x00\x00\x00\x00\x00\x00\x00\x01\xff", // user not UTF-8
             b"\x01\x01\x01n\x00\x00\x00\x00\x00\x00\x00\x01\xff\xff\xff\xff", // author too long
         ] {

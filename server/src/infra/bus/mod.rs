@@ -172,8 +172,9 @@ pub enum BusError {
 }
 
 /// Connects this node to the bus at `url` (`redis://…`). Does not fail because Redis is
-/// unreachable: the bus then starts unhealthy and keeps retrying. Waits at most
-/// `options.timeout` for the first connection.
+/// unreachable: the bus then starts unhealthy and keeps retrying. Waits for the first
+/// connection attempt (at most twice `options.timeout`), so a reachable Redis gives a healthy
+/// bus. Fails only for a malformed URL or node id.
 pub async fn connect(
     url: &str,
     node: NodeId,

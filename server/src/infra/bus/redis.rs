@@ -49,8 +49,11 @@ const PUBLISH_BATCH: usize = 64;
 /// The first wait before reconnecting; doubles up to `max_backoff`.
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 
+/// The prefix of a document's channel, before its name.
+const DOC_PREFIX: &str = "tandem:doc:";
+
 fn doc_channel(doc: &str) -> String {
-    format!("tandem:doc:{doc}")
+    format!("{DOC_PREFIX}{doc}")
 }
 
 fn node_key(node: &str) -> String {
@@ -466,39 +469,39 @@ fn receive(shared: &Shared, events: &Events, message: &Msg) {
     if from == shared.node {
         return;
     }
-    let channel = message.get_channel_name();
-    let doc = channel.strip_prefix("tandem:doc:");
-    if let Some(doc) = doc {
-        if !lock(&shared.followed).contains(doc) {
-            // Sent before the unsubscribe took effect.
-            return;
-        }
-    }
     let Ok(body) = wire::decode_body(head) else {
         return malformed();
     };
-    let event = match (doc, body) {
+    let channel = message.get_channel_name();
+    match (channel.strip_prefix(DOC_PREFIX), body) {
         (Some(doc), Body::Doc(message)) => {
-            shared.heard(from);
-            BusEvent::Doc {
+            let followed = lock(&shared.followed);
+            if !followed.contains(doc) {
+                // Sent before the unsubscribe took effect.
+                return;
+            }
+            shared.metrics.bus_received.inc();
+            // Queued under the lock: once `unfollow` returned, nothing more of `doc` is.
+            events.emit(BusEvent::Doc {
                 doc: doc.to_owned(),
                 from: from.to_owned(),
                 message,
-            }
+            });
+            drop(followed);
+            shared.heard(from);
         }
         (None, Body::Revoked { user, at }) if channel == NODES => {
+            shared.metrics.bus_received.inc();
+            events.emit(BusEvent::Revoked { user, at });
             shared.heard(from);
-            BusEvent::Revoked { user, at }
         }
         (None, Body::Goodbye) if channel == NODES => {
-            lock(&shared.peers).remove(from);
             shared.metrics.bus_received.inc();
-            return events.node_gone(from.to_owned());
+            lock(&shared.peers).remove(from);
+            events.node_gone(from.to_owned());
         }
-        _ => return malformed(),
-    };
-    shared.metrics.bus_received.inc();
-    events.emit(event);
+        _ => malformed(),
+    }
 }
 
 /// The publisher task: the publish queue, in batches.

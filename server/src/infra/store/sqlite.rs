@@ -24,6 +24,10 @@
 //!   `docs.id`, so a request that changed nothing does not create its document. `id` orders
 //!   them oldest first; `bytes_before` is the running total of answer bytes before the record,
 //!   so "keep the newest N records / B bytes" is one range delete each.
+//! - `revocations(user, at)`: the latest revocation time (unix seconds) of each user.
+//!
+//! One node's store: [`Store::lock`] excludes nothing (the document's owner task is its only
+//! writer), and [`Store::is_shared`] is false.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,7 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     BackendError, CheckpointInfo, Compacted, Compaction, Fingerprint, HistoryMark, KeyLimits,
-    KeyRecord, Loaded, LogEntry, NewKey, NewUpdate, Sid, SidRange, Since, Snapshot, Store,
+    KeyRecord, Loaded, Locked, LogEntry, NewKey, NewUpdate, Sid, SidRange, Since, Snapshot, Store,
     StoreError,
 };
 use crate::infra::metrics::Metrics;
@@ -48,8 +52,12 @@ use crate::infra::metrics::Metrics;
 pub const DB_FILE: &str = "tandem.sqlite3";
 
 /// The schema version this build reads and writes (`PRAGMA user_version`; 0 is a new file).
-/// Version 1 was a pre-release layout keyed by document name.
-const SCHEMA_VERSION: i64 = 2;
+/// Version 1 was a pre-release layout keyed by document name; version 2 had no
+/// `revocations` table (migrated by creating it).
+const SCHEMA_VERSION: i64 = 3;
+
+/// Versions this build opens and migrates to [`SCHEMA_VERSION`] (0: a new file).
+const MIGRATES_FROM: [i64; 3] = [0, 2, SCHEMA_VERSION];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS docs (
@@ -101,6 +109,10 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_at ON idempotency_keys (at);
 CREATE INDEX IF NOT EXISTS idempotency_keys_bytes ON idempotency_keys (bytes_before);
+CREATE TABLE IF NOT EXISTS revocations (
+    user TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+);
 ";
 
 /// Idle read connections kept for reuse.
@@ -180,6 +192,11 @@ enum Request {
         compaction: Compaction,
         reply: oneshot::Sender<Result<Compacted, StoreError>>,
     },
+    Revoke {
+        user: String,
+        at: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     Flush {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
@@ -211,7 +228,9 @@ impl Request {
         match self {
             Request::Append { reply, .. } => drop(reply.send(Err(err))),
             Request::Compact { reply, .. } => drop(reply.send(Err(err))),
-            Request::Flush { reply } | Request::Close { reply } => drop(reply.send(Err(err))),
+            Request::Revoke { reply, .. } | Request::Flush { reply } | Request::Close { reply } => {
+                drop(reply.send(Err(err)))
+            }
             #[cfg(test)]
             Request::Hold { .. } => {}
         }
@@ -388,7 +407,7 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(err)?;
-    if version != 0 && version != SCHEMA_VERSION {
+    if !MIGRATES_FROM.contains(&version) {
         return Err(StoreError::UnsupportedSchema {
             found: version,
             supported: SCHEMA_VERSION,
@@ -579,6 +598,14 @@ impl Writer {
                         }
                         Answer::Compact(outcome)
                     }
+                    Request::Revoke { user, at, .. } => {
+                        tx.prepare_cached(
+                            "INSERT INTO revocations (user, at) VALUES (?1, ?2)
+                             ON CONFLICT (user) DO UPDATE SET at = max(at, excluded.at)",
+                        )?
+                        .execute(params![user, at])?;
+                        Answer::Done
+                    }
                     _ => Answer::Done,
                 };
                 answers.push(answer);
@@ -633,7 +660,10 @@ impl Writer {
                 }
                 let _ = reply.send(outcome);
             }
-            (Request::Flush { reply } | Request::Close { reply }, _) => {
+            (
+                Request::Revoke { reply, .. } | Request::Flush { reply } | Request::Close { reply },
+                _,
+            ) => {
                 let _ = reply.send(Ok(()));
             }
             (request, _) => request.fail(StoreError::Backend(BackendError::new(
@@ -1133,6 +1163,64 @@ fn checkpoint(conn: &mut Connection, doc: &str, sid: Sid) -> Result<Option<Bytes
         .map(Bytes::from))
 }
 
+fn last_sids(conn: &mut Connection, docs: &[String]) -> Result<Vec<Sid>, StoreError> {
+    let names =
+        serde_json::to_string(docs).map_err(|e| StoreError::Backend(BackendError::new(e)))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT COALESCE(d.last_sid, 0) FROM json_each(?1) j LEFT JOIN docs d ON d.doc = j.value
+         ORDER BY j.key",
+    )?;
+    let sids = stmt
+        .query_map([names], |r| r.get::<_, Sid>(0))?
+        .collect::<Result<Vec<Sid>, _>>()?;
+    Ok(sids)
+}
+
+fn revocations(conn: &mut Connection) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT user, at FROM revocations")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// [`Store::lock`] of the one-node store: the owner task is the document's only writer, so
+/// the guard excludes nothing; it carries `updates_since(after)` and appends as usual.
+struct SqliteLocked {
+    store: SqliteStore,
+    doc: String,
+    since: Since,
+}
+
+#[async_trait]
+impl Locked for SqliteLocked {
+    fn since(&self) -> &Since {
+        &self.since
+    }
+
+    async fn append_with_keys(
+        self: Box<Self>,
+        updates: Vec<NewUpdate>,
+        keys: Vec<NewKey>,
+    ) -> Result<SidRange, StoreError> {
+        if !updates.is_empty() || !keys.is_empty() {
+            return self.store.append_with_keys(&self.doc, updates, keys).await;
+        }
+        // Only a release: answer the document's last sid.
+        let last = match &self.since {
+            Since::Updates { last_sid, .. } | Since::Ahead { last_sid } => *last_sid,
+            Since::Compacted { .. } => {
+                let docs = vec![self.doc.clone()];
+                self.store.last_sids(&docs).await?.first().copied().unwrap_or(0)
+            }
+        };
+        Ok(SidRange {
+            first: last + 1,
+            last,
+        })
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn load(&self, doc: &str) -> Result<Option<Loaded>, StoreError> {
@@ -1247,6 +1335,37 @@ impl Store for SqliteStore {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         Ok(())
+    }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    async fn last_sids(&self, docs: &[String]) -> Result<Vec<Sid>, StoreError> {
+        if docs.is_empty() {
+            self.check_open()?;
+            return Ok(Vec::new());
+        }
+        let docs = docs.to_vec();
+        self.read(move |conn| last_sids(conn, &docs)).await
+    }
+
+    async fn lock(&self, doc: &str, after: Sid) -> Result<Box<dyn Locked>, StoreError> {
+        let since = self.updates_since(doc, after).await?;
+        Ok(Box::new(SqliteLocked {
+            store: self.clone(),
+            doc: doc.to_owned(),
+            since,
+        }))
+    }
+
+    async fn record_revocation(&self, user: &str, at: u64) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.call(|reply| Request::Revoke { user, at, reply }).await
+    }
+
+    async fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(revocations).await
     }
 }
 

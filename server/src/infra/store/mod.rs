@@ -47,6 +47,9 @@
 pub mod postgres;
 pub mod sqlite;
 
+#[cfg(test)]
+mod contract;
+
 use crate::infra::config::{Config, StorageConfig};
 use crate::infra::metrics::Metrics;
 

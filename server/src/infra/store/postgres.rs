@@ -1271,3 +1271,771 @@ impl Store for PostgresStore {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every test runs on its own new database on the PostgreSQL server named by
+    //! `TANDEM_TEST_POSTGRES` (a URL; default `postgres://postgres@127.0.0.1:5432/test`),
+    //! dropped at the end, also when the test fails. A server that cannot be reached fails
+    //! the tests, saying so: nothing is skipped.
+
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::super::contract::{self, new, snap, upd};
+    use super::*;
+
+    const DEFAULT_SERVER: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+    fn server_url() -> String {
+        std::env::var("TANDEM_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_SERVER.to_owned())
+    }
+
+    async fn connect_raw(url: &str) -> tokio_postgres::Client {
+        let (client, connection) = match tokio_postgres::connect(url, NoTls).await {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "these tests need a PostgreSQL server at {} (set TANDEM_TEST_POSTGRES to \
+                 another URL): {e}",
+                redact(url)
+            ),
+        };
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        client
+    }
+
+    /// A new database, dropped (with its connections) when this is dropped.
+    struct TestDb {
+        name: String,
+        url: url::Url,
+    }
+
+    impl TestDb {
+        async fn new() -> TestDb {
+            let name = format!("tandem_t_{:016x}", fastrand::u64(..));
+            connect_raw(&server_url())
+                .await
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+            let mut url = url::Url::parse(&server_url()).expect("TANDEM_TEST_POSTGRES is a URL");
+            url.set_path(&name);
+            TestDb { name, url }
+        }
+
+        fn url(&self) -> String {
+            self.url.to_string()
+        }
+
+        /// The database's URL through another port (a proxy).
+        fn url_via(&self, port: u16) -> String {
+            let mut url = self.url.clone();
+            url.set_host(Some("127.0.0.1")).unwrap();
+            url.set_port(Some(port)).unwrap();
+            url.to_string()
+        }
+
+        async fn store(&self) -> PostgresStore {
+            self.store_with(PostgresOptions::default()).await
+        }
+
+        async fn store_with(&self, options: PostgresOptions) -> PostgresStore {
+            PostgresStore::connect(&self.url(), options).await.unwrap()
+        }
+
+        async fn sql(&self) -> tokio_postgres::Client {
+            connect_raw(&self.url()).await
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            let name = self.name.clone();
+            // Its own thread and runtime: this may run inside (or after) the test's runtime.
+            let dropped = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    connect_raw(&server_url())
+                        .await
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await
+                })
+            })
+            .join();
+            if !matches!(dropped, Ok(Ok(()))) && !std::thread::panicking() {
+                panic!("could not drop the test database {}", self.name);
+            }
+        }
+    }
+
+    // The contract every backend keeps (see `contract.rs`).
+
+    #[tokio::test]
+    async fn unknown_documents_load_as_none() {
+        let db = TestDb::new().await;
+        contract::unknown_documents_load_as_none(&db.store().await).await;
+    }
+
+    #[tokio::test]
+    async fn appends_get_gap_free_sids_per_document() {
+        let db = TestDb::new().await;
+        let store = db.store().await;
+        contract::appends_get_gap_free_sids_per_document(&store).await;
+        assert_eq!(store.inner.metrics.store_appends.get(), 5);
+        assert_eq!(store.inner.metrics.store_transactions.get(), 4);
+    }
+
+    #[tokio::test]
+    async fn compaction_replaces_the_log_with_a_snapshot() {
+        let db = TestDb::new().await;
+        contract::compaction_replaces_the_log_with_a_snapshot(&db.store().await).await;
+    }
+
+    #[tokio::test]
+    async fn bad_compactions_are_refused_without_harm() {
+        let db = TestDb::new().await;
+        contract::bad_compactions_are_refused_without_harm(&db.store().await).await;
+    }
+
+    #[tokio::test]
+    async fn checkpoints_are_kept_when_asked() {
+        let db = TestDb::new().await;
+        let store = db.store().await;
+        contract::checkpoints_are_kept_when_asked(&store).await;
+        assert_eq!(store.inner.metrics.store_checkpoints.get(), 2);
+        assert_eq!(store.inner.metrics.store_compactions.get(), 3);
+        // Another node sees the same history.
+        let loaded = db.store().await.load("doc").await.unwrap().unwrap();
+        assert_eq!(loaded.history.last_checkpoint, Some((12, 2_000)));
+    }
+
+    #[tokio::test]
+    async fn keys_are_stored_with_their_batch() {
+        let db = TestDb::new().await;
+        contract::keys_are_stored_with_their_batch(&db.store().await).await;
+        contract::check_keys_of_keys_are_stored_with_their_batch(&db.store().await).await;
+    }
+
+    #[tokio::test]
+    async fn a_live_key_refuses_its_append_and_only_its_append() {
+        let db = TestDb::new().await;
+        contract::a_live_key_refuses_its_append_and_only_its_append(&db.store().await).await;
+    }
+
+    #[tokio::test]
+    async fn expired_keys_are_free_again_and_the_oldest_keys_are_evicted() {
+        let db = TestDb::new().await;
+        let store = db
+            .store_with(PostgresOptions {
+                keys: KeyLimits {
+                    ttl_ms: 60_000,
+                    max_keys: 4,
+                    max_bytes: 35,
+                },
+                ..PostgresOptions::default()
+            })
+            .await;
+        let sql = db.sql().await;
+        let count: contract::Hook<'_, u64> = Box::new(|_| {
+            Box::pin(async {
+                let n: i64 = sql
+                    .query_one("SELECT COUNT(*) FROM idempotency_keys", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                n as u64
+            })
+        });
+        let backdate: contract::Hook<'_, ()> = Box::new(|key| {
+            Box::pin(async {
+                let key = key;
+                sql.execute(
+                    "UPDATE idempotency_keys SET at = at - 61000
+                     WHERE user_id = 'bob' AND key = $1",
+                    &[&key],
+                )
+                .await
+                .unwrap();
+            })
+        });
+        contract::expired_keys_are_free_again_and_the_oldest_keys_are_evicted(
+            &store, count, backdate,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_lock_reads_what_was_committed_and_appends_within_it() {
+        let db = TestDb::new().await;
+        let store = db.store().await;
+        assert!(store.is_shared());
+        contract::a_lock_reads_what_was_committed_and_appends_within_it(&store).await;
+    }
+
+    #[tokio::test]
+    async fn last_sids_answer_in_order() {
+        let db = TestDb::new().await;
+        contract::last_sids_answer_in_order(&db.store().await).await;
+    }
+
+    #[tokio::test]
+    async fn revocations_keep_the_latest_time_per_user() {
+        let db = TestDb::new().await;
+        contract::revocations_keep_the_latest_time_per_user(&db.store().await).await;
+        contract::check_revocations(&db.store().await).await;
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_refuses_everything() {
+        let db = TestDb::new().await;
+        contract::a_closed_store_refuses_everything(&db.store().await).await;
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_the_log_is_a_load_error_not_an_empty_document() {
+        let db = TestDb::new().await;
+        let store = db.store().await;
+        for i in 1..=3 {
+            store.append("doc", upd(&i.to_string()), "u").await.unwrap();
+        }
+        let sql = db.sql().await;
+        sql.batch_execute("DELETE FROM updates WHERE sid = 2")
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.load("doc").await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.updates_since("doc", 1).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        sql.batch_execute("DELETE FROM updates WHERE sid = 3")
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.load("doc").await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        sql.batch_execute("UPDATE documents SET snapshot_sid = 1")
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.load("doc").await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        sql.batch_execute("DROP TABLE updates").await.unwrap();
+        assert!(matches!(
+            store.updates_since("doc", 1).await,
+            Err(StoreError::Backend(_))
+        ));
+    }
+
+    // Several nodes on one database.
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_from_two_nodes_get_every_sid_once_and_commit_in_sid_order() {
+        let db = TestDb::new().await;
+        let nodes = [db.store().await, db.store().await];
+        const TASKS: usize = 8;
+        const ROUNDS: usize = 15;
+        let done = Arc::new(AtomicBool::new(false));
+        // A reader on a third connection, following the log as a resuming client would: each
+        // answer continues exactly where the last one ended (a sid committed after a higher
+        // one would show as a gap here, or as a sid it already passed).
+        let reader = tokio::spawn({
+            let store = db.store().await;
+            let done = Arc::clone(&done);
+            async move {
+                let mut seen: Vec<(Sid, Bytes)> = Vec::new();
+                loop {
+                    let finished = done.load(Ordering::Acquire);
+                    let after = seen.last().map_or(0, |(sid, _)| *sid);
+                    match store.updates_since("doc", after).await.unwrap() {
+                        Since::Updates { entries, last_sid } => {
+                            assert_eq!(entries.len() as u64, last_sid - after);
+                            for (i, e) in entries.into_iter().enumerate() {
+                                assert_eq!(e.sid, after + 1 + i as u64);
+                                seen.push((e.sid, e.update));
+                            }
+                        }
+                        other => panic!("after {after}: {other:?}"),
+                    }
+                    if finished {
+                        return seen;
+                    }
+                }
+            }
+        });
+        let mut writers = Vec::new();
+        for t in 0..TASKS {
+            let store = nodes[t % 2].clone();
+            writers.push(tokio::spawn(async move {
+                let mut ranges = Vec::new();
+                for round in 0..ROUNDS {
+                    // Batches of 1 to 3 updates.
+                    let n = 1 + (t + round) % 3;
+                    let batch = (0..n)
+                        .map(|i| new(&format!("t{t}r{round}i{i}")))
+                        .collect();
+                    let range = store.append_batch("doc", batch).await.unwrap();
+                    assert_eq!(range.last + 1 - range.first, n as u64);
+                    ranges.push((range, t, round));
+                }
+                ranges
+            }));
+        }
+        let mut owner: BTreeMap<Sid, String> = BTreeMap::new();
+        for writer in writers {
+            for (range, t, round) in writer.await.unwrap() {
+                for (i, sid) in (range.first..=range.last).enumerate() {
+                    let previous = owner.insert(sid, format!("t{t}r{round}i{i}"));
+                    assert!(previous.is_none(), "sid {sid} given twice");
+                }
+            }
+        }
+        done.store(true, Ordering::Release);
+        let seen = reader.await.unwrap();
+        let total = owner.len() as u64;
+        // Every sid 1..=N exactly once, each holding the update it was given for.
+        assert_eq!(owner.keys().copied().collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>());
+        let loaded = nodes[1].load("doc").await.unwrap().unwrap();
+        assert_eq!(loaded.last_sid, total);
+        for entry in &loaded.updates {
+            assert_eq!(entry.update, upd(&owner[&entry.sid]), "sid {}", entry.sid);
+        }
+        // The reader saw the final log, in order, without ever skipping.
+        let seen_sids: Vec<Sid> = seen.iter().map(|(sid, _)| *sid).collect();
+        assert_eq!(seen_sids, (1..=total).collect::<Vec<_>>());
+        let appended: u64 = nodes
+            .iter()
+            .map(|n| n.inner.metrics.store_appends.get())
+            .sum();
+        assert_eq!(appended, total);
+    }
+
+    /// Whether `task` is still running after a moment.
+    async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>) -> bool {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        !task.is_finished()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lock_holds_off_other_nodes_until_released() {
+        let db = TestDb::new().await;
+        let (a, b) = (db.store().await, db.store().await);
+        b.append("doc", upd("b1"), "bob").await.unwrap();
+        let guard = a.lock("doc", 0).await.unwrap();
+        // What the other node committed is read under the lock.
+        let Since::Updates { entries, last_sid } = guard.since() else {
+            panic!("{:?}", guard.since());
+        };
+        assert_eq!((contract::texts(entries), *last_sid), (vec![(1, "b1".into())], 1));
+        let append = tokio::spawn({
+            let b = b.clone();
+            async move { b.append("doc", upd("b2"), "bob").await }
+        });
+        let compact = tokio::spawn({
+            let b = b.clone();
+            async move { b.compact("doc", snap(1, "s1")).await }
+        });
+        let lock = tokio::spawn({
+            let b = b.clone();
+            async move { b.lock("doc", 1).await.map(|_| ()) }
+        });
+        assert!(still_waiting(&append).await);
+        assert!(!compact.is_finished() && !lock.is_finished());
+        // Other documents are not held.
+        assert_eq!(b.append("other", upd("o1"), "bob").await.unwrap(), 1);
+        let range = guard
+            .append_with_keys(vec![new("a2")], vec![])
+            .await
+            .unwrap();
+        assert_eq!(range, SidRange { first: 2, last: 2 });
+        assert_eq!(append.await.unwrap().unwrap(), 3);
+        compact.await.unwrap().unwrap();
+        lock.await.unwrap().unwrap();
+
+        // A dropped guard releases too, and writes nothing.
+        let guard = a.lock("doc", 3).await.unwrap();
+        let append = tokio::spawn({
+            let b = b.clone();
+            async move { b.append("doc", upd("b4"), "bob").await }
+        });
+        assert!(still_waiting(&append).await);
+        drop(guard);
+        let started = Instant::now();
+        assert_eq!(append.await.unwrap().unwrap(), 4);
+        assert!(started.elapsed() < Duration::from_secs(2));
+
+        // A guard on a document never written holds off its first append.
+        let guard = a.lock("fresh", 0).await.unwrap();
+        let append = tokio::spawn({
+            let b = b.clone();
+            async move { b.append("fresh", upd("f1"), "bob").await }
+        });
+        assert!(still_waiting(&append).await);
+        assert_eq!(
+            guard.append_with_keys(vec![], vec![]).await.unwrap(),
+            SidRange { first: 1, last: 0 }
+        );
+        assert_eq!(append.await.unwrap().unwrap(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compactions_from_two_nodes_take_turns_and_drop_nothing() {
+        let db = TestDb::new().await;
+        let nodes = [db.store().await, db.store().await];
+        let first = (1..=5).map(|i| new(&i.to_string())).collect();
+        nodes[0].append_batch("doc", first).await.unwrap();
+        let mut appended = 5u64;
+        for round in 0..6u64 {
+            // Appends from both nodes while both compact the document at once.
+            let appends: Vec<_> = (0..4)
+                .map(|i| {
+                    let store = nodes[i % 2].clone();
+                    tokio::spawn(async move {
+                        for j in 0..5 {
+                            store
+                                .append("doc", upd(&format!("r{round}a{i}j{j}")), "u")
+                                .await
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            let last = nodes[0].last_sids(&["doc".to_owned()]).await.unwrap()[0];
+            let compactions: Vec<_> = (0..2)
+                .map(|n| {
+                    let store = nodes[n].clone();
+                    // Node 1 compacts further than node 0.
+                    let upto = last + n as u64 * 3;
+                    tokio::spawn(async move {
+                        let r = store.compact("doc", snap(upto, &format!("s{upto}"))).await;
+                        (upto, r)
+                    })
+                })
+                .collect();
+            for task in appends {
+                task.await.unwrap();
+            }
+            appended += 20;
+            let mut done = Vec::new();
+            for task in compactions {
+                match task.await.unwrap() {
+                    (upto, Ok(_)) => done.push(upto),
+                    // Refused whole: the other node went further first, or the appends had
+                    // not reached node 1's target yet.
+                    (_, Err(StoreError::CompactBehindSnapshot { .. }))
+                    | (_, Err(StoreError::CompactBeyondLog { .. })) => {}
+                    (upto, Err(e)) => panic!("compaction to {upto}: {e}"),
+                }
+            }
+            let loaded = nodes[round as usize % 2].load("doc").await.unwrap().unwrap();
+            assert_eq!(loaded.last_sid, appended);
+            let snapshot = loaded.snapshot.expect("a compaction succeeded");
+            // The snapshot is the furthest compaction that committed, and the log holds
+            // every sid after it.
+            assert_eq!(Some(&snapshot.sid), done.iter().max(), "round {round}");
+            assert_eq!(snapshot.state, upd(&format!("s{}", snapshot.sid)));
+            assert_eq!(loaded.updates.len() as u64, appended - snapshot.sid);
+        }
+    }
+
+    // Schema.
+
+    #[tokio::test]
+    async fn nodes_starting_together_create_the_schema_once() {
+        let db = TestDb::new().await;
+        let url = db.url();
+        let starts: Vec<_> = (0..3)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(
+                    async move { PostgresStore::connect(&url, PostgresOptions::default()).await },
+                )
+            })
+            .collect();
+        for start in starts {
+            start.await.unwrap().unwrap();
+        }
+        let version: i64 = db
+            .sql()
+            .await
+            .query_one("SELECT version FROM tandem_schema", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused_and_left_alone() {
+        let db = TestDb::new().await;
+        db.store().await.append("doc", upd("1"), "u").await.unwrap();
+        let sql = db.sql().await;
+        sql.batch_execute("UPDATE tandem_schema SET version = 99")
+            .await
+            .unwrap();
+        let err = PostgresStore::connect(&db.url(), PostgresOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::UnsupportedSchema {
+                    found: 99,
+                    supported: SCHEMA_VERSION
+                }
+            ),
+            "{err}"
+        );
+        let version: i64 = sql
+            .query_one("SELECT version FROM tandem_schema", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(version, 99);
+        let rows: i64 = sql
+            .query_one("SELECT COUNT(*) FROM updates", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(rows, 1);
+    }
+
+    #[tokio::test]
+    async fn a_database_that_is_not_tandems_is_not_taken_over() {
+        let db = TestDb::new().await;
+        db.sql()
+            .await
+            .batch_execute("CREATE TABLE documents (id INTEGER)")
+            .await
+            .unwrap();
+        let err = PostgresStore::connect(&db.url(), PostgresOptions::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    }
+
+    // Opening and connection failures.
+
+    const PASSWORD: &str = "s3cr3t-pa55word";
+
+    fn assert_redacted(err: &StoreError, host: &str, database: &str) {
+        let shown = err.to_string();
+        assert!(matches!(err, StoreError::Open { .. }), "{shown}");
+        assert!(shown.contains(host), "{shown} names {host}");
+        assert!(shown.contains(database), "{shown} names {database}");
+        assert!(!shown.contains(PASSWORD), "{shown} shows the password");
+        assert!(!shown.contains("alice:"), "{shown} shows user:password");
+        assert!(!format!("{err:?}").contains(PASSWORD), "{err:?}");
+    }
+
+    #[test]
+    fn redact_keeps_host_port_and_database_only() {
+        let cases = [
+            (
+                "postgres://alice:s3cr3t-pa55word@db.example:6543/tandem?sslmode=disable",
+                "postgres://db.example:6543/tandem",
+            ),
+            (
+                "postgresql://alice@db.example/tandem",
+                "postgres://db.example:5432/tandem",
+            ),
+            (
+                "postgres://alice:s3cr3t-pa55word@a:1,b:2/x",
+                "postgres://a:1,b:2/x",
+            ),
+            (
+                "host=db.example port=7 dbname=t user=alice password=s3cr3t-pa55word",
+                "postgres://db.example:7/t",
+            ),
+            (
+                "postgres://alice:s3cr3t-pa55word@db.example:notaport/x",
+                "postgres://db.example:notaport",
+            ),
+            (
+                "postgres://alice:s3cr3t/pa55word@db.example:notaport/x?password=s3cr3t",
+                "postgres://db.example:notaport",
+            ),
+            (
+                "postgres://alice:s3cr3t/pa55word@db.example/x",
+                "postgres://db.example:5432/x",
+            ),
+            (
+                "password=s3cr3t-pa55word nonsense",
+                "(a PostgreSQL connection string that does not parse)",
+            ),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_fails_to_open_fast_naming_host_and_database_only() {
+        // A closed port: refused at once.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://alice:{PASSWORD}@127.0.0.1:{port}/somedb");
+        let started = Instant::now();
+        let err = PostgresStore::connect(&url, PostgresOptions::default())
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_redacted(&err, &format!("127.0.0.1:{port}"), "somedb");
+
+        // A server that accepts connections and never answers: the connect timeout.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let url = format!("postgres://alice:{PASSWORD}@127.0.0.1:{port}/somedb");
+        let started = Instant::now();
+        let err = PostgresStore::connect(&url, PostgresOptions::default())
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_redacted(&err, &format!("127.0.0.1:{port}"), "somedb");
+
+        // An unparsable URL.
+        let err = PostgresStore::connect(
+            &format!("postgres://alice:{PASSWORD}@127.0.0.1:nope/somedb"),
+            PostgresOptions::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Open { .. }), "{err}");
+        assert!(!err.to_string().contains(PASSWORD), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_database_fails_to_open_naming_it_and_not_the_password() {
+        let mut url = url::Url::parse(&server_url()).unwrap();
+        url.set_path("tandem_no_such_database");
+        url.set_password(Some(PASSWORD)).unwrap();
+        let err = PostgresStore::connect(url.as_str(), PostgresOptions::default())
+            .await
+            .unwrap_err();
+        let host = format!(
+            "{}:{}",
+            url.host_str().unwrap(),
+            url.port().unwrap_or(5432)
+        );
+        assert_redacted(&err, &host, "tandem_no_such_database");
+    }
+
+    /// A TCP proxy to the test server that can be cut (listener and connections).
+    struct Proxy {
+        port: u16,
+        accept: tokio::task::JoinHandle<()>,
+        conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    }
+
+    impl Proxy {
+        async fn start() -> Proxy {
+            let target = tokio_postgres::Config::from_str(&server_url()).unwrap();
+            let host = match &target.get_hosts()[0] {
+                tokio_postgres::config::Host::Tcp(host) => host.clone(),
+                other => panic!("the test server must be reached over TCP, not {other:?}"),
+            };
+            let target = (host, target.get_ports().first().copied().unwrap_or(5432));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let accept = tokio::spawn({
+                let conns = Arc::clone(&conns);
+                async move {
+                    while let Ok((mut inbound, _)) = listener.accept().await {
+                        let target = target.clone();
+                        let conn = tokio::spawn(async move {
+                            if let Ok(mut outbound) = TcpStream::connect(target).await {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                                        .await;
+                            }
+                        });
+                        conns.lock().unwrap().push(conn.abort_handle());
+                    }
+                }
+            });
+            Proxy {
+                port,
+                accept,
+                conns,
+            }
+        }
+
+        /// The database is gone: no new connections, open ones closed.
+        async fn cut(&self) {
+            self.accept.abort();
+            for conn in self.conns.lock().unwrap().drain(..) {
+                conn.abort();
+            }
+            // Let the aborted tasks drop their sockets.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_database_is_unavailable_fast() {
+        let db = TestDb::new().await;
+        let proxy = Proxy::start().await;
+        let store = PostgresStore::connect(&db.url_via(proxy.port), PostgresOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(store.append("doc", upd("1"), "u").await.unwrap(), 1);
+        let guard = store.lock("doc", 1).await.unwrap();
+        proxy.cut().await;
+
+        let started = Instant::now();
+        let unavailable = |r: Result<(), StoreError>| {
+            assert!(
+                matches!(r, Err(StoreError::Unavailable { .. })),
+                "expected Unavailable, got {r:?}"
+            );
+        };
+        // A guard whose connection is gone commits nothing.
+        unavailable(
+            guard
+                .append_with_keys(vec![new("2")], vec![])
+                .await
+                .map(|_| ()),
+        );
+        // The pooled connection is closed; then no new one can be made.
+        unavailable(store.append("doc", upd("2"), "u").await.map(|_| ()));
+        unavailable(store.append("doc", upd("2"), "u").await.map(|_| ()));
+        unavailable(store.load("doc").await.map(|_| ()));
+        unavailable(store.updates_since("doc", 0).await.map(|_| ()));
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        let err = store.load("doc").await.unwrap_err();
+        assert!(err.to_string().contains("retry later"), "{err}");
+
+        // Nothing was committed after the cut.
+        let direct = db.store().await;
+        assert_eq!(direct.load("doc").await.unwrap().unwrap().last_sid, 1);
+        store.close().await.unwrap();
+        assert!(matches!(store.load("doc").await, Err(StoreError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn the_store_opens_through_store_open() {
+        let db = TestDb::new().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::infra::config::Config::default_for(dir.path());
+        config.database_url = Some(db.url.clone());
+        let store = super::super::open(&config, &Metrics::new()).await.unwrap();
+        assert!(store.is_shared());
+        assert_eq!(store.append("d", upd("x"), "u").await.unwrap(), 1);
+        store.close().await.unwrap();
+    }
+}

@@ -11,8 +11,8 @@ use tandem_server::documents::{outbox, ConnSink, JoinError, Registry};
 use tandem_server::infra::config::Config;
 use tandem_server::infra::metrics::Metrics;
 use tandem_server::infra::store::{
-    BackendError, CheckpointInfo, Compacted, Compaction, KeyRecord, Loaded, Locked, NewKey, NewUpdate,
-    Sid, SidRange, Since, Store, StoreError,
+    BackendError, CheckpointInfo, Compacted, Compaction, KeyRecord, Loaded, Locked, NewKey,
+    NewUpdate, Sid, SidRange, Since, Store, StoreError,
 };
 use tokio::sync::{oneshot, Semaphore};
 

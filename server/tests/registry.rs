@@ -120,7 +120,7 @@ fn registry(fail_loads: bool) -> (Registry, Arc<Scripted>, tempfile::TempDir) {
         writes: AtomicUsize::new(0),
     });
     let config = Arc::new(Config::default_for(dir.path()));
-    let r = Registry::new(store.clone(), Metrics::new(), config);
+    let r = Registry::new(store.clone(), Metrics::new(), config, None);
     (r, store, dir)
 }
 

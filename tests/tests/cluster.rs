@@ -361,18 +361,79 @@ async fn losing_redis_degrades_delivery_but_loses_nothing() -> anyhow::Result<()
     let metrics = tandem_tests::metrics_text(&c.nodes[1]).await?;
     assert!(metrics.contains("tandem_bus_up 0"), "{metrics}");
 
-    c.redis.resume().await?;
-    wait_ready(&c.nodes[0], 200, "ok").await?;
-    wait_ready(&c.nodes[1], 200, "ok").await?;
-    // Presence is republished to the empty Redis: a new client on b's node sees a's state.
-    let mut late = raw(&c.nodes[1], "fallback").await?;
+    // Presence changed while Redis was away does not cross...
     a.send(tandem_tests::awareness_message(
         99,
         2,
         r#"{"user":{"name":"Lu2"}}"#,
     ))
     .await?;
-    wait_awareness(&mut late, 99, |s| s.contains("Lu2")).await?;
+    c.redis.resume().await?;
+    wait_ready(&c.nodes[0], 200, "ok").await?;
+    wait_ready(&c.nodes[1], 200, "ok").await?;
+    // ...until Redis is back (empty): every node republishes, and b sees it without a sending
+    // anything more.
+    wait_awareness(&mut b, 99, |s| s.contains("Lu2")).await?;
+    Ok(())
+}
+
+/// Redis out of reach when a node starts: it serves (writes are acknowledged), and says it is
+/// degraded.
+#[tokio::test]
+async fn a_node_starts_degraded_without_redis() -> anyhow::Result<()> {
+    let db = TestDb::create()?;
+    let mut redis = Redis::start().await?;
+    redis.stop().await?;
+    let url = db.url();
+    let c = Nodes::start_on(1, db, redis, &url, &[]).await?;
+    wait_ready(&c.nodes[0], 503, "degraded").await?;
+    let (_, v) = get_json(&c.nodes[0], "/readyz").await?;
+    assert_eq!(v["bus"], json!("down"));
+    let mut w = raw(&c.nodes[0], "alone").await?;
+    w.insert("t", 0, "ok").await?;
+    w.wait_acked(1).await?;
+    Ok(())
+}
+
+/// A database that cannot be reached at start: a clear error naming host and database, and
+/// the password in no line the process prints.
+#[tokio::test]
+async fn an_unreachable_database_at_start_is_named_without_its_password() -> anyhow::Result<()> {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let url = format!("postgres://tandem:s3cret-pw@127.0.0.1:{port}/ordersdb");
+    let out = std::process::Command::new(tandem_tests::tandem_bin())
+        .args(["serve", "--addr", "127.0.0.1:0", "--database-url", &url])
+        .env("RUST_LOG", "debug")
+        .output()?;
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains("127.0.0.1") && all.contains("ordersdb"),
+        "{all}"
+    );
+    assert!(!all.contains("s3cret-pw"), "{all}");
+    Ok(())
+}
+
+/// Stock y-websocket clients (Node, the npm package) on two nodes co-edit.
+#[tokio::test]
+async fn stock_clients_on_two_nodes_co_edit() -> anyhow::Result<()> {
+    let c = Nodes::start(2, &[]).await?;
+    let mut a = tandem_tests::NodeClient::connect(&c.nodes[0].ws_base(), "stock", "a").await?;
+    let mut b = tandem_tests::NodeClient::connect(&c.nodes[1].ws_base(), "stock", "b").await?;
+    a.insert("t", 0, "from a").await?;
+    b.wait_text("t", "from a").await?;
+    b.insert("t", 6, ", from b").await?;
+    a.wait_text("t", "from a, from b").await?;
+    a.close().await?;
+    b.close().await?;
     Ok(())
 }
 
@@ -402,11 +463,16 @@ async fn an_unreachable_database_refuses_writes_until_it_is_back() -> anyhow::Re
     let mut w = raw(node, "outage").await?;
     w.insert("t", 0, "a").await?;
     w.wait_acked(1).await?;
+    let mut watcher = raw(node, "outage").await?;
     relay.cut();
     w.insert("t", 1, "b").await?;
     let closed = w.closed().await;
     assert_eq!(closed.code, Some(4503), "{closed:?}");
     assert_eq!(w.acked.0, 1, "nothing acknowledged without a commit");
+    // Nothing reached another client before its commit (which never came).
+    let closed = watcher.closed().await;
+    assert_eq!(closed.code, Some(4503), "{closed:?}");
+    assert_eq!(watcher.doc.text("t").as_deref(), Some("a"));
     let r = http(
         node.addr,
         "PUT",

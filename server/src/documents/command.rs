@@ -69,8 +69,11 @@ pub(super) enum Command {
     OriginGone {
         origin: u64,
     },
-    /// Publish this node's connections' presence to the other nodes.
-    Republish,
+    /// Publish this node's connections' presence to the other nodes; with `ask`, also ask
+    /// them to publish theirs.
+    Republish {
+        ask: bool,
+    },
     Shutdown,
     /// Runs a closure on the room as the document task would run an engine call (tests only:
     /// makes the document panic).

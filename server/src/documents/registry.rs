@@ -359,16 +359,17 @@ impl Registry {
         }
     }
 
-    /// Asks `doc` (or, with `None`, every loaded document) to publish this node's presence to
-    /// the other nodes.
-    pub async fn republish(&self, doc: Option<&str>) {
-        match doc {
-            Some(doc) => self.tell(doc, Command::Republish).await,
-            None => {
-                for doc in self.loaded_names() {
-                    self.tell(&doc, Command::Republish).await;
-                }
-            }
+    /// Asks `doc` (another node asked for it) to publish this node's presence to the other
+    /// nodes.
+    pub async fn republish(&self, doc: &str) {
+        self.tell(doc, Command::Republish { ask: false }).await;
+    }
+
+    /// Every loaded document publishes this node's presence and asks the other nodes for
+    /// theirs (the bus came back: whichever node reconnects last, every state crosses).
+    pub async fn republish_all(&self) {
+        for doc in self.loaded_names() {
+            self.tell(&doc, Command::Republish { ask: true }).await;
         }
     }
 

@@ -306,7 +306,7 @@ impl DocTask {
                 | Command::Behind { .. }
                 | Command::RemoteAwareness { .. }
                 | Command::OriginGone { .. }
-                | Command::Republish
+                | Command::Republish { .. }
                 | Command::Frame { .. }
                 | Command::Leave { .. }
                 | Command::Shutdown => {}
@@ -465,7 +465,12 @@ impl Running {
                     self.dispatch(out, None);
                 }
             }
-            Command::Republish => self.republish(),
+            Command::Republish { ask } => {
+                self.republish();
+                if let (true, Some(bus)) = (ask, &self.ctx.bus) {
+                    bus.publish(&self.name, DocMessage::Query);
+                }
+            }
             #[cfg(test)]
             Command::Run(f) => {
                 self.guarded(f);

@@ -147,7 +147,7 @@ impl Cluster {
                     let origin = self.origin(&from);
                     registry.remote_presence(&doc, origin, payload).await;
                 }
-                DocMessage::Query => registry.republish(Some(&doc)).await,
+                DocMessage::Query => registry.republish(&doc).await,
             },
             BusEvent::Revoked { user, at } => {
                 let closed = auth.revoke(&user, at);
@@ -160,7 +160,7 @@ impl Cluster {
             }
             BusEvent::Reconnected => {
                 tracing::info!("the bus is back; republishing presence");
-                registry.republish(None).await;
+                registry.republish_all().await;
             }
         }
     }

@@ -665,14 +665,18 @@ impl Running {
         let now = now_ms();
         self.ctx.metrics.replicated_updates.inc();
         let author_ref = (!author.is_empty()).then_some(author.as_str());
-        let Some(result) = self.guarded(|room| room.apply_update(&update, author_ref, now)) else {
+        let Some(result) = self.guarded(|room| room.apply_stored(&update, author_ref, now)) else {
             return;
         };
         let mut out = match result {
             Ok(out) => out,
             Err(e) => {
-                tracing::error!(doc = %self.name, sid, cause = %e, "a replicated update was refused");
-                return;
+                // The replica cannot follow the store: reload it rather than serve it behind.
+                tracing::error!(doc = %self.name, sid, cause = %e, "a stored update could not be applied");
+                return self.fail(
+                    code::DOCUMENT_FAILED,
+                    "document failed; reconnect to reload it",
+                );
             }
         };
         self.fanout.queue(std::mem::take(&mut out.messages), None);

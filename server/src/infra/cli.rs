@@ -52,7 +52,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// Redis for live traffic between several tandem nodes (redis://… or rediss://…); needs
+    /// Redis for live traffic between several tandem nodes (redis://…; no TLS); needs
     /// --database-url (the nodes' shared store).
     #[arg(long, env = "TANDEM_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,

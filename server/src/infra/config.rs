@@ -36,7 +36,9 @@ pub enum ConfigError {
     #[error("--database-url must be a postgres:// or postgresql:// URL: {0}")]
     BadDatabaseUrl(String),
     /// `--redis-url` is not a Redis URL.
-    #[error("--redis-url must be a redis:// or rediss:// URL: {0}")]
+    #[error(
+        "--redis-url must be a redis:// URL (this build does not speak TLS: no rediss://): {0}"
+    )]
     BadRedisUrl(String),
     /// `--redis-url` without `--database-url`.
     #[error(
@@ -272,7 +274,7 @@ impl Config {
             .transpose()?;
         let redis_url = args
             .redis_url
-            .map(|u| parse_url(&u, &["redis", "rediss"], ConfigError::BadRedisUrl))
+            .map(|u| parse_url(&u, &["redis"], ConfigError::BadRedisUrl))
             .transpose()?;
         if redis_url.is_some() && database_url.is_none() {
             return Err(ConfigError::RedisWithoutDatabase);
@@ -542,12 +544,21 @@ mod tests {
             "--database-url",
             "postgres://u:pw@db:5432/tandem",
             "--redis-url",
-            "rediss://cache:6380",
+            "redis://cache:6380",
         ])
         .unwrap();
         assert_eq!(c.database_url.as_ref().unwrap().host_str(), Some("db"));
         assert!(matches!(c.storage(), StorageConfig::Postgres { .. }));
-        assert_eq!(c.redis_url.unwrap().scheme(), "rediss");
+        assert_eq!(c.redis_url.unwrap().scheme(), "redis");
+        assert!(matches!(
+            config(&[
+                "--database-url",
+                "postgres://db/x",
+                "--redis-url",
+                "rediss://cache"
+            ]),
+            Err(ConfigError::BadRedisUrl(_))
+        ));
         let err = config(&["--database-url", "mysql://u:hunter2@db/x"]).unwrap_err();
         assert!(matches!(err, ConfigError::BadDatabaseUrl(_)));
         assert!(!err.to_string().contains("hunter2"));

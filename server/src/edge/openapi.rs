@@ -99,6 +99,15 @@ pub fn spec() -> Value {
                     "503": error_response("Shutting down")
                 }
             }},
+            "/readyz": {"get": {
+                "summary": "Readiness: whether this node can serve everything it promises",
+                "responses": {
+                    "200": json_ok("Ready", readiness()),
+                    "503": {"description": "Not ready: shutting down, the shared store does not \
+                        answer, or (several nodes) the bus to the others is down (degraded)",
+                        "content": {"application/json": {"schema": readiness()}}}
+                }
+            }},
             "/metrics": {"get": {
                 "summary": "Prometheus metrics",
                 "responses": {"200": {"description": "Prometheus text format",
@@ -228,6 +237,17 @@ pub fn spec() -> Value {
                     "fields": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Field"}}}}
         }}
     })
+}
+
+/// The body of `/readyz`.
+fn readiness() -> Value {
+    json!({"type": "object", "required": ["status", "store", "bus"], "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded", "unavailable", "shutting_down"]},
+        "store": {"type": "string", "enum": ["embedded", "up", "down"]},
+        "bus": {"type": "string", "enum": ["none", "up", "down"]},
+        "node": {"type": "string"},
+        "checked_at": {"type": "integer"}
+    }})
 }
 
 /// The handler.

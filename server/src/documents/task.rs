@@ -64,6 +64,13 @@ pub(super) struct Context {
 
 type Pending<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 
+/// What a read of a gap found: the updates after the document's last taken sid, or, when the
+/// log no longer reaches back there (another node compacted it), the whole stored document.
+enum Fetched {
+    Since(Since),
+    Reload(Option<crate::infra::store::Loaded>),
+}
+
 /// This node's committed batch, waiting for its turn in sid order.
 struct LocalBatch {
     updates: Vec<Durable>,
@@ -253,7 +260,7 @@ impl DocTask {
             }
             doc.flush();
             if !doc.commit.in_flight() && doc.locking.is_none() {
-                if doc.exclusive.is_empty() {
+                if doc.exclusive.is_empty() || doc.fetching.is_some() {
                     doc.submit();
                 } else {
                     doc.lock();
@@ -340,7 +347,7 @@ struct Running {
     /// When a gap in the sequence is read from the store.
     gap_deadline: Option<tokio::time::Instant>,
     /// A read of a gap from the store.
-    fetching: Option<Pending<Since>>,
+    fetching: Option<Pending<Fetched>>,
     /// Taking the document's write lock, for the writes in `exclusive`.
     locking: Option<Pending<Box<dyn Locked>>>,
     /// Writes waiting to be decided under the write lock.
@@ -705,12 +712,30 @@ impl Running {
         let store = Arc::clone(&self.ctx.store);
         let name = self.name.clone();
         let after = self.sequence.taken();
-        self.fetching = Some(Box::pin(
-            async move { store.updates_since(&name, after).await },
-        ));
+        self.fetching = Some(Box::pin(async move {
+            match store.updates_since(&name, after).await? {
+                Since::Compacted { .. } => Ok(Fetched::Reload(store.load(&name).await?)),
+                since => Ok(Fetched::Since(since)),
+            }
+        }));
     }
 
-    fn fetched(&mut self, result: Result<Since, StoreError>) {
+    /// Reads the whole stored document (the log no longer reaches back to what this replica
+    /// has taken).
+    fn reload(&mut self) {
+        let store = Arc::clone(&self.ctx.store);
+        let name = self.name.clone();
+        self.fetching = Some(Box::pin(async move {
+            Ok(Fetched::Reload(store.load(&name).await?))
+        }));
+    }
+
+    fn fetched(&mut self, result: Result<Fetched, StoreError>) {
+        let result = match result {
+            Ok(Fetched::Reload(loaded)) => return self.rebase(loaded),
+            Ok(Fetched::Since(since)) => Ok(since),
+            Err(e) => Err(e),
+        };
         match result {
             Ok(Since::Updates { entries, last_sid }) => {
                 self.sequence.saw(last_sid);
@@ -725,12 +750,58 @@ impl Running {
             }
             // Nothing after what was asked for: the sid that was seen is not committed yet.
             Ok(Since::Ahead { .. }) => self.take(),
-            Ok(Since::Compacted { .. }) => self.fail(
-                code::DOCUMENT_FAILED,
-                "this node fell behind; reconnect to reload",
-            ),
+            // Answered by the reload above.
+            Ok(Since::Compacted { .. }) => {}
             Err(e) => self.storage_failed(&e),
         }
+    }
+
+    /// Brings the replica past a snapshot another node made: the snapshot's state is merged
+    /// into it (Yjs updates merge whatever the replica already holds), the log after it taken
+    /// in order. Event streams of this document end (they resume from the store, which gives
+    /// them a fresh snapshot), since the events up to the snapshot are gone from the log.
+    fn rebase(&mut self, loaded: Option<crate::infra::store::Loaded>) {
+        let Some(loaded) = loaded else {
+            return self.fail(
+                code::DOCUMENT_FAILED,
+                "document failed; reconnect to reload it",
+            );
+        };
+        if let Some(snapshot) = &loaded.snapshot {
+            if snapshot.sid > self.sequence.taken() {
+                let now = now_ms();
+                self.ctx.metrics.replication_rebases.inc();
+                tracing::info!(doc = %self.name, sid = snapshot.sid, "taking a snapshot another node made");
+                let state = snapshot.state.clone();
+                match self.guarded(|room| room.apply_stored(&state, None, now)) {
+                    Some(Ok(mut out)) => {
+                        self.fanout.queue(std::mem::take(&mut out.messages), None);
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(doc = %self.name, cause = %e, "a stored snapshot could not be applied");
+                        return self.fail(
+                            code::DOCUMENT_FAILED,
+                            "document failed; reconnect to reload it",
+                        );
+                    }
+                    None => return,
+                }
+                self.room.compacted();
+                self.exists = true;
+                self.feed.clear();
+                self.sequence.skip_to(snapshot.sid);
+                self.compactor = Compactor::loaded(self.ctx.config.history.clone(), &loaded);
+            }
+        }
+        self.sequence.saw(loaded.last_sid);
+        for e in loaded.updates {
+            self.sequence.remote(Remote {
+                sid: e.sid,
+                update: e.update,
+                author: e.author,
+            });
+        }
+        self.take();
     }
 
     /// Takes the document's write lock for the writes waiting in `exclusive`.
@@ -765,10 +836,9 @@ impl Running {
             }
             Since::Ahead { .. } => {}
             Since::Compacted { .. } => {
-                return self.fail(
-                    code::DOCUMENT_FAILED,
-                    "this node fell behind; reconnect to reload",
-                )
+                // Released; taken again once the replica is past the snapshot.
+                drop(lock);
+                return self.reload();
             }
         }
         self.under_lock = true;

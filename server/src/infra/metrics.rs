@@ -203,6 +203,8 @@ pub struct MetricSet {
     pub replicated_updates: Counter,
     /// Gaps in a document's sids read from the store (the bus lost or delayed an update).
     pub replication_gap_reads: Counter,
+    /// Snapshots another node made, merged into a replica whose log position they passed.
+    pub replication_rebases: Counter,
     /// Whether the shared store answered the last position check (1) or not (0).
     pub store_up: Gauge,
     /// Updates applied and stored.
@@ -264,6 +266,7 @@ impl Default for MetricSet {
             document_panics: Counter::default(),
             replicated_updates: Counter::default(),
             replication_gap_reads: Counter::default(),
+            replication_rebases: Counter::default(),
             store_up: Gauge::default(),
             updates: Counter::default(),
             updates_refused: Counter::default(),
@@ -394,6 +397,12 @@ impl Metrics {
             "tandem_replication_gap_reads_total",
             "Gaps in a document's sids read from the store (lost or late bus messages).",
             &m.replication_gap_reads,
+        );
+        counter(
+            &mut out,
+            "tandem_replication_rebases_total",
+            "Snapshots another node made, merged into a replica the log no longer reached.",
+            &m.replication_rebases,
         );
         gauge(
             &mut out,

@@ -587,3 +587,63 @@ async fn webhooks_are_signed_in_order_and_survive_a_down_receiver_and_kill_9() -
     assert!(metric(&server, "tandem_webhook_delivered_total").await? >= 2);
     Ok(())
 }
+
+/// Receives until an event of type `kind` arrives; returns it and the types seen before it.
+async fn until_type(
+    rx: &mut mpsc::UnboundedReceiver<Hook>,
+    kind: &str,
+) -> anyhow::Result<(Value, Vec<String>)> {
+    let mut before = Vec::new();
+    loop {
+        let hook = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .with_context(|| format!("no {kind} event in time (saw {before:?})"))?
+            .context("receiver gone")?;
+        let event = verified(&hook);
+        let t = event["type"].as_str().unwrap_or_default().to_owned();
+        if t == kind {
+            return Ok((event, before));
+        }
+        before.push(t);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notification_and_opt_in_presence_events_reach_the_receiver() -> anyhow::Result<()> {
+    let (hook_addr, mut rx, _hook_task) = receiver("127.0.0.1:0").await?;
+    let url = format!("http://{hook_addr}/");
+    let server = Server::start(
+        &temp_dir("notify-webhook-events"),
+        &[
+            "--auth-secret",
+            SECRET,
+            "--webhook-url",
+            &url,
+            "--webhook-secret",
+            HOOK_SECRET,
+            "--webhook-presence",
+        ],
+    )
+    .await?;
+    let alice = token("alice", "p*", "write");
+    let (_bob_inbox, _) = inbox(&server, &token("bob", "p*", "read"), None).await?;
+    let mut writer =
+        NodeClient::connect_with_token(&server.ws_base(), "p1", "alice", Some(&alice)).await?;
+    let (joined, _) = until_type(&mut rx, "presence.joined").await?;
+    assert_eq!(
+        (joined["doc"].as_str(), joined["user"].as_str()),
+        (Some("p1"), Some("alice"))
+    );
+    writer.insert("comment:1", 0, "hi @[Bob](bob)").await?;
+    let (created, _) = until_type(&mut rx, "notification.created").await?;
+    assert_eq!(created["doc"], "p1");
+    let n = &created["notification"];
+    assert_eq!(
+        (n["user"].as_str(), n["type"].as_str(), n["from"].as_str()),
+        (Some("bob"), Some("mention"), Some("alice"))
+    );
+    writer.close().await?;
+    let (left, _) = until_type(&mut rx, "presence.left").await?;
+    assert_eq!(left["user"], "alice");
+    Ok(())
+}

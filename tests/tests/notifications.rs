@@ -647,3 +647,33 @@ async fn notification_and_opt_in_presence_events_reach_the_receiver() -> anyhow:
     assert_eq!(left["user"], "alice");
     Ok(())
 }
+
+/// Two nodes on one PostgreSQL database both run a delivery worker over the shared outbox:
+/// writes to one document alternate between them, and the receiver still gets every
+/// `field.updated` once per id and in commit order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_deliver_one_documents_events_in_order() -> anyhow::Result<()> {
+    use tandem_tests::cluster::Nodes;
+    let (hook_addr, mut rx, _hook_task) = receiver("127.0.0.1:0").await?;
+    let url = format!("http://{hook_addr}/");
+    let c = Nodes::start(
+        2,
+        &[
+            "--auth-secret",
+            SECRET,
+            "--webhook-url",
+            &url,
+            "--webhook-secret",
+            HOOK_SECRET,
+        ],
+    )
+    .await?;
+    let alice = token("alice", "*", "write");
+    let want: Vec<String> = (1..=12).map(|i| i.to_string()).collect();
+    for (i, v) in want.iter().enumerate() {
+        put(&c.nodes[i % 2], &alice, "w", "status", json!(v)).await?;
+    }
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    collect(&mut rx, &mut HashSet::new(), &want).await?;
+    Ok(())
+}

@@ -198,6 +198,29 @@ async fn a_mention_reaches_the_mentioned_user_within_100_ms_and_not_the_author(
         (again.data["field"].as_str(), again.id.as_deref()),
         (Some("comment:3"), Some("2"))
     );
+    // (alice's new comment also replies to bob's earlier one)
+    let reply = next_notification(&mut bob_inbox).await?;
+    assert_eq!(
+        (reply.data["field"].as_str(), reply.data["type"].as_str()),
+        (Some("comment:3"), Some("reply"))
+    );
+    // Rich editors: an embed and a formatting attribute, each one new mention.
+    writer
+        .call(json!({"op": "insert-embed", "field": "description", "index": 0, "embed": {"mention": "bob"}}))
+        .await?;
+    let embed = next_notification(&mut bob_inbox).await?;
+    assert_eq!(
+        (embed.data["field"].as_str(), embed.data["type"].as_str()),
+        (Some("description"), Some("mention"))
+    );
+    writer
+        .call(
+            json!({"op": "insert-formatted", "field": "notes", "index": 0, "text": "@Bob",
+                     "attributes": {"mention": "bob"}}),
+        )
+        .await?;
+    let attr = next_notification(&mut bob_inbox).await?;
+    assert_eq!(attr.data["field"], "notes");
     // Carol was never notified of task-1; her first notification is about a document she reaches.
     let mut other = NodeClient::connect_with_token(
         &server.ws_base(),
@@ -675,5 +698,31 @@ async fn two_nodes_deliver_one_documents_events_in_order() -> anyhow::Result<()>
     }
     let want: Vec<&str> = want.iter().map(String::as_str).collect();
     collect(&mut rx, &mut HashSet::new(), &want).await?;
+    Ok(())
+}
+
+/// With two nodes, a mention written on one reaches the mentioned user's stream on the other
+/// (read from the shared store within a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mention_made_on_one_node_reaches_a_stream_on_another() -> anyhow::Result<()> {
+    use tandem_tests::cluster::Nodes;
+    let c = Nodes::start(2, &["--auth-secret", SECRET]).await?;
+    let (mut bob_inbox, _) = inbox(&c.nodes[1], &token("bob", "task-*", "read"), None).await?;
+    let started = Instant::now();
+    edit(
+        &c.nodes[0],
+        &token("alice", "task-*", "write"),
+        "task-5",
+        "description",
+        "ask @[Bob](bob)",
+    )
+    .await?;
+    let e = next_notification(&mut bob_inbox).await?;
+    println!("mention crossed nodes in {:?}", started.elapsed());
+    assert_eq!(
+        (e.data["type"].as_str(), e.data["doc"].as_str()),
+        (Some("mention"), Some("task-5"))
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
     Ok(())
 }

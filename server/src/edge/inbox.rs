@@ -11,10 +11,12 @@
 //! with `Last-Event-ID` or `?since=ID` first replays every stored notification after that id
 //! (no gap, no duplicate: the live feed is joined before the store is read, and ids at or
 //! below the last sent are skipped). It goes through [`super::live`] like document streams:
-//! admitted, ended with a `close` event on revocation or at token expiry.
+//! admitted, ended with a `close` event on revocation or at token expiry. With several nodes,
+//! notifications made on another node are read from the store every second.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
@@ -43,6 +45,8 @@ const MAX_LIMIT: u32 = 200;
 const MAX_REPLAY: u32 = 1000;
 /// The largest id the store keeps (a signed 64-bit integer).
 const MAX_ID: u64 = i64::MAX as u64;
+/// How often a stream reads the store for notifications made on other nodes (shared store).
+const POLL_SHARED: Duration = Duration::from_secs(1);
 /// Heartbeat comment interval.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// How long a stream ended by the server waits to queue its last event.
@@ -216,6 +220,8 @@ async fn events(
     };
     let unread = state.store.unread(&who.user).await?;
     let (tx, rx) = mpsc::channel::<Event>(256);
+    let shared = state.store.is_shared();
+    let store = Arc::clone(&state.store);
     let metrics = state.metrics.clone();
     let shutdown = state.shutdown.wait();
     tokio::spawn(async move {
@@ -234,22 +240,43 @@ async fn events(
                     return;
                 }
             }
-            while let Some(item) = feed.recv().await {
-                let e = match item {
-                    InboxEvent::Notification(n) => {
-                        if n.id <= seen {
-                            continue;
+            // With several nodes, notifications made on another node are read from the
+            // store every POLL_SHARED (there is no bus message for inboxes).
+            let mut poll = tokio::time::interval(POLL_SHARED);
+            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let items: Vec<InboxEvent> = tokio::select! {
+                    item = feed.recv() => match item {
+                        Some(item) => vec![item],
+                        None => break,
+                    },
+                    _ = poll.tick(), if shared => {
+                        match store.notifications_after(&who.user, seen, MAX_REPLAY).await {
+                            Ok(rows) => rows
+                                .into_iter()
+                                .map(|n| InboxEvent::Notification(Arc::new(n)))
+                                .collect(),
+                            Err(_) => Vec::new(),
                         }
-                        seen = n.id;
-                        if !visible(&who, &n) {
-                            continue;
-                        }
-                        notification_event(&n)
                     }
-                    InboxEvent::Unread(n) => unread_event(n),
                 };
-                if tx.send(e).await.is_err() {
-                    return;
+                for item in items {
+                    let e = match item {
+                        InboxEvent::Notification(n) => {
+                            if n.id <= seen {
+                                continue;
+                            }
+                            seen = n.id;
+                            if !visible(&who, &n) {
+                                continue;
+                            }
+                            notification_event(&n)
+                        }
+                        InboxEvent::Unread(n) => unread_event(n),
+                    };
+                    if tx.send(e).await.is_err() {
+                        return;
+                    }
                 }
             }
             // The feed ended: this stream fell behind. The client resumes with

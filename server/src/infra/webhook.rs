@@ -46,7 +46,7 @@ pub const LEASE_MS: u64 = 60_000;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the worker looks at the outbox when nothing woke it.
 const POLL: Duration = Duration::from_millis(250);
-/// Rows claimed per round (different documents, delivered concurrently).
+/// Most rows in flight at once (different documents or endpoints, delivered concurrently).
 const CLAIM: u32 = 32;
 
 /// What a committed batch did, as stored in its outbox row (one JSON line).
@@ -148,33 +148,35 @@ impl Webhooks {
         }
     }
 
-    /// Delivers the outbox until `shutdown`.
+    /// Delivers the outbox until `shutdown`. Up to [`CLAIM`] rows (of different documents or
+    /// endpoints) are in flight at once; a slow receiver holds only its own rows.
     pub async fn run(self, store: Arc<dyn Store>, metrics: Metrics, shutdown: Shutdown) {
         let stop = shutdown.wait();
         tokio::pin!(stop);
         let mut counted = 0u64;
+        let mut inflight = tokio::task::JoinSet::new();
         loop {
             let now = now_ms();
-            let claimed = match store.outbox_claim(now, now + LEASE_MS, CLAIM).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(cause = %e, "webhook outbox unavailable");
-                    Vec::new()
+            let room = CLAIM.saturating_sub(u32::try_from(inflight.len()).unwrap_or(CLAIM));
+            if room > 0 {
+                match store.outbox_claim(now, now + LEASE_MS, room).await {
+                    Ok(rows) => {
+                        for row in rows {
+                            let (store, metrics, secret) = (
+                                Arc::clone(&store),
+                                metrics.clone(),
+                                Arc::clone(&self.secret),
+                            );
+                            inflight.spawn(async move {
+                                deliver_row(&*store, &metrics, &secret, row).await
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(cause = %e, "webhook outbox unavailable"),
                 }
-            };
-            let busy = !claimed.is_empty();
-            let mut round = tokio::task::JoinSet::new();
-            for row in claimed {
-                let (store, metrics, secret) = (
-                    Arc::clone(&store),
-                    metrics.clone(),
-                    Arc::clone(&self.secret),
-                );
-                round.spawn(async move { deliver_row(&*store, &metrics, &secret, row).await });
             }
-            while round.join_next().await.is_some() {}
             // The gauges: at most once a second.
-            if busy || now.saturating_sub(counted) >= 1000 {
+            if now.saturating_sub(counted) >= 1000 {
                 counted = now;
                 if let Ok((pending, dead)) = store.outbox_counts().await {
                     metrics
@@ -185,14 +187,9 @@ impl Webhooks {
                         .set(i64::try_from(dead).unwrap_or(i64::MAX));
                 }
             }
-            if busy {
-                if shutdown.is_triggered() {
-                    return;
-                }
-                continue;
-            }
             tokio::select! {
                 _ = &mut stop => return,
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(POLL) => {}
             }

@@ -531,6 +531,43 @@ mod tests {
     }
 
     #[test]
+    fn webhook_and_notification_flags_are_checked() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.notify, NotifyConfig::default());
+        let c = config(&[
+            "--webhook-url",
+            "http://a.example/h",
+            "--webhook-url",
+            "http://b.example:9000/h?x=1",
+            "--webhook-secret",
+            "s",
+            "--webhook-presence",
+            "--assignee-field",
+            "owner",
+            "--remind-before",
+            "90m",
+        ])
+        .unwrap();
+        assert_eq!(c.notify.webhook_urls.len(), 2);
+        assert!(c.notify.webhook_presence);
+        assert_eq!(c.notify.assignee_field, "owner");
+        assert_eq!(c.notify.remind_before, Duration::from_secs(5400));
+        assert!(matches!(
+            config(&["--webhook-url", "http://a.example/h"]),
+            Err(ConfigError::WebhookWithoutSecret)
+        ));
+        assert!(matches!(
+            config(&[
+                "--webhook-url",
+                "https://a.example/h",
+                "--webhook-secret",
+                "s"
+            ]),
+            Err(ConfigError::BadWebhookUrl(_))
+        ));
+    }
+
+    #[test]
     fn no_flags_is_open_mode_on_loopback() {
         let c = config(&[]).unwrap();
         assert_eq!(c.addr, "127.0.0.1:8787".parse().unwrap());

@@ -228,6 +228,7 @@ test('mentions are written and read in the react-mentions markup', () => {
   assert.equal(mentionMarkup({ id: 'u-7' }), '@[u-7](u-7)')
   assert.throws(() => mentionMarkup({ id: 'a b', name: 'A' }), TypeError)
   assert.throws(() => mentionMarkup({ id: 'x)y', name: 'A' }), TypeError)
+  assert.throws(() => mentionMarkup({ id: 'x[y', name: 'A' }), TypeError)
   const inserted = []
   const field = { insert: (index, text) => inserted.push([index, text]) }
   assert.equal(insertMention(field, 6, { id: 'bob', name: 'Bob' }), 17)

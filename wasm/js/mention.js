@@ -5,13 +5,14 @@
 //   insertMention(doc.text('comment:1'), 6, { id: 'bob', name: 'Bob' })   // "Hello @[Bob](bob)"
 //   parseMentions('Hello @[Bob](bob)')  // [{ index: 6, length: 11, id: 'bob', name: 'Bob' }]
 
-const MENTION = /@\[([^\]\n]*)\]\(([^()\s]+)\)/g
+const MENTION = /@\[([^[\]\n]+)\]\(([^()[\]\s]+)\)/g
 
 // The markup of a mention of `user` ({id, name}). Brackets and line breaks leave the display
-// name (they would end it early); an id that cannot be written in the markup is refused.
+// name (they would end it early); an id that cannot be written in the markup (spaces,
+// brackets, parentheses) is refused.
 export function mentionMarkup (user) {
   const id = String(user?.id ?? '')
-  if (!/^[^()\s]+$/.test(id)) throw new TypeError(`tandem: cannot mention user id ${JSON.stringify(id)}`)
+  if (!/^[^()[\]\s]+$/.test(id)) throw new TypeError(`tandem: cannot mention user id ${JSON.stringify(id)}`)
   const name = String(user.name ?? id).replace(/[[\]\n\r]/g, '').trim() || id
   return `@[${name}](${id})`
 }

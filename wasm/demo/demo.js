@@ -558,7 +558,7 @@ inbox.on('status', renderBell)
 inbox.on('change', () => { if (!panel.hidden) renderInbox() })
 inbox.on('notification', (n) => {
   events.push({ type: 'notification', ...n })
-  toast(`🔔 ${noteLine(n)}`)
+  toast(noteLine(n))
 })
 inbox.on('error', (e) => events.push({ type: 'inbox-error', ...e }))
 

@@ -16,7 +16,7 @@
 //! is decided under the document's write lock in the store, against every update committed
 //! before it ([`Store::lock`]), so every node sees the same winner.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -34,6 +34,8 @@ use super::compaction::Compactor;
 use super::fanout::{self, Behind, Fanout};
 use super::feed::Feed;
 use super::keys::{KeyId, Keys, Parked};
+use super::notifier::{Job, Notifier};
+use super::notify::{Watch, SETTLE};
 use super::refusal::protocol_error_close;
 use super::sequence::{Next, Remote, Sequence};
 use super::{
@@ -60,6 +62,8 @@ pub(super) struct Context {
     pub config: Arc<Config>,
     /// The bus to the other nodes sharing the store, when there are any.
     pub bus: Option<Arc<dyn Bus>>,
+    /// Where notifications go (none in tests that do not need them).
+    pub notifier: Option<Notifier>,
 }
 
 type Pending<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
@@ -199,7 +203,21 @@ impl DocTask {
         }
         let mut doc = Running {
             name: self.name.clone(),
-            commit: Commit::new(Arc::clone(&ctx.store), metrics.clone(), loaded.last_sid),
+            commit: Commit::new(
+                Arc::clone(&ctx.store),
+                metrics.clone(),
+                loaded.last_sid,
+                ctx.notifier
+                    .as_ref()
+                    .map(|n| n.webhooks().clone())
+                    .unwrap_or_default(),
+            ),
+            watch: ctx
+                .notifier
+                .as_ref()
+                .map(|n| Watch::new(loaded.room.document(), n.config())),
+            settle_at: None,
+            present: HashMap::new(),
             sequence: Sequence::new(loaded.last_sid),
             shared,
             gap_deadline: None,
@@ -246,6 +264,7 @@ impl DocTask {
                     doc.fetched(result);
                 }
                 _ = sleep_until(doc.gap_deadline), if doc.gap_deadline.is_some() => doc.fetch(),
+                _ = sleep_until(doc.settle_at), if doc.settle_at.is_some() => doc.settle(),
                 (id, found) = doc.keys.looked_up(), if doc.keys.looking_up() => {
                     doc.key_looked_up(id, found);
                 }
@@ -268,7 +287,8 @@ impl DocTask {
                 && doc.keys.is_idle()
                 && doc.exclusive.is_empty()
                 && doc.locking.is_none()
-                && doc.fetching.is_none();
+                && doc.fetching.is_none()
+                && doc.settle_at.is_none();
             if idle || (doc.failed && !doc.commit.in_flight()) {
                 doc.compact_if_due().await;
                 break;
@@ -349,6 +369,12 @@ struct Running {
     parked: HashSet<ConnId>,
     /// Set while the writes in `exclusive` are carried out under the lock.
     under_lock: bool,
+    /// Notification bookkeeping, when there is a notifier.
+    watch: Option<Watch>,
+    /// When the changes the watch collected are settled.
+    settle_at: Option<tokio::time::Instant>,
+    /// Users with connections open here, and how many (presence webhooks).
+    present: HashMap<String, (usize, Vec<ConnId>)>,
 }
 
 /// Waits for an optional operation (guard the `select!` branch with `is_some`).
@@ -380,6 +406,9 @@ impl Running {
                     let _ = reply.send(JoinReply::Retry(sink));
                     return;
                 }
+                if let Some(user) = &info.user {
+                    self.presence(conn, user, true);
+                }
                 self.fanout.add(conn, info.clone(), sink);
                 let out = self.guarded(|room| room.join(conn, info, now));
                 let _ = reply.send(JoinReply::Joined);
@@ -410,6 +439,7 @@ impl Running {
                 }
             }
             Command::Leave { conn } => {
+                self.left(conn);
                 if self.fanout.remove(conn) {
                     if let Some(out) = self.guarded(|room| room.leave(conn, now)) {
                         self.dispatch(out, None);
@@ -683,7 +713,8 @@ impl Running {
         self.exists = true;
         self.compactor.submitted(update.len() as u64);
         self.compactor.stored(&author);
-        let changes = out.accepted.into_iter().flat_map(|a| a.changes).collect();
+        let changes: Vec<_> = out.accepted.into_iter().flat_map(|a| a.changes).collect();
+        self.watch_changes(&changes, &author, false);
         if !self.feed.is_empty() {
             let item = FeedItem::Update(Arc::new(Published {
                 sid,
@@ -859,6 +890,7 @@ impl Running {
     }
 
     fn close(&mut self, conn: ConnId, close: Close) {
+        self.left(conn);
         if self.fanout.close(conn, close) && !self.failed {
             let now = now_ms();
             if let Some(out) = self.guarded(|room| room.leave(conn, now)) {
@@ -970,6 +1002,7 @@ impl Running {
         for (id, sid) in &finished.keys {
             self.keys.durable(id, *sid);
         }
+        self.commit.wake_webhooks();
         if let Some(bus) = &self.ctx.bus {
             for d in &finished.updates {
                 bus.publish(
@@ -1004,6 +1037,7 @@ impl Running {
         let mut last_of: Vec<(ConnId, u64, Sid)> = Vec::new();
         for d in batch.updates {
             self.compactor.stored(&d.update.author);
+            self.watch_changes(&d.changes, &d.update.author, true);
             if let Some((conn, seq)) = d.conn {
                 match last_of.iter_mut().find(|(c, _, _)| *c == conn) {
                     Some(entry) => *entry = (conn, seq, d.sid),
@@ -1022,6 +1056,88 @@ impl Running {
         }
         for (conn, count, sid) in last_of {
             self.fanout.ack(conn, count, sid);
+        }
+    }
+
+    /// Takes a durable update's changes into the notification watch; starts the settle
+    /// window when something waits.
+    fn watch_changes(&mut self, changes: &[tandem_engine::Change], author: &str, local: bool) {
+        if let Some(watch) = &mut self.watch {
+            if watch.changed(changes, author, local) && self.settle_at.is_none() {
+                self.settle_at = Some(tokio::time::Instant::now() + SETTLE);
+            }
+        }
+    }
+
+    /// The settle window ended: what the changes mean goes to the notifier.
+    fn settle(&mut self) {
+        self.settle_at = None;
+        let (Some(watch), Some(notifier)) = (&mut self.watch, &self.ctx.notifier) else {
+            return;
+        };
+        if self.failed {
+            return;
+        }
+        let settled = watch.settle(self.room.document(), &self.name);
+        if !settled.candidates.is_empty() {
+            notifier.send(Job::Candidates(settled.candidates));
+        }
+        if let Some(entry) = settled.due {
+            notifier.send(Job::Due {
+                doc: self.name.clone(),
+                entry,
+            });
+        }
+    }
+
+    /// A connection of `user` opened (`joined`) here; the user's first one is announced to
+    /// presence webhooks.
+    fn presence(&mut self, conn: ConnId, user: &str, joined: bool) {
+        let Some(notifier) = &self.ctx.notifier else {
+            return;
+        };
+        if !joined || !notifier.webhooks().wants_presence() {
+            return;
+        }
+        let entry = self.present.entry(user.to_owned()).or_default();
+        entry.0 += 1;
+        entry.1.push(conn);
+        if entry.0 == 1 {
+            notifier.send(Job::Presence {
+                doc: self.name.clone(),
+                what: "joined",
+                user: user.to_owned(),
+            });
+        }
+    }
+
+    /// A connection left; its user's last one is announced to presence webhooks.
+    fn left(&mut self, conn: ConnId) {
+        let Some(user) = self
+            .present
+            .iter()
+            .find(|(_, (_, conns))| conns.contains(&conn))
+            .map(|(u, _)| u.clone())
+        else {
+            return;
+        };
+        let gone = match self.present.get_mut(&user) {
+            Some(entry) => {
+                entry.1.retain(|c| *c != conn);
+                entry.0 = entry.0.saturating_sub(1);
+                entry.0 == 0
+            }
+            None => false,
+        };
+        if gone {
+            self.present.remove(&user);
+            if let Some(notifier) = &self.ctx.notifier {
+                notifier.send(Job::Presence {
+                    doc: self.name.clone(),
+                    what: "left",
+                    user,
+                });
+            }
         }
     }
 

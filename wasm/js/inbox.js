@@ -10,9 +10,9 @@
 // - Live: an EventSource on /me/notifications/events (the token as ?token=). The browser's own
 //   reconnect resends Last-Event-ID, so a short drop resumes without gap; when the stream fails
 //   again the inbox closes it and reconnects with exponential backoff and jitter.
-// - Catch-up: every (re)connection reads the first page once before the stream opens and once
-//   after, so whatever arrived while disconnected is found even without Last-Event-ID; known ids
-//   are never announced twice.
+// - Catch-up: every (re)connection reads the first page, then opens the stream with
+//   ?since=<newest id read>, from which the server replays; whatever arrived while disconnected
+//   is found, and known ids are never announced twice.
 // - A `close` event with code 4401 (token revoked or expired), or a 401 from the API, ends the
 //   inbox for good: reconnecting with the same token cannot succeed. Open a new one.
 //
@@ -140,8 +140,11 @@ export class Inbox extends Emitter {
     }
     // The first page: sets what counts as new, and tells a refused token from a server down.
     if (!(await this._catchUp(connection))) return
-    const token = this.token ? `?token=${encodeURIComponent(this.token)}` : ''
-    const es = new this.EventSource(`${this.base}/me/notifications/events${token}`)
+    // From the newest id read: the server replays anything after it. Later drops the browser
+    // resumes by itself with Last-Event-ID, which wins over `since`.
+    const query = new URLSearchParams({ since: String(this.lastId ?? 0) })
+    if (this.token) query.set('token', this.token)
+    const es = new this.EventSource(`${this.base}/me/notifications/events?${query}`)
     this._es = es
     es.addEventListener('notification', (event) => {
       const n = parse(event.data)
@@ -165,8 +168,6 @@ export class Inbox extends Emitter {
       this._attempts = 0
       this._errors = 0
       this._setStatus({ state: 'live' })
-      // What arrived between the page above and the stream's start.
-      this._catchUp(connection)
     }
     es.onerror = () => {
       if (this._es !== es) return

@@ -34,6 +34,7 @@ class FakeApi {
           }
           this.readyState = 1
           this.onopen?.()
+          this.send('unread', { unread: api.unread() })
         }, 1)
       }
 
@@ -64,6 +65,7 @@ class FakeApi {
       if (u.pathname === '/me/notifications/read') {
         const body = JSON.parse(init.body)
         for (const n of this.items) if (body.all || body.ids.includes(n.id)) this.read.add(n.id)
+        this.stream?.send('unread', { unread: this.unread() })
         return json(200, { unread: this.unread() })
       }
       return json(404, {})
@@ -73,14 +75,12 @@ class FakeApi {
   unread () { return this.items.filter((n) => !this.read.has(n.id)).length }
   get stream () { return this.streams[this.streams.length - 1] }
 
-  // A new notification: stored, then streamed on the open stream (when `live`).
+  // A new notification: stored, then streamed on the open stream (when `live`). As the server
+  // does, the stream says `unread` when it starts and after reads, not after a notification.
   add (id, live = true) {
     const n = { id, type: 'mention', doc: 'task-1', field: 'comment:1', from: 'alice', at: 1000 + id, excerpt: `n${id}`, read: false }
     this.items.unshift(n)
-    if (live && this.stream && !this.stream.closed) {
-      this.stream.send('notification', n, id)
-      this.stream.send('unread', { unread: this.unread() })
-    }
+    if (live && this.stream && !this.stream.closed) this.stream.send('notification', n, id)
     return n
   }
 }
@@ -125,6 +125,7 @@ test('the first page sets the mark; only newer notifications are announced, once
   // The same event again (a resumed stream overlapping the catch-up read) changes nothing.
   stream.send('notification', api.items[0], 3)
   assert.deepEqual(seen, [3])
+  assert.equal(inbox.unread, 3, 'counted once')
   assert.deepEqual(inbox.notifications.map((n) => n.id), [3, 2, 1])
   // Requests carry the token as a bearer token.
   assert.equal(api.requests[0].headers.Authorization, 'Bearer t0k')

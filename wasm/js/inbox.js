@@ -61,7 +61,7 @@ export class Inbox extends Emitter {
     this._attempts = 0
     this._errors = 0
     this._connection = 0 // bumped by every (re)connection and close: stale work stops
-    this._unreadEpoch = 0 // bumped by every live `unread` event
+    this._unreadEpoch = 0 // bumped by every live change of the count
     this._retryTimer = null
     this._refreshTimer = null
     this._ended = false
@@ -148,10 +148,15 @@ export class Inbox extends Emitter {
     this._es = es
     es.addEventListener('notification', (event) => {
       const n = parse(event.data)
-      if (n && typeof n.id === 'number') {
-        this._merge([n], true)
-        this.emit('change')
+      if (!n || typeof n.id !== 'number') return
+      // The server sends `unread` at the start and after reads; a new notification counts here.
+      const fresh = !this._byId.has(n.id) && this.lastId !== null && n.id > this.lastId
+      this._merge([n], true)
+      if (fresh && !n.read) {
+        this._unreadEpoch++
+        this._setUnread(this.unread + 1)
       }
+      this.emit('change')
     })
     es.addEventListener('unread', (event) => {
       const data = parse(event.data)

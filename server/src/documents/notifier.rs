@@ -183,6 +183,21 @@ impl Notifier {
         });
     }
 
+    /// Records `identity`'s grant now and waits until it is stored (a user opening their
+    /// inbox stream is notifiable from the moment the stream answers).
+    pub async fn remember(&self, identity: &Identity) -> Result<(), StoreError> {
+        self.inner
+            .store
+            .record_grant(Grant {
+                user: identity.user.clone(),
+                pattern: identity.pattern.to_string(),
+                role: identity.role.as_str().to_owned(),
+                expires_at: identity.expires_at,
+                issued_at: identity.issued_at,
+            })
+            .await
+    }
+
     /// A live feed of `user`'s new notifications (ended when it falls behind).
     pub fn subscribe(&self, user: &str) -> mpsc::Receiver<InboxEvent> {
         let (tx, rx) = mpsc::channel(LIVE_QUEUE);

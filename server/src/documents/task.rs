@@ -236,6 +236,9 @@ impl DocTask {
             failed: false,
             shutting_down: false,
         };
+        if doc.watch.is_some() {
+            doc.feed.keep_on(&mut doc.room);
+        }
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

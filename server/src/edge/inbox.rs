@@ -90,10 +90,18 @@ async fn list(
     let limit = query_u64(query.as_deref(), "limit")?
         .map_or(DEFAULT_LIMIT, |l| l.clamp(1, u64::from(MAX_LIMIT)) as u32);
     let before = query_u64(query.as_deref(), "before")?;
-    let page = state.store.notifications(&who.user, before, limit).await?;
-    let next = (page.len() == limit as usize)
-        .then(|| page.last().map(|n| n.id))
-        .flatten();
+    // One more than asked for tells whether there is a next page.
+    let mut page = state
+        .store
+        .notifications(&who.user, before, limit + 1)
+        .await?;
+    let more = page.len() > limit as usize;
+    page.truncate(limit as usize);
+    let next = if more {
+        page.last().map(|n| n.id)
+    } else {
+        None
+    };
     let notifications: Vec<Value> = page
         .iter()
         .filter(|n| visible(&who, n))
@@ -183,6 +191,7 @@ async fn events(
         Ok(admission) => admission,
         Err(refused) => return Ok(refused),
     };
+    state.notifier.remember(&who).await?;
     let mut live = Live::register(&state, admission, &who);
     // Joined before the store is read: nothing committed after the read is missed.
     let mut feed = state.notifier.subscribe(&who.user);

@@ -502,6 +502,13 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err)?;
     tx.execute_batch(SCHEMA).map_err(err)?;
+    // One node's store: no other node delivers its webhooks, so leases of a process that was
+    // killed mid-delivery end now rather than after their minute.
+    tx.execute(
+        "UPDATE outbox SET lease_until = 0 WHERE lease_until > 0",
+        [],
+    )
+    .map_err(err)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(err)?;
     tx.commit().map_err(err)?;

@@ -149,6 +149,24 @@ test('marking read updates the flags and the count', async () => {
   inbox.close()
 })
 
+test('read on another device: the count and the flags follow; a refused mark is undone', async () => {
+  const api = new FakeApi()
+  for (const id of [1, 2]) api.add(id, false)
+  const { inbox } = inboxOn(api)
+  await until(() => inbox.status.state === 'live', 'live')
+  const flag = (id) => inbox.notifications.find((n) => n.id === id).read
+  api.read.add(2)
+  api.stream.send('unread', { unread: api.unread() })
+  assert.equal(inbox.unread, 1)
+  await until(() => flag(2), 'the flags read again')
+  assert.equal(flag(1), false)
+  api.status = 500
+  await assert.rejects(inbox.markRead([1]), { status: 500 })
+  assert.equal(flag(1), false, 'shown unread again')
+  assert.equal(inbox.unread, 1)
+  inbox.close()
+})
+
 test('older pages load with before/next', async () => {
   const api = new FakeApi()
   for (let id = 1; id <= 5; id++) api.add(id, false)

@@ -93,21 +93,15 @@ export class Inbox extends Emitter {
   }
 
   // Marks notifications read; resolves to the unread count.
+  // Shown read at once; when the server refuses, shown unread again.
   async markRead (ids) {
     ids = [...ids]
     if (ids.length === 0) return this.unread
-    for (const id of ids) {
-      const n = this._byId.get(id)
-      if (n) n.read = true
-    }
-    this.emit('change')
-    return this._markRead({ ids })
+    return this._markRead({ ids }, ids.map((id) => this._byId.get(id)).filter(Boolean))
   }
 
   async markAllRead () {
-    for (const n of this.notifications) n.read = true
-    this.emit('change')
-    return this._markRead({ all: true })
+    return this._markRead({ all: true }, this.notifications)
   }
 
   connect () {
@@ -271,15 +265,14 @@ export class Inbox extends Emitter {
 
   _setUnread (unread) {
     if (typeof unread !== 'number' || unread === this.unread) return
-    const lower = unread < this.unread
     this.unread = unread
     this.emit('unread', unread)
     if (unread === 0) {
       let changed = false
       for (const n of this.notifications) if (!n.read) { n.read = true; changed = true }
       if (changed) this.emit('change')
-    } else if (lower) {
-      // Read somewhere else (another tab or device): refresh the read flags shown.
+    } else if (unread < this.notifications.filter((n) => !n.read).length) {
+      // Fewer unread than shown: read somewhere else (another tab or device). Re-read the flags.
       this._scheduleRefresh()
     }
   }
@@ -292,9 +285,19 @@ export class Inbox extends Emitter {
     }, 300)
   }
 
-  async _markRead (body) {
+  async _markRead (body, shown) {
+    const flipped = shown.filter((n) => !n.read)
+    for (const n of flipped) n.read = true
+    if (flipped.length) this.emit('change')
     const epoch = this._unreadEpoch
-    const res = await this._request('POST', '/me/notifications/read', body)
+    let res
+    try {
+      res = await this._request('POST', '/me/notifications/read', body)
+    } catch (err) {
+      for (const n of flipped) n.read = false
+      if (flipped.length) this.emit('change')
+      throw err
+    }
     if (epoch === this._unreadEpoch) this._setUnread(res.unread)
     return this.unread
   }

@@ -41,6 +41,8 @@ const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 200;
 /// Most notifications replayed when a stream resumes.
 const MAX_REPLAY: u32 = 1000;
+/// The largest id the store keeps (a signed 64-bit integer).
+const MAX_ID: u64 = i64::MAX as u64;
 /// Heartbeat comment interval.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// How long a stream ended by the server waits to queue its last event.
@@ -89,7 +91,8 @@ async fn list(
     let who = identity(&state, &headers, query.as_deref())?;
     let limit = query_u64(query.as_deref(), "limit")?
         .map_or(DEFAULT_LIMIT, |l| l.clamp(1, u64::from(MAX_LIMIT)) as u32);
-    let before = query_u64(query.as_deref(), "before")?;
+    // Ids are stored as signed 64-bit integers: anything beyond is "no bound".
+    let before = query_u64(query.as_deref(), "before")?.map(|b| b.min(MAX_ID));
     // One more than asked for tells whether there is a next page.
     let mut page = state
         .store
@@ -138,7 +141,9 @@ async fn read(
     };
     let request: ReadRequest = serde_json::from_slice(&body).map_err(|_| bad())?;
     let mark = match (request.ids, request.all) {
-        (Some(ids), None | Some(false)) if ids.len() <= 1000 => ReadMark::Ids(ids),
+        (Some(ids), None | Some(false)) if ids.len() <= 1000 => {
+            ReadMark::Ids(ids.into_iter().filter(|id| *id <= MAX_ID).collect())
+        }
         (None, Some(true)) => ReadMark::All,
         _ => return Err(bad()),
     };
@@ -186,7 +191,7 @@ async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let who = identity(&state, &headers, query.as_deref())?;
-    let since = parse_resume(&headers, query.as_deref())?;
+    let since = parse_resume(&headers, query.as_deref())?.map(|s| s.min(MAX_ID));
     let admission = match live::admit(&state, peer.ip()) {
         Ok(admission) => admission,
         Err(refused) => return Ok(refused),

@@ -68,9 +68,12 @@ async fn list(
 async fn replay(
     _: Authorized<AdminAccess>,
     State(state): State<AppState>,
-    Path(id): Path<u64>,
+    Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if !state.store.outbox_replay(id, now_ms()).await? {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::new(ErrorCode::BadRequest, "the delivery id is a number"))?;
+    if id > i64::MAX as u64 || !state.store.outbox_replay(id, now_ms()).await? {
         return Err(ApiError::new(ErrorCode::NotFound, "no such delivery"));
     }
     Ok(Json(json!({"id": id, "state": "pending"})))

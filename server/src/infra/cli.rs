@@ -25,6 +25,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once at start: the size of the `serve` flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.

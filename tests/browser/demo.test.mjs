@@ -328,6 +328,18 @@ test('the bell: a mention typed by one person shows up in the other\'s bell', as
     await bob.click('#bell')
     await bob.waitForSelector('#inbox-list .note[data-type="mention"][data-read="true"]')
     await screenshot(bob, 'bell-bob-read')
+
+    // Bob's tokens are revoked: his inbox closes for good (4401) instead of reconnecting.
+    const admin = secured.token('ops', { role: 'admin' })
+    const revoked = await fetch(`${secured.http}/admin/revoke`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${admin}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ user: 'bob' })
+    })
+    assert.equal(revoked.status, 200)
+    await bob.waitForSelector('#inbox[data-state="closed"]')
+    const ended = await bob.evaluate(() => window.tandem.events.filter((e) => e.type === 'inbox-error'))
+    assert.deepEqual(ended.map((e) => e.code), [4401])
   } finally {
     for (const c of contexts) await c.close()
     await secured.close()

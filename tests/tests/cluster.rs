@@ -675,7 +675,11 @@ async fn redis_without_a_database_is_refused() -> anyhow::Result<()> {
 /// compacted away) merges the snapshot and carries on: its clients converge, nothing is lost.
 #[tokio::test]
 async fn a_node_behind_another_nodes_snapshot_catches_up() -> anyhow::Result<()> {
-    let mut c = Nodes::start(2, &["--compact-after", "10", "--catch-up-interval", "300ms"]).await?;
+    let mut c = Nodes::start(
+        2,
+        &["--compact-after", "10", "--catch-up-interval", "300ms"],
+    )
+    .await?;
     let mut b = raw(&c.nodes[1], "rebase").await?;
     // Without Redis, node 1 learns of node 0's writes only from the store, a moment later.
     c.redis.stop().await?;

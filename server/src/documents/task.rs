@@ -771,17 +771,7 @@ impl Running {
             Err(e) => Err(e),
         };
         match result {
-            Ok(Since::Updates { entries, last_sid }) => {
-                self.sequence.saw(last_sid);
-                for e in entries {
-                    self.sequence.remote(Remote {
-                        sid: e.sid,
-                        update: e.update,
-                        author: e.author,
-                    });
-                }
-                self.take();
-            }
+            Ok(Since::Updates { entries, last_sid }) => self.stored_entries(entries, last_sid),
             // Nothing after what was asked for: the sid that was seen is not committed yet.
             Ok(Since::Ahead { .. }) => self.take(),
             // Answered by the reload above.
@@ -827,8 +817,13 @@ impl Running {
                 self.compactor = Compactor::loaded(self.ctx.config.history.clone(), &loaded);
             }
         }
-        self.sequence.saw(loaded.last_sid);
-        for e in loaded.updates {
+        self.stored_entries(loaded.updates, loaded.last_sid);
+    }
+
+    /// Log entries read from the store (up to `last_sid`) take their turn in the sequence.
+    fn stored_entries(&mut self, entries: Vec<crate::infra::store::LogEntry>, last_sid: Sid) {
+        self.sequence.saw(last_sid);
+        for e in entries {
             self.sequence.remote(Remote {
                 sid: e.sid,
                 update: e.update,
@@ -857,17 +852,7 @@ impl Running {
             Err(e) => return self.storage_failed(&e),
         };
         match lock.since().clone() {
-            Since::Updates { entries, last_sid } => {
-                self.sequence.saw(last_sid);
-                for e in entries {
-                    self.sequence.remote(Remote {
-                        sid: e.sid,
-                        update: e.update,
-                        author: e.author,
-                    });
-                }
-                self.take();
-            }
+            Since::Updates { entries, last_sid } => self.stored_entries(entries, last_sid),
             Since::Ahead { .. } => {}
             Since::Compacted { .. } => {
                 // Released; taken again once the replica is past the snapshot.

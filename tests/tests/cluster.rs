@@ -531,6 +531,8 @@ async fn killing_a_node_mid_storm_loses_no_acknowledged_update() -> anyhow::Resu
             }
         }
         if round == 10 {
+            // Some of the victim's updates are acknowledged (committed), more are in flight.
+            writers[1].wait_acked(5).await?;
             c.nodes[1].kill9().await?;
         }
     }
@@ -538,6 +540,18 @@ async fn killing_a_node_mid_storm_loses_no_acknowledged_update() -> anyhow::Resu
     // everything it has (a stock client's step 2 after reconnecting).
     let victim = writers.remove(1);
     let acked_before = victim.acked.0;
+    assert!(acked_before >= 5);
+    // What was acknowledged before the kill is on the other nodes without any resend.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (_, v) = get_json(&c.nodes[0], &format!("/docs/{doc}")).await?;
+        let have = v["texts"]["f1"].as_str().map_or(0, str::len) as u64;
+        if have >= acked_before {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "acknowledged updates lost: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     println!("the killed node had acknowledged {acked_before} of 20 updates");
     let mut resumed = raw(&c.nodes[0], doc).await?;
     let update = victim.doc.encode_state();

@@ -108,6 +108,59 @@ impl Proc {
     }
 }
 
+/// CPU seconds of each PostgreSQL backend serving one database at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    cpu: std::collections::HashMap<u32, f64>,
+}
+
+impl Backends {
+    /// CPU used since `before`: the growth of backends seen both times plus the whole CPU of
+    /// backends that started since (backends that exited in between are missed).
+    pub fn cpu_since(&self, before: &Backends) -> f64 {
+        self.cpu
+            .iter()
+            .map(|(pid, now)| now - before.cpu.get(pid).copied().unwrap_or(0.0))
+            .sum()
+    }
+
+    /// Backends seen.
+    pub fn len(&self) -> usize {
+        self.cpu.len()
+    }
+
+    /// True when none was seen.
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_empty()
+    }
+}
+
+/// The PostgreSQL backends of database `db` on this machine: processes whose command line
+/// reads `postgres: <user> <db> …` (how PostgreSQL titles a backend).
+pub fn postgres_backends(db: &str) -> Backends {
+    let mut out = Backends::default();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        let mut words = cmd.split_whitespace();
+        if words.next() != Some("postgres:") || words.nth(1) != Some(db) {
+            continue;
+        }
+        if let Ok(cpu) = Proc::pid(pid).cpu_seconds() {
+            out.cpu.insert(pid, cpu);
+        }
+    }
+    out
+}
+
 fn clock_ticks() -> f64 {
     // USER_HZ is 100 on every Linux architecture this runs on; `getconf` confirms when present.
     std::process::Command::new("getconf")

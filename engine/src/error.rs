@@ -116,7 +116,8 @@ pub enum ProtocolError {
     /// The connection id is not in the room.
     #[error("unknown connection")]
     UnknownConnection,
-    /// An awareness entry names a client id another connection owns.
+    /// An awareness entry names a client id another connection, or another node serving the
+    /// document, owns.
     #[error("awareness for client {0} owned by another connection")]
     AwarenessNotOwned(u64),
     /// An awareness state is not JSON.

@@ -698,16 +698,35 @@ impl Presence {
     /// again with its very next renewal.
     pub fn expire(&mut self, now_ms: u64) -> Vec<ClientID> {
         let me = self.client_id();
-        let mut expired: Vec<(ClientID, u32)> = self
+        let stale: Vec<ClientID> = self
             .tracked
             .keys()
             .filter(|client| **client != me)
-            .filter_map(|client| {
-                let (clock, at) = self.awareness.meta(*client)?;
-                (now_ms.saturating_sub(at) >= PRESENCE_TIMEOUT_MS).then_some((*client, clock))
+            .filter(|client| {
+                self.awareness
+                    .meta(**client)
+                    .is_some_and(|(_, at)| now_ms.saturating_sub(at) >= PRESENCE_TIMEOUT_MS)
             })
+            .copied()
+            .collect();
+        self.expire_clients(&stale, now_ms)
+    }
+
+    /// Removes the present states of `clients` as [`Presence::expire`] does, keeping each
+    /// state's clock, whatever their age: for states this replica stops trusting without a
+    /// word from their client (the peer that relayed them is gone), so that the client's very
+    /// next renewal is accepted again if it is in fact alive. Returns the removed client ids,
+    /// ascending, for the caller to broadcast ([`Presence::update_for`]); clients without a
+    /// present state, and the local client, are skipped.
+    pub fn expire_clients(&mut self, clients: &[ClientID], now_ms: u64) -> Vec<ClientID> {
+        let me = self.client_id();
+        let mut expired: Vec<(ClientID, u32)> = clients
+            .iter()
+            .filter(|client| **client != me && self.tracked.contains_key(client))
+            .filter_map(|client| Some((*client, self.awareness.meta(*client)?.0)))
             .collect();
         expired.sort_unstable();
+        expired.dedup();
         let clients: HashMap<ClientID, AwarenessUpdateEntry> = expired
             .iter()
             .map(|(client, clock)| {
@@ -1680,6 +1699,30 @@ mod tests {
             alice.local_update(),
             Err(PresenceError::NoLocalState)
         ));
+    }
+
+    #[test]
+    fn states_expired_on_demand_keep_their_clock_whatever_their_age() {
+        let mut server = joined(1, User::new("server", "Server", "#000"), 0);
+        let mut alice = joined(10, alice(), 0);
+        alice.touch(5).unwrap();
+        deliver(&alice, &mut server, 5);
+        deliver(&joined(12, bob(), 0), &mut server, 5);
+        let removed = server.expire_clients(
+            &[ClientID::new(12), ClientID::new(10), ClientID::new(99)],
+            6,
+        );
+        assert_eq!(removed, [ClientID::new(10), ClientID::new(12)]);
+        assert_eq!(server.expire_clients(&[ClientID::new(1)], 6), []);
+        assert!(server.state(ClientID::new(1)).is_some(), "local state kept");
+        let update = server.update_for(&removed).unwrap();
+        let entry = &update.clients[&ClientID::new(10)];
+        assert_eq!((entry.clock, &*entry.json), (2, "null"));
+        assert_eq!(server.users(6).len(), 1);
+        // Alice's next renewal is accepted at once.
+        alice.renew(7).unwrap();
+        deliver(&alice, &mut server, 7);
+        assert!(server.state(ClientID::new(10)).is_some());
     }
 
     #[test]

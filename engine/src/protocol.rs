@@ -57,6 +57,24 @@
 //! `{"user": {...}, "value": <the state>}`, so every state names its real author; `null`
 //! (removal) is left alone. Connections without a name (open development mode) are not
 //! stamped: their states are relayed as sent.
+//!
+//! # Several nodes
+//!
+//! Several server nodes may serve one document, each with its own `Room` holding its own
+//! (local) connections; presence crosses nodes through the transport. Every input's
+//! [`Output::awareness_out`] holds the awareness entries of local connections it changed (as
+//! an awareness update payload), which the transport publishes to the other nodes; what
+//! another node publishes comes in through [`Room::remote_awareness`], tagged with an `origin`
+//! id naming that node. Remote states are stored and shown like local ones (views, joiners'
+//! greeting, expiry) and relayed to every local connection, but never appear in
+//! `awareness_out`, so nodes do not echo each other. Neither side of a node can change the
+//! other's states: entries of another node for an id a local connection owns are ignored, and
+//! a newer state from a local connection for an id another node holds takes it over (the
+//! client moved here; its state is stamped with this connection's identity), while relays and
+//! removals of it are skipped. When a node is gone, [`Room::remove_origin`] drops its states;
+//! [`Room::local_awareness`] gives the local states to publish again (after the transport
+//! reconnects, or to a node that asks). Remote states are not stamped again: the node that
+//! owns the connection stamped them.
 
 use crate::document::{self, Bounded, Change, Document, WhenFull, EMPTY_UPDATE};
 use crate::error::{DecodeError, ProtocolError};
@@ -64,7 +82,7 @@ use crate::presence::Presence;
 use crate::register::FieldValue;
 use crate::wire::{Reader, Writer};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use yrs::sync::awareness::{AwarenessUpdate, AwarenessUpdateEntry};
 use yrs::ClientID;
@@ -213,6 +231,15 @@ pub struct Output {
     /// Updates whose part waiting for missing dependencies was dropped, not queued nor
     /// stored, because it did not fit in [`Limits::max_pending`] (see [`Room::handle`]).
     pub dropped_updates: usize,
+    /// The awareness entries of this room's own (local) connections that this input changed,
+    /// as one awareness update payload (`varUint(count)`, then per entry `varUint(client id)`,
+    /// `varUint(clock)`, `varString(state JSON)`: an awareness message without its type), for
+    /// the transport to publish to the other nodes serving the document (see "Several nodes"
+    /// in the module docs). It holds the entries [`Room::handle`] accepted (after identity
+    /// stamping), the removals [`Room::leave`] broadcast and the local states [`Room::tick`]
+    /// expired, exactly as broadcast to the connections; `None` when no local state changed.
+    /// States of other nodes never appear in it.
+    pub awareness_out: Option<Bytes>,
 }
 
 /// Outcome of a register write request.
@@ -236,7 +263,11 @@ pub struct Room {
     presence: Presence,
     now: u64,
     conns: HashMap<ConnId, Conn>,
+    /// Awareness client ids claimed by a local connection.
     owners: HashMap<u64, ConnId>,
+    /// Awareness client ids with a present state another node published, by that node's
+    /// origin id (see [`Room::remote_awareness`]).
+    remote: HashMap<u64, u64>,
     limits: Limits,
     /// Frames every joiner gets, encoded once per document revision.
     greeting: Greeting,
@@ -300,6 +331,7 @@ impl Room {
             now: 0,
             conns: HashMap::new(),
             owners: HashMap::new(),
+            remote: HashMap::new(),
             limits,
             greeting: Greeting::default(),
             stored: None,
@@ -439,33 +471,182 @@ impl Room {
         let ids: Vec<ClientID> = c.client_ids.iter().map(|id| ClientID::new(*id)).collect();
         if let Ok(update) = self.presence.remove_clients(&ids, now_ms) {
             if !update.clients.is_empty() {
+                let entries = sorted_entries(&update);
                 out.presence_changed = true;
                 out.messages.push(Outgoing {
                     to: To::All,
-                    frame: awareness_update_frame(&update),
+                    frame: awareness_frame(&entries),
                 });
+                out.awareness_out = Some(awareness_payload(&entries));
             }
         }
         out
     }
 
     /// Periodic housekeeping: removes awareness states not renewed for
-    /// [`PRESENCE_TIMEOUT_MS`](crate::presence::PRESENCE_TIMEOUT_MS) and broadcasts their
-    /// removal.
+    /// [`PRESENCE_TIMEOUT_MS`](crate::presence::PRESENCE_TIMEOUT_MS), local and remote alike,
+    /// and broadcasts their removal; the removals of local states are also in
+    /// [`Output::awareness_out`]. A connection keeps the ids it claimed: its next renewal is
+    /// accepted at once. A remote id is no longer counted as its node's.
     pub fn tick(&mut self, now_ms: u64) -> Output {
         self.set_time(now_ms);
         let mut out = Output::default();
         let expired = self.presence.expire(now_ms);
-        if !expired.is_empty() {
-            if let Ok(update) = self.presence.update_for(&expired) {
-                out.presence_changed = true;
-                out.messages.push(Outgoing {
-                    to: To::All,
-                    frame: awareness_update_frame(&update),
-                });
+        for id in &expired {
+            self.remote.remove(&id.get());
+        }
+        self.removed(&expired, &mut out);
+        out
+    }
+
+    /// Broadcasts the removal of the awareness states of `ids` (already removed from the
+    /// presence), and puts those of local connections in [`Output::awareness_out`].
+    fn removed(&self, ids: &[ClientID], out: &mut Output) {
+        if ids.is_empty() {
+            return;
+        }
+        let Ok(update) = self.presence.update_for(ids) else {
+            return;
+        };
+        let entries = sorted_entries(&update);
+        out.presence_changed = true;
+        out.messages.push(Outgoing {
+            to: To::All,
+            frame: awareness_frame(&entries),
+        });
+        let local: Vec<(u64, AwarenessUpdateEntry)> = entries
+            .into_iter()
+            .filter(|(id, _)| self.owners.contains_key(id))
+            .collect();
+        if !local.is_empty() {
+            out.awareness_out = Some(awareness_payload(&local));
+        }
+    }
+
+    /// Applies an awareness update payload (as in [`Output::awareness_out`]) that another node
+    /// serving the document published; `origin` names that node (the transport maps node ids
+    /// to numbers). See "Several nodes" in the module docs.
+    ///
+    /// Checked like a connection's awareness message: a payload over [`Limits::max_frame`] is
+    /// refused with [`ProtocolError::FrameTooLarge`], one that does not decode with
+    /// [`ProtocolError::Decode`] and one holding a state that is not JSON with
+    /// [`ProtocolError::AwarenessNotJson`], and then nothing of it applies; a state over
+    /// [`Limits::max_awareness_state`] is dropped ([`Output::dropped_awareness`]). Should the
+    /// payload name a client id twice, its last entry counts.
+    ///
+    /// Entries follow the y-protocols clock rules (a state applies with a newer clock than the
+    /// room knows; a removal also at the same clock), except that the room's own connections
+    /// are out of reach: an entry for a client id a local connection claimed is ignored. A
+    /// removal counts only from the node whose state it removes. An applied state makes its
+    /// client id `origin`'s (until it is removed, expires, or [`Room::remove_origin`]), even if
+    /// another node published it before (the client moved). Applied entries are broadcast to
+    /// every local connection and set [`Output::presence_changed`] when they change a state;
+    /// [`Output::awareness_out`] stays `None`.
+    pub fn remote_awareness(
+        &mut self,
+        origin: u64,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Output, ProtocolError> {
+        self.set_time(now_ms);
+        if payload.len() > self.limits.max_frame {
+            return Err(ProtocolError::FrameTooLarge {
+                size: payload.len(),
+                limit: self.limits.max_frame,
+            });
+        }
+        let (entries, too_large) = decode_awareness(payload, self.limits.max_awareness_state)?;
+        let mut out = Output {
+            dropped_awareness: too_large.len(),
+            ..Output::default()
+        };
+        let entries: BTreeMap<u64, AwarenessUpdateEntry> = entries.into_iter().collect();
+        let me = self.presence.client_id().get();
+        let mut accepted: Vec<(u64, AwarenessUpdateEntry)> = Vec::with_capacity(entries.len());
+        for (id, entry) in entries {
+            if id == me || self.owners.contains_key(&id) {
+                continue;
+            }
+            let known = self
+                .presence
+                .awareness()
+                .meta(ClientID::new(id))
+                .map(|(c, _)| c);
+            let newer = entry.clock > known.unwrap_or(0);
+            let applies = if entry.json.trim() == "null" {
+                self.remote.get(&id) == Some(&origin) && (newer || known == Some(entry.clock))
+            } else {
+                newer
+            };
+            if applies {
+                accepted.push((id, entry));
             }
         }
+        if accepted.is_empty() {
+            return Ok(out);
+        }
+        let update = AwarenessUpdate {
+            clients: accepted
+                .iter()
+                .map(|(id, e)| (ClientID::new(*id), e.clone()))
+                .collect(),
+        };
+        let summary = self
+            .presence
+            .apply_update(update, now_ms)
+            .map_err(|_| ProtocolError::AwarenessNotJson)?;
+        for (id, entry) in &accepted {
+            if entry.json.trim() == "null" {
+                self.remote.remove(id);
+            } else {
+                self.remote.insert(*id, origin);
+            }
+        }
+        out.presence_changed = summary.is_some();
+        out.messages.push(Outgoing {
+            to: To::All,
+            frame: awareness_frame(&accepted),
+        });
+        Ok(out)
+    }
+
+    /// Removes every awareness state the node `origin` published (it died or left) and
+    /// broadcasts the removal to every local connection, setting [`Output::presence_changed`].
+    /// Unlike [`Room::leave`], the removal keeps each state's clock, as expiry does
+    /// ([`Presence::expire_clients`](crate::presence::Presence::expire_clients)): the clients
+    /// may be alive and come back through another node, and their very next renewal is then
+    /// accepted. Nothing goes in [`Output::awareness_out`].
+    pub fn remove_origin(&mut self, origin: u64, now_ms: u64) -> Output {
+        self.set_time(now_ms);
+        let mut out = Output::default();
+        let ids: Vec<ClientID> = self
+            .remote
+            .iter()
+            .filter(|(_, o)| **o == origin)
+            .map(|(id, _)| ClientID::new(*id))
+            .collect();
+        self.remote.retain(|_, o| *o != origin);
+        let removed = self.presence.expire_clients(&ids, now_ms);
+        self.removed(&removed, &mut out);
         out
+    }
+
+    /// The present awareness states of local connections as one awareness update payload (as
+    /// in [`Output::awareness_out`]), at their current clocks: what to publish again after the
+    /// transport reconnects, or to a node that asks. `None` when there are none. A node that
+    /// holds a state at that clock already ignores it.
+    pub fn local_awareness(&self) -> Option<Bytes> {
+        let ids: Vec<ClientID> = self
+            .owners
+            .keys()
+            .map(|id| ClientID::new(*id))
+            .filter(|id| self.presence.state(*id).is_some())
+            .collect();
+        if ids.is_empty() {
+            return None;
+        }
+        let update = self.presence.update_for(&ids).ok()?;
+        Some(awareness_payload(&sorted_entries(&update)))
     }
 
     /// Handles one frame from `conn` (which may hold several messages), in order. The first
@@ -506,11 +687,17 @@ impl Room {
             return out;
         }
         let mut r = Reader::new(frame);
+        // This connection's accepted awareness entries, the latest per client id.
+        let mut published = BTreeMap::new();
         while !r.is_empty() {
-            if let Err(e) = self.message(conn, &mut r, &mut out) {
+            if let Err(e) = self.message(conn, &mut r, &mut out, &mut published) {
                 out.error = Some(e);
                 break;
             }
+        }
+        if !published.is_empty() {
+            let entries: Vec<(u64, AwarenessUpdateEntry)> = published.into_iter().collect();
+            out.awareness_out = Some(awareness_payload(&entries));
         }
         out
     }
@@ -520,12 +707,13 @@ impl Room {
         conn: ConnId,
         r: &mut Reader<'_>,
         out: &mut Output,
+        published: &mut BTreeMap<u64, AwarenessUpdateEntry>,
     ) -> Result<(), ProtocolError> {
         match r.var_u64()? {
             MSG_SYNC => self.sync(conn, r, out),
             MSG_AWARENESS => {
                 let payload = r.var_bytes()?;
-                self.awareness_update(conn, payload, out)
+                self.awareness_update(conn, payload, out, published)
             }
             MSG_AUTH => {
                 // Clients have nothing to say here; read and ignore.
@@ -670,34 +858,9 @@ impl Room {
         conn: ConnId,
         payload: &[u8],
         out: &mut Output,
+        published: &mut BTreeMap<u64, AwarenessUpdateEntry>,
     ) -> Result<(), ProtocolError> {
-        let mut r = Reader::new(payload);
-        let n = r.len_prefix(3)?;
-        let mut entries: Vec<(u64, AwarenessUpdateEntry)> = Vec::with_capacity(n);
-        let mut too_large = Vec::new();
-        for _ in 0..n {
-            let id = r.client_id()?;
-            let clock = r.var_u32()?;
-            let json = r.var_str()?;
-            if json.len() > self.limits.max_awareness_state {
-                // Dropped, not an error: stock clients never reconnect after a 44xx close.
-                too_large.push((id, json.len()));
-                continue;
-            }
-            if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
-                return Err(ProtocolError::AwarenessNotJson);
-            }
-            entries.push((
-                id,
-                AwarenessUpdateEntry {
-                    clock,
-                    json: Arc::from(json),
-                },
-            ));
-        }
-        if !r.is_empty() {
-            return Err(DecodeError::TrailingBytes(r.remaining()).into());
-        }
+        let (entries, too_large) = decode_awareness(payload, self.limits.max_awareness_state)?;
         out.dropped_awareness += too_large.len();
         if self.conns.get(&conn).is_some_and(|c| c.info.extensions) {
             for (id, size) in too_large {
@@ -714,8 +877,8 @@ impl Room {
         // Ownership. Stock clients relay every awareness change they see, peers' states
         // included, so entries for ids this connection does not own are skipped when they
         // are relays (not newer than what the room knows, or removals). A newer state for an
-        // id another connection owns is an attempt to impersonate it: an error. A newer state
-        // for an unowned id claims it.
+        // id another connection, or another node, owns is an attempt to impersonate it: an
+        // error. A newer state for an unowned id claims it.
         let mut accepted: Vec<(u64, AwarenessUpdateEntry)> = Vec::with_capacity(entries.len());
         for (id, entry) in entries {
             let is_null = entry.json.trim() == "null";
@@ -731,11 +894,22 @@ impl Room {
             // same clock. Relaying anything else would let a replica that never saw the
             // newer state (a late joiner) show a state the room has dropped.
             let applies = newer || (is_null && known == Some(entry.clock));
-            match self.owners.get(&id) {
-                Some(owner) if *owner == conn && applies => accepted.push((id, entry)),
-                Some(owner) if *owner == conn => {}
-                Some(_) if newer && !is_null => return Err(ProtocolError::AwarenessNotOwned(id)),
-                Some(_) => {}
+            // Whose the id is: this connection's (`Some(true)`), another connection's
+            // (`Some(false)`), or no local connection's (`None`). An id another node holds is
+            // taken over by a newer state from here: the client moved to this node (its old
+            // node's removal may not have arrived yet), and its state is stamped with this
+            // connection's identity all the same.
+            let mine = self.owners.get(&id).map(|owner| *owner == conn);
+            if mine.is_none() && newer && !is_null {
+                self.remote.remove(&id);
+            }
+            match mine {
+                Some(true) if applies => accepted.push((id, entry)),
+                Some(true) => {}
+                Some(false) if newer && !is_null => {
+                    return Err(ProtocolError::AwarenessNotOwned(id))
+                }
+                Some(false) => {}
                 None if newer && !is_null => {
                     let c = self
                         .conns
@@ -786,6 +960,7 @@ impl Room {
             to: To::All,
             frame: awareness_frame(&accepted),
         });
+        published.extend(accepted);
         Ok(())
     }
 
@@ -1068,29 +1243,75 @@ pub fn sync_frame(kind: u64, payload: &[u8]) -> Bytes {
 
 /// Encodes an awareness message from a yrs awareness update, entries sorted by client id.
 pub fn awareness_update_frame(update: &AwarenessUpdate) -> Bytes {
+    awareness_frame(&sorted_entries(update))
+}
+
+/// The entries of a yrs awareness update as `(client id, entry)` pairs, by client id.
+fn sorted_entries(update: &AwarenessUpdate) -> Vec<(u64, AwarenessUpdateEntry)> {
     let mut entries: Vec<(u64, AwarenessUpdateEntry)> = update
         .clients
         .iter()
         .map(|(id, e)| (id.get(), e.clone()))
         .collect();
     entries.sort_unstable_by_key(|(id, _)| *id);
-    awareness_frame(&entries)
+    entries
 }
 
 /// Encodes an awareness message from `(client id, entry)` pairs.
 pub fn awareness_frame(entries: &[(u64, AwarenessUpdateEntry)]) -> Bytes {
-    let mut inner = Writer::new();
-    inner.var_u64(entries.len() as u64);
-    for (id, e) in entries {
-        inner
-            .var_u64(*id)
-            .var_u64(u64::from(e.clock))
-            .var_str(&e.json);
-    }
-    let inner = inner.finish();
+    let inner = awareness_payload(entries);
     let mut w = Writer::with_capacity(inner.len() + 6);
     w.var_u64(MSG_AWARENESS).var_bytes(&inner);
     Bytes::from(w.finish())
+}
+
+/// Encodes an awareness update payload (an awareness message without its type, as in
+/// [`Output::awareness_out`]) from `(client id, entry)` pairs.
+pub fn awareness_payload(entries: &[(u64, AwarenessUpdateEntry)]) -> Bytes {
+    let mut w = Writer::new();
+    w.var_u64(entries.len() as u64);
+    for (id, e) in entries {
+        w.var_u64(*id).var_u64(u64::from(e.clock)).var_str(&e.json);
+    }
+    Bytes::from(w.finish())
+}
+
+/// A checked awareness update payload: its entries whose state fits in `max_state` bytes, in
+/// order, and the client ids and sizes of those dropped for being larger.
+type DecodedAwareness = (Vec<(u64, AwarenessUpdateEntry)>, Vec<(u64, usize)>);
+
+/// Decodes an awareness update payload: bounded counts, client ids of at most 53 bits, no
+/// trailing bytes, and every state that fits JSON (else [`ProtocolError::AwarenessNotJson`]).
+/// A state over `max_state` is set aside, not an error: stock clients never reconnect after a
+/// 44xx close.
+fn decode_awareness(payload: &[u8], max_state: usize) -> Result<DecodedAwareness, ProtocolError> {
+    let mut r = Reader::new(payload);
+    let n = r.len_prefix(3)?;
+    let mut entries: Vec<(u64, AwarenessUpdateEntry)> = Vec::with_capacity(n);
+    let mut too_large = Vec::new();
+    for _ in 0..n {
+        let id = r.client_id()?;
+        let clock = r.var_u32()?;
+        let json = r.var_str()?;
+        if json.len() > max_state {
+            too_large.push((id, json.len()));
+            continue;
+        }
+        if serde_json::from_str::<serde::de::IgnoredAny>(json).is_err() {
+            return Err(ProtocolError::AwarenessNotJson);
+        }
+        entries.push((
+            id,
+            AwarenessUpdateEntry {
+                clock,
+                json: Arc::from(json),
+            },
+        ));
+    }
+    if !r.is_empty() {
+        return Err(DecodeError::TrailingBytes(r.remaining()).into());
+    }
+    Ok((entries, too_large))
 }
 
 /// Encodes the auth "permission denied" message.

@@ -1,9 +1,9 @@
 //! The sans-IO room, checked byte for byte against hand-decoded y-websocket frames.
 
 use tandem_engine::protocol::{
-    holds_conditional_write,
-    stateless_frame, ConnInfo, FieldWrite, Limits, Outgoing, Role, Room, To, MSG_TANDEM,
-    NOTICE_AWARENESS_TOO_LARGE, NOTICE_NOTHING_NEW, TANDEM_NOTICE, TANDEM_SET_FIELD,
+    holds_conditional_write, stateless_frame, ConnInfo, FieldWrite, Limits, Outgoing, Role, Room,
+    To, MSG_TANDEM, NOTICE_AWARENESS_TOO_LARGE, NOTICE_NOTHING_NEW, TANDEM_NOTICE,
+    TANDEM_SET_FIELD,
 };
 use tandem_engine::wire::{Reader, Writer};
 use tandem_engine::{Document, ProtocolError};

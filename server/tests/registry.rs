@@ -11,8 +11,8 @@ use tandem_server::documents::{outbox, ConnSink, JoinError, Registry};
 use tandem_server::infra::config::Config;
 use tandem_server::infra::metrics::Metrics;
 use tandem_server::infra::store::{
-    BackendError, CheckpointInfo, Compacted, Compaction, KeyRecord, Loaded, NewKey, NewUpdate, Sid,
-    SidRange, Since, Store, StoreError,
+    BackendError, CheckpointInfo, Compacted, Compaction, KeyRecord, Loaded, Locked, NewKey, NewUpdate,
+    Sid, SidRange, Since, Store, StoreError,
 };
 use tokio::sync::{oneshot, Semaphore};
 
@@ -93,6 +93,21 @@ impl Store for Scripted {
     }
     async fn close(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+    fn is_shared(&self) -> bool {
+        false
+    }
+    async fn last_sids(&self, docs: &[String]) -> Result<Vec<Sid>, StoreError> {
+        Ok(vec![0; docs.len()])
+    }
+    async fn lock(&self, _: &str, _: Sid) -> Result<Box<dyn Locked>, StoreError> {
+        Err(StoreError::Closed)
+    }
+    async fn record_revocation(&self, _: &str, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(Vec::new())
     }
 }
 

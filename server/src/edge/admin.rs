@@ -83,7 +83,7 @@ mod tests {
         let mut config = Config::default_for(dir);
         config.auth = AuthMode::Secret(Secret::new(SECRET).unwrap());
         let metrics = Metrics::new();
-        let store = store::open(&config, &metrics).unwrap();
+        let store = store::open_embedded(&config.data_dir, &metrics).unwrap();
         let (trigger, signal) = shutdown::channel();
         (AppState::new(config, store, metrics, signal), trigger)
     }

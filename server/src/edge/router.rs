@@ -88,7 +88,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::default_for(dir.path());
         let metrics = Metrics::new();
-        let store = store::open(&config, &metrics).unwrap();
+        let store = store::open_embedded(&config.data_dir, &metrics).unwrap();
         let (trigger, signal) = shutdown::channel();
         Fixture {
             state: AppState::new(config, store, metrics, signal),

@@ -3,7 +3,8 @@
 //! [`Metrics`] is a cheap-`Clone` handle over one fixed set of metrics. Every update is a
 //! relaxed atomic operation (a histogram observation is three), so hot paths such as fan-out
 //! can record freely. There is no registration and no label map: the set is known at compile
-//! time, and the only labelled family (limit breaches) is indexed by [`LimitKind`].
+//! time, and the only labelled families are indexed by a fixed list: limit breaches by
+//! [`LimitKind`], bus drops by reason ([`BusDrops`]).
 
 use std::fmt::Write as _;
 use std::ops::Deref;
@@ -144,6 +145,40 @@ impl LimitBreaches {
     }
 }
 
+/// Messages the bus (`infra::bus`) dropped, one counter per reason (rendered as the `reason`
+/// label of `tandem_bus_dropped_total`).
+#[derive(Debug, Default)]
+pub struct BusDrops {
+    /// Published while the publish queue was full.
+    pub queue_full: Counter,
+    /// Published while Redis was unreachable (the bus was not healthy).
+    pub disconnected: Counter,
+    /// Redis refused the publish, or did not answer in time.
+    pub failed: Counter,
+    /// Received bytes that do not decode as a bus message (or came on the wrong channel).
+    pub malformed: Counter,
+    /// Received while the event queue was full (its consumer was slow).
+    pub slow_consumer: Counter,
+}
+
+impl BusDrops {
+    /// Every reason with its counter, in rendering order.
+    pub fn reasons(&self) -> [(&'static str, &Counter); 5] {
+        [
+            ("queue_full", &self.queue_full),
+            ("disconnected", &self.disconnected),
+            ("failed", &self.failed),
+            ("malformed", &self.malformed),
+            ("slow_consumer", &self.slow_consumer),
+        ]
+    }
+
+    /// Drops of every reason.
+    pub fn total(&self) -> u64 {
+        self.reasons().iter().map(|(_, c)| c.get()).sum()
+    }
+}
+
 /// Every metric the server exports. Fields are public so call sites read naturally:
 /// `metrics.updates.inc()`.
 #[derive(Debug)]
@@ -192,6 +227,18 @@ pub struct MetricSet {
     pub store_compactions: Counter,
     /// Version-history checkpoints kept.
     pub store_checkpoints: Counter,
+    /// 1 while the bus to other nodes delivers messages (connected and subscribed), else 0.
+    pub bus_up: Gauge,
+    /// Messages published on the bus.
+    pub bus_published: Counter,
+    /// Messages received from other nodes on the bus.
+    pub bus_received: Counter,
+    /// Bus messages dropped, by reason.
+    pub bus_dropped: BusDrops,
+    /// Times the bus connected to Redis again after being down (each `Reconnected` event).
+    pub bus_reconnects: Counter,
+    /// Other nodes found gone (goodbye or expired heartbeat).
+    pub bus_nodes_gone: Counter,
     /// Time from handing an update to the store to its durable commit.
     pub commit_latency: Histogram,
     /// Time from an update's arrival to its last enqueue on every reader's queue.
@@ -223,6 +270,12 @@ impl Default for MetricSet {
             store_appends: Counter::default(),
             store_compactions: Counter::default(),
             store_checkpoints: Counter::default(),
+            bus_up: Gauge::default(),
+            bus_published: Counter::default(),
+            bus_received: Counter::default(),
+            bus_dropped: BusDrops::default(),
+            bus_reconnects: Counter::default(),
+            bus_nodes_gone: Counter::default(),
             commit_latency: Histogram::latency(),
             fanout_latency: Histogram::latency(),
         }
@@ -412,6 +465,44 @@ impl Metrics {
             "Version-history checkpoints kept.",
             &m.store_checkpoints,
         );
+        gauge(
+            &mut out,
+            "tandem_bus_up",
+            "1 while the bus to other nodes is connected and subscribed.",
+            &m.bus_up,
+        );
+        counter(
+            &mut out,
+            "tandem_bus_published_total",
+            "Messages published on the bus.",
+            &m.bus_published,
+        );
+        counter(
+            &mut out,
+            "tandem_bus_received_total",
+            "Messages received from other nodes on the bus.",
+            &m.bus_received,
+        );
+        let name = "tandem_bus_dropped_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Bus messages dropped, by reason.\n# TYPE {name} counter"
+        );
+        for (reason, c) in m.bus_dropped.reasons() {
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", c.get());
+        }
+        counter(
+            &mut out,
+            "tandem_bus_reconnects_total",
+            "Times the bus got its Redis connection back.",
+            &m.bus_reconnects,
+        );
+        counter(
+            &mut out,
+            "tandem_bus_nodes_gone_total",
+            "Other nodes found gone (goodbye or expired heartbeat).",
+            &m.bus_nodes_gone,
+        );
         m.commit_latency.render(
             &mut out,
             "tandem_commit_latency_seconds",
@@ -493,6 +584,29 @@ mod tests {
             "tandem_limit_breaches_total{limit=\"message_rate\"} 0"
         );
         assert_eq!(m.limit_breaches.get(LimitKind::FrameSize).get(), 2);
+    }
+
+    #[test]
+    fn bus_drops_are_labelled() {
+        let m = Metrics::new();
+        m.bus_dropped.malformed.inc();
+        m.bus_dropped.queue_full.add(2);
+        m.bus_up.set(1);
+        let text = m.render();
+        assert_eq!(
+            line(&text, "tandem_bus_dropped_total{reason=\"malformed\"}"),
+            "tandem_bus_dropped_total{reason=\"malformed\"} 1"
+        );
+        assert_eq!(
+            line(&text, "tandem_bus_dropped_total{reason=\"queue_full\"}"),
+            "tandem_bus_dropped_total{reason=\"queue_full\"} 2"
+        );
+        assert_eq!(
+            line(&text, "tandem_bus_dropped_total{reason=\"slow_consumer\"}"),
+            "tandem_bus_dropped_total{reason=\"slow_consumer\"} 0"
+        );
+        assert_eq!(line(&text, "tandem_bus_up"), "tandem_bus_up 1");
+        assert_eq!(m.bus_dropped.total(), 3);
     }
 
     #[test]

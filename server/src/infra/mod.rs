@@ -1,6 +1,8 @@
 //! Infrastructure: what the server runs on, known to every layer above and knowing none of
 //! them.
 //!
+//! - [`bus`]: the live channel between tandem nodes (Redis pub/sub): updates, presence,
+//!   revocations, node liveness; best-effort, reconnecting, honest about its health.
 //! - [`cli`]: the command line as typed (`tandem serve`, `tandem token`) with clap; every flag
 //!   also reads a `TANDEM_*` environment variable. Raw values and their defaults only.
 //! - [`config`]: turns the raw `serve` flags into a validated [`config::Config`].
@@ -9,6 +11,7 @@
 //! - [`shutdown`]: a cloneable shutdown signal every long-lived task selects on.
 //! - [`store`]: the [`store::Store`] trait and its embedded SQLite implementation.
 
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod metrics;

@@ -2,8 +2,9 @@
 //! compact it, and version-history checkpoints.
 //!
 //! [`Store`] is the interface the document registry uses; [`sqlite::SqliteStore`] is the
-//! embedded implementation (the default). The trait is object-safe (`Arc<dyn Store>`) so a
-//! PostgreSQL implementation can be chosen at startup.
+//! embedded implementation (the default), [`postgres::PostgresStore`] the one several nodes
+//! share (`--database-url`). The trait is object-safe (`Arc<dyn Store>`), and [`open`] picks
+//! the backend at startup.
 //!
 //! Semantics every implementation keeps:
 //! - Each document's log entries carry a sid (sequence number) assigned by the store: 1, 2, 3…
@@ -43,7 +44,11 @@
 //! Architecture invariant: the store treats updates, snapshots and answers as opaque bytes. It
 //! knows nothing of Yjs, of the engine, of HTTP, or of connections.
 
+pub mod postgres;
 pub mod sqlite;
+
+#[cfg(test)]
+mod contract;
 
 use crate::infra::config::{Config, StorageConfig};
 use crate::infra::metrics::Metrics;
@@ -318,9 +323,17 @@ pub enum StoreError {
         /// The newest version this build knows.
         supported: i64,
     },
-    /// A read or write failed in the database.
+    /// A read or write failed in the database (the database answered, and refused it).
     #[error("storage failure: {0}")]
     Backend(#[from] BackendError),
+    /// The database is unreachable (cannot connect, connection lost, no pooled connection
+    /// free in time, I/O); retry later. An append that fails so was not reported committed,
+    /// but may have been (like a lost ack).
+    #[error("the database is unreachable; retry later: {cause}")]
+    Unavailable {
+        /// The connection-level failure.
+        cause: BackendError,
+    },
     /// Stored data contradicts itself (a gap in a log, a missing snapshot).
     #[error("document {doc:?} is corrupt in storage: {detail}")]
     Corrupt {
@@ -447,22 +460,88 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes, then stops the store; later calls fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;
+
+    /// Whether several nodes may share this store (PostgreSQL: true; SQLite: false).
+    fn is_shared(&self) -> bool;
+
+    /// The last sid of each of `docs` (0 for a document never written), in the order given.
+    /// One query.
+    async fn last_sids(&self, docs: &[String]) -> Result<Vec<Sid>, StoreError>;
+
+    /// Takes `doc`'s write lock: until the returned guard appends (and commits) or is dropped,
+    /// no other append or compaction of `doc` commits, on any node. The guard also holds what
+    /// was committed after `after` (read under the lock), so the caller can bring its replica
+    /// up to date before deciding a conditional write.
+    ///
+    /// A shared store holds a database transaction (and one pooled connection) for as long as
+    /// the guard lives: keep it short, and never wait for another write of `doc` while holding
+    /// it. A one-node store ([`Store::is_shared`] false) relies on the owner task being the
+    /// document's only writer: its guard excludes nothing.
+    async fn lock(&self, doc: &str, after: Sid) -> Result<Box<dyn Locked>, StoreError>;
+
+    /// Records that `user`'s tokens issued at or before `at` (unix seconds) are revoked.
+    /// Durable once it returns; a later time for the same user replaces an earlier one, an
+    /// earlier time is ignored.
+    async fn record_revocation(&self, user: &str, at: u64) -> Result<(), StoreError>;
+
+    /// Every recorded revocation `(user, at)`, the latest time per user, in no particular
+    /// order. (Used at start and while the live broadcast is down.)
+    async fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError>;
 }
 
-/// Opens the store the configuration names. Blocking (SQLite opens files): call it from
-/// `spawn_blocking` inside a runtime.
-pub fn open(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, StoreError> {
+/// A document's write lock, taken by [`Store::lock`]. Dropping it releases the lock without
+/// writing anything.
+#[async_trait]
+pub trait Locked: Send {
+    /// What was committed after the `after` given to [`Store::lock`] (as
+    /// [`Store::updates_since`] answers it), read under the lock.
+    fn since(&self) -> &Since;
+
+    /// Appends within the lock (like [`Store::append_with_keys`], same rules; `updates` may be
+    /// empty when `keys` is not), commits, and releases the lock. Both may be empty: then it
+    /// only releases, and answers `first = last + 1` with `last` the document's last sid.
+    async fn append_with_keys(
+        self: Box<Self>,
+        updates: Vec<NewUpdate>,
+        keys: Vec<NewKey>,
+    ) -> Result<SidRange, StoreError>;
+}
+
+/// Opens the embedded store in `data_dir`, recording into `metrics`. Blocking (SQLite opens
+/// files): call it at startup, from `spawn_blocking`, or in tests.
+pub fn open_embedded(
+    data_dir: &std::path::Path,
+    metrics: &Metrics,
+) -> Result<Arc<dyn Store>, StoreError> {
+    let options = sqlite::SqliteOptions {
+        metrics: metrics.clone(),
+        ..sqlite::SqliteOptions::default()
+    };
+    Ok(Arc::new(sqlite::SqliteStore::open(data_dir, options)?))
+}
+
+/// Opens the store the configuration names: the embedded SQLite database (opened on the
+/// blocking pool) or PostgreSQL at `--database-url` (connected, schema created or migrated;
+/// an unreachable database fails within a few seconds with [`StoreError::Open`]).
+pub async fn open(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, StoreError> {
     match config.storage() {
         StorageConfig::Embedded { data_dir } => {
-            let options = sqlite::SqliteOptions {
-                metrics: metrics.clone(),
-                ..sqlite::SqliteOptions::default()
-            };
-            Ok(Arc::new(sqlite::SqliteStore::open(&data_dir, options)?))
+            let metrics = metrics.clone();
+            tokio::task::spawn_blocking(move || open_embedded(&data_dir, &metrics))
+                .await
+                .map_err(|e| StoreError::Open {
+                    location: config.data_dir.display().to_string(),
+                    cause: BackendError::new(std::io::Error::other(e.to_string())),
+                })?
         }
-        StorageConfig::Postgres { .. } => Err(StoreError::BackendUnavailable {
-            flag: "--database-url",
-            what: "PostgreSQL storage",
-        }),
+        StorageConfig::Postgres { url } => {
+            let options = postgres::PostgresOptions {
+                metrics: metrics.clone(),
+                ..postgres::PostgresOptions::default()
+            };
+            Ok(Arc::new(
+                postgres::PostgresStore::connect(url.as_str(), options).await?,
+            ))
+        }
     }
 }

@@ -24,6 +24,10 @@
 //!   `docs.id`, so a request that changed nothing does not create its document. `id` orders
 //!   them oldest first; `bytes_before` is the running total of answer bytes before the record,
 //!   so "keep the newest N records / B bytes" is one range delete each.
+//! - `revocations(user, at)`: the latest revocation time (unix seconds) of each user.
+//!
+//! One node's store: [`Store::lock`] excludes nothing (the document's owner task is its only
+//! writer), and [`Store::is_shared`] is false.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -39,7 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     BackendError, CheckpointInfo, Compacted, Compaction, Fingerprint, HistoryMark, KeyLimits,
-    KeyRecord, Loaded, LogEntry, NewKey, NewUpdate, Sid, SidRange, Since, Snapshot, Store,
+    KeyRecord, Loaded, Locked, LogEntry, NewKey, NewUpdate, Sid, SidRange, Since, Snapshot, Store,
     StoreError,
 };
 use crate::infra::metrics::Metrics;
@@ -48,8 +52,12 @@ use crate::infra::metrics::Metrics;
 pub const DB_FILE: &str = "tandem.sqlite3";
 
 /// The schema version this build reads and writes (`PRAGMA user_version`; 0 is a new file).
-/// Version 1 was a pre-release layout keyed by document name.
-const SCHEMA_VERSION: i64 = 2;
+/// Version 1 was a pre-release layout keyed by document name; version 2 had no
+/// `revocations` table (migrated by creating it).
+const SCHEMA_VERSION: i64 = 3;
+
+/// Versions this build opens and migrates to [`SCHEMA_VERSION`] (0: a new file).
+const MIGRATES_FROM: [i64; 3] = [0, 2, SCHEMA_VERSION];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS docs (
@@ -101,6 +109,10 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
 );
 CREATE INDEX IF NOT EXISTS idempotency_keys_at ON idempotency_keys (at);
 CREATE INDEX IF NOT EXISTS idempotency_keys_bytes ON idempotency_keys (bytes_before);
+CREATE TABLE IF NOT EXISTS revocations (
+    user TEXT PRIMARY KEY,
+    at INTEGER NOT NULL
+);
 ";
 
 /// Idle read connections kept for reuse.
@@ -180,6 +192,11 @@ enum Request {
         compaction: Compaction,
         reply: oneshot::Sender<Result<Compacted, StoreError>>,
     },
+    Revoke {
+        user: String,
+        at: u64,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     Flush {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
@@ -211,7 +228,9 @@ impl Request {
         match self {
             Request::Append { reply, .. } => drop(reply.send(Err(err))),
             Request::Compact { reply, .. } => drop(reply.send(Err(err))),
-            Request::Flush { reply } | Request::Close { reply } => drop(reply.send(Err(err))),
+            Request::Revoke { reply, .. } | Request::Flush { reply } | Request::Close { reply } => {
+                drop(reply.send(Err(err)))
+            }
             #[cfg(test)]
             Request::Hold { .. } => {}
         }
@@ -388,7 +407,7 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(err)?;
-    if version != 0 && version != SCHEMA_VERSION {
+    if !MIGRATES_FROM.contains(&version) {
         return Err(StoreError::UnsupportedSchema {
             found: version,
             supported: SCHEMA_VERSION,
@@ -579,6 +598,14 @@ impl Writer {
                         }
                         Answer::Compact(outcome)
                     }
+                    Request::Revoke { user, at, .. } => {
+                        tx.prepare_cached(
+                            "INSERT INTO revocations (user, at) VALUES (?1, ?2)
+                             ON CONFLICT (user) DO UPDATE SET at = max(at, excluded.at)",
+                        )?
+                        .execute(params![user, at])?;
+                        Answer::Done
+                    }
                     _ => Answer::Done,
                 };
                 answers.push(answer);
@@ -633,7 +660,10 @@ impl Writer {
                 }
                 let _ = reply.send(outcome);
             }
-            (Request::Flush { reply } | Request::Close { reply }, _) => {
+            (
+                Request::Revoke { reply, .. } | Request::Flush { reply } | Request::Close { reply },
+                _,
+            ) => {
                 let _ = reply.send(Ok(()));
             }
             (request, _) => request.fail(StoreError::Backend(BackendError::new(
@@ -1133,6 +1163,64 @@ fn checkpoint(conn: &mut Connection, doc: &str, sid: Sid) -> Result<Option<Bytes
         .map(Bytes::from))
 }
 
+fn last_sids(conn: &mut Connection, docs: &[String]) -> Result<Vec<Sid>, StoreError> {
+    let names =
+        serde_json::to_string(docs).map_err(|e| StoreError::Backend(BackendError::new(e)))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT COALESCE(d.last_sid, 0) FROM json_each(?1) j LEFT JOIN docs d ON d.doc = j.value
+         ORDER BY j.key",
+    )?;
+    let sids = stmt
+        .query_map([names], |r| r.get::<_, Sid>(0))?
+        .collect::<Result<Vec<Sid>, _>>()?;
+    Ok(sids)
+}
+
+fn revocations(conn: &mut Connection) -> Result<Vec<(String, u64)>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT user, at FROM revocations")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// [`Store::lock`] of the one-node store: the owner task is the document's only writer, so
+/// the guard excludes nothing; it carries `updates_since(after)` and appends as usual.
+struct SqliteLocked {
+    store: SqliteStore,
+    doc: String,
+    since: Since,
+}
+
+#[async_trait]
+impl Locked for SqliteLocked {
+    fn since(&self) -> &Since {
+        &self.since
+    }
+
+    async fn append_with_keys(
+        self: Box<Self>,
+        updates: Vec<NewUpdate>,
+        keys: Vec<NewKey>,
+    ) -> Result<SidRange, StoreError> {
+        if !updates.is_empty() || !keys.is_empty() {
+            return self.store.append_with_keys(&self.doc, updates, keys).await;
+        }
+        // Only a release: answer the document's last sid.
+        let last = match &self.since {
+            Since::Updates { last_sid, .. } | Since::Ahead { last_sid } => *last_sid,
+            Since::Compacted { .. } => {
+                let docs = vec![self.doc.clone()];
+                self.store.last_sids(&docs).await?.first().copied().unwrap_or(0)
+            }
+        };
+        Ok(SidRange {
+            first: last + 1,
+            last,
+        })
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn load(&self, doc: &str) -> Result<Option<Loaded>, StoreError> {
@@ -1248,10 +1336,42 @@ impl Store for SqliteStore {
             .clear();
         Ok(())
     }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    async fn last_sids(&self, docs: &[String]) -> Result<Vec<Sid>, StoreError> {
+        if docs.is_empty() {
+            self.check_open()?;
+            return Ok(Vec::new());
+        }
+        let docs = docs.to_vec();
+        self.read(move |conn| last_sids(conn, &docs)).await
+    }
+
+    async fn lock(&self, doc: &str, after: Sid) -> Result<Box<dyn Locked>, StoreError> {
+        let since = self.updates_since(doc, after).await?;
+        Ok(Box::new(SqliteLocked {
+            store: self.clone(),
+            doc: doc.to_owned(),
+            since,
+        }))
+    }
+
+    async fn record_revocation(&self, user: &str, at: u64) -> Result<(), StoreError> {
+        let user = user.to_owned();
+        self.call(|reply| Request::Revoke { user, at, reply }).await
+    }
+
+    async fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(revocations).await
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::contract::{self, key, new, snap, texts, upd};
     use super::*;
 
     fn options() -> SqliteOptions {
@@ -1260,27 +1380,6 @@ mod tests {
 
     fn open(dir: &Path) -> SqliteStore {
         SqliteStore::open(dir, options()).unwrap()
-    }
-
-    /// A compaction to `upto` with no checkpoint.
-    fn snap(upto: Sid, state: &str) -> Compaction {
-        Compaction {
-            upto,
-            state: upd(state),
-            authors: Vec::new(),
-            checkpoint_at: None,
-        }
-    }
-
-    fn upd(s: &str) -> Bytes {
-        Bytes::copy_from_slice(s.as_bytes())
-    }
-
-    fn texts(entries: &[LogEntry]) -> Vec<(Sid, String)> {
-        entries
-            .iter()
-            .map(|e| (e.sid, String::from_utf8(e.update.to_vec()).unwrap()))
-            .collect()
     }
 
     /// Waits until `n` requests sit in the writer's queue (the writer is held, so they stay).
@@ -1293,69 +1392,13 @@ mod tests {
     #[tokio::test]
     async fn unknown_documents_load_as_none() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        assert_eq!(store.load("nope").await.unwrap(), None);
-        assert_eq!(
-            store.updates_since("nope", 0).await.unwrap(),
-            Since::Updates {
-                entries: vec![],
-                last_sid: 0
-            }
-        );
-        assert_eq!(
-            store.updates_since("nope", 3).await.unwrap(),
-            Since::Ahead { last_sid: 0 }
-        );
-        assert!(matches!(
-            store.compact("nope", snap(1, "s")).await,
-            Err(StoreError::UnknownDocument(_))
-        ));
-        assert_eq!(store.checkpoints("nope").await.unwrap(), vec![]);
+        contract::unknown_documents_load_as_none(&open(dir.path())).await;
     }
 
     #[tokio::test]
     async fn appends_get_gap_free_sids_per_document() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        assert_eq!(store.append("a", upd("a1"), "u1").await.unwrap(), 1);
-        assert_eq!(store.append("a", upd("a2"), "u2").await.unwrap(), 2);
-        assert_eq!(store.append("b", upd("b1"), "u1").await.unwrap(), 1);
-        let range = store
-            .append_batch(
-                "a",
-                vec![
-                    NewUpdate {
-                        update: upd("a3"),
-                        author: "u1".into(),
-                    },
-                    NewUpdate {
-                        update: upd("a4"),
-                        author: "u3".into(),
-                    },
-                ],
-            )
-            .await
-            .unwrap();
-        assert_eq!(range, SidRange { first: 3, last: 4 });
-        assert!(matches!(
-            store.append_batch("a", vec![]).await,
-            Err(StoreError::EmptyAppend)
-        ));
-        let loaded = store.load("a").await.unwrap().unwrap();
-        assert_eq!(loaded.last_sid, 4);
-        assert_eq!(loaded.snapshot, None);
-        assert_eq!(
-            texts(&loaded.updates),
-            vec![
-                (1, "a1".into()),
-                (2, "a2".into()),
-                (3, "a3".into()),
-                (4, "a4".into())
-            ]
-        );
-        assert_eq!(loaded.updates[3].author, "u3");
-        assert!(loaded.updates[0].at > 1_600_000_000_000);
-        assert_eq!(loaded.log_bytes(), 8);
+        contract::appends_get_gap_free_sids_per_document(&open(dir.path())).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1491,103 +1534,14 @@ mod tests {
     async fn compaction_replaces_the_log_with_a_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        for i in 1..=10 {
-            store
-                .append("doc", upd(&format!("u{i}")), &format!("user{}", i % 3))
-                .await
-                .unwrap();
-        }
-        let done = store.compact("doc", snap(6, "state@6")).await.unwrap();
-        assert_eq!(
-            done,
-            Compacted {
-                removed: 6,
-                checkpoint: None
-            }
-        );
-        let loaded = store.load("doc").await.unwrap().unwrap();
-        assert_eq!(
-            loaded.snapshot,
-            Some(Snapshot {
-                sid: 6,
-                state: upd("state@6")
-            })
-        );
-        assert_eq!(
-            texts(&loaded.updates),
-            vec![
-                (7, "u7".into()),
-                (8, "u8".into()),
-                (9, "u9".into()),
-                (10, "u10".into())
-            ]
-        );
-        assert_eq!(loaded.last_sid, 10);
-
-        assert_eq!(
-            store.updates_since("doc", 5).await.unwrap(),
-            Since::Compacted { snapshot_sid: 6 }
-        );
-        assert_eq!(
-            store.updates_since("doc", 0).await.unwrap(),
-            Since::Compacted { snapshot_sid: 6 }
-        );
-        let Since::Updates { entries, last_sid } = store.updates_since("doc", 6).await.unwrap()
-        else {
-            panic!("expected updates");
-        };
-        assert_eq!((entries.len(), last_sid), (4, 10));
-        let Since::Updates { entries, .. } = store.updates_since("doc", 8).await.unwrap() else {
-            panic!("expected updates");
-        };
-        assert_eq!(texts(&entries), vec![(9, "u9".into()), (10, "u10".into())]);
-        assert_eq!(
-            store.updates_since("doc", 10).await.unwrap(),
-            Since::Updates {
-                entries: vec![],
-                last_sid: 10
-            }
-        );
-        assert_eq!(
-            store.updates_since("doc", 11).await.unwrap(),
-            Since::Ahead { last_sid: 10 }
-        );
-
-        // Compacting everything leaves an empty log; sids still continue.
-        store.compact("doc", snap(10, "state@10")).await.unwrap();
-        let loaded = store.load("doc").await.unwrap().unwrap();
-        assert_eq!((loaded.updates.len(), loaded.last_sid), (0, 10));
-        assert_eq!(store.append("doc", upd("u11"), "u").await.unwrap(), 11);
+        contract::compaction_replaces_the_log_with_a_snapshot(&store).await;
         assert_eq!(store.stats().appends, 11);
     }
 
     #[tokio::test]
     async fn bad_compactions_are_refused_without_harm() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        for i in 1..=5 {
-            store.append("doc", upd(&i.to_string()), "u").await.unwrap();
-        }
-        assert!(matches!(
-            store.compact("doc", snap(6, "s")).await,
-            Err(StoreError::CompactBeyondLog {
-                upto: 6,
-                last_sid: 5,
-                ..
-            })
-        ));
-        store.compact("doc", snap(3, "s3")).await.unwrap();
-        assert!(matches!(
-            store.compact("doc", snap(2, "s2")).await,
-            Err(StoreError::CompactBehindSnapshot {
-                upto: 2,
-                snapshot_sid: 3,
-                ..
-            })
-        ));
-        let loaded = store.load("doc").await.unwrap().unwrap();
-        assert_eq!(loaded.snapshot.unwrap().state, upd("s3"));
-        assert_eq!(loaded.updates.len(), 2);
+        contract::bad_compactions_are_refused_without_harm(&open(dir.path())).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1624,49 +1578,7 @@ mod tests {
     async fn checkpoints_are_kept_when_asked_and_the_history_mark_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        for i in 1..=12u64 {
-            store.append("doc", upd(&i.to_string()), "u").await.unwrap();
-        }
-        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<String>>();
-        let with = |upto, state: &str, authors: &[&str], at| Compaction {
-            upto,
-            state: upd(state),
-            authors: names(authors),
-            checkpoint_at: at,
-        };
-        let done = store
-            .compact("doc", with(2, "s2", &["bob", "cy"], Some(1_000)))
-            .await
-            .unwrap();
-        assert_eq!(done.checkpoint, Some(2));
-        // No checkpoint: the authors are kept for the next load.
-        let done = store
-            .compact("doc", with(5, "s5", &["ada"], None))
-            .await
-            .unwrap();
-        assert_eq!(done.checkpoint, None);
-        let loaded = store.load("doc").await.unwrap().unwrap();
-        assert_eq!(
-            loaded.history,
-            HistoryMark {
-                last_checkpoint: Some((2, 1_000)),
-                authors: names(&["ada"]),
-            }
-        );
-        store
-            .compact("doc", with(12, "s12", &["ada", "bob"], Some(2_000)))
-            .await
-            .unwrap();
-        let list = store.checkpoints("doc").await.unwrap();
-        assert_eq!(list.len(), 2);
-        assert_eq!((list[0].sid, list[0].at), (2, 1_000));
-        assert_eq!(list[0].authors, names(&["bob", "cy"]));
-        assert_eq!(
-            (list[1].sid, list[1].authors.clone()),
-            (12, names(&["ada", "bob"]))
-        );
-        assert_eq!(store.checkpoint("doc", 12).await.unwrap(), Some(upd("s12")));
-        assert_eq!(store.checkpoint("doc", 5).await.unwrap(), None);
+        contract::checkpoints_are_kept_when_asked(&store).await;
         assert_eq!(store.inner.metrics.store_checkpoints.get(), 2);
         assert_eq!(store.inner.metrics.store_compactions.get(), 3);
         store.close().await.unwrap();
@@ -1756,10 +1668,32 @@ mod tests {
             conn.pragma_update(None, "user_version", version).unwrap();
             let err = SqliteStore::open(dir.path(), options()).unwrap_err();
             assert!(
-                matches!(err, StoreError::UnsupportedSchema { found, supported: 2 } if found == version),
+                matches!(err, StoreError::UnsupportedSchema { found, supported: 3 } if found == version),
                 "{err}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_version_2_database_gets_the_revocations_table() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            store.append("doc", upd("1"), "u").await.unwrap();
+            store.close().await.unwrap();
+        }
+        // What version 2 left: no revocations table.
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch("DROP TABLE revocations; PRAGMA user_version = 2;")
+            .unwrap();
+        let store = open(dir.path());
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 3);
+        assert_eq!(store.load("doc").await.unwrap().unwrap().last_sid, 1);
+        store.record_revocation("ann", 7).await.unwrap();
+        assert_eq!(store.revocations().await.unwrap(), vec![("ann".into(), 7)]);
     }
 
     #[tokio::test]
@@ -1796,86 +1730,45 @@ mod tests {
         assert_eq!(store.load("d").await.unwrap().unwrap().last_sid, 1);
     }
 
-    fn answer(body: &str) -> super::super::Answer {
-        super::super::Answer {
-            status: 200,
-            headers: vec![("etag".into(), format!("\"{body}\""))],
-            body: upd(body),
-        }
-    }
-
-    fn key(user: &str, key: &str, after: usize) -> NewKey {
-        NewKey {
-            user: user.into(),
-            key: key.into(),
-            fingerprint: [key.len() as u8; 32],
-            answer: answer(key),
-            after,
-        }
-    }
-
-    fn new(s: &str) -> NewUpdate {
-        NewUpdate {
-            update: upd(s),
-            author: "u".into(),
-        }
-    }
-
     #[tokio::test]
     async fn keys_are_stored_with_their_batch_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = open(dir.path());
-            let range = store
-                .append_with_keys(
-                    "doc",
-                    vec![new("1"), new("2")],
-                    vec![key("ann", "a", 1), key("ann", "bb", 2)],
-                )
-                .await
-                .unwrap();
-            assert_eq!(range, SidRange { first: 1, last: 2 });
-            // Keys only: a request that changed nothing. Its sid is the last one before it,
-            // and a document never written is not created by it.
-            let range = store
-                .append_with_keys("doc", vec![], vec![key("ann", "ccc", 0)])
-                .await
-                .unwrap();
-            assert_eq!(range, SidRange { first: 3, last: 2 });
-            store
-                .append_with_keys("fresh", vec![], vec![key("ann", "a", 0)])
-                .await
-                .unwrap();
-            assert_eq!(store.load("fresh").await.unwrap(), None);
-            assert!(matches!(
-                store.append_with_keys("doc", vec![], vec![]).await,
-                Err(StoreError::EmptyAppend)
-            ));
-            // Dropped without close: what was answered is committed.
-        }
+        // Dropped without close: what was answered is committed.
+        contract::keys_are_stored_with_their_batch(&open(dir.path())).await;
+        contract::check_keys_of_keys_are_stored_with_their_batch(&open(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn a_live_key_refuses_its_append_and_only_its_append_in_sequence() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::a_live_key_refuses_its_append_and_only_its_append(&open(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn a_lock_reads_what_was_committed_and_appends_within_it() {
+        let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let a = store
-            .idempotency_key("doc", "ann", "a")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((a.sid, a.fingerprint, a.answer), (1, [1; 32], answer("a")));
-        let sids = [("doc", "bb", 2), ("doc", "ccc", 2), ("fresh", "a", 0)];
-        for (doc, k, sid) in sids {
-            let record = store.idempotency_key(doc, "ann", k).await.unwrap().unwrap();
-            assert_eq!(record.sid, sid, "{doc} {k}");
-            assert!(record.at > 1_600_000_000_000);
-        }
-        // Keys are per user and per document.
-        assert_eq!(
-            store.idempotency_key("doc", "bob", "a").await.unwrap(),
-            None
-        );
-        assert_eq!(
-            store.idempotency_key("other", "ann", "a").await.unwrap(),
-            None
-        );
-        assert_eq!(store.load("doc").await.unwrap().unwrap().last_sid, 2);
+        assert!(!store.is_shared());
+        contract::a_lock_reads_what_was_committed_and_appends_within_it(&store).await;
+    }
+
+    #[tokio::test]
+    async fn last_sids_answer_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::last_sids_answer_in_order(&open(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn revocations_keep_the_latest_time_per_user_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::revocations_keep_the_latest_time_per_user(&open(dir.path())).await;
+        contract::check_revocations(&open(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_refuses_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::a_closed_store_refuses_everything(&open(dir.path())).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1949,8 +1842,6 @@ mod tests {
     #[tokio::test]
     async fn expired_keys_are_free_again_and_the_oldest_keys_are_evicted() {
         let dir = tempfile::tempdir().unwrap();
-        // Answers of "k0".."k5" take 10 bytes each; of "0".."5", 8.
-        assert_eq!((answer("k0").size(), answer("0").size()), (10, 8));
         let store = SqliteStore::open(
             dir.path(),
             SqliteOptions {
@@ -1963,70 +1854,29 @@ mod tests {
             },
         )
         .unwrap();
-        for i in 0..6 {
-            store
-                .append_with_keys("doc", vec![new("x")], vec![key("ann", &format!("k{i}"), 1)])
-                .await
+        let conn = Arc::new(Mutex::new(Connection::open(store.path()).unwrap()));
+        let count: contract::Hook<'_, u64> = Box::new(|_| {
+            let conn = Arc::clone(&conn);
+            Box::pin(async move {
+                let conn = conn.lock().unwrap();
+                conn.query_row("SELECT COUNT(*) FROM idempotency_keys", [], |r| r.get(0))
+                    .unwrap()
+            })
+        });
+        let backdate: contract::Hook<'_, ()> = Box::new(|key| {
+            let conn = Arc::clone(&conn);
+            Box::pin(async move {
+                let conn = conn.lock().unwrap();
+                conn.execute(
+                    "UPDATE idempotency_keys SET at = at - 61000 WHERE user = 'bob' AND key = ?1",
+                    [key],
+                )
                 .unwrap();
-        }
-        // 35 bytes hold three of these answers (the tighter bound here): the newest three
-        // are kept.
-        let mut kept = Vec::new();
-        for i in 0..6 {
-            let k = format!("k{i}");
-            if store
-                .idempotency_key("doc", "ann", &k)
-                .await
-                .unwrap()
-                .is_some()
-            {
-                kept.push(k);
-            }
-        }
-        assert_eq!(kept, ["k3", "k4", "k5"]);
-        // Four short keys fit in the bytes but not in the count.
-        for i in 0..6 {
-            store
-                .append_with_keys("doc", vec![], vec![key("bob", &i.to_string(), 0)])
-                .await
-                .unwrap();
-        }
-        let conn = Connection::open(store.path()).unwrap();
-        let count: u64 = conn
-            .query_row("SELECT COUNT(*) FROM idempotency_keys", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(count, 4);
-        assert!(store
-            .idempotency_key("doc", "bob", "5")
-            .await
-            .unwrap()
-            .is_some());
-        assert!(store
-            .idempotency_key("doc", "bob", "1")
-            .await
-            .unwrap()
-            .is_none());
-        // A record older than the TTL is not seen, and its key can be stored again.
-        conn.execute(
-            "UPDATE idempotency_keys SET at = at - 61000 WHERE key = '5'",
-            [],
+            })
+        });
+        contract::expired_keys_are_free_again_and_the_oldest_keys_are_evicted(
+            &store, count, backdate,
         )
-        .unwrap();
-        assert_eq!(
-            store.idempotency_key("doc", "bob", "5").await.unwrap(),
-            None
-        );
-        let mut again = key("bob", "5", 1);
-        again.answer = answer("again");
-        store
-            .append_with_keys("doc", vec![new("y")], vec![again])
-            .await
-            .unwrap();
-        let record = store
-            .idempotency_key("doc", "bob", "5")
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((record.sid, record.answer), (7, answer("again")));
+        .await;
     }
 }

@@ -449,6 +449,37 @@ impl Peer {
         missing
     }
 
+    /// Tracked document edits and awareness updates not received, counted apart.
+    pub fn missing_counts(&self) -> (u64, u64) {
+        let count = |track: &Option<Arc<Tracker>>, cov: &Option<Coverage>| match (track, cov) {
+            (Some(t), Some(c)) => c.missing(t).count() as u64,
+            _ => 0,
+        };
+        (
+            count(&self.opts.doc_track, &self.doc_cov),
+            count(&self.opts.aw_track, &self.aw_cov),
+        )
+    }
+
+    /// The first edit this client misses, described (for failure lines).
+    pub fn first_missing(&self) -> Option<String> {
+        let first = |track: &Option<Arc<Tracker>>, cov: &Option<Coverage>| match (track, cov) {
+            (Some(t), Some(c)) => c
+                .missing(t)
+                .next()
+                .map(|seq| (seq, t.owner(seq), t.count_of(t.owner(seq)))),
+            _ => None,
+        };
+        if let Some((seq, owner, n)) = first(&self.opts.doc_track, &self.doc_cov) {
+            return Some(format!(
+                "document edit {seq} (writer {owner}, which sent {n})"
+            ));
+        }
+        first(&self.opts.aw_track, &self.aw_cov).map(|(seq, owner, n)| {
+            format!("awareness update {seq} (writer {owner}, which sent {n})")
+        })
+    }
+
     /// Whether the client completed.
     pub fn is_complete(&self) -> bool {
         self.complete

@@ -569,42 +569,139 @@ pub mod nodes {
     fn rows(workload: &str) -> Vec<(&'static str, &'static str, Better)> {
         match workload {
             "c1" => vec![
-                ("one_acked_per_s", "one document: acknowledged updates/s", Higher),
-                ("one_ack_p50_ms", "one document: send to ack p50 (ms)", Lower),
-                ("one_ack_p99_ms", "one document: send to ack p99 (ms)", Lower),
-                ("one_delivery_p50_ms", "one document: send to reader p50 (ms)", Lower),
-                ("one_delivery_p99_ms", "one document: send to reader p99 (ms)", Lower),
+                (
+                    "one_acked_per_s",
+                    "one document: acknowledged updates/s",
+                    Higher,
+                ),
+                (
+                    "one_ack_p50_ms",
+                    "one document: send to ack p50 (ms)",
+                    Lower,
+                ),
+                (
+                    "one_ack_p99_ms",
+                    "one document: send to ack p99 (ms)",
+                    Lower,
+                ),
+                (
+                    "one_delivery_p50_ms",
+                    "one document: send to reader p50 (ms)",
+                    Lower,
+                ),
+                (
+                    "one_delivery_p99_ms",
+                    "one document: send to reader p99 (ms)",
+                    Lower,
+                ),
                 ("one_undelivered", "one document: lost deliveries", Info),
-                ("one_acked_missing", "one document: acknowledged but missing at a late joiner", Info),
-                ("one_sid_minus_acked_min", "one document: sid − acknowledged, lowest over nodes (≥ 0)", Info),
+                (
+                    "one_acked_missing",
+                    "one document: acknowledged but missing at a late joiner",
+                    Info,
+                ),
+                (
+                    "one_sid_minus_acked_min",
+                    "one document: sid − acknowledged, lowest over nodes (≥ 0)",
+                    Info,
+                ),
                 ("one_acked", "one document: updates acknowledged", Info),
-                ("one_server_cpu_s", "one document: server CPU, all nodes (s)", Lower),
-                ("one_db_cpu_s", "one document: PostgreSQL backends CPU (s)", Info),
+                (
+                    "one_server_cpu_s",
+                    "one document: server CPU, all nodes (s)",
+                    Lower,
+                ),
+                (
+                    "one_db_cpu_s",
+                    "one document: PostgreSQL backends CPU (s)",
+                    Info,
+                ),
                 ("one_redis_cpu_s", "one document: Redis CPU (s)", Info),
-                ("many_acked_per_s", "many documents: acknowledged updates/s", Higher),
-                ("many_ack_p50_ms", "many documents: send to ack p50 (ms)", Lower),
-                ("many_ack_p99_ms", "many documents: send to ack p99 (ms)", Lower),
-                ("many_delivery_p99_ms", "many documents: send to reader p99 (ms)", Lower),
+                (
+                    "many_acked_per_s",
+                    "many documents: acknowledged updates/s",
+                    Higher,
+                ),
+                (
+                    "many_ack_p50_ms",
+                    "many documents: send to ack p50 (ms)",
+                    Lower,
+                ),
+                (
+                    "many_ack_p99_ms",
+                    "many documents: send to ack p99 (ms)",
+                    Lower,
+                ),
+                (
+                    "many_delivery_p99_ms",
+                    "many documents: send to reader p99 (ms)",
+                    Lower,
+                ),
                 ("many_undelivered", "many documents: lost deliveries", Info),
-                ("many_acked_missing", "many documents: acknowledged but missing at a late joiner", Info),
-                ("many_sid_minus_acked_min", "many documents: sid − acknowledged, lowest (≥ 0)", Info),
+                (
+                    "many_acked_missing",
+                    "many documents: acknowledged but missing at a late joiner",
+                    Info,
+                ),
+                (
+                    "many_sid_minus_acked_min",
+                    "many documents: sid − acknowledged, lowest (≥ 0)",
+                    Info,
+                ),
                 ("many_acked", "many documents: updates acknowledged", Info),
-                ("many_server_cpu_s", "many documents: server CPU, all nodes (s)", Lower),
-                ("many_db_cpu_s", "many documents: PostgreSQL backends CPU (s)", Info),
+                (
+                    "many_server_cpu_s",
+                    "many documents: server CPU, all nodes (s)",
+                    Lower,
+                ),
+                (
+                    "many_db_cpu_s",
+                    "many documents: PostgreSQL backends CPU (s)",
+                    Info,
+                ),
                 ("many_redis_cpu_s", "many documents: Redis CPU (s)", Info),
             ],
             "c2" => vec![
                 ("keystroke_p50_ms", "keystroke latency p50 (ms)", Lower),
                 ("keystroke_p99_ms", "keystroke latency p99 (ms)", Lower),
                 ("keystroke_max_ms", "keystroke latency max (ms)", Lower),
-                ("keystroke_same_node_p99_ms", "same-node keystroke p99 (ms)", Lower),
-                ("keystroke_cross_node_p50_ms", "cross-node keystroke p50 (ms)", Lower),
-                ("keystroke_cross_node_p99_ms", "cross-node keystroke p99 (ms)", Lower),
+                (
+                    "keystroke_same_node_p99_ms",
+                    "same-node keystroke p99 (ms)",
+                    Lower,
+                ),
+                (
+                    "keystroke_cross_node_p50_ms",
+                    "cross-node keystroke p50 (ms)",
+                    Lower,
+                ),
+                (
+                    "keystroke_cross_node_p99_ms",
+                    "cross-node keystroke p99 (ms)",
+                    Lower,
+                ),
                 ("awareness_p99_ms", "awareness latency p99 (ms)", Lower),
-                ("undelivered", "lost deliveries", Info),
+                (
+                    "undelivered_updates",
+                    "lost deliveries: document updates",
+                    Info,
+                ),
+                (
+                    "undelivered_awareness",
+                    "lost deliveries: awareness updates",
+                    Info,
+                ),
                 ("deliveries", "deliveries", Info),
-                ("server_cpu_s_per_1m_deliveries", "server CPU-seconds per 1M deliveries, all nodes", Lower),
-                ("server_cpu_s", "server CPU while typing, all nodes (s)", Lower),
+                (
+                    "server_cpu_s_per_1m_deliveries",
+                    "server CPU-seconds per 1M deliveries, all nodes",
+                    Lower,
+                ),
+                (
+                    "server_cpu_s",
+                    "server CPU while typing, all nodes (s)",
+                    Lower,
+                ),
                 ("redis_cpu_s", "Redis CPU while typing (s)", Info),
                 ("db_cpu_s", "PostgreSQL backends CPU while typing (s)", Info),
                 ("join_s", "join + presence convergence (s)", Lower),
@@ -614,12 +711,32 @@ pub mod nodes {
                 ("failover_p50_ms", "failover time p50 (ms)", Lower),
                 ("failover_p99_ms", "failover time p99 (ms)", Lower),
                 ("failover_max_ms", "failover time max (ms)", Lower),
-                ("noticed_p50_ms", "kill to connection loss noticed, p50 (ms)", Lower),
-                ("resynced_p50_ms", "kill to step 2 on the new node, p50 (ms)", Lower),
-                ("resynced_max_ms", "kill to step 2 on the new node, max (ms)", Lower),
+                (
+                    "noticed_p50_ms",
+                    "kill to connection loss noticed, p50 (ms)",
+                    Lower,
+                ),
+                (
+                    "resynced_p50_ms",
+                    "kill to step 2 on the new node, p50 (ms)",
+                    Lower,
+                ),
+                (
+                    "resynced_max_ms",
+                    "kill to step 2 on the new node, max (ms)",
+                    Lower,
+                ),
                 ("moved_clients", "clients moved", Info),
-                ("undelivered", "lost deliveries", Info),
-                ("keystroke_p99_ms", "keystroke latency p99 over the run (ms)", Lower),
+                (
+                    "undelivered_updates",
+                    "lost deliveries (document updates)",
+                    Info,
+                ),
+                (
+                    "keystroke_p99_ms",
+                    "keystroke latency p99 over the run (ms)",
+                    Lower,
+                ),
             ],
             _ => vec![],
         }
@@ -703,8 +820,11 @@ pub mod nodes {
 
         let mut md = String::new();
         let _ = writeln!(md, "{BEGIN}");
-        let _ = writeln!(md, "## Several nodes
-");
+        let _ = writeln!(
+            md,
+            "## Several nodes
+"
+        );
         let _ = writeln!(
             md,
             "Written by `bench/cluster.sh` (load generator `tandem-bench`, workloads C1–C3).              Every setup ran on this one machine, restarted fresh (new PostgreSQL database, new              Redis) for each workload; clients connect to each node's own loopback port, as a              load balancer would spread them.
@@ -739,8 +859,12 @@ pub mod nodes {
         let _ = writeln!(md);
 
         for (w, by_setup) in &table {
-            let _ = writeln!(md, "### {}
-", title(w));
+            let _ = writeln!(
+                md,
+                "### {}
+",
+                title(w)
+            );
             let notes = reference
                 .as_ref()
                 .and_then(|r| by_setup.get(r))
@@ -748,14 +872,21 @@ pub mod nodes {
                 .map(|r| r.notes.clone())
                 .unwrap_or_default();
             for n in notes {
-                let _ = writeln!(md, "{n}.
-");
+                let _ = writeln!(
+                    md,
+                    "{n}.
+"
+                );
             }
-            let cols: Vec<&String> = setups.iter().filter(|s| by_setup.contains_key(*s)).collect();
+            let cols: Vec<&String> = setups
+                .iter()
+                .filter(|s| by_setup.contains_key(*s))
+                .collect();
             let ratio_cols: Vec<&String> = match &reference {
-                Some(r) if by_setup.contains_key(r) => {
-                    others.iter().filter(|s| by_setup.contains_key(*s)).collect()
-                }
+                Some(r) if by_setup.contains_key(r) => others
+                    .iter()
+                    .filter(|s| by_setup.contains_key(*s))
+                    .collect(),
                 _ => vec![],
             };
             let mut header = String::from("| |");
@@ -771,10 +902,20 @@ pub mod nodes {
                 );
             }
             let _ = writeln!(md, "{header}");
-            let _ = writeln!(md, "| --- |{}", " --- |".repeat(cols.len() + ratio_cols.len()));
+            let _ = writeln!(
+                md,
+                "| --- |{}",
+                " --- |".repeat(cols.len() + ratio_cols.len())
+            );
             let status: Vec<&str> = cols
                 .iter()
-                .map(|c| if by_setup[*c].ok { "passed" } else { "**FAILED**" })
+                .map(|c| {
+                    if by_setup[*c].ok {
+                        "passed"
+                    } else {
+                        "**FAILED**"
+                    }
+                })
                 .collect();
             let _ = writeln!(
                 md,
@@ -808,10 +949,18 @@ pub mod nodes {
                     let o = by_setup[*c].metrics.get(key).map(|v| (*v, by_setup[*c].ok));
                     let text = match (rv, o, better) {
                         (Some((t, tok)), Some((p, pok)), Higher) if p > 0.0 => {
-                            format!("{}{}", fmt_factor(t / p), if tok && pok { "" } else { FAILED_MARK })
+                            format!(
+                                "{}{}",
+                                fmt_factor(t / p),
+                                if tok && pok { "" } else { FAILED_MARK }
+                            )
                         }
                         (Some((t, tok)), Some((p, pok)), Lower) if t > 0.0 && p > 0.0 => {
-                            format!("{}{}", fmt_factor(p / t), if tok && pok { "" } else { FAILED_MARK })
+                            format!(
+                                "{}{}",
+                                fmt_factor(p / t),
+                                if tok && pok { "" } else { FAILED_MARK }
+                            )
                         }
                         _ => String::new(),
                     };
@@ -938,18 +1087,34 @@ mod tests {
     fn several_nodes_section_replaces_itself_only() {
         let mut t3 = run(
             Server::Tandem,
-            vec![result("c1", true, &[("one_acked_per_s", 60_000.0), ("one_undelivered", 0.0)])],
+            vec![result(
+                "c1",
+                true,
+                &[("one_acked_per_s", 60_000.0), ("one_undelivered", 0.0)],
+            )],
         );
         t3.setup = Some("tandem-3".into());
         let mut h2 = run(
             Server::Hocuspocus,
-            vec![result("c1", false, &[("one_acked_per_s", 20_000.0), ("one_undelivered", 12.0)])],
+            vec![result(
+                "c1",
+                false,
+                &[("one_acked_per_s", 20_000.0), ("one_undelivered", 12.0)],
+            )],
         );
         h2.setup = Some("hocuspocus-2".into());
         let block = nodes::render(&[h2, t3], &[]);
         assert!(block.contains("| | tandem, 3 nodes | Hocuspocus, 2 instances | tandem, 3 nodes vs Hocuspocus, 2 instances |"), "{block}");
-        assert!(block.contains("| one document: acknowledged updates/s | 60,000 | 20,000† | 3.00× better† |"), "{block}");
-        assert!(block.contains("| one document: lost deliveries | 0 | 12† |  |"), "{block}");
+        assert!(
+            block.contains(
+                "| one document: acknowledged updates/s | 60,000 | 20,000† | 3.00× better† |"
+            ),
+            "{block}"
+        );
+        assert!(
+            block.contains("| one document: lost deliveries | 0 | 12† |  |"),
+            "{block}"
+        );
         assert!(block.contains("60,000 updates/s, **met**"), "{block}");
         let doc = "# Results\n\n## W1\n\ntext\n";
         let once = nodes::replace(doc, &block);

@@ -143,10 +143,7 @@ async fn ingest(env: &Env, r: &mut WorkloadResult, part: Part) -> Result<()> {
         }
     }
     let trackers: Vec<_> = builders.into_iter().map(|b| Arc::new(b.build())).collect();
-    r.metric(
-        &format!("{p}_prepare_s"),
-        (now_ns() - prepare) as f64 / 1e9,
-    );
+    r.metric(&format!("{p}_prepare_s"), (now_ns() - prepare) as f64 / 1e9);
     let total: usize = scripts.iter().map(|w| w.updates.len()).sum();
     r.metric(&format!("{p}_updates"), total as f64);
     r.metric(&format!("{p}_docs"), part.docs as f64);
@@ -294,7 +291,10 @@ async fn ingest(env: &Env, r: &mut WorkloadResult, part: Part) -> Result<()> {
         .max()
         .unwrap_or(start);
     let after = env.nodes_sample();
-    let acked: Vec<u64> = acks.iter().map(|a| a.count.load(Ordering::Acquire)).collect();
+    let acked: Vec<u64> = acks
+        .iter()
+        .map(|a| a.count.load(Ordering::Acquire))
+        .collect();
     let acked_total: u64 = acked.iter().sum();
     let refused: u64 = acks.iter().map(|a| a.refused.load(Ordering::Acquire)).sum();
     if let Some(first) = writer_errors.first() {
@@ -308,7 +308,10 @@ async fn ingest(env: &Env, r: &mut WorkloadResult, part: Part) -> Result<()> {
     }
     let secs = acked_at.saturating_sub(start) as f64 / 1e9;
     r.metric(&format!("{p}_acked"), acked_total as f64);
-    r.metric(&format!("{p}_acked_per_s"), acked_total as f64 / secs.max(1e-9));
+    r.metric(
+        &format!("{p}_acked_per_s"),
+        acked_total as f64 / secs.max(1e-9),
+    );
     r.metric(&format!("{p}_ingest_s"), secs);
     r.latency(&format!("{p}_ack"), &ack_lat.summary());
     log(&format!(
@@ -343,10 +346,12 @@ async fn ingest(env: &Env, r: &mut WorkloadResult, part: Part) -> Result<()> {
             r.fail(format!("{p}: {f}"));
         }
     }
-    r.metric(
-        &format!("{p}_undelivered"),
-        lost.metrics.get("undelivered").copied().unwrap_or(0.0),
-    );
+    for k in ["undelivered", "undelivered_updates"] {
+        r.metric(
+            &format!("{p}_{k}"),
+            lost.metrics.get(k).copied().unwrap_or(0.0),
+        );
+    }
     r.metric(
         &format!("{p}_deliveries"),
         reader_peers.iter().map(|(p, _)| p.delivered).sum::<u64>() as f64,
@@ -512,7 +517,10 @@ async fn http_get(t: &Target, path: &str) -> Result<Vec<u8>> {
     if status != "200" {
         bail!(
             "GET {path}: HTTP {status}: {}",
-            String::from_utf8_lossy(body).chars().take(200).collect::<String>()
+            String::from_utf8_lossy(body)
+                .chars()
+                .take(200)
+                .collect::<String>()
         );
     }
     if head.contains("transfer-encoding: chunked") {

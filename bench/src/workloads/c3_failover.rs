@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use tokio::time::{interval_at, sleep, Instant, MissedTickBehavior};
 
 use super::{
-    account_missing, check_connections, log, ClientSpec, Env, Fleet, Workload, WorkloadResult,
+    account_missing, check_connections, log, none_missing, ClientSpec, Env, Fleet, Workload,
+    WorkloadResult,
 };
 use crate::peer::{Markers, PeerOpts};
 use crate::stats::{LatencyRecorder, LatencySummary};
@@ -104,7 +105,10 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
                 opts: PeerOpts {
                     doc_track: Some(track.clone()),
                     doc_latency: Some(latency.clone()),
-                    me: typist_clients.iter().position(|c| *c == i).map(|t| t as u32),
+                    me: typist_clients
+                        .iter()
+                        .position(|c| *c == i)
+                        .map(|t| t as u32),
                     markers: Some(markers.clone()),
                     shard: i,
                     node,
@@ -257,7 +261,7 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     drop(moved_senders);
     check_connections(&mut r, &[], &peers);
     if all {
-        r.metric("undelivered", 0.0);
+        none_missing(&mut r);
     } else {
         account_missing(&mut r, &peers, (drained - typed) as f64 / 1e9);
     }

@@ -315,7 +315,10 @@ impl Env {
             }
         }
         s.aux_cpu_s = self.aux.iter().filter_map(|p| p.cpu_seconds().ok()).sum();
-        s.db = self.db_name.as_deref().map(crate::procstat::postgres_backends);
+        s.db = self
+            .db_name
+            .as_deref()
+            .map(crate::procstat::postgres_backends);
         s
     }
 
@@ -701,17 +704,39 @@ fn check_connections(
     }
 }
 
+/// Records that every tracked delivery arrived (the metrics [`account_missing`] sets otherwise).
+fn none_missing(r: &mut WorkloadResult) {
+    for k in [
+        "undelivered",
+        "undelivered_updates",
+        "undelivered_awareness",
+    ] {
+        r.metric(k, 0.0);
+    }
+}
+
 /// Counts deliveries that never arrived and records them as censored latencies (see
 /// [`Peer::record_missing`]); adds a failure line when there are any.
 fn account_missing(r: &mut WorkloadResult, peers: &[(Peer, Ended)], waited_s: f64) {
     let now = crate::tracker::now_ns();
     let missing: u64 = peers.iter().map(|(p, _)| p.record_missing(now)).sum();
+    let (updates, awareness) = peers
+        .iter()
+        .map(|(p, _)| p.missing_counts())
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
     r.metric("undelivered", missing as f64);
+    r.metric("undelivered_updates", updates as f64);
+    r.metric("undelivered_awareness", awareness as f64);
     if missing > 0 {
         let clients = peers.iter().filter(|(p, _)| !p.is_complete()).count();
+        let first = peers
+            .iter()
+            .find_map(|(p, _)| p.first_missing())
+            .unwrap_or_default();
         r.fail(format!(
-            "{missing} deliveries (to {clients} clients) had not arrived {waited_s:.0} s after the \
-             last send; they count in the latency percentiles with the time waited (a lower bound)"
+            "{missing} deliveries ({updates} document updates, {awareness} awareness updates; to \
+             {clients} clients) had not arrived {waited_s:.0} s after the last send; they count in \
+             the latency percentiles with the time waited (a lower bound); first missing: {first}"
         ));
     }
 }

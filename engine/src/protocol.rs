@@ -1076,6 +1076,23 @@ impl Room {
         Ok(self.hand_over(Bytes::copy_from_slice(update), author, applied.changed))
     }
 
+    /// Applies an update that is already stored (committed by another server node sharing
+    /// the document): it was checked and admitted where it was accepted, so no limit applies
+    /// here (each node's size estimate is its own, and refusing a stored update would leave
+    /// this replica behind the store). It is broadcast to every connection when it changed
+    /// anything, and counts in the size estimate; [`Output::accepted`] holds it with the
+    /// changes it made (not to be stored again).
+    pub fn apply_stored(
+        &mut self,
+        update: &[u8],
+        author: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Output, ProtocolError> {
+        self.set_time(now_ms);
+        let applied = self.doc.apply_update(update, author)?;
+        Ok(self.hand_over(Bytes::copy_from_slice(update), author, applied.changed))
+    }
+
     /// Edits a text field on the server's replica as `user` (`index`/`delete` in UTF-16 units)
     /// and broadcasts the result. An edit whose update could take the document above
     /// [`Limits::max_document`] (counted at its largest encoding) is refused with

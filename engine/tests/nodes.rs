@@ -468,3 +468,31 @@ fn remote_states_expire_unless_renewed_and_local_expiry_is_published() {
     relay(&o, &mut b, A, 34_000);
     assert_eq!(users(&b, 34_000), ["anna"]);
 }
+
+/// An update another node stored is applied whatever this node's own size estimate says (it
+/// was admitted where it was accepted), broadcast to the local connections, and handed over
+/// with its changes.
+#[test]
+fn stored_updates_apply_past_this_nodes_limits() {
+    let limits = Limits {
+        max_document: 16,
+        ..Limits::default()
+    };
+    let mut b = Room::new(Document::new(1_002), limits);
+    b.join(2, stock("bob"), 0);
+    let update = Document::new(77)
+        .insert("alice", "t", 0, &"long text ".repeat(10))
+        .unwrap();
+    assert!(matches!(
+        b.apply_update(&update, Some("alice"), 0),
+        Err(ProtocolError::DocumentTooLarge(16))
+    ));
+    let out = b.apply_stored(&update, Some("alice"), 1).unwrap();
+    assert_eq!(b.document().text("t").map(|t| t.len()), Some(100));
+    assert!(out.messages.iter().any(|m| m.to == To::All));
+    assert_eq!(out.accepted.len(), 1);
+    assert_eq!(out.accepted[0].author.as_deref(), Some("alice"));
+    // Applying it again changes nothing and broadcasts nothing.
+    let again = b.apply_stored(&update, Some("alice"), 2).unwrap();
+    assert!(again.messages.is_empty());
+}

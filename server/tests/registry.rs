@@ -11,8 +11,8 @@ use tandem_server::documents::{outbox, ConnSink, JoinError, Registry};
 use tandem_server::infra::config::Config;
 use tandem_server::infra::metrics::Metrics;
 use tandem_server::infra::store::{
-    BackendError, CheckpointInfo, Compacted, Compaction, KeyRecord, Loaded, Locked, NewKey, NewUpdate,
-    Sid, SidRange, Since, Store, StoreError,
+    BackendError, CheckpointInfo, Compacted, Compaction, KeyRecord, Loaded, Locked, NewKey,
+    NewUpdate, Sid, SidRange, Since, Store, StoreError,
 };
 use tokio::sync::{oneshot, Semaphore};
 
@@ -120,7 +120,7 @@ fn registry(fail_loads: bool) -> (Registry, Arc<Scripted>, tempfile::TempDir) {
         writes: AtomicUsize::new(0),
     });
     let config = Arc::new(Config::default_for(dir.path()));
-    let r = Registry::new(store.clone(), Metrics::new(), config);
+    let r = Registry::new(store.clone(), Metrics::new(), config, None);
     (r, store, dir)
 }
 

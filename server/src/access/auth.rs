@@ -157,6 +157,11 @@ impl Auth {
         registration
     }
 
+    /// The latest revocation time of `user` (unix seconds), if any.
+    pub fn revoked_at(&self, user: &str) -> Option<u64> {
+        self.inner.revocations.revoked_at(user)
+    }
+
     /// Whether a token of `user` issued at `issued_at` has been revoked.
     pub fn is_revoked(&self, user: &str, issued_at: u64) -> bool {
         self.inner

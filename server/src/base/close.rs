@@ -51,6 +51,8 @@ pub mod code {
     pub const UNAUTHORIZED: u16 = 4401;
     /// A token that does not reach the document.
     pub const FORBIDDEN: u16 = 4403;
+    /// Storage is out of reach (the shared database): nothing more was stored; try again.
+    pub const STORAGE_UNAVAILABLE: u16 = 4503;
     /// The document is at its size limit.
     pub const DOCUMENT_TOO_LARGE: u16 = 4507;
 
@@ -70,6 +72,7 @@ mod tests {
         assert!(Close::new(code::GOING_AWAY, "").stock_client_reconnects());
         assert!(Close::new(code::SLOW_READER, "").stock_client_reconnects());
         assert!(Close::new(code::DOCUMENT_TOO_LARGE, "").stock_client_reconnects());
+        assert!(Close::new(code::STORAGE_UNAVAILABLE, "").stock_client_reconnects());
         assert!(!Close::new(code::UNAUTHORIZED, "").stock_client_reconnects());
         assert!(!Close::new(code::BAD_REQUEST, "").stock_client_reconnects());
     }

@@ -56,6 +56,24 @@ pub(super) enum Command {
         update: Bytes,
         author: String,
     },
+    /// The store holds the document's updates up to `sid` (a position check).
+    Behind {
+        sid: Sid,
+    },
+    /// Presence of another node's connections (an awareness update payload).
+    RemoteAwareness {
+        origin: u64,
+        payload: Bytes,
+    },
+    /// Another node stopped: its connections' presence goes.
+    OriginGone {
+        origin: u64,
+    },
+    /// Publish this node's connections' presence to the other nodes; with `ask`, also ask
+    /// them to publish theirs.
+    Republish {
+        ask: bool,
+    },
     Shutdown,
     /// Runs a closure on the room as the document task would run an engine call (tests only:
     /// makes the document panic).

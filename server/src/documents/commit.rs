@@ -11,6 +11,11 @@
 //! nothing, whatever is queued last, else an entry of its own that holds no update), and the
 //! batch stores updates and records in one transaction ([`Store::append_with_keys`]).
 //! [`Finished::keys`] says which became durable, with the sid of their write.
+//!
+//! With several nodes sharing the store, the frames that carry an accepted update to this
+//! node's other connections are held with it ([`Commit::hold`]) and sent only once it is
+//! stored: nothing reaches another client before its commit. A batch can also be stored
+//! through the document's write lock ([`Commit::submit_locked`]), for conditional writes.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -18,14 +23,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tandem_engine::protocol::ConnId;
+use tandem_engine::protocol::{ConnId, Outgoing};
 use tandem_engine::Change;
 
 use super::keys::KeyId;
 use super::DocError;
 use crate::infra::metrics::Metrics;
 use crate::infra::store::{
-    Answer, Fingerprint, NewKey, NewUpdate, Sid, SidRange, Store, StoreError,
+    Answer, Fingerprint, Locked, NewKey, NewUpdate, Sid, SidRange, Store, StoreError,
 };
 
 /// Called with the sid up to which everything it waited for is durable (or with the failure).
@@ -44,7 +49,12 @@ struct Pending {
     waiters: Vec<Waiter>,
     /// Idempotency records stored with it; their write's sid is this entry's.
     keys: Vec<PendingKey>,
+    /// Frames sent once it is stored (see [`Commit::hold`]).
+    held: Vec<Held>,
 }
+
+/// Frames held until the update they carry is stored, and when their cause was received.
+pub(super) type Held = (Vec<Outgoing>, Option<Instant>);
 
 /// The idempotency record of a request, to store with its write.
 pub(super) struct PendingKey {
@@ -59,6 +69,10 @@ pub(super) struct Finished {
     pub updates: Vec<Durable>,
     /// Its idempotency records, with the sid of their write.
     pub keys: Vec<(KeyId, Sid)>,
+    /// The frames held until it was stored, in order.
+    pub held: Vec<Held>,
+    /// Its sids (for a batch without updates, `first = last + 1`).
+    pub range: SidRange,
 }
 
 /// An update that became durable.
@@ -95,11 +109,6 @@ impl Commit {
         }
     }
 
-    /// The sid of the last durable update.
-    pub(super) fn last_sid(&self) -> Sid {
-        self.last_sid
-    }
-
     /// Nothing queued and nothing in flight.
     pub(super) fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.inflight.is_none()
@@ -124,7 +133,16 @@ impl Commit {
             changes,
             waiters: Vec::new(),
             keys: Vec::new(),
+            held: Vec::new(),
         });
+    }
+
+    /// Holds `frames` until the last queued update is stored (they are dropped if it is not).
+    /// Only called right after queueing the update they carry.
+    pub(super) fn hold(&mut self, frames: Vec<Outgoing>, received: Option<Instant>) {
+        if let Some(p) = self.queue.back_mut() {
+            p.held.push((frames, received));
+        }
     }
 
     /// Stores `key` with the last queued entry (so its sid is that entry's: the update the
@@ -140,6 +158,7 @@ impl Commit {
                 changes: Vec::new(),
                 waiters: Vec::new(),
                 keys: vec![key],
+                held: Vec::new(),
             }),
         }
     }
@@ -163,6 +182,16 @@ impl Commit {
         if self.inflight.is_some() || self.queue.is_empty() {
             return 0;
         }
+        self.start(doc, None)
+    }
+
+    /// Stores what is queued (possibly nothing) through `lock`, which it then releases. Only
+    /// called with nothing in flight.
+    pub(super) fn submit_locked(&mut self, doc: &str, lock: Box<dyn Locked>) -> u64 {
+        self.start(doc, Some(lock))
+    }
+
+    fn start(&mut self, doc: &str, lock: Option<Box<dyn Locked>>) -> u64 {
         let batch: Vec<Pending> = self.queue.drain(..).collect();
         let mut updates: Vec<NewUpdate> = Vec::with_capacity(batch.len());
         let mut keys: Vec<NewKey> = Vec::new();
@@ -185,7 +214,10 @@ impl Commit {
         let doc = doc.to_owned();
         let started = Instant::now();
         self.inflight = Some(Box::pin(async move {
-            let r = store.append_with_keys(&doc, updates, keys).await;
+            let r = match lock {
+                Some(lock) => lock.append_with_keys(updates, keys).await,
+                None => store.append_with_keys(&doc, updates, keys).await,
+            };
             metrics.commit_latency.observe(started.elapsed());
             r
         }));
@@ -213,9 +245,15 @@ impl Commit {
         let mut out = Finished {
             updates: Vec::with_capacity(batch.len()),
             keys: Vec::new(),
+            held: Vec::new(),
+            range: SidRange {
+                first: self.last_sid + 1,
+                last: self.last_sid,
+            },
         };
         match result {
             Ok(range) => {
+                out.range = range;
                 self.last_sid = range.last;
                 // The sid of the last update so far (the last one before the batch at first).
                 let mut sid = range.first - 1;
@@ -227,6 +265,7 @@ impl Commit {
                         waiter(Ok(sid));
                     }
                     out.keys.extend(p.keys.into_iter().map(|k| (k.id, sid)));
+                    out.held.extend(p.held);
                     if let Some(update) = p.update {
                         out.updates.push(Durable {
                             sid,
@@ -238,32 +277,32 @@ impl Commit {
                 }
                 out
             }
-            Err(_) => {
+            Err(e) => {
+                let error = DocError::storage(&e);
                 for p in batch {
                     for waiter in p.waiters {
-                        waiter(Err(DocError::Storage));
+                        waiter(Err(error.clone()));
                     }
                 }
-                self.drop_queue();
+                self.drop_queue(error);
                 out
             }
         }
     }
 
-    /// Drops what is queued, answering its waiters with [`DocError::Storage`]. Those updates
-    /// were never acknowledged; their senders still hold them and send them again after
-    /// reconnecting.
-    pub(super) fn drop_queue(&mut self) {
+    /// Drops what is queued, answering its waiters with `error`. Those updates were never
+    /// acknowledged; their senders still hold them and send them again after reconnecting.
+    pub(super) fn drop_queue(&mut self, error: DocError) {
         for p in self.queue.drain(..) {
             for waiter in p.waiters {
-                waiter(Err(DocError::Storage));
+                waiter(Err(error.clone()));
             }
         }
     }
 
-    /// Takes an update that is already durable elsewhere (stored by another node) at `sid`:
-    /// it becomes the last durable sid. Only called with nothing queued or in flight.
-    pub(super) fn advance(&mut self, sid: Sid) {
+    /// Takes a sid stored by another node and taken by the document: the last durable sid is
+    /// at least that.
+    pub(super) fn saw(&mut self, sid: Sid) {
         self.last_sid = self.last_sid.max(sid);
     }
 }

@@ -166,8 +166,9 @@ impl Keys {
             }
             Err(e) => {
                 tracing::error!(user = %id.0, cause = %e, "looking up an idempotency key failed");
+                let error = DocError::storage(&e);
                 for p in parked {
-                    let _ = p.reply.send(Err(DocError::Storage));
+                    let _ = p.reply.send(Err(error.clone()));
                 }
                 Vec::new()
             }
@@ -209,19 +210,19 @@ impl Keys {
         }
     }
 
-    /// The document failed: every live key's requests get [`DocError::Storage`].
-    pub(super) fn fail(&mut self) {
+    /// The document failed: every live key's requests get `error`.
+    pub(super) fn fail(&mut self, error: DocError) {
         self.lookups = FuturesUnordered::new();
         for (_, live) in self.live.drain() {
             match live {
                 Live::LookingUp(parked) => {
                     for p in parked {
-                        let _ = p.reply.send(Err(DocError::Storage));
+                        let _ = p.reply.send(Err(error.clone()));
                     }
                 }
                 Live::Pending { waiters, .. } => {
                     for waiter in waiters {
-                        let _ = waiter.send(Err(DocError::Storage));
+                        let _ = waiter.send(Err(error.clone()));
                     }
                 }
             }
@@ -257,7 +258,7 @@ mod tests {
     fn setup(dir: &Path) -> (Registry, SqliteStore) {
         let store = SqliteStore::open(dir, SqliteOptions::default()).unwrap();
         let config = Arc::new(Config::default_for(dir));
-        let registry = Registry::new(Arc::new(store.clone()), Metrics::new(), config);
+        let registry = Registry::new(Arc::new(store.clone()), Metrics::new(), config, None);
         (registry, store)
     }
 

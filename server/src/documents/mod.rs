@@ -29,6 +29,7 @@ mod keys;
 pub mod outbox;
 pub mod refusal;
 mod registry;
+mod sequence;
 mod task;
 
 use std::collections::BTreeMap;
@@ -71,6 +72,9 @@ pub enum JoinError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// Storage is out of reach; try again.
+    #[error("storage is unavailable; try again")]
+    Unavailable,
 }
 
 /// A document's current state as the HTTP API shows it.
@@ -145,10 +149,24 @@ pub enum DocError {
     /// Storing the change failed; it was not applied durably.
     #[error("storage failure")]
     Storage,
+    /// Storage is out of reach: nothing was stored; try again.
+    #[error("storage unavailable")]
+    Unavailable,
     /// The request's idempotency key was first used by a different request (another method,
     /// path or body); nothing was done.
     #[error("the idempotency key was already used with a different request")]
     KeyReused,
+}
+
+impl DocError {
+    /// The error a failed storage operation answers: [`DocError::Unavailable`] when the store
+    /// is out of reach (retry), else [`DocError::Storage`].
+    pub fn storage(e: &crate::infra::store::StoreError) -> DocError {
+        match e {
+            crate::infra::store::StoreError::Unavailable { .. } => DocError::Unavailable,
+            _ => DocError::Storage,
+        }
+    }
 }
 
 /// A write through the HTTP API, carried out by the document's owner task.

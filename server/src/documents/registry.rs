@@ -21,6 +21,7 @@ use super::task::{self, Context};
 use super::{
     Answered, ConnSink, DocError, DocState, JoinError, Subscription, WriteRequest, SUBSCRIBER_QUEUE,
 };
+use crate::infra::bus::Bus;
 use crate::infra::config::Config;
 use crate::infra::metrics::Metrics;
 use crate::infra::store::{Sid, Store};
@@ -111,8 +112,13 @@ impl Drop for Attached {
 }
 
 impl Registry {
-    /// An empty registry over `store`.
-    pub fn new(store: Arc<dyn Store>, metrics: Metrics, config: Arc<Config>) -> Self {
+    /// An empty registry over `store`; `bus` links it to the other nodes sharing the store.
+    pub fn new(
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+        config: Arc<Config>,
+        bus: Option<Arc<dyn Bus>>,
+    ) -> Self {
         Registry {
             shared: Arc::new(Shared {
                 docs: DashMap::new(),
@@ -120,6 +126,7 @@ impl Registry {
                     store,
                     metrics,
                     config,
+                    bus,
                 },
                 next_id: AtomicU64::new(1),
                 live: AtomicUsize::new(0),
@@ -310,17 +317,60 @@ impl Registry {
     /// update). Deliver each document's updates in sid order; a sid the document already has
     /// is ignored.
     pub async fn apply_replicated(&self, doc: &str, sid: Sid, update: Bytes, author: &str) {
+        let cmd = Command::Replicated {
+            sid,
+            update,
+            author: author.to_owned(),
+        };
+        self.tell(doc, cmd).await;
+    }
+
+    /// The names of the documents loaded now.
+    pub fn loaded_names(&self) -> Vec<String> {
+        self.shared.docs.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Sends `cmd` to `doc`'s task when it is loaded here (nothing otherwise: a document
+    /// loads everything from the store).
+    async fn tell(&self, doc: &str, cmd: Command) {
         let Some(handle) = self.shared.docs.get(doc).map(|h| h.clone()) else {
             return;
         };
-        let _ = handle
-            .tx
-            .send(Command::Replicated {
-                sid,
-                update,
-                author: author.to_owned(),
-            })
+        let _ = handle.tx.send(cmd).await;
+    }
+
+    /// Tells `doc`, when loaded here, that the store holds its updates up to `sid`: a document
+    /// that has not taken them all reads what it misses (after `--gap-timeout`).
+    pub async fn stored_up_to(&self, doc: &str, sid: Sid) {
+        self.tell(doc, Command::Behind { sid }).await;
+    }
+
+    /// Hands `doc`, when loaded here, the presence of another node's connections (an
+    /// awareness update payload); `origin` names that node.
+    pub async fn remote_presence(&self, doc: &str, origin: u64, payload: Bytes) {
+        self.tell(doc, Command::RemoteAwareness { origin, payload })
             .await;
+    }
+
+    /// Another node stopped: every loaded document drops its connections' presence.
+    pub async fn origin_gone(&self, origin: u64) {
+        for doc in self.loaded_names() {
+            self.tell(&doc, Command::OriginGone { origin }).await;
+        }
+    }
+
+    /// Asks `doc` (another node asked for it) to publish this node's presence to the other
+    /// nodes.
+    pub async fn republish(&self, doc: &str) {
+        self.tell(doc, Command::Republish { ask: false }).await;
+    }
+
+    /// Every loaded document publishes this node's presence and asks the other nodes for
+    /// theirs (the bus came back: whichever node reconnects last, every state crosses).
+    pub async fn republish_all(&self) {
+        for doc in self.loaded_names() {
+            self.tell(&doc, Command::Republish { ask: true }).await;
+        }
     }
 
     /// Removes `doc` from the registry if it is still the task `id`.
@@ -364,7 +414,7 @@ mod tests {
         let store = SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap();
         let config = Arc::new(Config::default_for(dir.path()));
         let metrics = Metrics::new();
-        let registry = Registry::new(Arc::new(store), metrics.clone(), config);
+        let registry = Registry::new(Arc::new(store), metrics.clone(), config, None);
 
         let (s, _rx, closed) = sink();
         let victim = registry.join("victim", writer(), s).await.unwrap();
@@ -410,7 +460,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap());
         let config = Arc::new(Config::default_for(dir.path()));
-        let registry = Registry::new(store.clone(), Metrics::new(), config);
+        let registry = Registry::new(store.clone(), Metrics::new(), config, None);
         // Not loaded: nothing to do (the document loads from the store).
         let remote = tandem_engine::Document::new(9)
             .insert("bob", "t", 0, "hi")

@@ -7,8 +7,19 @@
 //! acknowledged and published to event streams ([`super::feed`]). HTTP writes with an
 //! idempotency key go through [`super::keys`] first. A panic inside an engine call
 //! fails only this document: its connections are closed (1011) and the next one reloads it.
+//!
+//! With several nodes sharing the store ([`Context::bus`], [`Store::is_shared`]): the document
+//! follows the bus before it loads; durable updates are taken in sid order ([`super::sequence`]),
+//! others' as they arrive over the bus, a gap read from the store after `--gap-timeout`; frames
+//! carrying an accepted update wait for its commit ([`Commit::hold`]); this node's committed
+//! updates and its connections' presence go out on the bus; and a conditional register write
+//! is decided under the document's write lock in the store, against every update committed
+//! before it ([`Store::lock`]), so every node sees the same winner.
 
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,21 +29,23 @@ use tandem_engine::{Document, ProtocolError};
 use tokio::sync::mpsc;
 
 use super::command::{Command, JoinReply, Reply};
-use super::commit::{Commit, PendingKey, Waiter};
+use super::commit::{Commit, Durable, Held, PendingKey, Waiter};
 use super::compaction::Compactor;
 use super::fanout::{self, Behind, Fanout};
 use super::feed::Feed;
 use super::keys::{KeyId, Keys, Parked};
 use super::refusal::protocol_error_close;
+use super::sequence::{Next, Remote, Sequence};
 use super::{
     Answered, DocError, DocState, FeedItem, JoinError, Published, Write, WriteRequest, Written,
 };
 use crate::base::clock::now_ms;
 use crate::base::close::{code, Close};
 use crate::base::limit::LimitKind;
+use crate::infra::bus::{Bus, DocMessage};
 use crate::infra::config::Config;
 use crate::infra::metrics::Metrics;
-use crate::infra::store::{KeyRecord, NewUpdate, Sid, Store, StoreError};
+use crate::infra::store::{KeyRecord, Locked, NewUpdate, Sid, Since, Store, StoreError};
 
 /// Commands handled before the produced frames are flushed to the connections.
 const COMMAND_BATCH: usize = 64;
@@ -45,6 +58,25 @@ pub(super) struct Context {
     pub store: Arc<dyn Store>,
     pub metrics: Metrics,
     pub config: Arc<Config>,
+    /// The bus to the other nodes sharing the store, when there are any.
+    pub bus: Option<Arc<dyn Bus>>,
+}
+
+type Pending<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// This node's committed batch, waiting for its turn in sid order.
+struct LocalBatch {
+    updates: Vec<Durable>,
+    held: Vec<Held>,
+}
+
+/// A write decided under the document's write lock (several nodes, conditional writes).
+enum Exclusive {
+    /// An HTTP write.
+    Write(WriteRequest, Reply<Answered>),
+    /// A connection's frame (one with a conditional register write, or any frame of a
+    /// connection that has one waiting, so its frames keep their order).
+    Frame(ConnId, Bytes, Instant),
 }
 
 /// Takes the document out of the registry (called once, when it stops taking commands).
@@ -135,6 +167,10 @@ impl DocTask {
     pub(super) async fn run(mut self) {
         let ctx = self.ctx.clone();
         let metrics = ctx.metrics.clone();
+        // Followed before loading: what another node commits after the load arrives.
+        if let Some(bus) = &ctx.bus {
+            bus.follow(&self.name).await;
+        }
         let loaded = match self.load(&ctx).await {
             Ok(l) => {
                 metrics.document_loads.inc();
@@ -143,15 +179,35 @@ impl DocTask {
             Err(e) => {
                 metrics.document_load_failures.inc();
                 tracing::error!(doc = %self.name, cause = %e, "document load failed");
+                if let Some(bus) = &ctx.bus {
+                    bus.unfollow(&self.name);
+                }
                 self.forget();
-                self.refuse_all(JoinError::LoadFailed).await;
+                let error = match e {
+                    StoreError::Unavailable { .. } => JoinError::Unavailable,
+                    _ => JoinError::LoadFailed,
+                };
+                self.refuse_all(error).await;
                 return;
             }
         };
         metrics.documents_loaded.inc();
+        let shared = ctx.store.is_shared();
+        if let Some(bus) = &ctx.bus {
+            // Other nodes serving the document republish their connections' presence.
+            bus.publish(&self.name, DocMessage::Query);
+        }
         let mut doc = Running {
             name: self.name.clone(),
             commit: Commit::new(Arc::clone(&ctx.store), metrics.clone(), loaded.last_sid),
+            sequence: Sequence::new(loaded.last_sid),
+            shared,
+            gap_deadline: None,
+            fetching: None,
+            locking: None,
+            exclusive: VecDeque::new(),
+            parked: HashSet::new(),
+            under_lock: false,
             ctx,
             room: loaded.room,
             exists: loaded.exists,
@@ -181,28 +237,47 @@ impl DocTask {
                     None => break,
                 },
                 result = doc.commit.stored(), if doc.commit.in_flight() => doc.stored(result),
+                result = pending(&mut doc.locking), if doc.locking.is_some() => {
+                    doc.locking = None;
+                    doc.locked(result);
+                }
+                result = pending(&mut doc.fetching), if doc.fetching.is_some() => {
+                    doc.fetching = None;
+                    doc.fetched(result);
+                }
+                _ = sleep_until(doc.gap_deadline), if doc.gap_deadline.is_some() => doc.fetch(),
                 (id, found) = doc.keys.looked_up(), if doc.keys.looking_up() => {
                     doc.key_looked_up(id, found);
                 }
                 _ = sweep.tick() => doc.sweep(),
             }
             doc.flush();
-            if !doc.commit.in_flight() {
-                doc.submit();
-                if !doc.commit.in_flight() {
+            if !doc.commit.in_flight() && doc.locking.is_none() {
+                if doc.exclusive.is_empty() {
+                    doc.submit();
+                } else {
+                    doc.lock();
+                }
+                if !doc.commit.in_flight() && doc.locking.is_none() {
                     doc.compact_if_due().await;
                 }
             }
             let idle = doc.fanout.is_empty()
                 && doc.feed.is_empty()
                 && doc.commit.is_idle()
-                && doc.keys.is_idle();
+                && doc.keys.is_idle()
+                && doc.exclusive.is_empty()
+                && doc.locking.is_none()
+                && doc.fetching.is_none();
             if idle || (doc.failed && !doc.commit.in_flight()) {
                 doc.compact_if_due().await;
                 break;
             }
         }
         // Unload: leave the registry, then send whatever is still queued to a fresh task.
+        if let Some(bus) = &self.ctx.bus {
+            bus.unfollow(&self.name);
+        }
         self.forget();
         self.rx.close();
         while let Some(cmd) = self.rx.recv().await {
@@ -228,6 +303,10 @@ impl DocTask {
                 Command::Subscribe { reply, .. } => drop(reply.send(Err(failed))),
                 Command::Write { reply, .. } => drop(reply.send(Err(failed))),
                 Command::Replicated { .. }
+                | Command::Behind { .. }
+                | Command::RemoteAwareness { .. }
+                | Command::OriginGone { .. }
+                | Command::Republish { .. }
                 | Command::Frame { .. }
                 | Command::Leave { .. }
                 | Command::Shutdown => {}
@@ -254,6 +333,37 @@ struct Running {
     /// Set after a storage failure or a panic: the document stops serving and unloads.
     failed: bool,
     shutting_down: bool,
+    /// Durable updates in sid order (this node's and, with several nodes, others').
+    sequence: Sequence<LocalBatch>,
+    /// Whether other nodes share the store.
+    shared: bool,
+    /// When a gap in the sequence is read from the store.
+    gap_deadline: Option<tokio::time::Instant>,
+    /// A read of a gap from the store.
+    fetching: Option<Pending<Since>>,
+    /// Taking the document's write lock, for the writes in `exclusive`.
+    locking: Option<Pending<Box<dyn Locked>>>,
+    /// Writes waiting to be decided under the write lock.
+    exclusive: VecDeque<Exclusive>,
+    /// Connections with a frame in `exclusive`.
+    parked: HashSet<ConnId>,
+    /// Set while the writes in `exclusive` are carried out under the lock.
+    under_lock: bool,
+}
+
+/// Waits for an optional operation (guard the `select!` branch with `is_some`).
+async fn pending<T>(op: &mut Option<Pending<T>>) -> Result<T, StoreError> {
+    match op.as_mut() {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Running {
@@ -283,6 +393,15 @@ impl Running {
                 received,
             } => {
                 if !self.fanout.contains(conn) {
+                    return;
+                }
+                if self.shared
+                    && !self.under_lock
+                    && (self.parked.contains(&conn) || protocol::holds_conditional_write(&frame))
+                {
+                    self.parked.insert(conn);
+                    self.exclusive
+                        .push_back(Exclusive::Frame(conn, frame, received));
                     return;
                 }
                 self.ctx.metrics.bytes_received.add(frame.len() as u64);
@@ -320,7 +439,38 @@ impl Running {
                 sid,
                 update,
                 author,
-            } => self.replicated(sid, update, author, now),
+            } => {
+                self.sequence.remote(Remote {
+                    sid,
+                    update,
+                    author,
+                });
+                self.take();
+            }
+            Command::Behind { sid } => {
+                self.sequence.saw(sid);
+                self.take();
+            }
+            Command::RemoteAwareness { origin, payload } => {
+                match self.guarded(|room| room.remote_awareness(origin, &payload, now)) {
+                    Some(Ok(out)) => self.dispatch(out, None),
+                    Some(Err(e)) => {
+                        tracing::warn!(doc = %self.name, cause = %e, "presence from another node refused");
+                    }
+                    None => {}
+                }
+            }
+            Command::OriginGone { origin } => {
+                if let Some(out) = self.guarded(|room| room.remove_origin(origin, now)) {
+                    self.dispatch(out, None);
+                }
+            }
+            Command::Republish { ask } => {
+                self.republish();
+                if let (true, Some(bus)) = (ask, &self.ctx.bus) {
+                    bus.publish(&self.name, DocMessage::Query);
+                }
+            }
             #[cfg(test)]
             Command::Run(f) => {
                 self.guarded(f);
@@ -371,8 +521,20 @@ impl Running {
     }
 
     /// Carries out a write and answers it once durable. With a key, the answer is stored with
-    /// the write (see [`super::keys`]).
+    /// the write (see [`super::keys`]). With several nodes, a conditional register write waits
+    /// for the document's write lock.
     fn write_now(&mut self, request: WriteRequest, reply: Reply<Answered>, now: u64) {
+        let conditional = matches!(
+            request.write,
+            Write::Field {
+                expected: Some(_),
+                ..
+            }
+        );
+        if self.shared && conditional && !self.under_lock {
+            self.exclusive.push_back(Exclusive::Write(request, reply));
+            return;
+        }
         let WriteRequest {
             user,
             write,
@@ -403,7 +565,7 @@ impl Running {
             }
             // Nothing was written: nothing to wait for.
             None if matches!(written, Written::Stale { .. }) => {
-                let sid = self.commit.last_sid();
+                let sid = self.sequence.taken();
                 let _ = reply.send(Ok(Answered {
                     answer,
                     sid,
@@ -471,27 +633,56 @@ impl Running {
         }
     }
 
-    /// An update stored by another node, at `sid`: applied and broadcast to this document's
-    /// connections and subscribers, not stored again. Ignored when this document already has
-    /// that sid (a duplicate delivery).
-    fn replicated(&mut self, sid: Sid, update: Bytes, author: String, now: u64) {
-        if sid <= self.commit.last_sid() {
-            return;
+    /// Takes what is at its turn in the sequence: others' updates are applied and published,
+    /// this node's batches published and acknowledged. A gap left behind is read from the
+    /// store after `--gap-timeout`.
+    fn take(&mut self) {
+        while let Some(next) = self.sequence.next() {
+            match next {
+                Next::Remote(remote) => self.apply_remote(remote),
+                Next::Local { batch, after } => self.local_durable(batch, after),
+            }
         }
+        self.commit.saw(self.sequence.taken());
+        if self.sequence.gap() {
+            if self.gap_deadline.is_none() && self.fetching.is_none() {
+                let wait = self.ctx.config.cluster.gap_timeout;
+                self.gap_deadline = Some(tokio::time::Instant::now() + wait);
+            }
+        } else {
+            self.gap_deadline = None;
+        }
+    }
+
+    /// An update another node stored: applied and broadcast to this document's connections and
+    /// subscribers, not stored again.
+    fn apply_remote(&mut self, remote: Remote) {
+        let Remote {
+            sid,
+            update,
+            author,
+        } = remote;
+        let now = now_ms();
+        self.ctx.metrics.replicated_updates.inc();
         let author_ref = (!author.is_empty()).then_some(author.as_str());
-        let Some(result) = self.guarded(|room| room.apply_update(&update, author_ref, now)) else {
+        let Some(result) = self.guarded(|room| room.apply_stored(&update, author_ref, now)) else {
             return;
         };
         let mut out = match result {
             Ok(out) => out,
             Err(e) => {
-                tracing::error!(doc = %self.name, sid, cause = %e, "a replicated update was refused");
-                return;
+                // The replica cannot follow the store: reload it rather than serve it behind.
+                tracing::error!(doc = %self.name, sid, cause = %e, "a stored update could not be applied");
+                return self.fail(
+                    code::DOCUMENT_FAILED,
+                    "document failed; reconnect to reload it",
+                );
             }
         };
         self.fanout.queue(std::mem::take(&mut out.messages), None);
         self.exists = true;
-        self.commit.advance(sid);
+        self.compactor.submitted(update.len() as u64);
+        self.compactor.stored(&author);
         let changes = out.accepted.into_iter().flat_map(|a| a.changes).collect();
         if !self.feed.is_empty() {
             let item = FeedItem::Update(Arc::new(Published {
@@ -501,6 +692,127 @@ impl Running {
                 changes,
             }));
             self.feed.publish(item, &mut self.room);
+        }
+    }
+
+    /// Reads the gap in the sequence from the store.
+    fn fetch(&mut self) {
+        self.gap_deadline = None;
+        if self.failed || !self.sequence.gap() || self.fetching.is_some() {
+            return;
+        }
+        self.ctx.metrics.replication_gap_reads.inc();
+        let store = Arc::clone(&self.ctx.store);
+        let name = self.name.clone();
+        let after = self.sequence.taken();
+        self.fetching = Some(Box::pin(
+            async move { store.updates_since(&name, after).await },
+        ));
+    }
+
+    fn fetched(&mut self, result: Result<Since, StoreError>) {
+        match result {
+            Ok(Since::Updates { entries, last_sid }) => {
+                self.sequence.saw(last_sid);
+                for e in entries {
+                    self.sequence.remote(Remote {
+                        sid: e.sid,
+                        update: e.update,
+                        author: e.author,
+                    });
+                }
+                self.take();
+            }
+            // Nothing after what was asked for: the sid that was seen is not committed yet.
+            Ok(Since::Ahead { .. }) => self.take(),
+            Ok(Since::Compacted { .. }) => self.fail(
+                code::DOCUMENT_FAILED,
+                "this node fell behind; reconnect to reload",
+            ),
+            Err(e) => self.storage_failed(&e),
+        }
+    }
+
+    /// Takes the document's write lock for the writes waiting in `exclusive`.
+    fn lock(&mut self) {
+        if self.failed {
+            return;
+        }
+        let store = Arc::clone(&self.ctx.store);
+        let name = self.name.clone();
+        let after = self.sequence.taken();
+        self.locking = Some(Box::pin(async move { store.lock(&name, after).await }));
+    }
+
+    /// Holding the write lock: takes what other nodes committed before it, decides the
+    /// waiting writes against that, and stores them through the lock (which releases it).
+    fn locked(&mut self, result: Result<Box<dyn Locked>, StoreError>) {
+        let lock = match result {
+            Ok(lock) => lock,
+            Err(e) => return self.storage_failed(&e),
+        };
+        match lock.since().clone() {
+            Since::Updates { entries, last_sid } => {
+                self.sequence.saw(last_sid);
+                for e in entries {
+                    self.sequence.remote(Remote {
+                        sid: e.sid,
+                        update: e.update,
+                        author: e.author,
+                    });
+                }
+                self.take();
+            }
+            Since::Ahead { .. } => {}
+            Since::Compacted { .. } => {
+                return self.fail(
+                    code::DOCUMENT_FAILED,
+                    "this node fell behind; reconnect to reload",
+                )
+            }
+        }
+        self.under_lock = true;
+        let now = now_ms();
+        for item in std::mem::take(&mut self.exclusive) {
+            match item {
+                Exclusive::Write(request, reply) => self.write_now(request, reply, now),
+                Exclusive::Frame(conn, frame, received) => self.command(Command::Frame {
+                    conn,
+                    frame,
+                    received,
+                }),
+            }
+        }
+        self.parked.clear();
+        self.under_lock = false;
+        if self.failed {
+            return;
+        }
+        let bytes = self.commit.submit_locked(&self.name, lock);
+        if bytes > 0 {
+            self.compactor.submitted(bytes);
+        }
+    }
+
+    /// Publishes this node's connections' presence of the document to the other nodes.
+    fn republish(&mut self) {
+        if let (Some(bus), Some(payload)) = (&self.ctx.bus, self.room.local_awareness()) {
+            bus.publish(&self.name, DocMessage::Awareness { payload });
+        }
+    }
+
+    /// A storage operation failed: the document stops serving (its connections reconnect and
+    /// reload it); a database out of reach gets the "try again" close.
+    fn storage_failed(&mut self, e: &StoreError) {
+        tracing::error!(doc = %self.name, cause = %e, "storage failed");
+        match e {
+            StoreError::Unavailable { .. } => {
+                self.fail(code::STORAGE_UNAVAILABLE, "storage unavailable; try again")
+            }
+            _ => self.fail(
+                code::DOCUMENT_FAILED,
+                "storage failure; reconnect to resync",
+            ),
         }
     }
 
@@ -515,19 +827,34 @@ impl Running {
             Err(_) => {
                 tracing::error!(doc = %self.name, "document panicked; unloading it");
                 self.ctx.metrics.document_panics.inc();
-                self.fail("document failed; reconnect to reload it");
+                self.fail(
+                    code::DOCUMENT_FAILED,
+                    "document failed; reconnect to reload it",
+                );
                 None
             }
         }
     }
 
-    fn fail(&mut self, reason: &str) {
+    fn fail(&mut self, code: u16, reason: &str) {
         self.failed = true;
-        self.commit.drop_queue();
-        self.keys.fail();
+        let error = if code == code::STORAGE_UNAVAILABLE {
+            DocError::Unavailable
+        } else {
+            DocError::Storage
+        };
+        self.commit.drop_queue(error.clone());
+        self.keys.fail(error.clone());
+        for item in std::mem::take(&mut self.exclusive) {
+            if let Exclusive::Write(_, reply) = item {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        self.sequence.clear();
+        self.gap_deadline = None;
         self.feed.clear();
         for id in self.fanout.ids() {
-            self.close(id, Close::new(code::DOCUMENT_FAILED, reason));
+            self.close(id, Close::new(code, reason));
         }
     }
 
@@ -542,7 +869,7 @@ impl Running {
 
     /// Takes what the room produced: frames wait in the fan-out until [`Running::flush`],
     /// accepted updates are queued for storage, presence changes go to subscribers.
-    fn dispatch(&mut self, out: Output, from: Option<(ConnId, Instant)>) {
+    fn dispatch(&mut self, mut out: Output, from: Option<(ConnId, Instant)>) {
         // Limits the room enforces without closing anyone: counted here.
         for _ in 0..out.dropped_awareness {
             self.ctx.metrics.limit_breached(LimitKind::AwarenessSize);
@@ -550,7 +877,18 @@ impl Running {
         for _ in 0..out.dropped_updates {
             self.ctx.metrics.limit_breached(LimitKind::PendingUpdates);
         }
-        self.fanout.queue(out.messages, from.map(|(_, at)| at));
+        if let (Some(bus), Some(payload)) = (&self.ctx.bus, out.awareness_out.take()) {
+            bus.publish(&self.name, DocMessage::Awareness { payload });
+        }
+        // With several nodes, what carries an accepted update waits for its commit.
+        let hold = self.shared && !out.accepted.is_empty();
+        let messages = std::mem::take(&mut out.messages);
+        let held = if hold {
+            Some(messages)
+        } else {
+            self.fanout.queue(messages, from.map(|(_, at)| at));
+            None
+        };
         for accepted in out.accepted {
             self.ctx.metrics.updates.inc();
             let seq = self.fanout.count_update(accepted.conn);
@@ -562,8 +900,11 @@ impl Running {
             self.commit
                 .push(accepted.conn, seq, update, accepted.changes);
         }
+        if let Some(messages) = held {
+            self.commit.hold(messages, from.map(|(_, at)| at));
+        }
         if out.presence_changed {
-            let sid = self.commit.last_sid();
+            let sid = self.sequence.taken();
             self.feed.presence_changed(&mut self.room, sid, now_ms());
         }
         if let (Some(err), Some((conn, _))) = (out.error, from) {
@@ -618,24 +959,50 @@ impl Running {
         }
     }
 
-    /// A batch finished storing: ack its senders and publish it, or fail the document.
+    /// A batch finished storing: it goes out on the bus at once and takes its turn in the
+    /// sequence; or the document fails.
     fn stored(&mut self, result: Result<crate::infra::store::SidRange, StoreError>) {
-        if let Err(e) = &result {
-            tracing::error!(doc = %self.name, cause = %e, "storing updates failed");
-        }
-        let failed = result.is_err();
+        let error = result.as_ref().err().cloned();
         let finished = self.commit.finish(result);
-        if failed {
-            self.fail("storage failure; reconnect to resync");
-            return;
+        if let Some(e) = error {
+            return self.storage_failed(&e);
         }
         for (id, sid) in &finished.keys {
             self.keys.durable(id, *sid);
         }
-        let durable = finished.updates;
+        if let Some(bus) = &self.ctx.bus {
+            for d in &finished.updates {
+                bus.publish(
+                    &self.name,
+                    DocMessage::Update {
+                        sid: d.sid,
+                        author: d.update.author.clone(),
+                        update: d.update.update.clone(),
+                    },
+                );
+            }
+        }
+        let batch = LocalBatch {
+            updates: finished.updates,
+            held: finished.held,
+        };
+        if batch.updates.is_empty() {
+            return self.local_durable(batch, self.sequence.taken());
+        }
+        let range = finished.range;
+        self.sequence.local(range.first, range.last, batch);
+        self.take();
+    }
+
+    /// This node's batch at its turn: its held frames go out, its updates after `after` are
+    /// published to event streams, and its senders are acknowledged.
+    fn local_durable(&mut self, batch: LocalBatch, after: Sid) {
+        for (frames, received) in batch.held {
+            self.fanout.queue(frames, received);
+        }
         // The last update of each connection in the batch is acked (acks count updates).
         let mut last_of: Vec<(ConnId, u64, Sid)> = Vec::new();
-        for d in durable {
+        for d in batch.updates {
             self.compactor.stored(&d.update.author);
             if let Some((conn, seq)) = d.conn {
                 match last_of.iter_mut().find(|(c, _, _)| *c == conn) {
@@ -643,7 +1010,7 @@ impl Running {
                     None => last_of.push((conn, seq, d.sid)),
                 }
             }
-            if !self.feed.is_empty() {
+            if d.sid > after && !self.feed.is_empty() {
                 let item = FeedItem::Update(Arc::new(Published {
                     sid: d.sid,
                     update: d.update.update,
@@ -665,7 +1032,7 @@ impl Running {
             self.dispatch(out, None);
         }
         // Typing states time out without a message: publish what that changed.
-        let sid = self.commit.last_sid();
+        let sid = self.sequence.taken();
         self.feed.presence_changed(&mut self.room, sid, now);
     }
 
@@ -683,7 +1050,7 @@ impl Running {
         let doc = self.room.document();
         DocState {
             exists: self.exists,
-            sid: self.commit.last_sid(),
+            sid: self.sequence.taken(),
             texts: doc.texts(),
             fields: doc.fields(),
             update: with_update.then(|| Bytes::from(doc.encode_state())),
@@ -693,8 +1060,11 @@ impl Running {
     /// Folds the log into a snapshot when the policy says so. Only called with nothing in
     /// flight, so the snapshot is exactly the state at the last durable sid.
     async fn compact_if_due(&mut self) {
-        let sid = self.commit.last_sid();
-        if self.failed || sid == 0 || !self.compactor.is_due() {
+        let sid = self.sequence.taken();
+        // The replica holds exactly the updates up to `sid`: nothing of this node's in flight
+        // or queued, nothing of others' waiting for its turn.
+        let exact = self.commit.is_idle() && !self.sequence.gap() && self.exclusive.is_empty();
+        if self.failed || sid == 0 || !exact || !self.compactor.is_due() {
             return;
         }
         let done = self

@@ -42,6 +42,7 @@ async fn revoke(
 ) -> Result<Response, ApiError> {
     let key = keyed.request_key(&body);
     let admin = &who.identity.user;
+    let mut made = None;
     let (answer, replayed) = state.local_keys.once(admin, key, now_ms(), || {
         let request: RevokeRequest = serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(
@@ -56,8 +57,21 @@ async fn revoke(
         let closed = state.auth.revoke(&request.user, at);
         tracing::info!(admin = %admin, user = %request.user, closed, "revoked a user's tokens");
         let body = json!({"user": request.user, "revoked_at": at, "closed": closed});
+        made = Some((request.user, at));
         Ok(json_answer(StatusCode::OK, Vec::new(), &body))
     })?;
+    // With several nodes: the others hear of it on the bus at once, and the store keeps it for
+    // nodes that start later (and for delivery while the bus is down).
+    if let (Some(cluster), Some((user, at))) = (&state.cluster, made) {
+        cluster.revoked(&user, at).await.map_err(|e| {
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "revoked on this node and announced to the others, but not recorded in storage; \
+                 retry with a new Idempotency-Key",
+            )
+            .with_cause(e)
+        })?;
+    }
     Ok(respond(answer, None, replayed))
 }
 

@@ -2,7 +2,7 @@
 //! `{"error": code, "message": text}` with a stable [`ErrorCode`] and a matching status; the
 //! cause is logged, never sent.
 
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{Map, Value};
@@ -142,11 +142,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.code.status();
         let code = self.code.as_str();
+        let retry = status == StatusCode::SERVICE_UNAVAILABLE;
         match (&self.cause, status.is_server_error()) {
             (Some(cause), true) => tracing::error!(code, cause = ?cause, "request failed"),
             (None, true) => tracing::warn!(code, message = %self.message, "request failed"),
             (Some(cause), false) => tracing::debug!(code, cause = ?cause, "request refused"),
             (None, false) => tracing::debug!(code, message = %self.message, "request refused"),
+        }
+        if retry {
+            // Every 503 is worth retrying: storage out of reach, a document loading or the
+            // server stopping (another node answers).
+            return (status, [(header::RETRY_AFTER, "1")], Json(self.body())).into_response();
         }
         (status, Json(self.body())).into_response()
     }
@@ -182,6 +188,10 @@ impl From<StoreError> for ApiError {
             StoreError::Closed => {
                 ApiError::new(ErrorCode::Unavailable, "the server is shutting down").with_cause(e)
             }
+            StoreError::Unavailable { .. } => {
+                ApiError::new(ErrorCode::Unavailable, "storage is unavailable; try again")
+                    .with_cause(e)
+            }
             other => ApiError::internal(other),
         }
     }
@@ -197,6 +207,10 @@ impl From<DocError> for ApiError {
             DocError::Storage => {
                 ApiError::new(ErrorCode::Internal, "the change could not be stored")
             }
+            DocError::Unavailable => ApiError::new(
+                ErrorCode::Unavailable,
+                "storage is unavailable: nothing was stored; try again",
+            ),
             DocError::KeyReused => ApiError::new(
                 ErrorCode::Unprocessable,
                 "this Idempotency-Key was already used with a different request (method, path \

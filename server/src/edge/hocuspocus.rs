@@ -345,6 +345,7 @@ impl Connection {
             Err(e) => {
                 let code = match e {
                     JoinError::LoadFailed => code::DOCUMENT_FAILED,
+                    JoinError::Unavailable => code::STORAGE_UNAVAILABLE,
                     JoinError::ShuttingDown => code::GOING_AWAY,
                 };
                 return Err(Close::new(code, e.to_string()));

@@ -8,6 +8,8 @@
 //! - [`idempotency`]: the `Idempotency-Key` header, request fingerprints, answers and replays.
 //! - [`router`]: [`router::app`], every route, `/healthz`, `/metrics`.
 //! - [`serve`]: [`serve::run`], what `tandem serve` calls.
+//! - [`cluster`]: [`cluster::Cluster`], a node among several: the bus's events to the
+//!   documents, position checks against the shared store, revocations, readiness.
 //! - [`socket`]: WebSocket plumbing both dialects share (upgrade, batched writes, closes,
 //!   pacing); [`live`]: [`live::Live`], the admission, revocation and expiry of every
 //!   long-lived response.
@@ -16,6 +18,7 @@
 //!   [`admin`], [`demo`] (with [`package`], the browser package and its build), [`openapi`].
 
 pub mod admin;
+pub mod cluster;
 pub mod demo;
 pub mod documents;
 pub mod error;

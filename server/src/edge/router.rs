@@ -15,6 +15,7 @@ use crate::infra::metrics;
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/ws", get(super::hocuspocus::handler))
         .route("/ws/{doc}", get(super::ws::handler))
@@ -42,6 +43,30 @@ async fn healthz(State(state): State<AppState>) -> Result<Json<Value>, ApiError>
         "version": env!("CARGO_PKG_VERSION"),
         "mode": if state.auth.is_open() { "development" } else { "secured" },
     })))
+}
+
+/// `GET /readyz`: 200 while this node can serve everything it promises; 503 when it is
+/// shutting down, its shared store does not answer, or (several nodes) its bus to the other
+/// nodes is down ("degraded": it serves, but other nodes' updates reach it only through the
+/// store's catch-up, and presence does not cross nodes). The body says which.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let (ready, mut body) = match &state.cluster {
+        Some(cluster) => cluster.readiness(),
+        None => (
+            true,
+            json!({"status": "ok", "store": "embedded", "bus": "none"}),
+        ),
+    };
+    let ready = ready && !state.shutdown.is_triggered();
+    if state.shutdown.is_triggered() {
+        body["status"] = json!("shutting_down");
+    }
+    let status = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.

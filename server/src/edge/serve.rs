@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use super::cluster::Cluster;
 use super::router::app;
 use super::state::AppState;
+use crate::infra::bus::{self, BusError, BusOptions};
 use crate::infra::config::Config;
 use crate::infra::metrics::Metrics;
 use crate::infra::shutdown;
@@ -24,14 +26,10 @@ pub enum ServeError {
     /// Serving failed on the listening socket.
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
-    /// The configuration names a backend this build does not drive yet.
-    #[error("{flag} is set, but this build of tandem cannot use it yet: {what}")]
-    BackendUnavailable {
-        /// The flag that asked for it.
-        flag: &'static str,
-        /// What is missing.
-        what: &'static str,
-    },
+    /// `--redis-url` could not be used (a malformed URL; an unreachable Redis is not an
+    /// error: the node serves, degraded).
+    #[error(transparent)]
+    Bus(#[from] BusError),
 }
 
 /// Serves `app(state)` on `listener` until `shutdown` completes, then stops accepting and waits
@@ -65,20 +63,6 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    if config.redis_url.is_some() {
-        return Err(ServeError::BackendUnavailable {
-            flag: "--redis-url",
-            what: "cross-node fan-out over Redis",
-        });
-    }
-    // The store can open PostgreSQL, but the document layer does not yet follow what other
-    // nodes write: refused at start until it does.
-    if config.database_url.is_some() {
-        return Err(ServeError::BackendUnavailable {
-            flag: "--database-url",
-            what: "several nodes on one PostgreSQL database",
-        });
-    }
     let metrics = Metrics::new();
     let store = store::open(&config, &metrics).await?;
     let local = listener.local_addr()?;
@@ -93,8 +77,41 @@ pub async fn run(
     tracing::info!(addr = %local, data_dir = %config.data_dir.display(), "tandem listening on {local}");
 
     let (trigger, signal) = shutdown::channel();
-    let state = AppState::new(config, Arc::clone(&store), metrics, signal);
+    let cluster = if store.is_shared() {
+        let bus = match &config.redis_url {
+            Some(url) => {
+                let node = config.cluster.node_id.clone();
+                let options = BusOptions::default();
+                Some(bus::connect(url.as_str(), node, metrics.clone(), options).await?)
+            }
+            None => {
+                tracing::warn!(
+                    "--database-url without --redis-url: other nodes' updates arrive through \
+                     the store every --catch-up-interval, and presence does not cross nodes"
+                );
+                None
+            }
+        };
+        tracing::info!(node = %config.cluster.node_id, bus = bus.is_some(), "serving as a node among several");
+        Some(Cluster::new(&config, Arc::clone(&store), bus))
+    } else {
+        None
+    };
+    let interval = config.cluster.catch_up_interval;
+    let state = AppState::with_cluster(config, Arc::clone(&store), metrics, signal, cluster);
+    if let Some(cluster) = &state.cluster {
+        cluster
+            .start(
+                state.registry.clone(),
+                state.auth.clone(),
+                state.metrics.clone(),
+                interval,
+                state.shutdown.clone(),
+            )
+            .await?;
+    }
     let registry = state.registry.clone();
+    let bus = state.cluster.as_ref().and_then(Cluster::bus);
     let stop = async move {
         shutdown.await;
         tracing::info!("shutting down: no new connections; closing open ones");
@@ -104,6 +121,10 @@ pub async fn run(
     let served = serve(listener, state, stop).await;
     // Every document stores what it holds before the store closes.
     registry.close().await;
+    if let Some(bus) = bus {
+        // The other nodes drop this node's presence at once.
+        bus.close().await;
+    }
     // Flush and close even if serving failed: acknowledged writes are already durable, and this
     // commits whatever is still queued.
     let closed = store.close().await;
@@ -140,24 +161,31 @@ mod tests {
             .exists());
     }
 
+    /// An unreachable database at start is a clear error that names where it looked, never
+    /// the password.
     #[tokio::test]
-    async fn run_refuses_backends_it_cannot_drive() {
+    async fn an_unreachable_database_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::default_for(dir.path());
-        config.redis_url = Some("redis://cache".parse().unwrap());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let err = run(listener, config.clone(), std::future::pending())
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("--redis-url"), "{err}");
-
-        config.redis_url = None;
-        config.database_url = Some("postgres://db/x".parse().unwrap());
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        config.database_url = Some(
+            format!("postgres://tandem:hunter2@127.0.0.1:{port}/cluster")
+                .parse()
+                .unwrap(),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let err = run(listener, config, std::future::pending())
             .await
-            .unwrap_err();
-        assert!(err.to_string().contains("--database-url"), "{err}");
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("127.0.0.1") && err.contains("cluster"),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     async fn raw_get(addr: SocketAddr, path: &str) -> String {

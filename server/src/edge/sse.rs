@@ -246,8 +246,24 @@ pub async fn events(
         .subscribe(&doc, format == Format::Yjs && since.is_none())
         .await?;
     let upto = sub.state.sid;
+    // Events up to `seen` are not sent from the live feed (the client has them).
+    let mut seen = upto;
     let start = match since {
         None => Start::Snapshot { reset: false },
+        // With several nodes, a client resuming here may have seen sids this node has not
+        // taken yet (another node's): when the store has them, they are on their way, so the
+        // stream starts empty and skips what the client has.
+        Some(since) if since > upto && state.cluster.is_some() => {
+            let stored = state.store.last_sids(std::slice::from_ref(&doc)).await?;
+            let stored = stored.first().copied().unwrap_or(0);
+            if since <= stored {
+                state.registry.stored_up_to(&doc, stored).await;
+                seen = since;
+                Start::Events(Vec::new())
+            } else {
+                Start::Snapshot { reset: true }
+            }
+        }
         Some(since) => catch_up(state.store.as_ref(), &doc, since, upto, format).await?,
     };
     let (tx, rx) = mpsc::channel::<Event>(STREAM_QUEUE);
@@ -274,7 +290,7 @@ pub async fn events(
         }
         for view in &sub.presence {
             first.push(presence_event(
-                upto,
+                seen,
                 &PresenceChange {
                     action: PresenceAction::Join,
                     view: PresenceView::clone(view),
@@ -292,13 +308,14 @@ pub async fn events(
                 let mut out = Vec::new();
                 match item {
                     FeedItem::Update(p) => {
-                        if p.sid <= upto {
+                        if p.sid <= seen {
                             continue;
                         }
                         published_events(format, &p, &mut out);
                     }
+                    // Never an id below what the client has seen (it resumes from the last).
                     FeedItem::Presence(sid, changes) => {
-                        out.extend(changes.iter().map(|c| presence_event(sid, c)))
+                        out.extend(changes.iter().map(|c| presence_event(sid.max(seen), c)))
                     }
                 }
                 for e in out {

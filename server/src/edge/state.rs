@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::cluster::Cluster;
 use super::idempotency::LocalKeys;
 use super::package::Package;
 use crate::access::auth::Auth;
@@ -31,6 +32,8 @@ pub struct AppState {
     /// Idempotency keys of the writes whose effect lives in this process's memory
     /// (revocations).
     pub local_keys: LocalKeys,
+    /// The links to the other nodes sharing the store, when it is shared.
+    pub cluster: Option<Cluster>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -43,16 +46,33 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Assembles the state; the auth mode comes from the config.
+    /// Assembles the state of one node; the auth mode comes from the config.
     pub fn new(
         config: Config,
         store: Arc<dyn Store>,
         metrics: Metrics,
         shutdown: Shutdown,
     ) -> Self {
+        Self::with_cluster(config, store, metrics, shutdown, None)
+    }
+
+    /// Assembles the state of a node among several (`cluster`) or of one node (`None`).
+    pub fn with_cluster(
+        config: Config,
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+        shutdown: Shutdown,
+        cluster: Option<Cluster>,
+    ) -> Self {
         let auth = Auth::new(config.auth.clone());
         let config = Arc::new(config);
-        let registry = Registry::new(Arc::clone(&store), metrics.clone(), Arc::clone(&config));
+        let bus = cluster.as_ref().and_then(Cluster::bus);
+        let registry = Registry::new(
+            Arc::clone(&store),
+            metrics.clone(),
+            Arc::clone(&config),
+            bus,
+        );
         AppState {
             config,
             auth,
@@ -62,6 +82,7 @@ impl AppState {
             registry,
             demo: Package::default(),
             local_keys: LocalKeys::default(),
+            cluster,
         }
     }
 }

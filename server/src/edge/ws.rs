@@ -172,6 +172,7 @@ async fn serve(setup: Box<Setup>) {
         Err(e) => {
             let code = match e {
                 JoinError::LoadFailed => code::DOCUMENT_FAILED,
+                JoinError::Unavailable => code::STORAGE_UNAVAILABLE,
                 JoinError::ShuttingDown => code::GOING_AWAY,
             };
             let close = socket::close_message(Close::new(code, e.to_string()));

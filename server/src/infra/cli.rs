@@ -52,9 +52,24 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// Redis for fan-out across several tandem nodes (redis://… or rediss://…).
+    /// Redis for live traffic between several tandem nodes (redis://…; no TLS); needs
+    /// --database-url (the nodes' shared store).
     #[arg(long, env = "TANDEM_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// This node's name among several (letters, digits, '-', '_', '.'); random when not given.
+    #[arg(long, env = "TANDEM_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// With several nodes: how long a document waits for a missing update to arrive over Redis
+    /// before reading it from PostgreSQL (e.g. 100ms).
+    #[arg(long, env = "TANDEM_GAP_TIMEOUT", default_value = defaults::GAP_TIMEOUT, value_parser = parse_duration)]
+    pub gap_timeout: Duration,
+
+    /// With several nodes: how often each node compares its loaded documents with PostgreSQL's
+    /// latest sids and reads what it missed (how fast updates cross nodes while Redis is down).
+    #[arg(long, env = "TANDEM_CATCH_UP_INTERVAL", default_value = defaults::CATCH_UP_INTERVAL, value_parser = parse_duration)]
+    pub catch_up_interval: Duration,
 
     /// Largest WebSocket frame or HTTP update body accepted (e.g. 1MiB, 65536).
     #[arg(long, env = "TANDEM_MAX_FRAME_SIZE", default_value = defaults::MAX_FRAME_SIZE)]
@@ -176,6 +191,10 @@ pub mod defaults {
     pub const COMPACT_AFTER: u64 = 1_000;
     /// `--compact-after-bytes`.
     pub const COMPACT_AFTER_BYTES: &str = "4MiB";
+    /// `--gap-timeout`.
+    pub const GAP_TIMEOUT: &str = "100ms";
+    /// `--catch-up-interval`.
+    pub const CATCH_UP_INTERVAL: &str = "500ms";
 }
 
 /// A size in bytes, written as a plain number or with a suffix: `B`, `KiB`/`K`, `MiB`/`M`,
@@ -232,6 +251,10 @@ impl ServeArgs {
             auth_secret: None,
             database_url: None,
             redis_url: None,
+            node_id: None,
+            gap_timeout: humantime::parse_duration(defaults::GAP_TIMEOUT).unwrap_or(Duration::ZERO),
+            catch_up_interval: humantime::parse_duration(defaults::CATCH_UP_INTERVAL)
+                .unwrap_or(Duration::ZERO),
             max_frame_size: size(defaults::MAX_FRAME_SIZE),
             max_awareness_size: size(defaults::MAX_AWARENESS_SIZE),
             max_document_size: size(defaults::MAX_DOCUMENT_SIZE),

@@ -36,8 +36,19 @@ pub enum ConfigError {
     #[error("--database-url must be a postgres:// or postgresql:// URL: {0}")]
     BadDatabaseUrl(String),
     /// `--redis-url` is not a Redis URL.
-    #[error("--redis-url must be a redis:// or rediss:// URL: {0}")]
+    #[error(
+        "--redis-url must be a redis:// URL (this build does not speak TLS: no rediss://): {0}"
+    )]
     BadRedisUrl(String),
+    /// `--redis-url` without `--database-url`.
+    #[error(
+        "--redis-url needs --database-url: Redis carries live traffic between several nodes, and \
+         several nodes need a shared store (PostgreSQL); one node needs no Redis"
+    )]
+    RedisWithoutDatabase,
+    /// `--node-id` is empty, too long or has characters other than letters, digits, '-', '_', '.'.
+    #[error("--node-id {0:?} must be 1-64 letters, digits, '-', '_' or '.'")]
+    BadNodeId(String),
     /// A limit that must be positive is zero.
     #[error("--{0} must be greater than zero")]
     Zero(&'static str),
@@ -216,6 +227,17 @@ pub enum StorageConfig {
     },
 }
 
+/// How a node works with others sharing its store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// This node's name (`--node-id`, or random).
+    pub node_id: String,
+    /// How long a gap in a document's sids waits for the bus before the store is read.
+    pub gap_timeout: Duration,
+    /// How often loaded documents are compared with the store's latest sids.
+    pub catch_up_interval: Duration,
+}
+
 /// The validated configuration of `tandem serve`.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -229,6 +251,8 @@ pub struct Config {
     pub database_url: Option<Url>,
     /// `--redis-url`, when given.
     pub redis_url: Option<Url>,
+    /// Settings of a node among several (used with `--database-url`).
+    pub cluster: ClusterSettings,
     /// Per-client limits.
     pub limits: Limits,
     /// Compaction and version history.
@@ -250,8 +274,35 @@ impl Config {
             .transpose()?;
         let redis_url = args
             .redis_url
-            .map(|u| parse_url(&u, &["redis", "rediss"], ConfigError::BadRedisUrl))
+            .map(|u| parse_url(&u, &["redis"], ConfigError::BadRedisUrl))
             .transpose()?;
+        if redis_url.is_some() && database_url.is_none() {
+            return Err(ConfigError::RedisWithoutDatabase);
+        }
+        let node_id = match args.node_id {
+            Some(id) => {
+                let ok = (1..=64).contains(&id.len())
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if !ok {
+                    return Err(ConfigError::BadNodeId(id));
+                }
+                id
+            }
+            None => format!("node-{:08x}", fastrand::u32(..)),
+        };
+        if args.gap_timeout.is_zero() {
+            return Err(ConfigError::Zero("gap-timeout"));
+        }
+        if args.catch_up_interval.is_zero() {
+            return Err(ConfigError::Zero("catch-up-interval"));
+        }
+        let cluster = ClusterSettings {
+            node_id,
+            gap_timeout: args.gap_timeout,
+            catch_up_interval: args.catch_up_interval,
+        };
 
         let nonzero = |name: &'static str, v: u64| {
             if v == 0 {
@@ -324,6 +375,7 @@ impl Config {
             auth,
             database_url,
             redis_url,
+            cluster,
             limits,
             history,
         })
@@ -492,12 +544,21 @@ mod tests {
             "--database-url",
             "postgres://u:pw@db:5432/tandem",
             "--redis-url",
-            "rediss://cache:6380",
+            "redis://cache:6380",
         ])
         .unwrap();
         assert_eq!(c.database_url.as_ref().unwrap().host_str(), Some("db"));
         assert!(matches!(c.storage(), StorageConfig::Postgres { .. }));
-        assert_eq!(c.redis_url.unwrap().scheme(), "rediss");
+        assert_eq!(c.redis_url.unwrap().scheme(), "redis");
+        assert!(matches!(
+            config(&[
+                "--database-url",
+                "postgres://db/x",
+                "--redis-url",
+                "rediss://cache"
+            ]),
+            Err(ConfigError::BadRedisUrl(_))
+        ));
         let err = config(&["--database-url", "mysql://u:hunter2@db/x"]).unwrap_err();
         assert!(matches!(err, ConfigError::BadDatabaseUrl(_)));
         assert!(!err.to_string().contains("hunter2"));
@@ -509,6 +570,33 @@ mod tests {
             config(&["--redis-url", "http://x"]),
             Err(ConfigError::BadRedisUrl(_))
         ));
+        let err = config(&["--redis-url", "redis://cache"]).unwrap_err();
+        assert!(matches!(err, ConfigError::RedisWithoutDatabase));
+        assert!(err.to_string().contains("--database-url"), "{err}");
+    }
+
+    #[test]
+    fn node_ids_are_checked_and_default_to_a_random_one() {
+        let c = config(&["--node-id", "node-a.1"]).unwrap();
+        assert_eq!(c.cluster.node_id, "node-a.1");
+        for bad in ["", "a b", "a/b", &"x".repeat(65)] {
+            assert!(
+                matches!(config(&["--node-id", bad]), Err(ConfigError::BadNodeId(_))),
+                "{bad:?}"
+            );
+        }
+        let (a, b) = (config(&[]).unwrap(), config(&[]).unwrap());
+        assert!(a.cluster.node_id.starts_with("node-"));
+        assert_ne!(a.cluster.node_id, b.cluster.node_id);
+        assert_eq!(a.cluster.gap_timeout, Duration::from_millis(100));
+        assert_eq!(a.cluster.catch_up_interval, Duration::from_millis(500));
+        check_zero("--gap-timeout");
+        check_zero("--catch-up-interval");
+    }
+
+    fn check_zero(flag: &str) {
+        let err = config(&[flag, "0s"]).unwrap_err().to_string();
+        assert!(err.contains(flag), "{err}");
     }
 
     #[test]

@@ -199,6 +199,12 @@ pub struct MetricSet {
     pub document_unloads: Counter,
     /// Documents unloaded because applying an update panicked.
     pub document_panics: Counter,
+    /// Updates another node stored, taken by a document loaded here.
+    pub replicated_updates: Counter,
+    /// Gaps in a document's sids read from the store (the bus lost or delayed an update).
+    pub replication_gap_reads: Counter,
+    /// Whether the shared store answered the last position check (1) or not (0).
+    pub store_up: Gauge,
     /// Updates applied and stored.
     pub updates: Counter,
     /// Updates refused (read-only role, malformed, over a limit).
@@ -256,6 +262,9 @@ impl Default for MetricSet {
             document_load_failures: Counter::default(),
             document_unloads: Counter::default(),
             document_panics: Counter::default(),
+            replicated_updates: Counter::default(),
+            replication_gap_reads: Counter::default(),
+            store_up: Gauge::default(),
             updates: Counter::default(),
             updates_refused: Counter::default(),
             awareness_updates: Counter::default(),
@@ -373,6 +382,24 @@ impl Metrics {
             "tandem_document_panics_total",
             "Documents unloaded after a panic while applying an update.",
             &m.document_panics,
+        );
+        counter(
+            &mut out,
+            "tandem_replicated_updates_total",
+            "Updates stored by another node and taken by a document loaded here.",
+            &m.replicated_updates,
+        );
+        counter(
+            &mut out,
+            "tandem_replication_gap_reads_total",
+            "Gaps in a document's sids read from the store (lost or late bus messages).",
+            &m.replication_gap_reads,
+        );
+        gauge(
+            &mut out,
+            "tandem_store_up",
+            "Whether the shared store answered the last position check (1) or not (0).",
+            &m.store_up,
         );
         counter(
             &mut out,

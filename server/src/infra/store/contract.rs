@@ -640,8 +640,5 @@ pub async fn a_closed_store_refuses_everything(store: &dyn Store) {
         store.lock("doc", 0).await.map(|_| ()),
         Err(StoreError::Closed)
     ));
-    assert!(matches!(
-        store.revocations().await,
-        Err(StoreError::Closed)
-    ));
+    assert!(matches!(store.revocations().await, Err(StoreError::Closed)));
 }

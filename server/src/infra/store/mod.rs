@@ -25,6 +25,13 @@
 //! inside the transaction that stores it (a per-document counter row locked until commit, so
 //! commit order is sid order), and serialises compactions of one document itself.
 //!
+//! Several nodes on one store ([`Store::is_shared`]): [`Store::lock`] holds one document's
+//! writes (appends and compactions, from every node) while a caller reads what was committed
+//! and decides a conditional write; [`Store::last_sids`] tells a node, in one query, where the
+//! documents it serves stand. A shared store fails with [`StoreError::Unavailable`] when the
+//! database cannot be reached (retry later), and with [`StoreError::Backend`] when the database
+//! refused a statement.
+//!
 //! Idempotency keys ([`Store::append_with_keys`], [`Store::idempotency_key`]): a write
 //! request that carries a key is stored together with a [`KeyRecord`] (the key, a fingerprint
 //! of the request, and the answer it got), in the same transaction as the updates it made, so

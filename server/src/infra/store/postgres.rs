@@ -57,7 +57,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
@@ -316,10 +318,7 @@ fn unsigned(doc: &str, what: &str, v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| corrupt(doc, format!("{what} is negative ({v})")))
 }
 
-fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
-    row: &'a Row,
-    i: usize,
-) -> Result<T, StoreError> {
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T, StoreError> {
     row.try_get(i).map_err(classify)
 }
 
@@ -454,8 +453,8 @@ impl PostgresStore {
             location: location.clone(),
             cause,
         };
-        let mut config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| open_error(BackendError::new(e)))?;
+        let mut config =
+            tokio_postgres::Config::from_str(url).map_err(|e| open_error(BackendError::new(e)))?;
         config.connect_timeout(options.connect_timeout);
         if config.get_application_name().is_none() {
             config.application_name("tandem");
@@ -530,9 +529,12 @@ async fn migrate(client: &mut Object) -> Result<(), StoreError> {
         match rows.as_slice() {
             [row] => row.try_get(0).map_err(classify)?,
             _ => {
-                return Err(StoreError::Backend(BackendError::new(std::io::Error::other(
-                    format!("tandem_schema holds {} rows, not one", rows.len()),
-                ))))
+                return Err(StoreError::Backend(BackendError::new(
+                    std::io::Error::other(format!(
+                        "tandem_schema holds {} rows, not one",
+                        rows.len()
+                    )),
+                )))
             }
         }
     } else {
@@ -841,7 +843,10 @@ async fn load(tx: &Tx, doc: &str) -> Result<Option<Loaded>, StoreError> {
     let checkpoint_at = unsigned(doc, "checkpoint time", get(&row, 3)?)?;
     let authors: Vec<String> = get(&row, 4)?;
     let snapshot = if snapshot_sid > 0 {
-        match (get::<Option<i64>>(&row, 5)?, get::<Option<Vec<u8>>>(&row, 6)?) {
+        match (
+            get::<Option<i64>>(&row, 5)?,
+            get::<Option<Vec<u8>>>(&row, 6)?,
+        ) {
             (Some(sid), Some(data)) if sid == big(snapshot_sid) => Some(Snapshot {
                 sid: snapshot_sid,
                 state: Bytes::from(data),
@@ -1023,7 +1028,16 @@ impl Locked for PgLocked {
         let limits = store.inner.keys;
         let range = in_transaction!(
             tx,
-            append_in(&tx, &doc, &updates, &keys, &limits, Some(last_sid), unix_ms()).await
+            append_in(
+                &tx,
+                &doc,
+                &updates,
+                &keys,
+                &limits,
+                Some(last_sid),
+                unix_ms()
+            )
+            .await
         )?;
         store.committed_append(updates.len());
         Ok(range)
@@ -1582,9 +1596,7 @@ mod tests {
                 for round in 0..ROUNDS {
                     // Batches of 1 to 3 updates.
                     let n = 1 + (t + round) % 3;
-                    let batch = (0..n)
-                        .map(|i| new(&format!("t{t}r{round}i{i}")))
-                        .collect();
+                    let batch = (0..n).map(|i| new(&format!("t{t}r{round}i{i}"))).collect();
                     let range = store.append_batch("doc", batch).await.unwrap();
                     assert_eq!(range.last + 1 - range.first, n as u64);
                     ranges.push((range, t, round));
@@ -1605,7 +1617,10 @@ mod tests {
         let seen = reader.await.unwrap();
         let total = owner.len() as u64;
         // Every sid 1..=N exactly once, each holding the update it was given for.
-        assert_eq!(owner.keys().copied().collect::<Vec<_>>(), (1..=total).collect::<Vec<_>>());
+        assert_eq!(
+            owner.keys().copied().collect::<Vec<_>>(),
+            (1..=total).collect::<Vec<_>>()
+        );
         let loaded = nodes[1].load("doc").await.unwrap().unwrap();
         assert_eq!(loaded.last_sid, total);
         for entry in &loaded.updates {
@@ -1637,7 +1652,10 @@ mod tests {
         let Since::Updates { entries, last_sid } = guard.since() else {
             panic!("{:?}", guard.since());
         };
-        assert_eq!((contract::texts(entries), *last_sid), (vec![(1, "b1".into())], 1));
+        assert_eq!(
+            (contract::texts(entries), *last_sid),
+            (vec![(1, "b1".into())], 1)
+        );
         let append = tokio::spawn({
             let b = b.clone();
             async move { b.append("doc", upd("b2"), "bob").await }
@@ -1738,7 +1756,11 @@ mod tests {
                     (upto, Err(e)) => panic!("compaction to {upto}: {e}"),
                 }
             }
-            let loaded = nodes[round as usize % 2].load("doc").await.unwrap().unwrap();
+            let loaded = nodes[round as usize % 2]
+                .load("doc")
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(loaded.last_sid, appended);
             let snapshot = loaded.snapshot.expect("a compaction succeeded");
             // The snapshot is the furthest compaction that committed, and the log holds
@@ -1758,9 +1780,9 @@ mod tests {
         let starts: Vec<_> = (0..3)
             .map(|_| {
                 let url = url.clone();
-                tokio::spawn(
-                    async move { PostgresStore::connect(&url, PostgresOptions::default()).await },
-                )
+                tokio::spawn(async move {
+                    PostgresStore::connect(&url, PostgresOptions::default()).await
+                })
             })
             .collect();
         for start in starts {
@@ -1926,11 +1948,7 @@ mod tests {
         let err = PostgresStore::connect(url.as_str(), PostgresOptions::default())
             .await
             .unwrap_err();
-        let host = format!(
-            "{}:{}",
-            url.host_str().unwrap(),
-            url.port().unwrap_or(5432)
-        );
+        let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
         assert_redacted(&err, &host, "tandem_no_such_database");
     }
 
@@ -1959,9 +1977,8 @@ mod tests {
                         let target = target.clone();
                         let conn = tokio::spawn(async move {
                             if let Ok(mut outbound) = TcpStream::connect(target).await {
-                                let _ =
-                                    tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
-                                        .await;
+                                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                                    .await;
                             }
                         });
                         conns.lock().unwrap().push(conn.abort_handle());
@@ -2016,7 +2033,11 @@ mod tests {
         unavailable(store.append("doc", upd("2"), "u").await.map(|_| ()));
         unavailable(store.load("doc").await.map(|_| ()));
         unavailable(store.updates_since("doc", 0).await.map(|_| ()));
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         let err = store.load("doc").await.unwrap_err();
         assert!(err.to_string().contains("retry later"), "{err}");
 

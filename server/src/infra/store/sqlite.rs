@@ -1211,7 +1211,12 @@ impl Locked for SqliteLocked {
             Since::Updates { last_sid, .. } | Since::Ahead { last_sid } => *last_sid,
             Since::Compacted { .. } => {
                 let docs = vec![self.doc.clone()];
-                self.store.last_sids(&docs).await?.first().copied().unwrap_or(0)
+                self.store
+                    .last_sids(&docs)
+                    .await?
+                    .first()
+                    .copied()
+                    .unwrap_or(0)
             }
         };
         Ok(SidRange {

@@ -136,7 +136,7 @@ impl Backends {
 }
 
 /// The PostgreSQL backends of database `db` on this machine: processes whose command line
-/// reads `postgres: <user> <db> …` (how PostgreSQL titles a backend).
+/// reads `postgres: [<cluster name>:] <user> <db> …` (how PostgreSQL titles a backend).
 pub fn postgres_backends(db: &str) -> Backends {
     let mut out = Backends::default();
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -150,8 +150,7 @@ pub fn postgres_backends(db: &str) -> Backends {
             continue;
         };
         let cmd = String::from_utf8_lossy(&cmd);
-        let mut words = cmd.split_whitespace();
-        if words.next() != Some("postgres:") || words.nth(1) != Some(db) {
+        if !is_backend_of(&cmd, db) {
             continue;
         }
         if let Ok(cpu) = Proc::pid(pid).cpu_seconds() {
@@ -159,6 +158,20 @@ pub fn postgres_backends(db: &str) -> Backends {
         }
     }
     out
+}
+
+fn is_backend_of(title: &str, db: &str) -> bool {
+    let words: Vec<&str> = title.split_whitespace().collect();
+    if words.first() != Some(&"postgres:") {
+        return false;
+    }
+    // An optional `cluster_name:` ("15/main:"), then the user, then the database.
+    let at = if words.get(1).is_some_and(|w| w.ends_with(':')) {
+        3
+    } else {
+        2
+    };
+    words.get(at) == Some(&db)
 }
 
 fn clock_ticks() -> f64 {
@@ -223,5 +236,22 @@ mod tests {
         let pid = Proc::pid(std::process::id());
         assert!(pid.sample().expect("reads /proc/<pid>").rss_kib > 0);
         assert!(Proc::pid(u32::MAX).sample().is_err());
+    }
+
+    #[test]
+    fn backend_titles() {
+        assert!(is_backend_of(
+            "postgres: 15/main: postgres bench_1 127.0.0.1(5) idle",
+            "bench_1"
+        ));
+        assert!(is_backend_of(
+            "postgres: postgres bench_1 127.0.0.1(5) idle",
+            "bench_1"
+        ));
+        assert!(!is_backend_of("postgres: 15/main: walwriter", "bench_1"));
+        assert!(!is_backend_of(
+            "postgres: 15/main: postgres other 127.0.0.1(5)",
+            "bench_1"
+        ));
     }
 }

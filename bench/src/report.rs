@@ -827,8 +827,10 @@ pub mod nodes {
         );
         let _ = writeln!(
             md,
-            "Written by `bench/cluster.sh` (load generator `tandem-bench`, workloads C1–C3).              Every setup ran on this one machine, restarted fresh (new PostgreSQL database, new              Redis) for each workload; clients connect to each node's own loopback port, as a              load balancer would spread them.
-"
+            "Written by `bench/cluster.sh` (load generator `tandem-bench`, workloads C1–C3). \
+             Every setup ran on this one machine, restarted fresh (new PostgreSQL database, new \
+             Redis) for each workload; clients connect to each node's own loopback port, as a \
+             load balancer would spread them.\n"
         );
         for (k, v) in meta {
             let _ = writeln!(md, "- **{k}**: {v}");
@@ -852,7 +854,9 @@ pub mod nodes {
         if let Some(r) = &reference {
             let _ = writeln!(
                 md,
-                "- Ratios read \"{} is N× better/worse than the other setup\" (lower-is-better                  numbers: other ÷ this; throughput: this ÷ other). {FAILED_MARK} marks a number                  from a run that failed a check (listed under the table).",
+                "- Ratios read \"{} is N× better/worse than the other setup\" (lower-is-better \
+                 numbers: other ÷ this; throughput: this ÷ other). {FAILED_MARK} marks a number \
+                 from a run that failed a check (listed under the table).",
                 label(r)
             );
         }

@@ -5,7 +5,7 @@
 //! is applied in memory).
 //!
 //! Two parts, each on fresh documents: **one** document written from every node at once
-//! (`c1_writers_per_node` writers per node), then **many** documents at once (`c1_docs`, one
+//! (`c1_writers` writers spread over the nodes), then **many** documents at once (`c1_docs`, one
 //! writer each, writers spread over the nodes round robin).
 //!
 //! Checks:
@@ -69,15 +69,15 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     r.note(format!(
         "Writers send one-character updates (each its own transaction) as fast as a window of \
          {} unacknowledged updates allows; an update counts once acknowledged by {acks}. \
-         One document: {} writers on each of the {nodes} node(s), {} updates each, a reader on \
-         every node. Many documents: {} documents at once, one writer each ({} updates), \
+         One document: {} writers spread over the {nodes} node(s) round robin, {} updates each, \
+         a reader on every node. Many documents: {} documents at once, one writer each ({} updates), \
          writers spread over the nodes, one reader per document on another node",
-        s.c1_window, s.c1_writers_per_node, s.c1_updates_per_writer, s.c1_docs, s.c1_doc_updates
+        s.c1_window, s.c1_writers, s.c1_updates_per_writer, s.c1_docs, s.c1_doc_updates
     ));
     let one = Part {
         name: "one",
         docs: 1,
-        writers_per_doc: s.c1_writers_per_node * nodes,
+        writers_per_doc: s.c1_writers.max(1),
         updates: s.c1_updates_per_writer,
         window: s.c1_window,
     };
@@ -116,7 +116,7 @@ async fn ingest(env: &Env, r: &mut WorkloadResult, part: Part) -> Result<()> {
     let mut builders: Vec<TrackerBuilder> =
         (0..part.docs).map(|_| TrackerBuilder::default()).collect();
     let mut scripts = Vec::new();
-    for d in 0..part.docs {
+    for (d, builder) in builders.iter_mut().enumerate() {
         for k in 0..part.writers_per_doc {
             let g = d * part.writers_per_doc + k;
             let client = BASE_CLIENT + g as u64;
@@ -126,7 +126,7 @@ async fn ingest(env: &Env, r: &mut WorkloadResult, part: Part) -> Result<()> {
             for i in 0..part.updates {
                 let at = i % TYPING.len();
                 let u = ed.apply(&[Patch(i, 0, TYPING[at..at + 1].to_string())])?;
-                let seq = builders[d]
+                let seq = builder
                     .add_update(k as u32, &u)
                     .context("scanning an update")?
                     .context("an update changes the document")?;

@@ -112,9 +112,10 @@ pub struct Sizes {
     /// W6: most updates the writer has in flight (sent, not yet seen by the reader).
     #[serde(default = "default_w6_window")]
     pub w6_window: usize,
-    /// C1: writers per node on the one shared document.
+    /// C1: writers of the one shared document, spread over the nodes round robin (the same
+    /// number whatever the number of nodes, so setups take the same load).
     #[serde(default)]
-    pub c1_writers_per_node: usize,
+    pub c1_writers: usize,
     /// C1: updates each writer of the shared document sends.
     #[serde(default)]
     pub c1_updates_per_writer: usize,
@@ -188,7 +189,7 @@ impl Sizes {
                 w5_readers: 5,
                 w5_window: 256,
                 w6_window: 1024,
-                c1_writers_per_node: 2,
+                c1_writers: 6,
                 c1_updates_per_writer: 2_000,
                 c1_window: 512,
                 c1_docs: 100,
@@ -226,7 +227,7 @@ impl Sizes {
                 w5_readers: 50,
                 w5_window: 256,
                 w6_window: 1024,
-                c1_writers_per_node: 4,
+                c1_writers: 12,
                 c1_updates_per_writer: 25_000,
                 c1_window: 1024,
                 c1_docs: 100,

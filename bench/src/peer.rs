@@ -138,7 +138,9 @@ pub struct Acks {
     pub refused: AtomicU64,
     /// When the last ack arrived (ns since the epoch).
     pub last_at: AtomicU64,
-    /// Woken when `count` grows.
+    /// Set when the connection ended: no more acks will come.
+    pub ended: AtomicBool,
+    /// Woken when `count` grows or the connection ends.
     pub notify: Notify,
 }
 
@@ -157,7 +159,8 @@ impl Acks {
         self.notify.notify_waiters();
     }
 
-    /// Waits until at least `at_least` updates are acknowledged; false on timeout.
+    /// Waits until at least `at_least` updates are acknowledged; false on timeout or when the
+    /// connection ended first.
     pub async fn wait(&self, at_least: u64, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -166,6 +169,9 @@ impl Acks {
             notified.as_mut().enable();
             if self.count.load(Ordering::Acquire) >= at_least {
                 return true;
+            }
+            if self.ended.load(Ordering::Acquire) {
+                return false;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return self.count.load(Ordering::Acquire) >= at_least;
@@ -427,9 +433,10 @@ impl Peer {
         self.aw_cov.as_ref().map(|c| (c.got(), c.want()))
     }
 
-    /// Records, for every tracked edit this client never received, the time waited so far
-    /// (now minus the send time) as its latency: a lower bound, so that percentiles stay
-    /// honest when a server falls behind. Returns how many were missing.
+    /// Records, for every tracked edit this client never received although it was sent, the
+    /// time waited so far (now minus the send time) as its latency: a lower bound, so that
+    /// percentiles stay honest when a server falls behind. Returns how many were missing.
+    /// (Edits never sent, because their writer's connection failed, are not deliveries.)
     pub fn record_missing(&self, now: u64) -> u64 {
         let mut missing = 0;
         let pairs = [
@@ -439,9 +446,11 @@ impl Peer {
         for (track, cov, lat) in pairs {
             if let (Some(track), Some(cov)) = (track, cov) {
                 for seq in cov.missing(track) {
-                    missing += 1;
-                    if let (Some(l), Some(sent)) = (lat, track.sent_at(seq)) {
-                        l.record_ns(self.opts.shard, now.saturating_sub(sent));
+                    if let Some(sent) = track.sent_at(seq) {
+                        missing += 1;
+                        if let Some(l) = lat {
+                            l.record_ns(self.opts.shard, now.saturating_sub(sent));
+                        }
                     }
                 }
             }
@@ -449,10 +458,15 @@ impl Peer {
         missing
     }
 
-    /// Tracked document edits and awareness updates not received, counted apart.
+    /// Whether tracked document edit `seq` arrived.
+    pub fn has_doc_edit(&self, seq: u32) -> bool {
+        self.doc_cov.as_ref().is_some_and(|c| c.has(seq))
+    }
+
+    /// Tracked document edits and awareness updates sent but not received, counted apart.
     pub fn missing_counts(&self) -> (u64, u64) {
         let count = |track: &Option<Arc<Tracker>>, cov: &Option<Coverage>| match (track, cov) {
-            (Some(t), Some(c)) => c.missing(t).count() as u64,
+            (Some(t), Some(c)) => c.missing(t).filter(|s| t.sent_at(*s).is_some()).count() as u64,
             _ => 0,
         };
         (
@@ -466,7 +480,7 @@ impl Peer {
         let first = |track: &Option<Arc<Tracker>>, cov: &Option<Coverage>| match (track, cov) {
             (Some(t), Some(c)) => c
                 .missing(t)
-                .next()
+                .find(|s| t.sent_at(*s).is_some())
                 .map(|seq| (seq, t.owner(seq), t.count_of(t.owner(seq)))),
             _ => None,
         };
@@ -759,6 +773,10 @@ pub async fn read_loop(
         }
     };
     peer.flush();
+    if let Some(a) = &peer.opts.acks {
+        a.ended.store(true, Ordering::Release);
+        a.notify.notify_waiters();
+    }
     if !matches!(ended, Ended::Stopped) {
         peer.progress.bump(&peer.progress.ended);
     }

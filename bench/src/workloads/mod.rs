@@ -119,7 +119,9 @@ pub struct Sizes {
     /// C1: updates each writer of the shared document sends.
     #[serde(default)]
     pub c1_updates_per_writer: usize,
-    /// C1: most unacknowledged updates per writer.
+    /// C1: most unacknowledged updates per writer. Every connection of the shared document
+    /// receives every writer's updates, so writers × window stays below tandem's per-connection
+    /// queue (4,096 frames; a reader that falls further behind twice is closed as slow).
     #[serde(default)]
     pub c1_window: usize,
     /// C1: documents written at once in the second part (one writer each, spread over the
@@ -228,10 +230,10 @@ impl Sizes {
                 w5_window: 256,
                 w6_window: 1024,
                 c1_writers: 12,
-                c1_updates_per_writer: 25_000,
-                c1_window: 1024,
+                c1_updates_per_writer: 12_500,
+                c1_window: 256,
                 c1_docs: 100,
-                c1_doc_updates: 2_000,
+                c1_doc_updates: 1_000,
                 c1_drain_seconds: 60.0,
                 c2_clients: 1_000,
                 c2_typists: 10,

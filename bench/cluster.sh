@@ -6,8 +6,9 @@
 #   tandem-1      one `tandem serve` node on PostgreSQL (the baseline of the same run)
 #   hocuspocus-2  two Hocuspocus 3 instances with @hocuspocus/extension-redis on one Redis
 #
-# (any `tandem-N` or `hocuspocus-N` works), and writes the "Several nodes" section of a
-# Markdown report with absolute numbers and ratios.
+# (any `tandem-N` or `hocuspocus-N` works; `tandem-N+nocompact` is a diagnostic variant whose
+# nodes do not compact during the run: `--compact-after 100000000 --compact-after-bytes 4GiB`),
+# and writes the "Several nodes" section of a Markdown report with absolute numbers and ratios.
 #
 #   bench/cluster.sh [--quick|--full] [--setups tandem-3,tandem-1,hocuspocus-2]
 #                    [--workloads c1,c2,c3] [--size key=value ...] [--report PATH]
@@ -109,7 +110,8 @@ needs_tandem=false
 needs_pg=false
 IFS=',' read -r -a setup_list <<<"$setups"
 for s in "${setup_list[@]}"; do
-    [[ "$s" =~ ^(tandem|hocuspocus)-([1-9][0-9]*)$ ]] || { log "unknown setup $s (tandem-N, hocuspocus-N)"; exit 2; }
+    [[ "$s" =~ ^(tandem|hocuspocus)-([1-9][0-9]*)(\+nocompact)?$ ]] \
+        || { log "unknown setup $s (tandem-N, tandem-N+nocompact, hocuspocus-N)"; exit 2; }
     case "${BASH_REMATCH[1]}" in
         tandem) needs_tandem=true; needs_pg=true ;;
         hocuspocus) needs_node=true ;;
@@ -158,12 +160,13 @@ start_redis() { # logfile; sets redis_port, redis_pid
     wait_ready "$redis_port" "$redis_pid"
 }
 
-start_node() { # kind index nodes port logfile; appends to node_pids
-    local kind="$1" i="$2" n="$3" port="$4" logf="$5"
+start_node() { # kind index nodes port logfile variant; appends to node_pids
+    local kind="$1" i="$2" n="$3" port="$4" logf="$5" variant="$6"
     case "$kind" in
         tandem)
             local cluster=()
             if (( n > 1 )); then cluster=(--redis-url "redis://127.0.0.1:$redis_port" --node-id "n$i"); fi
+            if [[ $variant == nocompact ]]; then cluster+=(--compact-after 100000000 --compact-after-bytes 4GiB); fi
             # Every client connects from 127.0.0.1 and the writers send as fast as their
             # window allows: lift the per-IP connection rate and per-connection message rate
             # limits (the Node peers have none). Durable storage stays on.
@@ -186,8 +189,11 @@ start_node() { # kind index nodes port logfile; appends to node_pids
 failed=()
 IFS=',' read -r -a workload_list <<<"$workloads"
 for setup in "${setup_list[@]}"; do
-    kind="${setup%-*}"
-    n="${setup##*-}"
+    base="${setup%%+*}"
+    variant=""
+    [[ $setup == *+* ]] && variant="${setup#*+}"
+    kind="${base%-*}"
+    n="${base##*-}"
     for w in "${workload_list[@]}"; do
         if [[ $w == c3 ]] && (( n < 2 )); then
             log "$setup $w: skipped (failover needs two nodes or more)"
@@ -199,7 +205,7 @@ for setup in "${setup_list[@]}"; do
                 || { failed+=("$tag: redis did not start"); stop_all; continue; }
         fi
         if [[ $kind == tandem ]]; then
-            db="bench_${nonce}_${setup//-/_}_$w"
+            db="bench_${nonce}_${setup//[^a-z0-9]/_}_$w"
             psql -q "$pg_url/postgres" -c "CREATE DATABASE $db" >/dev/null \
                 || { failed+=("$tag: could not create database"); db=""; stop_all; continue; }
         fi
@@ -208,7 +214,7 @@ for setup in "${setup_list[@]}"; do
         for ((i = 0; i < n; i++)); do
             port="$("$bench_bin" free-port)"
             ports+=("$port")
-            start_node "$kind" "$i" "$n" "$port" "$results/logs/$tag.node$i.log"
+            start_node "$kind" "$i" "$n" "$port" "$results/logs/$tag.node$i.log" "$variant"
             # One node at a time: tandem nodes create or migrate the schema on start.
             if ! wait_ready "$port" "${node_pids[$i]}"; then
                 log "$tag: node $i did not start (log: $results/logs/$tag.node$i.log)"

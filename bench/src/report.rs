@@ -751,15 +751,37 @@ pub mod nodes {
         }
     }
 
-    /// "tandem-3" → ("tandem", 3).
+    /// "tandem-3" → ("tandem", 3); a variant after `+` (`tandem-3+nocompact`) is left to
+    /// [`variant`].
     fn parse_setup(setup: &str) -> (String, usize) {
-        match setup.rsplit_once('-') {
+        let base = setup.split('+').next().unwrap_or(setup);
+        match base.rsplit_once('-') {
             Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
-            None => (setup.to_string(), 1),
+            None => (base.to_string(), 1),
+        }
+    }
+
+    /// What a variant changes, for the label and the setup list.
+    fn variant(setup: &str) -> Option<(&'static str, &'static str)> {
+        match setup.split_once('+')?.1 {
+            "nocompact" => Some((
+                "compaction off",
+                "with `--compact-after 100000000 --compact-after-bytes 4GiB` (a diagnostic: no \
+                 compaction during the run)",
+            )),
+            _ => Some(("variant", "a variant")),
         }
     }
 
     fn label(setup: &str) -> String {
+        let base = base_label(setup);
+        match variant(setup) {
+            Some((short, _)) => format!("{base} ({short})"),
+            None => base,
+        }
+    }
+
+    fn base_label(setup: &str) -> String {
         let (name, n) = parse_setup(setup);
         let name = match name.as_str() {
             "tandem" => "tandem",
@@ -806,7 +828,12 @@ pub mod nodes {
         // tandem first (most nodes first), then the others (most nodes first).
         setups.sort_by_key(|s| {
             let (name, n) = parse_setup(s);
-            (name != "tandem", std::cmp::Reverse(n), name)
+            (
+                name != "tandem",
+                std::cmp::Reverse(n),
+                name,
+                variant(s).is_some(),
+            )
         });
         let reference = setups
             .first()
@@ -820,11 +847,7 @@ pub mod nodes {
 
         let mut md = String::new();
         let _ = writeln!(md, "{BEGIN}");
-        let _ = writeln!(
-            md,
-            "## Several nodes
-"
-        );
+        let _ = writeln!(md, "## Several nodes\n");
         let _ = writeln!(
             md,
             "Written by `bench/cluster.sh` (load generator `tandem-bench`, workloads C1–C3). \
@@ -848,6 +871,10 @@ pub mod nodes {
                     "{n} Hocuspocus 3 instances with `@hocuspocus/extension-redis` on one Redis, documents in memory (no database extension)"
                 ),
                 _ => s.clone(),
+            };
+            let what = match variant(s) {
+                Some((_, long)) => format!("{what}, {long}"),
+                None => what,
             };
             let _ = writeln!(md, "  - {}: {what}", label(s));
         }

@@ -259,8 +259,16 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
     r.latency("keystroke", &doc_lat.summary());
     r.latency("awareness", &aw_lat.summary());
     if let Some(sp) = &split {
-        r.latency("keystroke_same_node", &sp.same.summary());
-        r.latency("keystroke_cross_node", &sp.cross.summary());
+        // Absent rather than 0 when nothing was delivered that way.
+        for (name, rec) in [
+            ("keystroke_same_node", &sp.same),
+            ("keystroke_cross_node", &sp.cross),
+        ] {
+            let summary = rec.summary();
+            if summary.count > 0 {
+                r.latency(name, &summary);
+            }
+        }
     }
     if env.pids.len() > 1 || w != Workload::W2 {
         r.cluster_usage(&cluster_before, &cluster_after);

@@ -839,9 +839,10 @@ pub mod nodes {
             .first()
             .filter(|s| parse_setup(s).0 == "tandem")
             .cloned();
+        // Diagnostic variants get no ratio column: they explain, they do not compare.
         let others: Vec<String> = setups
             .iter()
-            .filter(|s| Some(*s) != reference.as_ref())
+            .filter(|s| Some(*s) != reference.as_ref() && variant(s).is_none())
             .cloned()
             .collect();
 
@@ -890,24 +891,21 @@ pub mod nodes {
         let _ = writeln!(md);
 
         for (w, by_setup) in &table {
-            let _ = writeln!(
-                md,
-                "### {}
-",
-                title(w)
-            );
+            let _ = writeln!(md, "### {}\n", title(w));
             let notes = reference
                 .as_ref()
                 .and_then(|r| by_setup.get(r))
                 .or_else(|| by_setup.values().next())
                 .map(|r| r.notes.clone())
                 .unwrap_or_default();
-            for n in notes {
-                let _ = writeln!(
-                    md,
-                    "{n}.
-"
-                );
+            for n in &notes {
+                let _ = writeln!(md, "{n}.\n");
+            }
+            // Setups whose workload says something else of itself (how it acknowledges).
+            for (setup, r) in by_setup {
+                for n in r.notes.iter().filter(|n| !notes.contains(n)) {
+                    let _ = writeln!(md, "{}: {n}.\n", label(setup));
+                }
             }
             let cols: Vec<&String> = setups
                 .iter()

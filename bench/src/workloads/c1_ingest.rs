@@ -68,12 +68,13 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     };
     r.note(format!(
         "Writers send one-character updates (each its own transaction) as fast as a window of \
-         {} unacknowledged updates allows; an update counts once acknowledged by {acks}. \
-         One document: {} writers spread over the {nodes} node(s) round robin, {} updates each, \
-         a reader on every node. Many documents: {} documents at once, one writer each ({} updates), \
-         writers spread over the nodes, one reader per document on another node",
+         {} unacknowledged updates allows. One document: {} writers spread over the nodes round \
+         robin, {} updates each, a reader on every node. Many documents: {} documents at once, \
+         one writer each ({} updates), writers spread over the nodes, one reader per document \
+         on another node",
         s.c1_window, s.c1_writers, s.c1_updates_per_writer, s.c1_docs, s.c1_doc_updates
     ));
+    r.note(format!("An update counts once acknowledged by {acks}"));
     let one = Part {
         name: "one",
         docs: 1,

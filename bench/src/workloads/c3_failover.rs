@@ -65,7 +65,7 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     r.metric("clients", clients as f64);
     r.metric("typists", typists as f64);
     r.note(format!(
-        "{clients} clients on one document spread over {nodes} nodes round robin; {typists} \
+        "{clients} clients on one document spread over the nodes round robin; {typists} \
          typists on the nodes that stay up type {} keystrokes/s; after {} s node {KILLED} is \
          killed (SIGKILL) and each of its clients reconnects at once to the next surviving node \
          (step 1 with an empty state vector); each typist sends one keystroke right after the \

@@ -81,7 +81,7 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
     r.metric("keystrokes_per_typist", keystrokes as f64);
     r.metric("nodes", nodes as f64);
     let spread = if nodes > 1 {
-        format!(", spread over {nodes} nodes round robin (client i on node i mod {nodes})")
+        ", spread over the nodes round robin (client i on node i mod nodes)".to_string()
     } else {
         String::new()
     };

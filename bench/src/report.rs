@@ -1155,6 +1155,29 @@ mod tests {
     }
 
     #[test]
+    fn the_full_report_keeps_the_several_nodes_section() {
+        let dir = std::env::temp_dir().join(format!("tandem-bench-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let out = dir.join("RESULTS.md");
+        let block = format!("{}\n## Several nodes\n\nkept\n{}", nodes::BEGIN, nodes::END);
+        std::fs::write(&out, format!("# old report\n\n{block}\n")).expect("writes");
+        let results = dir.join("tandem.json");
+        let r = run(
+            Server::Tandem,
+            vec![result("w2", true, &[("keystroke_p99_ms", 4.0)])],
+        );
+        std::fs::write(&results, serde_json::to_vec(&r).expect("json")).expect("writes");
+        write(&[results], &out, &[], None).expect("report");
+        let md = std::fs::read_to_string(&out).expect("reads");
+        assert!(!md.contains("# old report"), "{md}");
+        assert!(
+            md.contains("## W2 classroom") && md.ends_with(&format!("{block}\n")),
+            "{md}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn numbers_are_readable() {
         assert_eq!(fmt_num(123_456.7), "123,457");
         assert_eq!(fmt_num(12.345), "12.3");

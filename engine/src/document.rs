@@ -326,6 +326,50 @@ impl Document {
         Some(text_content(text, &self.doc.transact()))
     }
 
+    /// The users `field` mentions now, one entry per mention (a multiset, in text order):
+    /// plain-text markup `@[Name](user)`, embeds `{"mention": user}` and text formatted with
+    /// the attribute `{"mention": user}` (a formatted run counts once). See [`crate::mention`].
+    pub fn mentions(&self, field: &str) -> Vec<String> {
+        let Some(text) = self.texts.get(field) else {
+            return Vec::new();
+        };
+        let txn = self.doc.transact();
+        let mut out = Vec::new();
+        let mut plain = String::new();
+        let flush = |plain: &mut String, out: &mut Vec<String>| {
+            out.extend(
+                crate::mention::parse_markup(plain)
+                    .into_iter()
+                    .map(|m| m.user),
+            );
+            plain.clear();
+        };
+        let mut last_attr: Option<String> = None;
+        for chunk in text.diff(&txn, YChange::identity) {
+            let attr = chunk
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get("mention"))
+                .and_then(mention_id);
+            if attr.is_some() && attr != last_attr {
+                out.extend(attr.clone());
+            }
+            last_attr = attr;
+            match &chunk.insert {
+                Out::Any(Any::String(s)) => plain.push_str(s),
+                Out::Any(embed) => {
+                    flush(&mut plain, &mut out);
+                    if let Any::Map(m) = embed {
+                        out.extend(m.get("mention").and_then(mention_id));
+                    }
+                }
+                _ => flush(&mut plain, &mut out),
+            }
+        }
+        flush(&mut plain, &mut out);
+        out
+    }
+
     /// Every text field with its content (embedded values as in [`Document::text`]).
     pub fn texts(&self) -> BTreeMap<String, String> {
         let txn = self.doc.transact();
@@ -999,6 +1043,18 @@ fn text_content<T: ReadTxn>(text: &TextRef, txn: &T) -> String {
         }
     }
     content
+}
+
+/// The user id of a `mention` attribute or embed value: a string, or an object's `"id"`.
+fn mention_id(v: &Any) -> Option<String> {
+    match v {
+        Any::String(s) if !s.is_empty() => Some(s.to_string()),
+        Any::Map(m) => match m.get("id") {
+            Some(Any::String(s)) if !s.is_empty() => Some(s.to_string()),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn delta_op(d: &Delta) -> Option<DeltaOp> {

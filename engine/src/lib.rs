@@ -31,6 +31,7 @@ pub mod document;
 pub mod error;
 pub mod guard;
 pub mod hocuspocus;
+pub mod mention;
 pub mod presence;
 pub mod protocol;
 pub mod register;

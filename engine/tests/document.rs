@@ -293,3 +293,33 @@ fn merging_checks_every_update() {
         ));
     }
 }
+
+#[test]
+fn mentions_are_read_from_markup_embeds_and_attributes() {
+    use std::collections::HashMap;
+    use yrs::{Any, Doc, ReadTxn, Text, Transact};
+    let src = Doc::with_client_id(7);
+    let text = src.get_or_insert_text("comment:1");
+    {
+        let mut txn = src.transact_mut();
+        text.insert(&mut txn, 0, "hi @[Bob](bob), see ");
+        let mut m = HashMap::new();
+        m.insert("mention".to_owned(), Any::from("carol"));
+        text.insert_embed(&mut txn, 20, Any::from(m));
+        let attrs: yrs::types::Attrs =
+            HashMap::from([(std::sync::Arc::from("mention"), Any::from("dave"))]);
+        text.insert_with_attributes(&mut txn, 21, " @Dave", attrs);
+        text.insert(&mut txn, 27, " and @[Bob](bob");
+    }
+    let update = src
+        .transact()
+        .encode_state_as_update_v1(&yrs::StateVector::default());
+    let mut d = Document::new(1);
+    d.apply_update(&update, Some("ann")).unwrap();
+    // The second markup to bob is not complete yet.
+    assert_eq!(d.mentions("comment:1"), ["bob", "carol", "dave"]);
+    d.insert("ann", "comment:1", d.text_len("comment:1"), ")")
+        .unwrap();
+    assert_eq!(d.mentions("comment:1"), ["bob", "carol", "dave", "bob"]);
+    assert!(d.mentions("missing").is_empty());
+}

@@ -11,8 +11,9 @@ use tandem_server::documents::{outbox, ConnSink, JoinError, Registry};
 use tandem_server::infra::config::Config;
 use tandem_server::infra::metrics::Metrics;
 use tandem_server::infra::store::{
-    BackendError, CheckpointInfo, Compacted, Compaction, KeyRecord, Loaded, Locked, NewKey,
-    NewUpdate, Sid, SidRange, Since, Store, StoreError,
+    BackendError, CheckpointInfo, Compacted, Compaction, DeliveryState, DueEntry, Grant,
+    InboxLimits, KeyRecord, Loaded, Locked, NewKey, NewNotification, NewUpdate, Notification,
+    OutboxEvent, OutboxRow, ReadMark, Sid, SidRange, Since, Store, StoreError,
 };
 use tokio::sync::{oneshot, Semaphore};
 
@@ -49,11 +50,12 @@ impl Store for Scripted {
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(1)
     }
-    async fn append_with_keys(
+    async fn append_full(
         &self,
         _: &str,
         u: Vec<NewUpdate>,
         _: Vec<NewKey>,
+        _: Vec<OutboxEvent>,
     ) -> Result<SidRange, StoreError> {
         self.writes.fetch_add(1, Ordering::SeqCst);
         Ok(SidRange {
@@ -108,6 +110,78 @@ impl Store for Scripted {
     }
     async fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
         Ok(Vec::new())
+    }
+    async fn add_notifications(
+        &self,
+        _: Vec<NewNotification>,
+        _: Vec<(String, OutboxEvent)>,
+        _: InboxLimits,
+    ) -> Result<Vec<Notification>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn notifications(
+        &self,
+        _: &str,
+        _: Option<u64>,
+        _: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn notifications_after(
+        &self,
+        _: &str,
+        _: u64,
+        _: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn unread(&self, _: &str) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    async fn mark_read(&self, _: &str, _: ReadMark) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    async fn record_grant(&self, _: Grant) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn grants(&self, _: &str) -> Result<Vec<Grant>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn record_comment(&self, _: &str, _: &str, _: &str, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn comments(&self, _: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn set_due(&self, _: &str, _: Option<DueEntry>) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn due_before(&self, _: u64, _: u32) -> Result<Vec<DueEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn mark_reminded(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn push_events(&self, _: &str, _: Vec<OutboxEvent>) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn outbox_claim(&self, _: u64, _: u64, _: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn outbox_done(&self, _: u64) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn outbox_failed(&self, _: u64, _: u64, _: &str, _: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn outbox_list(&self, _: DeliveryState, _: u32) -> Result<Vec<OutboxRow>, StoreError> {
+        Ok(Vec::new())
+    }
+    async fn outbox_replay(&self, _: u64, _: u64) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    async fn outbox_counts(&self) -> Result<(u64, u64), StoreError> {
+        Ok((0, 0))
     }
 }
 

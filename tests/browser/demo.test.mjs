@@ -1,6 +1,7 @@
 // The demo page in headless Chromium: two people (browser contexts) co-editing a task card.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
 import { Server, launchChromium, screenshot, uniqueDoc } from './harness.mjs'
 
 let server
@@ -258,4 +259,89 @@ test('without WebSockets the client falls back to SSE and HTTP POST', async () =
   await screenshot(a.page, 'fallback-sse')
   await a.context.close()
   await b.context.close()
+})
+
+test('the bell: a mention typed by one person shows up in the other\'s bell', async () => {
+  // Notifications are per user: a server that requires tokens, one per person.
+  const secured = await Server.start({ secret: randomBytes(32).toString('hex') })
+  const contexts = []
+  const signIn = async (name, doc) => {
+    const token = secured.token(name.toLowerCase(), { name })
+    const context = await browser.newContext({ viewport: { width: 900, height: 900 } })
+    contexts.push(context)
+    const page = await context.newPage()
+    page.on('pageerror', (err) => console.error(`[${name}] page error:`, err))
+    await page.goto(`${secured.http}/?doc=${doc}&name=${name}&token=${encodeURIComponent(token)}`)
+    await page.waitForSelector('#app[data-ready="true"]')
+    await page.waitForSelector(LIVE)
+    return page
+  }
+  try {
+    const doc = uniqueDoc('bell')
+    const alice = await signIn('Alice', doc)
+    const bob = await signIn('Bob', doc)
+    await bob.waitForSelector('#inbox:not([hidden])[data-state="live"] #bell[data-unread="0"]')
+    await alice.waitForSelector('#inbox[data-state="live"] #bell[data-unread="0"]')
+    // Alice types "@Bo": the people here are offered; Enter picks Bob, the next Enter sends.
+    await alice.waitForSelector('#viewers .avatar[data-user="bob"]')
+    await alice.click('#comment')
+    await alice.keyboard.type('Could you check the copy, @Bo')
+    await alice.waitForSelector('#mention-menu:not([hidden]) li[data-user="bob"][aria-selected="true"]')
+    await screenshot(alice, 'bell-alice-mentions')
+    await alice.keyboard.press('Enter')
+    await alice.keyboard.type('before Friday?')
+    assert.equal(await alice.$eval('#comment', (el) => el.value), 'Could you check the copy, @Bob before Friday?')
+    const sent = Date.now()
+    await alice.keyboard.press('Enter')
+    // The comment holds the markup the server recognises; both show it as a name.
+    await alice.waitForSelector('#comments .comment .mention[data-user="bob"]')
+    const name = await alice.$eval('#comments .comment', (el) => el.dataset.name)
+    assert.equal(await alice.evaluate((n) => window.tandem.doc.text(n).toString(), name),
+      'Could you check the copy, @[Bob](bob) before Friday?')
+    await bob.waitForSelector('#comments .comment .mention[data-user="bob"][data-me="true"]')
+
+    // Bob's bell counts it within a few seconds, and the list shows it.
+    await bob.waitForSelector('#bell[data-unread="1"]', { timeout: 5000 })
+    console.log(`# mention reached the other browser's bell in ${Date.now() - sent} ms`)
+    assert.equal(await bob.textContent('#bell-count'), '1')
+    await bob.click('#bell')
+    const note = await bob.waitForSelector('#inbox-list .note[data-type="mention"][data-read="false"]')
+    const line = await note.textContent()
+    assert.match(line, /Alice\s+mentioned you in\s+BELL-/)
+    assert.equal(await note.getAttribute('data-doc'), doc)
+    const [notification] = await bob.evaluate(() => window.tandem.inbox.notifications)
+    assert.equal(notification.type, 'mention')
+    assert.equal(notification.from, 'alice')
+    assert.equal(notification.doc, doc)
+    assert.equal(notification.field, name)
+    assert.match(notification.excerpt, /check the copy/)
+    await screenshot(bob, 'bell-bob-notified')
+    // The author is not notified of her own mention.
+    assert.equal(await alice.$eval('#bell', (el) => el.dataset.unread), '0')
+
+    // Clicking it marks it read: the count goes to 0, and stays so after a reload.
+    await note.click()
+    await bob.waitForSelector('#bell[data-unread="0"]')
+    assert.equal(await bob.textContent('#bell-count'), '')
+    await bob.reload()
+    await bob.waitForSelector('#inbox[data-state="live"] #bell[data-unread="0"]')
+    await bob.click('#bell')
+    await bob.waitForSelector('#inbox-list .note[data-type="mention"][data-read="true"]')
+    await screenshot(bob, 'bell-bob-read')
+
+    // Bob's tokens are revoked: his inbox closes for good (4401) instead of reconnecting.
+    const admin = secured.token('ops', { role: 'admin' })
+    const revoked = await fetch(`${secured.http}/admin/revoke`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${admin}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ user: 'bob' })
+    })
+    assert.equal(revoked.status, 200)
+    await bob.waitForSelector('#inbox[data-state="closed"]')
+    const ended = await bob.evaluate(() => window.tandem.events.filter((e) => e.type === 'inbox-error'))
+    assert.deepEqual(ended.map((e) => e.code), [4401])
+  } finally {
+    for (const c of contexts) await c.close()
+    await secured.close()
+  }
 })

@@ -1,6 +1,6 @@
 // Shared helpers of the browser and Node tests: the real tandem binary on a loopback port,
 // headless Chromium through playwright-core, and screenshots saved as artifacts.
-import { spawn } from 'node:child_process'
+import { spawn, execFileSync } from 'node:child_process'
 import { mkdtempSync, mkdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname, resolve } from 'node:path'
@@ -15,17 +15,27 @@ mkdirSync(artifacts, { recursive: true })
 const bin = process.env.TANDEM_BIN ?? join(repo, 'target', 'debug', 'tandem')
 
 // A running `tandem serve`; restart() brings it back on the same port and data directory.
+// `secret` starts it with --auth-secret (tokens required: mint them with token()).
 export class Server {
-  static async start () {
-    const s = new Server(mkdtempSync(join(tmpdir(), 'tandem-browser-')))
+  static async start ({ secret } = {}) {
+    const s = new Server(mkdtempSync(join(tmpdir(), 'tandem-browser-')), secret)
     await s._spawn('127.0.0.1:0')
     return s
   }
 
-  constructor (dataDir) {
+  constructor (dataDir, secret) {
     this.dataDir = dataDir
+    this.secret = secret ?? null
     this.proc = null
     this.addr = null
+  }
+
+  // A token for `user` from `tandem token` (the command line a deployment uses).
+  token (user, { name, doc = '*', role = 'write', ttl = '1h' } = {}) {
+    if (!this.secret) throw new Error('this server runs in open development mode: no tokens')
+    const args = ['token', '--secret', this.secret, '--user', user, '--doc', doc, '--role', role, '--ttl', ttl]
+    if (name) args.push('--name', name)
+    return execFileSync(bin, args, { encoding: 'utf8' }).trim()
   }
 
   get http () { return `http://${this.addr}` }
@@ -33,7 +43,9 @@ export class Server {
 
   async _spawn (addr) {
     // The demo files are found relative to the working directory: run from the repository.
-    const proc = spawn(bin, ['serve', '--addr', addr, '--data-dir', this.dataDir], {
+    const args = ['serve', '--addr', addr, '--data-dir', this.dataDir]
+    if (this.secret) args.push('--auth-secret', this.secret)
+    const proc = spawn(bin, args, {
       cwd: repo,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' }

@@ -6,6 +6,8 @@
 // Commands:
 //   {"op":"wait-synced"}                          -> {"ok":true}
 //   {"op":"insert","field":F,"index":I,"text":T}  -> {"ok":true}
+//   {"op":"insert-embed","field":F,"index":I,"embed":{...}}            -> {"ok":true}
+//   {"op":"insert-formatted","field":F,"index":I,"text":T,"attributes":{...}} -> {"ok":true}
 //   {"op":"delete","field":F,"index":I,"len":N}   -> {"ok":true}
 //   {"op":"text","field":F}                       -> {"ok":true,"text":S}
 //   {"op":"wait-text","field":F,"text":S}         -> {"ok":true} once the field equals S
@@ -44,6 +46,12 @@ async function handle(cmd) {
       return {};
     case 'insert':
       doc.getText(cmd.field).insert(cmd.index, cmd.text);
+      return {};
+    case 'insert-embed':
+      doc.getText(cmd.field).insertEmbed(cmd.index, cmd.embed);
+      return {};
+    case 'insert-formatted':
+      doc.getText(cmd.field).insert(cmd.index, cmd.text, cmd.attributes);
       return {};
     case 'delete':
       doc.getText(cmd.field).delete(cmd.index, cmd.len);

@@ -670,3 +670,32 @@ async fn redis_without_a_database_is_refused() -> anyhow::Result<()> {
     assert!(err.contains("--database-url"), "{err}");
     Ok(())
 }
+
+/// A node whose replica is behind a snapshot another node made (the log it would read is
+/// compacted away) merges the snapshot and carries on: its clients converge, nothing is lost.
+#[tokio::test]
+async fn a_node_behind_another_nodes_snapshot_catches_up() -> anyhow::Result<()> {
+    let mut c = Nodes::start(
+        2,
+        &["--compact-after", "10", "--catch-up-interval", "300ms"],
+    )
+    .await?;
+    let mut b = raw(&c.nodes[1], "rebase").await?;
+    // Without Redis, node 1 learns of node 0's writes only from the store, a moment later.
+    c.redis.stop().await?;
+    wait_ready(&c.nodes[1], 503, "degraded").await?;
+    let mut a = raw(&c.nodes[0], "rebase").await?;
+    for k in 0..40u32 {
+        a.insert("t", k, "x").await?;
+        a.wait_acked(u64::from(k) + 1).await?;
+    }
+    b.wait_text("t", &"x".repeat(40)).await?;
+    let rebases = tandem_tests::metric(&c.nodes[1], "tandem_replication_rebases_total").await?;
+    println!("node 1 merged {rebases} snapshot(s) of node 0");
+    assert!(rebases >= 1, "node 1 should have taken node 0's snapshot");
+    // And it keeps taking writes of its own.
+    b.insert("t", 0, "b").await?;
+    b.wait_acked(1).await?;
+    a.wait_text("t", &format!("b{}", "x".repeat(40))).await?;
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! API conformance: schemathesis (from PyPI) checks the running server against its own
 //! `/openapi.json`: no 5xx, and every status, content type, header and body matches the spec.
-//! The event stream is left out (an endless response); `tests/http_api.rs` covers it.
+//! The event streams are left out (endless responses); `tests/http_api.rs` and
+//! `tests/notifications.rs` cover them.
 
 use tandem_tests::{temp_dir, Server};
 
@@ -22,6 +23,8 @@ async fn schemathesis_finds_no_failure() -> anyhow::Result<()> {
             seed,
             "--exclude-path",
             "/docs/{doc}/events",
+            "--exclude-path",
+            "/me/notifications/events",
             "--request-timeout",
             "20",
             "--workers",

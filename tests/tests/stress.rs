@@ -633,7 +633,7 @@ async fn ten_thousand_hostile_frames_leave_stock_clients_co_editing_in_bounded_m
     let mut pace = tokio::time::interval(Duration::from_millis(50));
     while workers.iter().any(|w| !w.is_finished()) || rounds < 10 {
         pace.tick().await;
-        let (writer, reader) = if rounds % 2 == 0 {
+        let (writer, reader) = if rounds & 1 == 0 {
             (&mut ada, &mut bo)
         } else {
             (&mut bo, &mut ada)

@@ -2,7 +2,7 @@
 
 // The browser package is built by wasm/build.sh; a server in development mode builds it on
 // first need. Until it loads, say plainly why, and reload once it is ready.
-const { open } = await import('/pkg/index.js').catch(async (cause) => {
+const { open, Inbox, mentionMarkup, parseMentions } = await import('/pkg/index.js').catch(async (cause) => {
   await explainMissingPackage()
   throw new Error(`the browser package did not load: ${cause}`)
 })
@@ -95,7 +95,10 @@ const tuning = {}
 for (const key of ['hiddenCloseMs', 'silenceMs', 'heartbeatMs', 'minBackoffMs', 'maxBackoffMs', 'fallbackAfter']) {
   if (params.has(key)) tuning[key] = Number(params.get(key))
 }
-const doc = await open(docName, { user, ...tuning })
+// A token from `tandem token` (?token=...): required by a server with --auth-secret, and what
+// makes the bell this user's (in open development mode everybody is the same user, "dev").
+const token = params.get('token') || undefined
+const doc = await open(docName, { user, token, ...tuning })
 const events = []
 window.tandem = { doc, events, user }
 doc.on('conflict', (e) => {
@@ -324,9 +327,23 @@ function renderCursors () {
   overlay.innerHTML = html + '\u200b'
 }
 
-// --- comments (one register per comment) ------------------------------------------------------
+// --- comments: the text in a text field "comment:<id>" (where the server looks for mentions),
+// author and time in the register of the same name ------------------------------------------
 const commentBox = $('comment')
 const commentTyping = typingTracker('comments')
+
+// Text with its mentions (`@[Name](id)`) shown as names.
+function richText (s) {
+  let html = ''
+  let at = 0
+  for (const m of parseMentions(s)) {
+    const mine = m.id === user.id ? ' data-me="true"' : ''
+    html += `${esc(s.slice(at, m.index))}<span class="mention" data-user="${esc(m.id)}"${mine}>@${esc(m.name)}</span>`
+    at = m.index + m.length
+  }
+  return html + esc(s.slice(at))
+}
+
 function renderComments () {
   const all = Object.entries(doc.fields())
     .filter(([name, f]) => name.startsWith('comment:') && f.value && typeof f.value === 'object')
@@ -337,26 +354,213 @@ function renderComments () {
     <li class="comment" data-name="${esc(c.name)}">
       <span class="avatar small" style="--c:${esc(c.color ?? '#888')}">${esc(initials(c.authorName))}</span>
       <div class="bubble"><div class="who">${esc(c.authorName ?? 'Someone')}<span class="when">${esc(ago(c.at))}</span></div>
-      <div class="text">${esc(String(c.text ?? ''))}</div></div>
+      <div class="text">${richText(typeof c.text === 'string' ? c.text : doc.text(c.name).toString())}</div></div>
     </li>`).join('')
 }
+
+// Mentioning: "@" (or the @ button) offers the people here and those who commented; a pick
+// writes "@Name" in the box and `@[Name](id)` in the comment.
+const menu = $('mention-menu')
+const picked = new Map() // name → id, for this comment
+let mention = null // {start, items, active} while the menu is open
+
+function mentionable () {
+  const people = new Map()
+  for (const v of doc.presence.viewers()) {
+    if (v.userId && v.userId !== user.id) people.set(v.userId, { id: v.userId, name: v.name ?? v.userId, color: v.color })
+  }
+  for (const [name, f] of Object.entries(doc.fields())) {
+    const c = f.value
+    if (name.startsWith('comment:') && c?.author && c.author !== user.id && !people.has(c.author)) {
+      people.set(c.author, { id: c.author, name: c.authorName ?? c.author, color: c.color })
+    }
+  }
+  return [...people.values()]
+}
+
+function updateMentionMenu () {
+  const caret = commentBox.selectionStart
+  const m = caret === commentBox.selectionEnd && commentBox.value.slice(0, caret).match(/(?:^|\s)@([^\s@]*)$/)
+  if (!m) return closeMentionMenu()
+  const q = m[1].toLowerCase()
+  const items = mentionable().filter((p) => p.name.toLowerCase().startsWith(q) || p.id.toLowerCase().startsWith(q))
+  if (items.length === 0) return closeMentionMenu()
+  const active = mention ? Math.min(mention.active, items.length - 1) : 0
+  mention = { start: caret - m[1].length - 1, items, active }
+  menu.innerHTML = items.map((p, i) => `
+    <li role="option" data-user="${esc(p.id)}" aria-selected="${i === active}">
+      <span class="avatar tiny" style="--c:${esc(p.color ?? '#888')}">${esc(initials(p.name))}</span>${esc(p.name)}
+    </li>`).join('')
+  menu.hidden = false
+}
+
+function closeMentionMenu () {
+  mention = null
+  menu.hidden = true
+}
+
+function pickMention (person) {
+  const caret = commentBox.selectionStart
+  const name = person.name.replace(/[[\]\n\r]/g, '').trim() || person.id
+  const text = `@${name} `
+  commentBox.setRangeText(text, mention.start, caret, 'end')
+  picked.set(name, person.id)
+  closeMentionMenu()
+  commentBox.focus()
+}
+
+// The comment's text with each picked "@Name" written as a mention.
+function withMentions (text) {
+  if (picked.size === 0) return text
+  const names = [...picked.keys()].sort((a, b) => b.length - a.length)
+  const pattern = new RegExp(`@(${names.map((n) => n.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')).join('|')})(?![\\p{L}\\p{N}_])`, 'gu')
+  return text.replace(pattern, (_, name) => mentionMarkup({ id: picked.get(name), name }))
+}
+
+menu.addEventListener('mousedown', (e) => {
+  const li = e.target.closest('li[data-user]')
+  if (!li || !mention) return
+  e.preventDefault()
+  pickMention(mention.items.find((p) => p.id === li.dataset.user))
+})
+$('mention').addEventListener('click', () => {
+  commentBox.focus()
+  const at = commentBox.selectionStart
+  const space = at > 0 && !/\s/.test(commentBox.value[at - 1]) ? ' ' : ''
+  commentBox.setRangeText(`${space}@`, at, commentBox.selectionEnd, 'end')
+  updateMentionMenu()
+})
+
 commentBox.addEventListener('input', () => {
   if (commentBox.value.trim()) commentTyping.poke()
   else commentTyping.stop()
+  updateMentionMenu()
 })
+commentBox.addEventListener('click', updateMentionMenu)
 commentBox.addEventListener('keydown', (e) => {
+  if (mention) {
+    const n = mention.items.length
+    if (e.key === 'ArrowDown' || e.key === 'ArrowUp') {
+      e.preventDefault()
+      mention.active = (mention.active + (e.key === 'ArrowDown' ? 1 : n - 1)) % n
+      updateMentionMenu()
+      return
+    }
+    if (e.key === 'Enter' || e.key === 'Tab') {
+      e.preventDefault()
+      pickMention(mention.items[mention.active])
+      return
+    }
+    if (e.key === 'Escape') {
+      e.preventDefault()
+      closeMentionMenu()
+      return
+    }
+  }
   if (e.key === 'Enter' && !e.shiftKey) { e.preventDefault(); $('composer').requestSubmit() }
 })
-commentBox.addEventListener('blur', () => commentTyping.stop())
+commentBox.addEventListener('blur', () => { commentTyping.stop(); closeMentionMenu() })
 $('composer').addEventListener('submit', (e) => {
   e.preventDefault()
   const text = commentBox.value.trim()
   if (!text) return
   const id = `comment:${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 6)}`
-  doc.field(id).set({ text, author: user.id, authorName: user.name, color: user.color, at: Date.now() })
+  // The text first: whoever sees the comment's register already has its text.
+  doc.text(id).insert(0, withMentions(text))
+  doc.field(id).set({ author: user.id, authorName: user.name, color: user.color, at: Date.now() })
   commentBox.value = ''
+  picked.clear()
+  closeMentionMenu()
   commentTyping.stop()
 })
+
+// --- the bell: this user's notifications ------------------------------------------------------
+const inboxTuning = {}
+for (const key of ['minBackoffMs', 'maxBackoffMs']) if (key in tuning) inboxTuning[key] = tuning[key]
+const inbox = new Inbox({ token, ...inboxTuning })
+window.tandem.inbox = inbox
+const bell = $('bell')
+const panel = $('inbox-panel')
+const DOING = {
+  mention: 'mentioned you in',
+  assigned: 'assigned you',
+  reply: 'replied in',
+  due: 'is due soon:'
+}
+
+function noteLine (n) {
+  const docLabel = `<b>${esc(n.doc.toUpperCase())}</b>`
+  if (!n.from) return `${docLabel} ${esc(DOING[n.type] ?? n.type)}`
+  return `<b>${esc(knownName(n.from) ?? n.from)}</b> ${esc(DOING[n.type] ?? n.type)} ${docLabel}`
+}
+
+function renderBell () {
+  const count = inbox.unread
+  bell.dataset.unread = String(count)
+  $('bell-count').textContent = count > 99 ? '99+' : count ? String(count) : ''
+  bell.setAttribute('aria-label', count ? `Notifications, ${count} unread` : 'Notifications')
+  $('inbox').dataset.state = inbox.status.state
+  if (inbox.status.state === 'live') $('inbox').hidden = false
+}
+
+function renderInbox () {
+  const list = inbox.notifications
+  $('inbox-empty').hidden = list.length > 0
+  $('inbox-more').hidden = inbox.next === null
+  $('inbox-list').innerHTML = list.map((n) => `
+    <li class="note" data-id="${n.id}" data-type="${esc(n.type)}" data-read="${n.read}" data-doc="${esc(n.doc)}">
+      <button type="button">
+        <span class="unread-dot" aria-hidden="true"></span>
+        <span class="note-body">
+          <span class="note-line">${noteLine(n)}</span>
+          ${n.excerpt ? `<span class="note-excerpt">${richText(n.excerpt)}</span>` : ''}
+          <span class="note-when">${esc(ago(n.at))}</span>
+        </span>
+      </button>
+    </li>`).join('')
+}
+
+function showPanel (show) {
+  panel.hidden = !show
+  bell.setAttribute('aria-expanded', String(show))
+  if (show) renderInbox()
+}
+
+bell.addEventListener('click', () => showPanel(panel.hidden))
+document.addEventListener('mousedown', (e) => { if (!panel.hidden && !$('inbox').contains(e.target)) showPanel(false) })
+document.addEventListener('keydown', (e) => { if (e.key === 'Escape' && !panel.hidden) showPanel(false) })
+$('mark-all').addEventListener('click', () => inbox.markAllRead().catch((err) => toast(esc(String(err.message)))))
+$('inbox-more').addEventListener('click', () => inbox.more().catch((err) => toast(esc(String(err.message)))))
+$('inbox-list').addEventListener('click', async (e) => {
+  const li = e.target.closest('.note')
+  if (!li) return
+  const n = inbox.notifications.find((x) => String(x.id) === li.dataset.id)
+  if (!n) return
+  const done = n.read ? Promise.resolve() : inbox.markRead([n.id]).catch((err) => toast(esc(String(err.message))))
+  if (n.doc !== docName) {
+    // Another task: open it as the same person.
+    await done
+    const next = new URLSearchParams(params)
+    next.set('doc', n.doc)
+    location.search = next.toString()
+    return
+  }
+  showPanel(false)
+  const target = document.querySelector(`.comment[data-name="${CSS.escape(n.field)}"]`)
+  if (target) {
+    target.scrollIntoView({ block: 'center', behavior: 'smooth' })
+    target.classList.add('flash')
+    setTimeout(() => target.classList.remove('flash'), 1600)
+  }
+})
+inbox.on('unread', renderBell)
+inbox.on('status', renderBell)
+inbox.on('change', () => { if (!panel.hidden) renderInbox() })
+inbox.on('notification', (n) => {
+  events.push({ type: 'notification', ...n })
+  toast(noteLine(n))
+})
+inbox.on('error', (e) => events.push({ type: 'inbox-error', ...e }))
 
 // --- undo / redo ------------------------------------------------------------------------------
 function renderHistory () {
@@ -391,7 +595,10 @@ doc.on('field', (c) => {
   else if (c.name.startsWith('comment:')) renderComments()
   renderHistory()
 })
-doc.on('text', renderHistory)
+doc.on('text', (c) => {
+  if (c.field.startsWith('comment:')) renderComments()
+  renderHistory()
+})
 doc.presence.observe(() => { renderViewers(); renderTyping(); renderCursors() })
 setInterval(() => {
   renderStatusField()
@@ -409,4 +616,5 @@ renderViewers()
 renderTyping()
 renderCursors()
 renderHistory()
+renderBell()
 $('app').dataset.ready = 'true'

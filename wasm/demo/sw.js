@@ -1,10 +1,11 @@
 // The demo's offline shell: network first, the cached copy when the network fails, so the
 // page reloads while offline and shows the document cached in IndexedDB.
-const CACHE = 'tandem-demo-v1'
+const CACHE = 'tandem-demo-v2'
 const SHELL = [
   '/', '/demo/demo.css', '/demo/demo.js',
   '/pkg/index.js', '/pkg/doc.js', '/pkg/provider.js', '/pkg/emitter.js', '/pkg/offline.js',
-  '/pkg/tabs.js', '/pkg/backoff.js', '/pkg/tandem_wasm.js', '/pkg/tandem_wasm_bg.wasm'
+  '/pkg/tabs.js', '/pkg/backoff.js', '/pkg/inbox.js', '/pkg/mention.js', '/pkg/tandem_wasm.js',
+  '/pkg/tandem_wasm_bg.wasm'
 ]
 
 self.addEventListener('install', (event) => {
@@ -12,13 +13,16 @@ self.addEventListener('install', (event) => {
 })
 
 self.addEventListener('activate', (event) => {
-  event.waitUntil(self.clients.claim())
+  event.waitUntil(caches.keys()
+    .then((keys) => Promise.all(keys.filter((k) => k !== CACHE).map((k) => caches.delete(k))))
+    .then(() => self.clients.claim()))
 })
 
 self.addEventListener('fetch', (event) => {
   const url = new URL(event.request.url)
   if (event.request.method !== 'GET' || url.origin !== location.origin) return
-  if (url.pathname.startsWith('/ws/') || url.pathname.startsWith('/docs/')) return
+  // The API and its event streams (never cached; a stream would never finish copying).
+  if (/^\/(ws|docs|me)\//.test(url.pathname)) return
   const key = event.request.mode === 'navigate' ? '/' : url.pathname
   event.respondWith((async () => {
     try {

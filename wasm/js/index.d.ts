@@ -225,6 +225,123 @@ export class OfflineStore {
   static open(doc: string, indexedDB?: unknown): Promise<OfflineStore | null>
 }
 
+export type NotificationType = 'mention' | 'assigned' | 'reply' | 'due'
+
+/** One notification of the token's user. */
+export interface Notification {
+  /** Increasing: a newer notification has a greater id. */
+  id: number
+  type: NotificationType
+  doc: string
+  /** The field it concerns, e.g. "comment:3" or "assignee". */
+  field: string
+  /** The user whose change caused it; null for `due`. */
+  from: string | null
+  /** Unix milliseconds. */
+  at: number
+  excerpt: string
+  read: boolean
+}
+
+export interface NotificationPage {
+  /** Newest first. */
+  notifications: Notification[]
+  unread: number
+  /** Pass as `before` to read the next (older) page; null at the end. */
+  next: number | null
+}
+
+export type InboxState = 'idle' | 'connecting' | 'live' | 'offline' | 'closed'
+
+export interface InboxStatus {
+  state: InboxState
+  reason?: string
+  /** When the next reconnect attempt happens (state 'offline'). */
+  retryInMs?: number
+  /** Why the inbox closed for good (4401: the token was refused, revoked or expired). */
+  code?: number | string
+}
+
+export interface InboxOptions {
+  /** Server base URL; defaults to the page's origin. */
+  url?: string
+  /** A token minted by `tandem token`: the inbox is its user's. */
+  token?: string
+  /** Page size of list() and of the catch-up read on every (re)connection (20). */
+  pageSize?: number
+  minBackoffMs?: number
+  maxBackoffMs?: number
+  /** Stream errors in a row the browser retries by itself (with Last-Event-ID) before backoff (1). */
+  nativeRetries?: number
+  /** Connect right away (true). */
+  connect?: boolean
+  EventSource?: unknown
+  fetch?: typeof fetch
+}
+
+export interface InboxEvents {
+  /** A notification newer than every one seen: live, or found when catching up after a reconnect. */
+  notification: Notification
+  /** The unread count changed. */
+  unread: number
+  /** `notifications` or a read flag changed: render again. */
+  change: void
+  status: InboxStatus
+  /** The inbox closed for good: `{code: 4401, reason}` when the token was refused. */
+  error: { code: number | string; reason: string }
+}
+
+/** An HTTP error of the notifications API. */
+export class InboxError extends Error {
+  readonly status: number
+  readonly code: string | number
+}
+
+/** The notifications of the token's user, kept live over Server-Sent Events. */
+export class Inbox {
+  constructor(options?: InboxOptions)
+  /** Loaded so far, newest first (the first page, live arrivals, and pages read with list/more). */
+  readonly notifications: Notification[]
+  readonly unread: number
+  /** The `before` of the next older page; null when everything is loaded. */
+  readonly next: number | null
+  readonly status: InboxStatus
+  /** Reads one page (newest first without `before`); its items join `notifications`. */
+  list(options?: { limit?: number; before?: number }): Promise<NotificationPage>
+  /** Reads the page after the loaded ones; null when there is none. */
+  more(limit?: number): Promise<NotificationPage | null>
+  /** Marks notifications read; resolves to the unread count. */
+  markRead(ids: Iterable<number>): Promise<number>
+  markAllRead(): Promise<number>
+  connect(): void
+  /** Stops the live stream; connect() starts it again. */
+  disconnect(): void
+  /** Closes for good. */
+  close(): void
+  on<K extends keyof InboxEvents>(type: K, fn: (event: InboxEvents[K]) => void): Unsubscribe
+  off<K extends keyof InboxEvents>(type: K, fn: (event: InboxEvents[K]) => void): void
+}
+
+export interface MentionedUser {
+  id: string
+  name?: string
+}
+
+export interface Mention {
+  /** UTF-16 offset of the markup. */
+  index: number
+  length: number
+  id: string
+  name: string
+}
+
+/** `@[Display Name](user-id)`, the react-mentions markup the server recognises. */
+export function mentionMarkup(user: MentionedUser): string
+/** Inserts a mention into a text field at a UTF-16 offset; returns the offset after it. */
+export function insertMention(text: TextField, index: number, user: MentionedUser): number
+/** The mentions written in a string, in order. */
+export function parseMentions(text: string): Mention[]
+
 /** Loads the WebAssembly module (once). */
 export function load(wasm?: unknown): Promise<unknown>
 /** Opens a document, loads its offline copy and connects. */

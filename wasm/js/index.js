@@ -5,12 +5,16 @@
 //   doc.text('description').insert(0, 'Hello')
 //   doc.field('status').set('done', { ifVersion: doc.field('status').version })
 //   doc.on('status', (s) => console.log(s.state, s.synced, s.unacknowledged))
+//   const inbox = new Inbox({ url: 'http://127.0.0.1:8787', token })   // the token's user's notifications
+//   inbox.on('unread', (n) => console.log(n, 'unread'))
 import init from './tandem_wasm.js'
 import { TandemDoc, TextField, Field, PresenceView } from './doc.js'
 import { Provider } from './provider.js'
 import { OfflineStore } from './offline.js'
 
 export { TandemDoc, TextField, Field, PresenceView, Provider, OfflineStore }
+export { Inbox, InboxError } from './inbox.js'
+export { mentionMarkup, insertMention, parseMentions } from './mention.js'
 export { backoffDelay } from './backoff.js'
 export * as bindings from './tandem_wasm.js'
 

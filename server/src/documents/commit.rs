@@ -32,6 +32,7 @@ use crate::infra::metrics::Metrics;
 use crate::infra::store::{
     Answer, Fingerprint, Locked, NewKey, NewUpdate, Sid, SidRange, Store, StoreError,
 };
+use crate::infra::webhook::{BatchSummary, RegisterChange, Webhooks};
 
 /// Called with the sid up to which everything it waited for is durable (or with the failure).
 pub(super) type Waiter = Box<dyn FnOnce(Result<Sid, DocError>) + Send>;
@@ -95,10 +96,17 @@ pub(super) struct Commit {
     inflight_batch: Vec<Pending>,
     /// The sid of the last durable update.
     last_sid: Sid,
+    /// Webhook endpoints: each batch carries its outbox rows into its transaction.
+    webhooks: Webhooks,
 }
 
 impl Commit {
-    pub(super) fn new(store: Arc<dyn Store>, metrics: Metrics, last_sid: Sid) -> Self {
+    pub(super) fn new(
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+        last_sid: Sid,
+        webhooks: Webhooks,
+    ) -> Self {
         Commit {
             store,
             metrics,
@@ -106,7 +114,13 @@ impl Commit {
             inflight: None,
             inflight_batch: Vec::new(),
             last_sid,
+            webhooks,
         }
+    }
+
+    /// Tells the webhook worker a batch was stored (nothing without endpoints).
+    pub(super) fn wake_webhooks(&self) {
+        self.webhooks.wake();
     }
 
     /// Nothing queued and nothing in flight.
@@ -208,6 +222,11 @@ impl Commit {
             }));
         }
         let bytes = updates.iter().map(|u| u.update.len() as u64).sum();
+        let events = if self.webhooks.is_enabled() && !updates.is_empty() {
+            self.webhooks.batch_events(&summary(&batch))
+        } else {
+            Vec::new()
+        };
         self.inflight_batch = batch;
         let store = Arc::clone(&self.store);
         let metrics = self.metrics.clone();
@@ -215,8 +234,8 @@ impl Commit {
         let started = Instant::now();
         self.inflight = Some(Box::pin(async move {
             let r = match lock {
-                Some(lock) => lock.append_with_keys(updates, keys).await,
-                None => store.append_with_keys(&doc, updates, keys).await,
+                Some(lock) => lock.append_full(updates, keys, events).await,
+                None => store.append_full(&doc, updates, keys, events).await,
             };
             metrics.commit_latency.observe(started.elapsed());
             r
@@ -305,4 +324,39 @@ impl Commit {
     pub(super) fn saw(&mut self, sid: Sid) {
         self.last_sid = self.last_sid.max(sid);
     }
+}
+
+/// What a batch did, for its webhook rows: authors, fields touched, register changes.
+fn summary(batch: &[Pending]) -> BatchSummary {
+    let mut out = BatchSummary::default();
+    let add = |list: &mut Vec<String>, v: &str| {
+        if !list.iter().any(|x| x == v) {
+            list.push(v.to_owned());
+        }
+    };
+    for p in batch {
+        let Some(update) = &p.update else { continue };
+        add(&mut out.authors, &update.author);
+        for change in &p.changes {
+            match change {
+                Change::Text { field, .. } => add(&mut out.fields, field),
+                Change::Field {
+                    name,
+                    value,
+                    author,
+                } => {
+                    add(&mut out.fields, name);
+                    out.registers.push(RegisterChange {
+                        name: name.clone(),
+                        value: value
+                            .as_ref()
+                            .map_or(serde_json::Value::Null, |v| v.value.clone()),
+                        version: value.as_ref().map(|v| v.version.clone()),
+                        author: author.clone().or_else(|| Some(update.author.clone())),
+                    });
+                }
+            }
+        }
+    }
+    out
 }

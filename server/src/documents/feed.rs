@@ -25,6 +25,8 @@ pub(super) struct Feed {
     subs: Vec<mpsc::Sender<FeedItem>>,
     /// Presence as last published, by user key.
     presence: BTreeMap<String, PresenceView>,
+    /// The document's change feed stays on without subscribers (notifications read it).
+    always: bool,
 }
 
 impl Feed {
@@ -77,8 +79,15 @@ impl Feed {
         self.subs.clear();
     }
 
+    /// Keeps the document's change feed on for good (the notification watch needs every
+    /// change, subscribers or not).
+    pub(super) fn keep_on(&mut self, room: &mut Room) {
+        self.always = true;
+        room.document_mut().set_change_feed(true);
+    }
+
     fn turn_off_if_unused(&mut self, room: &mut Room) {
-        if self.subs.is_empty() {
+        if self.subs.is_empty() && !self.always {
             room.document_mut().set_change_feed(false);
         }
     }

@@ -14,6 +14,10 @@
 //! - `compaction`: when the log is folded into a snapshot, and the checkpoint bookkeeping.
 //! - `keys`: idempotency keys whose first request is still being carried out (looked up in the
 //!   store, or applied and waiting to be durable with its record).
+//! - [`notify`]: what durable changes mean for people (new mentions, assignments, new
+//!   comments, due dates), derived per document after a short settle window.
+//! - [`notifier`]: [`notifier::Notifier`]: who may get a notification (recorded grants), the
+//!   store, live streams, due-date reminders.
 //! - [`outbox`]: a connection's bounded outbound frame queue.
 //! - [`refusal`]: how an engine refusal is answered (close code, limit counted).
 //!
@@ -26,6 +30,8 @@ mod compaction;
 mod fanout;
 mod feed;
 mod keys;
+pub mod notifier;
+pub mod notify;
 pub mod outbox;
 pub mod refusal;
 mod registry;

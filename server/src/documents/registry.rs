@@ -17,6 +17,7 @@ use tandem_engine::protocol::{ConnId, ConnInfo};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::command::{Command, JoinReply, Reply};
+use super::notifier::Notifier;
 use super::task::{self, Context};
 use super::{
     Answered, ConnSink, DocError, DocState, JoinError, Subscription, WriteRequest, SUBSCRIBER_QUEUE,
@@ -119,6 +120,18 @@ impl Registry {
         config: Arc<Config>,
         bus: Option<Arc<dyn Bus>>,
     ) -> Self {
+        Self::with_notifier(store, metrics, config, bus, None)
+    }
+
+    /// [`Registry::new`], with the notifier documents hand their notifications (and webhook
+    /// configuration) to.
+    pub fn with_notifier(
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+        config: Arc<Config>,
+        bus: Option<Arc<dyn Bus>>,
+        notifier: Option<Notifier>,
+    ) -> Self {
         Registry {
             shared: Arc::new(Shared {
                 docs: DashMap::new(),
@@ -127,6 +140,7 @@ impl Registry {
                     metrics,
                     config,
                     bus,
+                    notifier,
                 },
                 next_id: AtomicU64::new(1),
                 live: AtomicUsize::new(0),

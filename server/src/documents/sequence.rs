@@ -126,6 +126,15 @@ impl<L> Sequence<L> {
         self.known > self.taken
     }
 
+    /// The replica now holds everything up to `sid` (a snapshot was merged into it): what
+    /// waits up to there is skipped, this node's batches up to there come out of
+    /// [`Sequence::next`] only to be acknowledged.
+    pub(super) fn skip_to(&mut self, sid: Sid) {
+        self.saw(sid);
+        self.taken = self.taken.max(sid);
+        self.drop_taken();
+    }
+
     /// Forgets what waits (the document failed).
     pub(super) fn clear(&mut self) {
         self.remote.clear();
@@ -202,6 +211,21 @@ mod tests {
         assert_eq!(drain(&mut s), ["r4"]);
         s.local(4, 4, "late");
         assert_eq!(drain(&mut s), ["late>4"]);
+    }
+
+    /// Behind the store's snapshot: the replica takes the snapshot; what waited up to it is
+    /// skipped, this node's batches up to it are only acknowledged, later ones go on.
+    #[test]
+    fn skipping_to_a_snapshot_keeps_what_comes_after() {
+        let mut s = Sequence::new(2);
+        s.local(5, 6, "mine");
+        s.remote(remote(4));
+        s.remote(remote(9));
+        s.skip_to(7);
+        assert_eq!(drain(&mut s), ["mine>7"]);
+        s.remote(remote(8));
+        assert_eq!(drain(&mut s), ["r8", "r9"]);
+        assert!(!s.gap());
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! is decided under the document's write lock in the store, against every update committed
 //! before it ([`Store::lock`]), so every node sees the same winner.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
@@ -34,6 +34,8 @@ use super::compaction::Compactor;
 use super::fanout::{self, Behind, Fanout};
 use super::feed::Feed;
 use super::keys::{KeyId, Keys, Parked};
+use super::notifier::{Job, Notifier};
+use super::notify::{Watch, SETTLE};
 use super::refusal::protocol_error_close;
 use super::sequence::{Next, Remote, Sequence};
 use super::{
@@ -60,9 +62,18 @@ pub(super) struct Context {
     pub config: Arc<Config>,
     /// The bus to the other nodes sharing the store, when there are any.
     pub bus: Option<Arc<dyn Bus>>,
+    /// Where notifications go (none in tests that do not need them).
+    pub notifier: Option<Notifier>,
 }
 
 type Pending<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// What a read of a gap found: the updates after the document's last taken sid, or, when the
+/// log no longer reaches back there (another node compacted it), the whole stored document.
+enum Fetched {
+    Since(Since),
+    Reload(Option<crate::infra::store::Loaded>),
+}
 
 /// This node's committed batch, waiting for its turn in sid order.
 struct LocalBatch {
@@ -199,7 +210,21 @@ impl DocTask {
         }
         let mut doc = Running {
             name: self.name.clone(),
-            commit: Commit::new(Arc::clone(&ctx.store), metrics.clone(), loaded.last_sid),
+            commit: Commit::new(
+                Arc::clone(&ctx.store),
+                metrics.clone(),
+                loaded.last_sid,
+                ctx.notifier
+                    .as_ref()
+                    .map(|n| n.webhooks().clone())
+                    .unwrap_or_default(),
+            ),
+            watch: ctx
+                .notifier
+                .as_ref()
+                .map(|n| Watch::new(loaded.room.document(), n.config())),
+            settle_at: None,
+            present: HashMap::new(),
             sequence: Sequence::new(loaded.last_sid),
             shared,
             gap_deadline: None,
@@ -218,6 +243,9 @@ impl DocTask {
             failed: false,
             shutting_down: false,
         };
+        if doc.watch.is_some() {
+            doc.feed.keep_on(&mut doc.room);
+        }
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -246,6 +274,7 @@ impl DocTask {
                     doc.fetched(result);
                 }
                 _ = sleep_until(doc.gap_deadline), if doc.gap_deadline.is_some() => doc.fetch(),
+                _ = sleep_until(doc.settle_at), if doc.settle_at.is_some() => doc.settle(),
                 (id, found) = doc.keys.looked_up(), if doc.keys.looking_up() => {
                     doc.key_looked_up(id, found);
                 }
@@ -253,7 +282,7 @@ impl DocTask {
             }
             doc.flush();
             if !doc.commit.in_flight() && doc.locking.is_none() {
-                if doc.exclusive.is_empty() {
+                if doc.exclusive.is_empty() || doc.fetching.is_some() {
                     doc.submit();
                 } else {
                     doc.lock();
@@ -268,7 +297,8 @@ impl DocTask {
                 && doc.keys.is_idle()
                 && doc.exclusive.is_empty()
                 && doc.locking.is_none()
-                && doc.fetching.is_none();
+                && doc.fetching.is_none()
+                && doc.settle_at.is_none();
             if idle || (doc.failed && !doc.commit.in_flight()) {
                 doc.compact_if_due().await;
                 break;
@@ -340,7 +370,7 @@ struct Running {
     /// When a gap in the sequence is read from the store.
     gap_deadline: Option<tokio::time::Instant>,
     /// A read of a gap from the store.
-    fetching: Option<Pending<Since>>,
+    fetching: Option<Pending<Fetched>>,
     /// Taking the document's write lock, for the writes in `exclusive`.
     locking: Option<Pending<Box<dyn Locked>>>,
     /// Writes waiting to be decided under the write lock.
@@ -349,6 +379,12 @@ struct Running {
     parked: HashSet<ConnId>,
     /// Set while the writes in `exclusive` are carried out under the lock.
     under_lock: bool,
+    /// Notification bookkeeping, when there is a notifier.
+    watch: Option<Watch>,
+    /// When the changes the watch collected are settled.
+    settle_at: Option<tokio::time::Instant>,
+    /// Users with connections open here, and how many (presence webhooks).
+    present: HashMap<String, (usize, Vec<ConnId>)>,
 }
 
 /// Waits for an optional operation (guard the `select!` branch with `is_some`).
@@ -380,6 +416,9 @@ impl Running {
                     let _ = reply.send(JoinReply::Retry(sink));
                     return;
                 }
+                if let Some(user) = &info.user {
+                    self.presence(conn, user, true);
+                }
                 self.fanout.add(conn, info.clone(), sink);
                 let out = self.guarded(|room| room.join(conn, info, now));
                 let _ = reply.send(JoinReply::Joined);
@@ -410,6 +449,7 @@ impl Running {
                 }
             }
             Command::Leave { conn } => {
+                self.left(conn);
                 if self.fanout.remove(conn) {
                     if let Some(out) = self.guarded(|room| room.leave(conn, now)) {
                         self.dispatch(out, None);
@@ -683,7 +723,8 @@ impl Running {
         self.exists = true;
         self.compactor.submitted(update.len() as u64);
         self.compactor.stored(&author);
-        let changes = out.accepted.into_iter().flat_map(|a| a.changes).collect();
+        let changes: Vec<_> = out.accepted.into_iter().flat_map(|a| a.changes).collect();
+        self.watch_changes(&changes, &author, false);
         if !self.feed.is_empty() {
             let item = FeedItem::Update(Arc::new(Published {
                 sid,
@@ -705,12 +746,30 @@ impl Running {
         let store = Arc::clone(&self.ctx.store);
         let name = self.name.clone();
         let after = self.sequence.taken();
-        self.fetching = Some(Box::pin(
-            async move { store.updates_since(&name, after).await },
-        ));
+        self.fetching = Some(Box::pin(async move {
+            match store.updates_since(&name, after).await? {
+                Since::Compacted { .. } => Ok(Fetched::Reload(store.load(&name).await?)),
+                since => Ok(Fetched::Since(since)),
+            }
+        }));
     }
 
-    fn fetched(&mut self, result: Result<Since, StoreError>) {
+    /// Reads the whole stored document (the log no longer reaches back to what this replica
+    /// has taken).
+    fn reload(&mut self) {
+        let store = Arc::clone(&self.ctx.store);
+        let name = self.name.clone();
+        self.fetching = Some(Box::pin(async move {
+            Ok(Fetched::Reload(store.load(&name).await?))
+        }));
+    }
+
+    fn fetched(&mut self, result: Result<Fetched, StoreError>) {
+        let result = match result {
+            Ok(Fetched::Reload(loaded)) => return self.rebase(loaded),
+            Ok(Fetched::Since(since)) => Ok(since),
+            Err(e) => Err(e),
+        };
         match result {
             Ok(Since::Updates { entries, last_sid }) => {
                 self.sequence.saw(last_sid);
@@ -725,12 +784,58 @@ impl Running {
             }
             // Nothing after what was asked for: the sid that was seen is not committed yet.
             Ok(Since::Ahead { .. }) => self.take(),
-            Ok(Since::Compacted { .. }) => self.fail(
-                code::DOCUMENT_FAILED,
-                "this node fell behind; reconnect to reload",
-            ),
+            // Answered by the reload above.
+            Ok(Since::Compacted { .. }) => {}
             Err(e) => self.storage_failed(&e),
         }
+    }
+
+    /// Brings the replica past a snapshot another node made: the snapshot's state is merged
+    /// into it (Yjs updates merge whatever the replica already holds), the log after it taken
+    /// in order. Event streams of this document end (they resume from the store, which gives
+    /// them a fresh snapshot), since the events up to the snapshot are gone from the log.
+    fn rebase(&mut self, loaded: Option<crate::infra::store::Loaded>) {
+        let Some(loaded) = loaded else {
+            return self.fail(
+                code::DOCUMENT_FAILED,
+                "document failed; reconnect to reload it",
+            );
+        };
+        if let Some(snapshot) = &loaded.snapshot {
+            if snapshot.sid > self.sequence.taken() {
+                let now = now_ms();
+                self.ctx.metrics.replication_rebases.inc();
+                tracing::info!(doc = %self.name, sid = snapshot.sid, "taking a snapshot another node made");
+                let state = snapshot.state.clone();
+                match self.guarded(|room| room.apply_stored(&state, None, now)) {
+                    Some(Ok(mut out)) => {
+                        self.fanout.queue(std::mem::take(&mut out.messages), None);
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(doc = %self.name, cause = %e, "a stored snapshot could not be applied");
+                        return self.fail(
+                            code::DOCUMENT_FAILED,
+                            "document failed; reconnect to reload it",
+                        );
+                    }
+                    None => return,
+                }
+                self.room.compacted();
+                self.exists = true;
+                self.feed.clear();
+                self.sequence.skip_to(snapshot.sid);
+                self.compactor = Compactor::loaded(self.ctx.config.history.clone(), &loaded);
+            }
+        }
+        self.sequence.saw(loaded.last_sid);
+        for e in loaded.updates {
+            self.sequence.remote(Remote {
+                sid: e.sid,
+                update: e.update,
+                author: e.author,
+            });
+        }
+        self.take();
     }
 
     /// Takes the document's write lock for the writes waiting in `exclusive`.
@@ -765,10 +870,9 @@ impl Running {
             }
             Since::Ahead { .. } => {}
             Since::Compacted { .. } => {
-                return self.fail(
-                    code::DOCUMENT_FAILED,
-                    "this node fell behind; reconnect to reload",
-                )
+                // Released; taken again once the replica is past the snapshot.
+                drop(lock);
+                return self.reload();
             }
         }
         self.under_lock = true;
@@ -859,6 +963,7 @@ impl Running {
     }
 
     fn close(&mut self, conn: ConnId, close: Close) {
+        self.left(conn);
         if self.fanout.close(conn, close) && !self.failed {
             let now = now_ms();
             if let Some(out) = self.guarded(|room| room.leave(conn, now)) {
@@ -970,6 +1075,7 @@ impl Running {
         for (id, sid) in &finished.keys {
             self.keys.durable(id, *sid);
         }
+        self.commit.wake_webhooks();
         if let Some(bus) = &self.ctx.bus {
             for d in &finished.updates {
                 bus.publish(
@@ -1004,6 +1110,7 @@ impl Running {
         let mut last_of: Vec<(ConnId, u64, Sid)> = Vec::new();
         for d in batch.updates {
             self.compactor.stored(&d.update.author);
+            self.watch_changes(&d.changes, &d.update.author, true);
             if let Some((conn, seq)) = d.conn {
                 match last_of.iter_mut().find(|(c, _, _)| *c == conn) {
                     Some(entry) => *entry = (conn, seq, d.sid),
@@ -1022,6 +1129,88 @@ impl Running {
         }
         for (conn, count, sid) in last_of {
             self.fanout.ack(conn, count, sid);
+        }
+    }
+
+    /// Takes a durable update's changes into the notification watch; starts the settle
+    /// window when something waits.
+    fn watch_changes(&mut self, changes: &[tandem_engine::Change], author: &str, local: bool) {
+        if let Some(watch) = &mut self.watch {
+            if watch.changed(changes, author, local) && self.settle_at.is_none() {
+                self.settle_at = Some(tokio::time::Instant::now() + SETTLE);
+            }
+        }
+    }
+
+    /// The settle window ended: what the changes mean goes to the notifier.
+    fn settle(&mut self) {
+        self.settle_at = None;
+        let (Some(watch), Some(notifier)) = (&mut self.watch, &self.ctx.notifier) else {
+            return;
+        };
+        if self.failed {
+            return;
+        }
+        let settled = watch.settle(self.room.document(), &self.name);
+        if !settled.candidates.is_empty() {
+            notifier.send(Job::Candidates(settled.candidates));
+        }
+        if let Some(entry) = settled.due {
+            notifier.send(Job::Due {
+                doc: self.name.clone(),
+                entry,
+            });
+        }
+    }
+
+    /// A connection of `user` opened (`joined`) here; the user's first one is announced to
+    /// presence webhooks.
+    fn presence(&mut self, conn: ConnId, user: &str, joined: bool) {
+        let Some(notifier) = &self.ctx.notifier else {
+            return;
+        };
+        if !joined || !notifier.webhooks().wants_presence() {
+            return;
+        }
+        let entry = self.present.entry(user.to_owned()).or_default();
+        entry.0 += 1;
+        entry.1.push(conn);
+        if entry.0 == 1 {
+            notifier.send(Job::Presence {
+                doc: self.name.clone(),
+                what: "joined",
+                user: user.to_owned(),
+            });
+        }
+    }
+
+    /// A connection left; its user's last one is announced to presence webhooks.
+    fn left(&mut self, conn: ConnId) {
+        let Some(user) = self
+            .present
+            .iter()
+            .find(|(_, (_, conns))| conns.contains(&conn))
+            .map(|(u, _)| u.clone())
+        else {
+            return;
+        };
+        let gone = match self.present.get_mut(&user) {
+            Some(entry) => {
+                entry.1.retain(|c| *c != conn);
+                entry.0 = entry.0.saturating_sub(1);
+                entry.0 == 0
+            }
+            None => false,
+        };
+        if gone {
+            self.present.remove(&user);
+            if let Some(notifier) = &self.ctx.notifier {
+                notifier.send(Job::Presence {
+                    doc: self.name.clone(),
+                    what: "left",
+                    user,
+                });
+            }
         }
     }
 

@@ -67,10 +67,13 @@ pub fn authenticate(
 /// Authenticates `token` now (a token that came another way than with the request, such as
 /// the Hocuspocus dialect's Auth message), counting a refusal like [`authenticate`].
 pub fn authenticate_token(state: &AppState, token: Option<&str>) -> Result<Identity, AuthError> {
-    state
+    let identity = state
         .auth
         .authenticate(token, unix_now())
-        .inspect_err(|e| count_refusal(state, e))
+        .inspect_err(|e| count_refusal(state, e))?;
+    // Remembered for notifications: who holds a token reaching which documents.
+    state.notifier.seen(&identity);
+    Ok(identity)
 }
 
 /// The role `identity` joins `doc` with over a WebSocket: [`Role::Write`] when it may change

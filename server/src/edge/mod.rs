@@ -15,7 +15,8 @@
 //!   long-lived response.
 //! - Routes: [`ws`] (`/ws/{doc}`, y-websocket), [`hocuspocus`] (`/ws`, the Hocuspocus
 //!   dialect), [`sse`] (`/docs/{doc}/events`), [`documents`] (the other document routes),
-//!   [`admin`], [`demo`] (with [`package`], the browser package and its build), [`openapi`].
+//!   [`inbox`] (`/me/notifications…`, the token's user's notifications and their stream),
+//!   [`webhooks`] (`/admin/webhooks/deliveries…`), [`admin`], [`demo`] (with [`package`], the browser package and its build), [`openapi`].
 
 pub mod admin;
 pub mod cluster;
@@ -25,6 +26,7 @@ pub mod error;
 pub mod extract;
 pub mod hocuspocus;
 pub mod idempotency;
+pub mod inbox;
 pub mod json;
 pub mod live;
 pub mod openapi;
@@ -34,4 +36,5 @@ pub mod serve;
 pub mod socket;
 pub mod sse;
 pub mod state;
+pub mod webhooks;
 pub mod ws;

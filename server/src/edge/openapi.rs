@@ -82,7 +82,7 @@ pub fn spec() -> Value {
         "422".into(),
         error_response("The Idempotency-Key was used with a different request"),
     );
-    json!({
+    let mut spec = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "tandem",
@@ -97,6 +97,15 @@ pub fn spec() -> Value {
                         "properties": {"status": {"type": "string"}, "version": {"type": "string"},
                                        "mode": {"type": "string", "enum": ["development", "secured"]}}})),
                     "503": error_response("Shutting down")
+                }
+            }},
+            "/readyz": {"get": {
+                "summary": "Readiness: whether this node can serve everything it promises",
+                "responses": {
+                    "200": json_ok("Ready", readiness()),
+                    "503": {"description": "Not ready: shutting down, the shared store does not \
+                        answer, or (several nodes) the bus to the others is down (degraded)",
+                        "content": {"application/json": {"schema": readiness()}}}
                 }
             }},
             "/metrics": {"get": {
@@ -227,7 +236,131 @@ pub fn spec() -> Value {
                     "texts": {"type": "object", "additionalProperties": {"type": "string"}},
                     "fields": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Field"}}}}
         }}
-    })
+    });
+    for (path, item) in notification_paths(&token_param) {
+        spec["paths"][path] = item;
+    }
+    spec["components"]["schemas"]["Notification"] = json!({"type": "object",
+        "required": ["id", "type", "doc", "field", "from", "at", "excerpt", "read"],
+        "properties": {"id": {"type": "integer", "minimum": 1},
+            "type": {"type": "string", "enum": ["mention", "assigned", "reply", "due"]},
+            "doc": {"type": "string"}, "field": {"type": "string"},
+            "from": {"type": "string", "nullable": true}, "at": {"type": "integer"},
+            "excerpt": {"type": "string"}, "read": {"type": "boolean"}}});
+    spec
+}
+
+/// `/me/notifications…` and `/admin/webhooks/deliveries…`.
+fn notification_paths(token_param: &Value) -> Vec<(&'static str, Value)> {
+    let me_errors = errors(&[
+        ("400", "Malformed parameters or body"),
+        ("401", "No valid token"),
+        (
+            "503",
+            "The server is shutting down, or storage is unavailable",
+        ),
+    ]);
+    let mut stream_errors = me_errors.clone();
+    stream_errors.insert(
+        "429".into(),
+        error_response("Over the per-IP connection rate"),
+    );
+    let mut admin_errors = errors(&AUTH);
+    admin_errors.insert("404".into(), error_response("No such delivery"));
+    let unread = json!({"type": "object", "required": ["unread"],
+        "properties": {"unread": {"type": "integer", "minimum": 0}}});
+    let delivery = json!({"type": "object",
+        "required": ["id", "endpoint", "doc", "kind", "first_sid", "last_sid", "attempts",
+                     "created_at", "next_at", "state", "events"],
+        "properties": {"id": {"type": "integer"}, "endpoint": {"type": "string"},
+            "doc": {"type": "string"}, "kind": {"type": "string"},
+            "first_sid": {"type": "integer"}, "last_sid": {"type": "integer"},
+            "attempts": {"type": "integer"}, "created_at": {"type": "integer"},
+            "next_at": {"type": "integer"},
+            "state": {"type": "string", "enum": ["pending", "dead"]},
+            "last_error": {"type": "string", "nullable": true},
+            "events": {"type": "array", "items": {"type": "object"}}}});
+    vec![
+        (
+            "/me/notifications",
+            json!({"get": {
+                "summary": "The token's user's notifications, newest first (only documents the token reaches). Kept: the newest 1,000 per user, 90 days",
+                "parameters": [token_param,
+                    {"name": "limit", "in": "query", "required": false,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+                    {"name": "before", "in": "query", "required": false,
+                     "description": "Only notifications with a smaller id (the `next` of the previous page)",
+                     "schema": {"type": "integer", "minimum": 0}}],
+                "responses": with(me_errors.clone(), "200", json_ok("A page", json!({"type": "object",
+                    "required": ["notifications", "unread", "next"],
+                    "properties": {"notifications": {"type": "array",
+                            "items": {"$ref": "#/components/schemas/Notification"}},
+                        "unread": {"type": "integer", "minimum": 0},
+                        "next": {"type": "integer", "nullable": true}}})))
+            }}),
+        ),
+        (
+            "/me/notifications/read",
+            json!({"post": {
+                "summary": "Mark notifications read: `{\"ids\": [..]}` or `{\"all\": true}`",
+                "parameters": [token_param],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "additionalProperties": false,
+                    "properties": {"ids": {"type": "array", "maxItems": 1000,
+                                           "items": {"type": "integer", "minimum": 1}},
+                                   "all": {"type": "boolean", "enum": [true]}}}}}},
+                "responses": with(me_errors, "200", json_ok("How many stay unread", unread))
+            }}),
+        ),
+        (
+            "/me/notifications/events",
+            json!({"get": {
+                "summary": "Server-Sent Events: `notification` (id = notification id, data = the notification) and `unread` ({\"unread\": N}, after connecting and after each read change). Resume with Last-Event-ID or ?since=ID: every notification after it. Ends with a `close` event at token expiry or revocation",
+                "parameters": [token_param,
+                    {"name": "since", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}},
+                    {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "integer", "minimum": 0}}],
+                "responses": with(stream_errors, "200", json!({"description": "An event stream",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}}}))
+            }}),
+        ),
+        (
+            "/admin/webhooks/deliveries",
+            json!({"get": {
+                "summary": "Webhook deliveries waiting (pending) or given up after 24 h (dead), oldest first (admin role)",
+                "parameters": [token_param,
+                    {"name": "state", "in": "query", "required": false,
+                     "schema": {"type": "string", "enum": ["pending", "dead"], "default": "pending"}},
+                    {"name": "limit", "in": "query", "required": false,
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}}],
+                "responses": with(admin_errors.clone(), "200", json_ok("Deliveries", json!({"type": "object",
+                    "required": ["state", "deliveries"],
+                    "properties": {"state": {"type": "string"},
+                        "deliveries": {"type": "array", "items": delivery}}})))
+            }}),
+        ),
+        (
+            "/admin/webhooks/deliveries/{id}/replay",
+            json!({"post": {
+                "summary": "Deliver again: the delivery is pending, due now, its attempts reset (admin role)",
+                "parameters": [token_param, {"name": "id", "in": "path", "required": true,
+                    "schema": {"type": "integer", "minimum": 1}}],
+                "responses": with(admin_errors, "200", json_ok("Pending again", json!({"type": "object",
+                    "required": ["id", "state"],
+                    "properties": {"id": {"type": "integer"}, "state": {"type": "string"}}})))
+            }}),
+        ),
+    ]
+}
+
+/// The body of `/readyz`.
+fn readiness() -> Value {
+    json!({"type": "object", "required": ["status", "store", "bus"], "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded", "unavailable", "shutting_down"]},
+        "store": {"type": "string", "enum": ["embedded", "up", "down"]},
+        "bus": {"type": "string", "enum": ["none", "up", "down"]},
+        "node": {"type": "string"},
+        "checked_at": {"type": "integer"}
+    }})
 }
 
 /// The handler.

@@ -24,6 +24,8 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(super::openapi::document))
         .merge(super::documents::routes())
         .merge(super::admin::routes())
+        .merge(super::inbox::routes())
+        .merge(super::webhooks::routes())
         .merge(super::demo::routes())
         .fallback(not_found)
         .with_state(state)

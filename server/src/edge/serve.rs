@@ -97,6 +97,9 @@ pub async fn run(
     } else {
         None
     };
+    // A shared store's reachability is checked every interval (edge::cluster); the embedded
+    // one is up while the process is.
+    metrics.store_up.set(1);
     let interval = config.cluster.catch_up_interval;
     let state = AppState::with_cluster(config, Arc::clone(&store), metrics, signal, cluster);
     if let Some(cluster) = &state.cluster {

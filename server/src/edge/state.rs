@@ -6,11 +6,13 @@ use super::cluster::Cluster;
 use super::idempotency::LocalKeys;
 use super::package::Package;
 use crate::access::auth::Auth;
+use crate::documents::notifier::Notifier;
 use crate::documents::Registry;
 use crate::infra::config::Config;
 use crate::infra::metrics::Metrics;
 use crate::infra::shutdown::Shutdown;
 use crate::infra::store::Store;
+use crate::infra::webhook::Webhooks;
 
 /// What every route handler can reach. Cheap to clone: every field is a shared handle.
 #[derive(Clone)]
@@ -34,6 +36,8 @@ pub struct AppState {
     pub local_keys: LocalKeys,
     /// The links to the other nodes sharing the store, when it is shared.
     pub cluster: Option<Cluster>,
+    /// Notifications: grants seen, live inbox streams, due reminders.
+    pub notifier: Notifier,
 }
 
 impl std::fmt::Debug for AppState {
@@ -67,11 +71,35 @@ impl AppState {
         let auth = Auth::new(config.auth.clone());
         let config = Arc::new(config);
         let bus = cluster.as_ref().and_then(Cluster::bus);
-        let registry = Registry::new(
+        let webhooks = match &config.notify.webhook_secret {
+            Some(secret) => Webhooks::new(
+                config.notify.webhook_urls.clone(),
+                secret.clone(),
+                config.notify.webhook_presence,
+            ),
+            None => Webhooks::default(),
+        };
+        let (notifier, jobs) = Notifier::new(
+            Arc::clone(&store),
+            auth.clone(),
+            metrics.clone(),
+            config.notify.clone(),
+            webhooks.clone(),
+        );
+        // The notifier and the webhook worker run until shutdown (outside a runtime, as in
+        // some unit tests, they do not run at all).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(notifier.clone().run(jobs, shutdown.clone()));
+            if webhooks.is_enabled() {
+                runtime.spawn(webhooks.run(Arc::clone(&store), metrics.clone(), shutdown.clone()));
+            }
+        }
+        let registry = Registry::with_notifier(
             Arc::clone(&store),
             metrics.clone(),
             Arc::clone(&config),
             bus,
+            Some(notifier.clone()),
         );
         AppState {
             config,
@@ -83,6 +111,7 @@ impl AppState {
             demo: Package::default(),
             local_keys: LocalKeys::default(),
             cluster,
+            notifier,
         }
     }
 }

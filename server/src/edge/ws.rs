@@ -192,7 +192,9 @@ async fn serve(setup: Box<Setup>) {
             close = &mut close_rx => break close.ok(),
             close = live.revoked() => break Some(close),
             frame = frames_rx.recv() => {
-                let Some(frame) = frame else { break None };
+                // The document dropped this connection: its reason, sent just before, may
+                // have arrived after the poll of `close_rx` above (another thread).
+                let Some(frame) = frame else { break close_rx.try_recv().ok() };
                 // Everything queued now goes out in one flush (up to WRITE_BATCH frames).
                 let more = std::iter::from_fn(|| frames_rx.try_recv());
                 if !socket::send_batch(&mut sink, std::iter::once(frame).chain(more)).await {

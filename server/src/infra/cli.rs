@@ -25,6 +25,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once at start: the size of the `serve` flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
@@ -125,6 +127,35 @@ pub struct ServeArgs {
     /// Compact a document's update log into a snapshot once it holds this many bytes.
     #[arg(long, env = "TANDEM_COMPACT_AFTER_BYTES", default_value = defaults::COMPACT_AFTER_BYTES)]
     pub compact_after_bytes: ByteSize,
+
+    /// Deliver webhook events to this URL (repeatable; TANDEM_WEBHOOK_URL takes several,
+    /// comma-separated). Needs --webhook-secret.
+    #[arg(
+        long = "webhook-url",
+        env = "TANDEM_WEBHOOK_URL",
+        value_delimiter = ','
+    )]
+    pub webhook_urls: Vec<String>,
+
+    /// The secret webhook deliveries are signed with (header Tandem-Signature).
+    #[arg(long, env = "TANDEM_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Also deliver presence.joined / presence.left webhook events.
+    #[arg(long, env = "TANDEM_WEBHOOK_PRESENCE")]
+    pub webhook_presence: bool,
+
+    /// The register naming a document's assignee (a user id); setting it notifies that user.
+    #[arg(long, env = "TANDEM_ASSIGNEE_FIELD", default_value = defaults::ASSIGNEE_FIELD)]
+    pub assignee_field: String,
+
+    /// The register holding a document's due date (RFC 3339 date or date-time).
+    #[arg(long, env = "TANDEM_DUE_FIELD", default_value = defaults::DUE_FIELD)]
+    pub due_field: String,
+
+    /// How long before a due date its document's assignee is reminded (e.g. 24h).
+    #[arg(long, env = "TANDEM_REMIND_BEFORE", default_value = defaults::REMIND_BEFORE, value_parser = parse_duration)]
+    pub remind_before: Duration,
 }
 
 /// Flags of `tandem token`.
@@ -165,6 +196,12 @@ pub mod defaults {
     pub const ADDR: &str = "127.0.0.1:8787";
     /// `--data-dir`.
     pub const DATA_DIR: &str = "./tandem-data";
+    /// `--assignee-field`.
+    pub const ASSIGNEE_FIELD: &str = "assignee";
+    /// `--due-field`.
+    pub const DUE_FIELD: &str = "due";
+    /// `--remind-before`.
+    pub const REMIND_BEFORE: &str = "24h";
     /// `--max-frame-size`: 1 MiB.
     pub const MAX_FRAME_SIZE: &str = "1MiB";
     /// `--max-awareness-size`: 8 KiB.
@@ -269,6 +306,13 @@ impl ServeArgs {
                 .unwrap_or(Duration::ZERO),
             compact_after: defaults::COMPACT_AFTER,
             compact_after_bytes: size(defaults::COMPACT_AFTER_BYTES),
+            webhook_urls: Vec::new(),
+            webhook_secret: None,
+            webhook_presence: false,
+            assignee_field: defaults::ASSIGNEE_FIELD.to_owned(),
+            due_field: defaults::DUE_FIELD.to_owned(),
+            remind_before: humantime::parse_duration(defaults::REMIND_BEFORE)
+                .unwrap_or(Duration::ZERO),
         }
     }
 }

@@ -40,6 +40,12 @@ pub enum ConfigError {
         "--redis-url must be a redis:// URL (this build does not speak TLS: no rediss://): {0}"
     )]
     BadRedisUrl(String),
+    /// `--webhook-url` is not an http(s) URL.
+    #[error("--webhook-url must be an http:// URL (this build does not speak TLS; put a TLS proxy in front): {0}")]
+    BadWebhookUrl(String),
+    /// `--webhook-url` without `--webhook-secret`.
+    #[error("--webhook-url needs --webhook-secret (every delivery is signed)")]
+    WebhookWithoutSecret,
     /// `--redis-url` without `--database-url`.
     #[error(
         "--redis-url needs --database-url: Redis carries live traffic between several nodes, and \
@@ -257,6 +263,39 @@ pub struct Config {
     pub limits: Limits,
     /// Compaction and version history.
     pub history: History,
+    /// Notifications and webhooks.
+    pub notify: NotifyConfig,
+}
+
+/// Notifications and webhooks (`--webhook-*`, `--assignee-field`, `--due-field`,
+/// `--remind-before`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    /// Where webhook events go (http:// or https:// URLs).
+    pub webhook_urls: Vec<String>,
+    /// What deliveries are signed with (set whenever there are URLs).
+    pub webhook_secret: Option<String>,
+    /// Whether presence events are delivered too.
+    pub webhook_presence: bool,
+    /// The assignee register.
+    pub assignee_field: String,
+    /// The due-date register.
+    pub due_field: String,
+    /// How long before a due date its assignee is reminded.
+    pub remind_before: Duration,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            webhook_urls: Vec::new(),
+            webhook_secret: None,
+            webhook_presence: false,
+            assignee_field: crate::infra::cli::defaults::ASSIGNEE_FIELD.to_owned(),
+            due_field: crate::infra::cli::defaults::DUE_FIELD.to_owned(),
+            remind_before: Duration::from_secs(24 * 60 * 60),
+        }
+    }
 }
 
 impl Config {
@@ -369,6 +408,28 @@ impl Config {
                 interval: args.checkpoint_interval,
             },
         };
+        let webhook_urls: Vec<String> = args
+            .webhook_urls
+            .iter()
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty())
+            .map(|u| parse_url(u, &["http"], ConfigError::BadWebhookUrl).map(|_| u.to_owned()))
+            .collect::<Result<_, _>>()?;
+        let webhook_secret = args.webhook_secret.filter(|s| !s.is_empty());
+        if !webhook_urls.is_empty() && webhook_secret.is_none() {
+            return Err(ConfigError::WebhookWithoutSecret);
+        }
+        if args.assignee_field.is_empty() || args.due_field.is_empty() {
+            return Err(ConfigError::Zero("assignee-field and --due-field"));
+        }
+        let notify = NotifyConfig {
+            webhook_urls,
+            webhook_secret,
+            webhook_presence: args.webhook_presence,
+            assignee_field: args.assignee_field,
+            due_field: args.due_field,
+            remind_before: args.remind_before,
+        };
         Ok(Config {
             addr,
             data_dir: args.data_dir,
@@ -378,6 +439,7 @@ impl Config {
             cluster,
             limits,
             history,
+            notify,
         })
     }
 
@@ -466,6 +528,43 @@ mod tests {
 
     fn config(extra: &[&str]) -> Result<Config, ConfigError> {
         Config::from_args(args(extra))
+    }
+
+    #[test]
+    fn webhook_and_notification_flags_are_checked() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.notify, NotifyConfig::default());
+        let c = config(&[
+            "--webhook-url",
+            "http://a.example/h",
+            "--webhook-url",
+            "http://b.example:9000/h?x=1",
+            "--webhook-secret",
+            "s",
+            "--webhook-presence",
+            "--assignee-field",
+            "owner",
+            "--remind-before",
+            "90m",
+        ])
+        .unwrap();
+        assert_eq!(c.notify.webhook_urls.len(), 2);
+        assert!(c.notify.webhook_presence);
+        assert_eq!(c.notify.assignee_field, "owner");
+        assert_eq!(c.notify.remind_before, Duration::from_secs(5400));
+        assert!(matches!(
+            config(&["--webhook-url", "http://a.example/h"]),
+            Err(ConfigError::WebhookWithoutSecret)
+        ));
+        assert!(matches!(
+            config(&[
+                "--webhook-url",
+                "https://a.example/h",
+                "--webhook-secret",
+                "s"
+            ]),
+            Err(ConfigError::BadWebhookUrl(_))
+        ));
     }
 
     #[test]

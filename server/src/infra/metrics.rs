@@ -203,6 +203,8 @@ pub struct MetricSet {
     pub replicated_updates: Counter,
     /// Gaps in a document's sids read from the store (the bus lost or delayed an update).
     pub replication_gap_reads: Counter,
+    /// Snapshots another node made, merged into a replica whose log position they passed.
+    pub replication_rebases: Counter,
     /// Whether the shared store answered the last position check (1) or not (0).
     pub store_up: Gauge,
     /// Updates applied and stored.
@@ -245,6 +247,16 @@ pub struct MetricSet {
     pub bus_reconnects: Counter,
     /// Other nodes found gone (goodbye or expired heartbeat).
     pub bus_nodes_gone: Counter,
+    /// Notifications stored (mentions, assignments, replies, reminders).
+    pub notifications: Counter,
+    /// Webhook events delivered (a 2xx answer).
+    pub webhook_delivered: Counter,
+    /// Webhook delivery attempts that failed (retried later, or dead).
+    pub webhook_failed: Counter,
+    /// Webhook deliveries waiting (outbox rows pending), as of the worker's last count.
+    pub webhook_pending: Gauge,
+    /// Webhook deliveries given up after the retry window (replayable).
+    pub webhook_dead: Gauge,
     /// Time from handing an update to the store to its durable commit.
     pub commit_latency: Histogram,
     /// Time from an update's arrival to its last enqueue on every reader's queue.
@@ -264,6 +276,7 @@ impl Default for MetricSet {
             document_panics: Counter::default(),
             replicated_updates: Counter::default(),
             replication_gap_reads: Counter::default(),
+            replication_rebases: Counter::default(),
             store_up: Gauge::default(),
             updates: Counter::default(),
             updates_refused: Counter::default(),
@@ -285,6 +298,11 @@ impl Default for MetricSet {
             bus_dropped: BusDrops::default(),
             bus_reconnects: Counter::default(),
             bus_nodes_gone: Counter::default(),
+            notifications: Counter::default(),
+            webhook_delivered: Counter::default(),
+            webhook_failed: Counter::default(),
+            webhook_pending: Gauge::default(),
+            webhook_dead: Gauge::default(),
             commit_latency: Histogram::latency(),
             fanout_latency: Histogram::latency(),
         }
@@ -395,11 +413,47 @@ impl Metrics {
             "Gaps in a document's sids read from the store (lost or late bus messages).",
             &m.replication_gap_reads,
         );
+        counter(
+            &mut out,
+            "tandem_replication_rebases_total",
+            "Snapshots another node made, merged into a replica the log no longer reached.",
+            &m.replication_rebases,
+        );
         gauge(
             &mut out,
             "tandem_store_up",
             "Whether the shared store answered the last position check (1) or not (0).",
             &m.store_up,
+        );
+        counter(
+            &mut out,
+            "tandem_notifications_total",
+            "Notifications stored.",
+            &m.notifications,
+        );
+        counter(
+            &mut out,
+            "tandem_webhook_delivered_total",
+            "Webhook events delivered.",
+            &m.webhook_delivered,
+        );
+        counter(
+            &mut out,
+            "tandem_webhook_failed_attempts_total",
+            "Webhook delivery attempts that failed.",
+            &m.webhook_failed,
+        );
+        gauge(
+            &mut out,
+            "tandem_webhook_pending",
+            "Webhook deliveries waiting in the outbox.",
+            &m.webhook_pending,
+        );
+        gauge(
+            &mut out,
+            "tandem_webhook_dead",
+            "Webhook deliveries given up after 24 hours (replayable).",
+            &m.webhook_dead,
         );
         counter(
             &mut out,

@@ -10,6 +10,7 @@
 //!   Prometheus text format.
 //! - [`shutdown`]: a cloneable shutdown signal every long-lived task selects on.
 //! - [`store`]: the [`store::Store`] trait and its embedded SQLite implementation.
+//! - [`webhook`]: webhook outbox rows, event rendering, signatures, and the delivery worker.
 
 pub mod bus;
 pub mod cli;
@@ -17,3 +18,4 @@ pub mod config;
 pub mod metrics;
 pub mod shutdown;
 pub mod store;
+pub mod webhook;

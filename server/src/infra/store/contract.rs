@@ -642,3 +642,244 @@ pub async fn a_closed_store_refuses_everything(store: &dyn Store) {
     ));
     assert!(matches!(store.revocations().await, Err(StoreError::Closed)));
 }
+
+fn note(user: &str, kind: &str, at: u64) -> super::NewNotification {
+    super::NewNotification {
+        user: user.into(),
+        kind: kind.into(),
+        doc: "task-1".into(),
+        field: "comment:1".into(),
+        from: Some("ann".into()),
+        at,
+        excerpt: format!("{kind} at {at}"),
+    }
+}
+
+fn event(endpoint: &str, payload: &str) -> super::OutboxEvent {
+    super::OutboxEvent {
+        endpoint: endpoint.into(),
+        kind: super::inbox::BATCH.into(),
+        payload: upd(payload),
+    }
+}
+
+/// Notifications get increasing ids per user, page newest first, resume after an id, count
+/// unread, are marked read by id or all, and are bounded per user.
+pub async fn notifications_are_per_user_paged_and_bounded(store: &dyn Store) {
+    use super::{InboxLimits, ReadMark};
+    let now = super::inbox::tests_now();
+    let limits = InboxLimits {
+        per_user: 3,
+        ttl_ms: 60_000,
+    };
+    let added = store
+        .add_notifications(
+            vec![note("bob", "mention", now), note("cat", "reply", now)],
+            Vec::new(),
+            limits,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        added.iter().map(|n| n.id).collect::<Vec<_>>(),
+        [1, 1],
+        "ids count per user"
+    );
+    for i in 1..=3 {
+        store
+            .add_notifications(vec![note("bob", "assigned", now + i)], Vec::new(), limits)
+            .await
+            .unwrap();
+    }
+    // Four made, three kept: the oldest went.
+    let page = store.notifications("bob", None, 2).await.unwrap();
+    assert_eq!(page.iter().map(|n| n.id).collect::<Vec<_>>(), [4, 3]);
+    let rest = store.notifications("bob", Some(3), 10).await.unwrap();
+    assert_eq!(rest.iter().map(|n| n.id).collect::<Vec<_>>(), [2]);
+    assert_eq!(rest[0].new, note("bob", "assigned", now + 1));
+    let after = store.notifications_after("bob", 2, 10).await.unwrap();
+    assert_eq!(after.iter().map(|n| n.id).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(store.unread("bob").await.unwrap(), 3);
+    assert_eq!(
+        store
+            .mark_read("bob", ReadMark::Ids(vec![4, 1]))
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(store.notifications("bob", None, 1).await.unwrap()[0].read);
+    assert_eq!(store.mark_read("bob", ReadMark::All).await.unwrap(), 0);
+    assert_eq!(
+        store.unread("cat").await.unwrap(),
+        1,
+        "other users untouched"
+    );
+    // Older than the retention: dropped when the user's next notification is added.
+    store
+        .add_notifications(vec![note("cat", "due", now + 100_000)], Vec::new(), limits)
+        .await
+        .unwrap();
+    let cat = store.notifications("cat", None, 10).await.unwrap();
+    assert_eq!(cat.iter().map(|n| n.id).collect::<Vec<_>>(), [2]);
+}
+
+/// Grants, comment authors and the due-date index.
+pub async fn grants_comments_and_due_dates_are_kept(store: &dyn Store) {
+    use super::{DueEntry, Grant};
+    let grant = |exp: Option<u64>| Grant {
+        user: "bob".into(),
+        pattern: "task-*".into(),
+        role: "editor".into(),
+        expires_at: exp,
+        issued_at: 10,
+    };
+    store.record_grant(grant(Some(100))).await.unwrap();
+    store.record_grant(grant(Some(50))).await.unwrap();
+    assert_eq!(store.grants("bob").await.unwrap(), [grant(Some(100))]);
+    assert!(store.grants("cat").await.unwrap().is_empty());
+
+    store
+        .record_comment("d", "comment:1", "ann", 1)
+        .await
+        .unwrap();
+    store
+        .record_comment("d", "comment:2", "bob", 2)
+        .await
+        .unwrap();
+    store
+        .record_comment("d", "comment:1", "bob", 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.comments("d").await.unwrap(),
+        [
+            ("comment:1".to_owned(), "ann".to_owned()),
+            ("comment:2".to_owned(), "bob".to_owned())
+        ]
+    );
+
+    let due = |value: &str, at: u64| DueEntry {
+        doc: "d".into(),
+        value: value.into(),
+        due_at: at,
+        assignee: Some("bob".into()),
+    };
+    store.set_due("d", Some(due("v1", 1000))).await.unwrap();
+    assert!(store.due_before(999, 10).await.unwrap().is_empty());
+    assert_eq!(store.due_before(1000, 10).await.unwrap(), [due("v1", 1000)]);
+    store.mark_reminded("d", "v1").await.unwrap();
+    assert!(store.due_before(5000, 10).await.unwrap().is_empty());
+    // The same value again stays reminded; a new value is reminded again.
+    store.set_due("d", Some(due("v1", 1000))).await.unwrap();
+    assert!(store.due_before(5000, 10).await.unwrap().is_empty());
+    store.set_due("d", Some(due("v2", 2000))).await.unwrap();
+    assert_eq!(store.due_before(5000, 10).await.unwrap(), [due("v2", 2000)]);
+    store.set_due("d", None).await.unwrap();
+    assert!(store.due_before(5000, 10).await.unwrap().is_empty());
+}
+
+/// Outbox rows are written with their batch, claimed one head per (endpoint, doc) in order,
+/// merged while never attempted, retried, killed and replayed.
+pub async fn the_outbox_keeps_order_per_document(store: &dyn Store) {
+    use super::DeliveryState;
+    let range = store
+        .append_full(
+            "d",
+            vec![new("1")],
+            Vec::new(),
+            vec![event("http://a", "p1")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(range, SidRange { first: 1, last: 1 });
+    store
+        .append_full(
+            "d",
+            vec![new("2"), new("3")],
+            Vec::new(),
+            vec![event("http://a", "p2")],
+        )
+        .await
+        .unwrap();
+    store
+        .append_full(
+            "e",
+            vec![new("1")],
+            Vec::new(),
+            vec![event("http://a", "e1")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_counts().await.unwrap(), (3, 0));
+    let now = 1 << 50;
+    let claimed = store.outbox_claim(now, now + 1000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2, "one head per document");
+    let d = &claimed[0];
+    assert_eq!((d.doc.as_str(), d.first_sid, d.last_sid), ("d", 1, 3));
+    assert_eq!(&d.payload[..], b"p1\np2", "never-attempted batches merge");
+    // Leased: not claimed again until the lease ends.
+    assert!(store
+        .outbox_claim(now, now + 1000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    store
+        .outbox_failed(d.id, now + 10, "503", false)
+        .await
+        .unwrap();
+    store.outbox_done(claimed[1].id).await.unwrap();
+    store
+        .append_full(
+            "d",
+            vec![new("4")],
+            Vec::new(),
+            vec![event("http://a", "p4")],
+        )
+        .await
+        .unwrap();
+    assert!(store
+        .outbox_claim(now, now + 1000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let again = store.outbox_claim(now + 10, now + 1000, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempts), (d.id, 1));
+    assert_eq!(
+        &again[0].payload[..],
+        b"p1\np2",
+        "an attempted row is not merged into"
+    );
+    store
+        .outbox_failed(d.id, now + 20, "gone", true)
+        .await
+        .unwrap();
+    let dead = store.outbox_list(DeliveryState::Dead, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_error.as_deref(), Some("gone"));
+    // The dead row no longer holds the document back.
+    let next = store.outbox_claim(now + 20, now + 1000, 10).await.unwrap();
+    assert_eq!((next[0].first_sid, &next[0].payload[..]), (4, &b"p4"[..]));
+    store.outbox_done(next[0].id).await.unwrap();
+    assert_eq!(store.outbox_counts().await.unwrap(), (0, 1));
+    assert!(store.outbox_replay(d.id, now + 30).await.unwrap());
+    assert!(!store.outbox_replay(9999, now).await.unwrap());
+    let replayed = store.outbox_claim(now + 30, now + 1000, 10).await.unwrap();
+    assert_eq!((replayed[0].id, replayed[0].attempts), (d.id, 0));
+    // Events not tied to a batch, and notifications with their events in one transaction.
+    store
+        .push_events("p", vec![event("http://a", "joined")])
+        .await
+        .unwrap();
+    store
+        .add_notifications(
+            vec![note("bob", "mention", 1)],
+            vec![("task-1".into(), event("http://b", "n"))],
+            super::InboxLimits::default(),
+        )
+        .await
+        .unwrap();
+    let pending = store.outbox_list(DeliveryState::Pending, 10).await.unwrap();
+    let docs: Vec<&str> = pending.iter().map(|r| r.doc.as_str()).collect();
+    assert_eq!(docs, ["d", "p", "task-1"]);
+}

@@ -51,8 +51,10 @@
 //! Architecture invariant: the store treats updates, snapshots and answers as opaque bytes. It
 //! knows nothing of Yjs, of the engine, of HTTP, or of connections.
 
+pub mod inbox;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_inbox;
 
 #[cfg(test)]
 mod contract;
@@ -65,6 +67,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+
+pub use inbox::{
+    DeliveryState, DueEntry, Grant, InboxLimits, NewNotification, Notification, OutboxEvent,
+    OutboxRow, ReadMark,
+};
 
 /// A per-document sequence number. The first update of a document is sid 1; 0 means "nothing
 /// yet".
@@ -439,6 +446,19 @@ pub trait Store: Send + Sync + 'static {
         doc: &str,
         updates: Vec<NewUpdate>,
         keys: Vec<NewKey>,
+    ) -> Result<SidRange, StoreError> {
+        self.append_full(doc, updates, keys, Vec::new()).await
+    }
+
+    /// [`Store::append_with_keys`], and `events` written to the webhook outbox in the same
+    /// transaction (each row gets the batch's sids). Events of a batch without updates are
+    /// written with `first = last + 1`.
+    async fn append_full(
+        &self,
+        doc: &str,
+        updates: Vec<NewUpdate>,
+        keys: Vec<NewKey>,
+        events: Vec<OutboxEvent>,
     ) -> Result<SidRange, StoreError>;
 
     /// The live (committed, not expired, not evicted) record of `user`'s `key` on `doc`.
@@ -494,6 +514,108 @@ pub trait Store: Send + Sync + 'static {
     /// Every recorded revocation `(user, at)`, the latest time per user, in no particular
     /// order. (Used at start and while the live broadcast is down.)
     async fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError>;
+
+    /// Stores `items` (ids from each user's counter) and writes `events` to the outbox, in one
+    /// transaction; then keeps each user's newest [`InboxLimits::per_user`], none older than
+    /// [`InboxLimits::ttl_ms`] before the newest one's time. Returns the stored notifications in the order given.
+    async fn add_notifications(
+        &self,
+        items: Vec<NewNotification>,
+        events: Vec<(String, OutboxEvent)>,
+        limits: InboxLimits,
+    ) -> Result<Vec<Notification>, StoreError>;
+
+    /// `user`'s notifications with ids below `before` (all when `None`), newest first, at
+    /// most `limit`.
+    async fn notifications(
+        &self,
+        user: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
+
+    /// `user`'s notifications with ids above `after`, oldest first, at most `limit`.
+    async fn notifications_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError>;
+
+    /// How many of `user`'s notifications are unread.
+    async fn unread(&self, user: &str) -> Result<u64, StoreError>;
+
+    /// Marks notifications of `user` read; answers how many stay unread.
+    async fn mark_read(&self, user: &str, mark: ReadMark) -> Result<u64, StoreError>;
+
+    /// Remembers that `grant.user` holds a token with this pattern and role (a later expiry
+    /// for the same user, pattern and role replaces an earlier one).
+    async fn record_grant(&self, grant: Grant) -> Result<(), StoreError>;
+
+    /// Every grant recorded for `user`.
+    async fn grants(&self, user: &str) -> Result<Vec<Grant>, StoreError>;
+
+    /// Remembers that `author` wrote the comment `field` of `doc` (first time only).
+    async fn record_comment(
+        &self,
+        doc: &str,
+        field: &str,
+        author: &str,
+        at: u64,
+    ) -> Result<(), StoreError>;
+
+    /// The comments of `doc` and their authors `(field, author)`, oldest first.
+    async fn comments(&self, doc: &str) -> Result<Vec<(String, String)>, StoreError>;
+
+    /// Indexes `doc`'s due date (replacing the previous one; a new value is reminded again),
+    /// or removes it with `None`.
+    async fn set_due(&self, doc: &str, entry: Option<DueEntry>) -> Result<(), StoreError>;
+
+    /// Due dates not reminded yet that fall before `until` (unix ms), earliest first.
+    async fn due_before(&self, until: u64, limit: u32) -> Result<Vec<DueEntry>, StoreError>;
+
+    /// Marks `doc`'s due date reminded, if its value is still `value`.
+    async fn mark_reminded(&self, doc: &str, value: &str) -> Result<(), StoreError>;
+
+    /// Writes `events` about `doc` to the outbox (not tied to a change: presence).
+    async fn push_events(&self, doc: &str, events: Vec<OutboxEvent>) -> Result<(), StoreError>;
+
+    /// Claims up to `limit` deliveries: for each `(endpoint, doc)` whose oldest pending row is
+    /// due at `now` and not leased, that row, leased until `lease_until`. A head of kind
+    /// [`inbox::BATCH`] never attempted absorbs the never-attempted batch rows right after it
+    /// (payloads joined by `\n`, `last_sid` extended). A row is never claimed while an older
+    /// pending row of its `(endpoint, doc)` exists, so one document's events go out in order.
+    async fn outbox_claim(
+        &self,
+        now: u64,
+        lease_until: u64,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// A claimed row was delivered: it is deleted.
+    async fn outbox_done(&self, id: u64) -> Result<(), StoreError>;
+
+    /// A claimed row's attempt failed: retried at `next_at`, or dead with `dead`.
+    async fn outbox_failed(
+        &self,
+        id: u64,
+        next_at: u64,
+        error: &str,
+        dead: bool,
+    ) -> Result<(), StoreError>;
+
+    /// Rows in `state`, oldest first, at most `limit`.
+    async fn outbox_list(
+        &self,
+        state: DeliveryState,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError>;
+
+    /// Makes row `id` pending again, due now, attempts reset; false if there is no such row.
+    async fn outbox_replay(&self, id: u64, now: u64) -> Result<bool, StoreError>;
+
+    /// How many rows are pending and dead.
+    async fn outbox_counts(&self) -> Result<(u64, u64), StoreError>;
 }
 
 /// A document's write lock, taken by [`Store::lock`]. Dropping it releases the lock without
@@ -511,6 +633,17 @@ pub trait Locked: Send {
         self: Box<Self>,
         updates: Vec<NewUpdate>,
         keys: Vec<NewKey>,
+    ) -> Result<SidRange, StoreError> {
+        self.append_full(updates, keys, Vec::new()).await
+    }
+
+    /// [`Locked::append_with_keys`] with outbox `events` in the same transaction (see
+    /// [`Store::append_full`]).
+    async fn append_full(
+        self: Box<Self>,
+        updates: Vec<NewUpdate>,
+        keys: Vec<NewKey>,
+        events: Vec<OutboxEvent>,
     ) -> Result<SidRange, StoreError>;
 }
 

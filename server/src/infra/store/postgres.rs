@@ -63,21 +63,24 @@ use deadpool_postgres::{
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use super::inbox::{
+    DeliveryState, DueEntry, Grant, InboxLimits, NewNotification, Notification, OutboxRow, ReadMark,
+};
 use super::{
     Answer, BackendError, CheckpointInfo, Compacted, Compaction, Fingerprint, HistoryMark,
-    KeyLimits, KeyRecord, Loaded, Locked, LogEntry, NewKey, NewUpdate, Sid, SidRange, Since,
-    Snapshot, Store, StoreError,
+    KeyLimits, KeyRecord, Loaded, Locked, LogEntry, NewKey, NewUpdate, OutboxEvent, Sid, SidRange,
+    Since, Snapshot, Store, StoreError,
 };
 use crate::infra::metrics::Metrics;
 
 /// The schema version this build reads and writes (`tandem_schema.version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The advisory lock taken by schema migrations ("tandem" in ASCII, then 1).
 const MIGRATION_LOCK: i64 = 0x7461_6e64_656d_0001;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 1] = [V1];
+const MIGRATIONS: [&str; 2] = [V1, inbox::V2];
 
 const V1: &str = "
 CREATE TABLE tandem_schema (
@@ -630,12 +633,14 @@ fn check_log(doc: &str, entries: &[LogEntry], after: Sid, last_sid: Sid) -> Resu
 
 /// The writes of one append, inside the caller's transaction: updates with the next sids of
 /// `doc`, then the idempotency records. `locked_last` is the document's last sid when the
-/// caller already holds its row lock.
+/// caller already holds its row lock. `events` go to the webhook outbox with the batch's sids.
+#[allow(clippy::too_many_arguments)]
 async fn append_in(
     tx: &Tx,
     doc: &str,
     updates: &[NewUpdate],
     keys: &[NewKey],
+    events: &[OutboxEvent],
     limits: &KeyLimits,
     locked_last: Option<Sid>,
     now_ms: u64,
@@ -690,6 +695,7 @@ async fn append_in(
     if !keys.is_empty() {
         insert_keys(tx, doc, keys, range, updates.len(), limits, now_ms).await?;
     }
+    inbox::insert_events(client, doc, range, events, now_ms).await?;
     Ok(range)
 }
 
@@ -1005,10 +1011,11 @@ impl Locked for PgLocked {
         &self.since
     }
 
-    async fn append_with_keys(
+    async fn append_full(
         self: Box<Self>,
         updates: Vec<NewUpdate>,
         keys: Vec<NewKey>,
+        events: Vec<OutboxEvent>,
     ) -> Result<SidRange, StoreError> {
         let PgLocked {
             store,
@@ -1033,6 +1040,7 @@ impl Locked for PgLocked {
                 &doc,
                 &updates,
                 &keys,
+                &events,
                 &limits,
                 Some(last_sid),
                 unix_ms()
@@ -1077,11 +1085,12 @@ impl Store for PostgresStore {
         Ok(range.last)
     }
 
-    async fn append_with_keys(
+    async fn append_full(
         &self,
         doc: &str,
         updates: Vec<NewUpdate>,
         keys: Vec<NewKey>,
+        events: Vec<OutboxEvent>,
     ) -> Result<SidRange, StoreError> {
         if updates.is_empty() && keys.is_empty() {
             return Err(StoreError::EmptyAppend);
@@ -1090,7 +1099,7 @@ impl Store for PostgresStore {
         let limits = self.inner.keys;
         let range = in_transaction!(
             tx,
-            append_in(&tx, doc, &updates, &keys, &limits, None, unix_ms()).await
+            append_in(&tx, doc, &updates, &keys, &events, &limits, None, unix_ms()).await
         )?;
         self.committed_append(updates.len());
         Ok(range)
@@ -1284,7 +1293,121 @@ impl Store for PostgresStore {
             })
             .collect()
     }
+
+    async fn add_notifications(
+        &self,
+        items: Vec<NewNotification>,
+        events: Vec<(String, OutboxEvent)>,
+        limits: InboxLimits,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.inbox_add(items, events, limits).await
+    }
+
+    async fn notifications(
+        &self,
+        user: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.inbox_list(user, before, limit).await
+    }
+
+    async fn notifications_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.inbox_after(user, after, limit).await
+    }
+
+    async fn unread(&self, user: &str) -> Result<u64, StoreError> {
+        self.inbox_unread(user).await
+    }
+
+    async fn mark_read(&self, user: &str, mark: ReadMark) -> Result<u64, StoreError> {
+        self.inbox_mark(user, mark).await
+    }
+
+    async fn record_grant(&self, grant: Grant) -> Result<(), StoreError> {
+        self.grant_record(grant).await
+    }
+
+    async fn grants(&self, user: &str) -> Result<Vec<Grant>, StoreError> {
+        self.grant_list(user).await
+    }
+
+    async fn record_comment(
+        &self,
+        doc: &str,
+        field: &str,
+        author: &str,
+        at: u64,
+    ) -> Result<(), StoreError> {
+        self.comment_record(doc, field, author, at).await
+    }
+
+    async fn comments(&self, doc: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.comment_list(doc).await
+    }
+
+    async fn set_due(&self, doc: &str, entry: Option<DueEntry>) -> Result<(), StoreError> {
+        self.due_set(doc, entry).await
+    }
+
+    async fn due_before(&self, until: u64, limit: u32) -> Result<Vec<DueEntry>, StoreError> {
+        self.due_list(until, limit).await
+    }
+
+    async fn mark_reminded(&self, doc: &str, value: &str) -> Result<(), StoreError> {
+        self.due_reminded(doc, value).await
+    }
+
+    async fn push_events(&self, doc: &str, events: Vec<OutboxEvent>) -> Result<(), StoreError> {
+        self.outbox_push(doc, events).await
+    }
+
+    async fn outbox_claim(
+        &self,
+        now: u64,
+        lease_until: u64,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        self.outbox_take(now, lease_until, limit).await
+    }
+
+    async fn outbox_done(&self, id: u64) -> Result<(), StoreError> {
+        self.outbox_delete(id).await
+    }
+
+    async fn outbox_failed(
+        &self,
+        id: u64,
+        next_at: u64,
+        error: &str,
+        dead: bool,
+    ) -> Result<(), StoreError> {
+        self.outbox_fail(id, next_at, error, dead).await
+    }
+
+    async fn outbox_list(
+        &self,
+        state: DeliveryState,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        self.outbox_rows(state, limit).await
+    }
+
+    async fn outbox_replay(&self, id: u64, now: u64) -> Result<bool, StoreError> {
+        self.outbox_again(id, now).await
+    }
+
+    async fn outbox_counts(&self) -> Result<(u64, u64), StoreError> {
+        self.outbox_count().await
+    }
 }
+
+mod inbox;
 
 #[cfg(test)]
 mod tests {
@@ -1390,6 +1513,24 @@ mod tests {
     }
 
     // The contract every backend keeps (see `contract.rs`).
+
+    #[tokio::test]
+    async fn notifications_are_per_user_paged_and_bounded() {
+        let db = TestDb::new().await;
+        contract::notifications_are_per_user_paged_and_bounded(&db.store().await).await;
+    }
+
+    #[tokio::test]
+    async fn grants_comments_and_due_dates_are_kept() {
+        let db = TestDb::new().await;
+        contract::grants_comments_and_due_dates_are_kept(&db.store().await).await;
+    }
+
+    #[tokio::test]
+    async fn the_outbox_keeps_order_per_document() {
+        let db = TestDb::new().await;
+        contract::the_outbox_keeps_order_per_document(&db.store().await).await;
+    }
 
     #[tokio::test]
     async fn unknown_documents_load_as_none() {

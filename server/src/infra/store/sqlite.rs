@@ -41,10 +41,13 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use super::inbox::{
+    DeliveryState, DueEntry, Grant, InboxLimits, NewNotification, Notification, OutboxRow, ReadMark,
+};
 use super::{
     BackendError, CheckpointInfo, Compacted, Compaction, Fingerprint, HistoryMark, KeyLimits,
-    KeyRecord, Loaded, Locked, LogEntry, NewKey, NewUpdate, Sid, SidRange, Since, Snapshot, Store,
-    StoreError,
+    KeyRecord, Loaded, Locked, LogEntry, NewKey, NewUpdate, OutboxEvent, Sid, SidRange, Since,
+    Snapshot, Store, StoreError,
 };
 use crate::infra::metrics::Metrics;
 
@@ -113,6 +116,61 @@ CREATE TABLE IF NOT EXISTS revocations (
     user TEXT PRIMARY KEY,
     at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS inbox_users (
+    user TEXT PRIMARY KEY,
+    last_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS notifications (
+    user TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    field TEXT NOT NULL,
+    from_user TEXT,
+    at INTEGER NOT NULL,
+    excerpt TEXT NOT NULL,
+    read INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS grants (
+    user TEXT NOT NULL,
+    pattern TEXT NOT NULL,
+    role TEXT NOT NULL,
+    expires_at INTEGER,
+    issued_at INTEGER NOT NULL,
+    PRIMARY KEY (user, pattern, role)
+);
+CREATE TABLE IF NOT EXISTS comments (
+    doc TEXT NOT NULL,
+    field TEXT NOT NULL,
+    author TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (doc, field)
+);
+CREATE TABLE IF NOT EXISTS due_dates (
+    doc TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    due_at INTEGER NOT NULL,
+    assignee TEXT,
+    reminded INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS due_dates_at ON due_dates (reminded, due_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    first_sid INTEGER NOT NULL,
+    last_sid INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    next_at INTEGER NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    last_error TEXT,
+    lease_until INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_key ON outbox (endpoint, doc, state, id);
 ";
 
 /// Idle read connections kept for reuse.
@@ -184,8 +242,15 @@ enum Request {
         doc: String,
         updates: Vec<NewUpdate>,
         keys: Vec<NewKey>,
+        events: Vec<OutboxEvent>,
         queued: Instant,
         reply: oneshot::Sender<Result<SidRange, StoreError>>,
+    },
+    /// Notification and outbox writes ([`super::sqlite_inbox`]), run in the batch's
+    /// transaction under a savepoint of their own.
+    Run {
+        job: Job,
+        reply: oneshot::Sender<Result<Ran, StoreError>>,
     },
     Compact {
         doc: String,
@@ -228,6 +293,7 @@ impl Request {
         match self {
             Request::Append { reply, .. } => drop(reply.send(Err(err))),
             Request::Compact { reply, .. } => drop(reply.send(Err(err))),
+            Request::Run { reply, .. } => drop(reply.send(Err(err))),
             Request::Revoke { reply, .. } | Request::Flush { reply } | Request::Close { reply } => {
                 drop(reply.send(Err(err)))
             }
@@ -356,8 +422,27 @@ impl SqliteStore {
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Runs `f` in the writer's next transaction (under a savepoint of its own).
+    pub(super) async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, u64) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let job: JobFn = Box::new(move |conn, now| f(conn, now).map(|v| Box::new(v) as Ran));
+        let ran = self
+            .call(|reply| Request::Run {
+                job: Job(Mutex::new(Some(job))),
+                reply,
+            })
+            .await?;
+        ran.downcast::<T>().map(|v| *v).map_err(|_| {
+            StoreError::Backend(BackendError::new(std::io::Error::other(
+                "internal: mismatched job answer",
+            )))
+        })
+    }
+
     /// Runs `f` on a pooled read connection on the blocking pool.
-    async fn read<T: Send + 'static>(
+    pub(super) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -417,6 +502,13 @@ fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err)?;
     tx.execute_batch(SCHEMA).map_err(err)?;
+    // One node's store: no other node delivers its webhooks, so leases of a process that was
+    // killed mid-delivery end now rather than after their minute.
+    tx.execute(
+        "UPDATE outbox SET lease_until = 0 WHERE lease_until > 0",
+        [],
+    )
+    .map_err(err)?;
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(err)?;
     tx.commit().map_err(err)?;
@@ -485,7 +577,29 @@ struct DocState {
 enum Answer {
     Append(Result<SidRange, StoreError>),
     Compact(Result<Compacted, StoreError>),
+    Ran(Result<Ran, StoreError>),
     Done,
+}
+
+/// What a [`Request::Run`] job answers (downcast by its caller).
+pub(super) type Ran = Box<dyn std::any::Any + Send>;
+
+/// A write job run by the writer thread inside its transaction, with the batch's time.
+type JobFn = Box<dyn FnOnce(&Connection, u64) -> Result<Ran, StoreError> + Send>;
+
+/// A [`JobFn`], taken once.
+pub(super) struct Job(Mutex<Option<JobFn>>);
+
+impl Job {
+    fn take(&self) -> Option<JobFn> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Job")
+    }
 }
 
 impl Writer {
@@ -551,18 +665,45 @@ impl Writer {
             for request in batch.iter() {
                 let answer = match request {
                     Request::Append {
-                        doc, updates, keys, ..
+                        doc,
+                        updates,
+                        keys,
+                        events,
+                        ..
                     } if keys.is_empty() => {
-                        Answer::Append(Ok(append(&tx, &mut docs, doc, updates, now_ms)?))
+                        let range = append(&tx, &mut docs, doc, updates, now_ms)?;
+                        super::sqlite_inbox::insert_events(&tx, doc, range, events, now_ms)?;
+                        Answer::Append(Ok(range))
+                    }
+                    Request::Run { job, .. } => {
+                        // A savepoint, so a failed job undoes only itself.
+                        let sp = tx.savepoint()?;
+                        let outcome = job
+                            .take()
+                            .map_or_else(|| Err(StoreError::Closed), |f| f(&sp, now_ms));
+                        if outcome.is_ok() {
+                            sp.commit()?;
+                        }
+                        Answer::Ran(outcome)
                     }
                     Request::Append {
-                        doc, updates, keys, ..
+                        doc,
+                        updates,
+                        keys,
+                        events,
+                        ..
                     } => {
                         // A savepoint, so a refused key undoes its own append only.
                         let before = docs.get(doc).map(|d| (d.last_sid, d.dirty));
                         let sp = tx.savepoint()?;
                         let outcome =
-                            append_keyed(&sp, &mut docs, doc, updates, keys, &self.keys, now_ms);
+                            append_keyed(&sp, &mut docs, doc, updates, keys, &self.keys, now_ms)
+                                .and_then(|range| {
+                                    super::sqlite_inbox::insert_events(
+                                        &sp, doc, range, events, now_ms,
+                                    )?;
+                                    Ok(range)
+                                });
                         match outcome {
                             Ok(range) => {
                                 sp.commit()?;
@@ -649,6 +790,9 @@ impl Writer {
                     self.metrics.store_appends.add(updates.len() as u64);
                 }
                 self.metrics.commit_latency.observe(queued.elapsed());
+                let _ = reply.send(outcome);
+            }
+            (Request::Run { reply, .. }, Answer::Ran(outcome)) => {
                 let _ = reply.send(outcome);
             }
             (Request::Compact { reply, .. }, Answer::Compact(outcome)) => {
@@ -1198,13 +1342,17 @@ impl Locked for SqliteLocked {
         &self.since
     }
 
-    async fn append_with_keys(
+    async fn append_full(
         self: Box<Self>,
         updates: Vec<NewUpdate>,
         keys: Vec<NewKey>,
+        events: Vec<OutboxEvent>,
     ) -> Result<SidRange, StoreError> {
         if !updates.is_empty() || !keys.is_empty() {
-            return self.store.append_with_keys(&self.doc, updates, keys).await;
+            return self
+                .store
+                .append_full(&self.doc, updates, keys, events)
+                .await;
         }
         // Only a release: answer the document's last sid.
         let last = match &self.since {
@@ -1246,11 +1394,12 @@ impl Store for SqliteStore {
         Ok(range.last)
     }
 
-    async fn append_with_keys(
+    async fn append_full(
         &self,
         doc: &str,
         updates: Vec<NewUpdate>,
         keys: Vec<NewKey>,
+        events: Vec<OutboxEvent>,
     ) -> Result<SidRange, StoreError> {
         if updates.is_empty() && keys.is_empty() {
             return Err(StoreError::EmptyAppend);
@@ -1260,6 +1409,7 @@ impl Store for SqliteStore {
             doc,
             updates,
             keys,
+            events,
             queued: Instant::now(),
             reply,
         })
@@ -1372,6 +1522,118 @@ impl Store for SqliteStore {
     async fn revocations(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(revocations).await
     }
+
+    async fn add_notifications(
+        &self,
+        items: Vec<NewNotification>,
+        events: Vec<(String, OutboxEvent)>,
+        limits: InboxLimits,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.inbox_add(items, events, limits).await
+    }
+
+    async fn notifications(
+        &self,
+        user: &str,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.inbox_list(user, before, limit).await
+    }
+
+    async fn notifications_after(
+        &self,
+        user: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        self.inbox_after(user, after, limit).await
+    }
+
+    async fn unread(&self, user: &str) -> Result<u64, StoreError> {
+        self.inbox_unread(user).await
+    }
+
+    async fn mark_read(&self, user: &str, mark: ReadMark) -> Result<u64, StoreError> {
+        self.inbox_mark(user, mark).await
+    }
+
+    async fn record_grant(&self, grant: Grant) -> Result<(), StoreError> {
+        self.grant_record(grant).await
+    }
+
+    async fn grants(&self, user: &str) -> Result<Vec<Grant>, StoreError> {
+        self.grant_list(user).await
+    }
+
+    async fn record_comment(
+        &self,
+        doc: &str,
+        field: &str,
+        author: &str,
+        at: u64,
+    ) -> Result<(), StoreError> {
+        self.comment_record(doc, field, author, at).await
+    }
+
+    async fn comments(&self, doc: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.comment_list(doc).await
+    }
+
+    async fn set_due(&self, doc: &str, entry: Option<DueEntry>) -> Result<(), StoreError> {
+        self.due_set(doc, entry).await
+    }
+
+    async fn due_before(&self, until: u64, limit: u32) -> Result<Vec<DueEntry>, StoreError> {
+        self.due_list(until, limit).await
+    }
+
+    async fn mark_reminded(&self, doc: &str, value: &str) -> Result<(), StoreError> {
+        self.due_reminded(doc, value).await
+    }
+
+    async fn push_events(&self, doc: &str, events: Vec<OutboxEvent>) -> Result<(), StoreError> {
+        self.outbox_push(doc, events).await
+    }
+
+    async fn outbox_claim(
+        &self,
+        now: u64,
+        lease_until: u64,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        self.outbox_take(now, lease_until, limit).await
+    }
+
+    async fn outbox_done(&self, id: u64) -> Result<(), StoreError> {
+        self.outbox_delete(id).await
+    }
+
+    async fn outbox_failed(
+        &self,
+        id: u64,
+        next_at: u64,
+        error: &str,
+        dead: bool,
+    ) -> Result<(), StoreError> {
+        self.outbox_fail(id, next_at, error, dead).await
+    }
+
+    async fn outbox_list(
+        &self,
+        state: DeliveryState,
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        self.outbox_rows(state, limit).await
+    }
+
+    async fn outbox_replay(&self, id: u64, now: u64) -> Result<bool, StoreError> {
+        self.outbox_again(id, now).await
+    }
+
+    async fn outbox_counts(&self) -> Result<(u64, u64), StoreError> {
+        self.outbox_count().await
+    }
 }
 
 #[cfg(test)]
@@ -1392,6 +1654,24 @@ mod tests {
         while store.queued() < n {
             tokio::task::yield_now().await;
         }
+    }
+
+    #[tokio::test]
+    async fn notifications_are_per_user_paged_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::notifications_are_per_user_paged_and_bounded(&open(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn grants_comments_and_due_dates_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::grants_comments_and_due_dates_are_kept(&open(dir.path())).await;
+    }
+
+    #[tokio::test]
+    async fn the_outbox_keeps_order_per_document() {
+        let dir = tempfile::tempdir().unwrap();
+        contract::the_outbox_keeps_order_per_document(&open(dir.path())).await;
     }
 
     #[tokio::test]

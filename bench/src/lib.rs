@@ -16,9 +16,12 @@
 //! - [`client`]: one socket (connect, open like a stock provider, split into halves).
 //! - [`peer`]: what a client does with received frames (synced, presence, latency, full
 //!   checks) and the shared [`peer::Progress`] counters workloads wait on.
-//! - [`workloads`]: W1–W5 and the harness that connects fleets of clients.
+//! - [`workloads`]: W1–W6, the several-node workloads C1–C3 (ingest with acknowledged updates
+//!   only, cross-node fan-out, failover after `kill -9`), and the harness that connects fleets
+//!   of clients (to one node or spread over several).
 //! - [`stats`], [`procstat`]: latency histograms; CPU and memory from /proc.
-//! - [`report`]: RESULTS.md from result files.
+//! - [`report`]: RESULTS.md from result files; [`report::nodes`] its "Several nodes" section
+//!   (`bench/cluster.sh`).
 //!
 //! Architecture invariant: the generator knows servers only through [`target::Target`] (a URL
 //! scheme and a dialect); nothing here depends on tandem's own crates, so the same client code

@@ -25,6 +25,9 @@ enum Cmd {
     Run(RunArgs),
     /// Write RESULTS.md from the result files of several runs.
     Report(ReportArgs),
+    /// Write the "Several nodes" section of RESULTS.md (C1–C3) from result files, replacing
+    /// that section of the file and leaving the rest as it is.
+    ReportNodes(ReportArgs),
     /// Print a free TCP port on 127.0.0.1 (for starting a server on it).
     FreePort,
 }
@@ -34,20 +37,33 @@ struct RunArgs {
     /// Which server implementation listens at --addr.
     #[arg(long, value_enum)]
     server: Server,
-    /// The server's loopback address.
-    #[arg(long)]
-    addr: SocketAddr,
+    /// The server's loopback address; for a server of several nodes, every node's, in order
+    /// (comma-separated or repeated). Single-node workloads use the first.
+    #[arg(long, value_delimiter = ',', required = true)]
+    addr: Vec<SocketAddr>,
     /// Clients of tandem speak the Hocuspocus dialect on `/ws` (as `@hocuspocus/provider`
     /// does) instead of the stock protocol on `/ws/{doc}`.
     #[arg(long)]
     tandem_hocuspocus: bool,
-    /// The server's pid, to read its CPU time and memory from /proc.
+    /// The server's pid, to read its CPU time and memory from /proc; for several nodes, every
+    /// node's, in `--addr` order (the failover workload kills the first).
+    #[arg(long, value_delimiter = ',')]
+    pid: Vec<u32>,
+    /// A name for how the server was set up, kept in the results (`tandem-3`, `tandem-1`,
+    /// `hocuspocus-2`: the several-node report's columns).
     #[arg(long)]
-    pid: Option<u32>,
+    setup: Option<String>,
+    /// Pids of services the nodes share (Redis), whose CPU time is reported.
+    #[arg(long, value_delimiter = ',')]
+    aux_pid: Vec<u32>,
+    /// The PostgreSQL database the nodes share: its backends' CPU time is reported.
+    #[arg(long)]
+    db_name: Option<String>,
     /// Quick (smoke test) or full sizes.
     #[arg(long, value_enum, default_value_t = Mode::Quick)]
     mode: Mode,
-    /// Workloads to run, in order.
+    /// Workloads to run, in order (C1–C3 are the several-node workloads: pass every node with
+    /// `--addr`).
     #[arg(
         long,
         value_enum,
@@ -95,16 +111,12 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Run(args) => run(args),
         Cmd::Report(args) => {
-            let meta = args
-                .meta
-                .iter()
-                .map(|m| {
-                    m.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .with_context(|| format!("--meta {m}: expected key=value"))
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let meta = parse_meta(&args.meta)?;
             report::write(&args.results, &args.out, &meta, args.notes.as_deref())
+        }
+        Cmd::ReportNodes(args) => {
+            let meta = parse_meta(&args.meta)?;
+            report::write_nodes(&args.results, &args.out, &meta)
         }
         Cmd::FreePort => {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -114,9 +126,19 @@ fn main() -> Result<()> {
     }
 }
 
+fn parse_meta(meta: &[String]) -> Result<Vec<(String, String)>> {
+    meta.iter()
+        .map(|m| {
+            m.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .with_context(|| format!("--meta {m}: expected key=value"))
+        })
+        .collect()
+}
+
 fn run(args: RunArgs) -> Result<()> {
-    if !args.addr.ip().is_loopback() {
-        bail!("only loopback addresses are benchmarked, not {}", args.addr);
+    if let Some(a) = args.addr.iter().find(|a| !a.ip().is_loopback()) {
+        bail!("only loopback addresses are benchmarked, not {a}");
     }
     // Many sockets per process: raise the soft open-file limit to the hard one.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -131,14 +153,24 @@ fn run(args: RunArgs) -> Result<()> {
             .map(|d| d.as_millis())
             .unwrap_or(0)
     );
-    let env = Env {
-        target: Target {
+    let targets: Vec<Target> = args
+        .addr
+        .iter()
+        .map(|addr| Target {
             server: args.server,
-            addr: args.addr,
-            token: args.token,
+            addr: *addr,
+            token: args.token.clone(),
             tandem_hocuspocus: args.tandem_hocuspocus,
-        },
-        server: args.pid.map(Proc::pid),
+            ext: false,
+        })
+        .collect();
+    let env = Env {
+        target: targets[0].clone(),
+        targets,
+        server: args.pid.first().copied().map(Proc::pid),
+        pids: args.pid.clone(),
+        aux: args.aux_pid.iter().copied().map(Proc::pid).collect(),
+        db_name: args.db_name.clone(),
         sizes: sizes.clone(),
         traces: args.traces,
         nonce,
@@ -150,6 +182,8 @@ fn run(args: RunArgs) -> Result<()> {
         .build()?;
     let mut result = RunResult {
         server: args.server,
+        setup: args.setup.clone(),
+        nodes: args.addr.len(),
         mode: args.mode,
         sizes,
         workloads: Vec::new(),

@@ -125,6 +125,90 @@ impl Watched {
     }
 }
 
+/// What the server acknowledged of one writer connection's updates: tandem's durability acks
+/// (`?tandem=1`, cumulative count plus the sid of the last stored update) or Hocuspocus's
+/// SyncStatus (one per update it applied in memory; no sid).
+#[derive(Debug, Default)]
+pub struct Acks {
+    /// Updates acknowledged so far.
+    pub count: AtomicU64,
+    /// The sid of the last acknowledged update (tandem; 0 for Hocuspocus).
+    pub sid: AtomicU64,
+    /// Updates refused (SyncStatus(false)).
+    pub refused: AtomicU64,
+    /// When the last ack arrived (ns since the epoch).
+    pub last_at: AtomicU64,
+    /// Set when the connection ended: no more acks will come.
+    pub ended: AtomicBool,
+    /// Woken when `count` grows or the connection ends.
+    pub notify: Notify,
+}
+
+impl Acks {
+    fn on_ack(&self, count: Option<u64>, sid: u64, now: u64) {
+        match count {
+            Some(c) => {
+                self.count.fetch_max(c, Ordering::AcqRel);
+            }
+            None => {
+                self.count.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        self.sid.fetch_max(sid, Ordering::AcqRel);
+        self.last_at.fetch_max(now, Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    /// Waits until at least `at_least` updates are acknowledged; false on timeout or when the
+    /// connection ended first.
+    pub async fn wait(&self, at_least: u64, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count.load(Ordering::Acquire) >= at_least {
+                return true;
+            }
+            if self.ended.load(Ordering::Acquire) {
+                return false;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.count.load(Ordering::Acquire) >= at_least;
+            }
+        }
+    }
+}
+
+/// Latency of tracked document edits split by whether reader and writer are connected to the
+/// same server node (several-node workloads).
+#[derive(Debug)]
+pub struct NodeSplit {
+    /// The node of each writer (indexed by tracker owner).
+    pub owner_node: Vec<usize>,
+    /// Reader on the writer's node.
+    pub same: LatencyRecorder,
+    /// Reader on another node.
+    pub cross: LatencyRecorder,
+}
+
+/// Edits a client must hold to count as caught up after an event (failover): per writer, the
+/// sequence number of its first edit sent after the event, `u32::MAX` while not sent yet.
+#[derive(Debug)]
+pub struct Markers {
+    /// One slot per writer.
+    pub seqs: Vec<AtomicU32>,
+}
+
+impl Markers {
+    /// `writers` unset markers.
+    pub fn new(writers: usize) -> Self {
+        Markers {
+            seqs: (0..writers).map(|_| AtomicU32::new(u32::MAX)).collect(),
+        }
+    }
+}
+
 /// Flow control for writers: every reader publishes its progress per lane (a lane is a writer),
 /// and a writer waits until the slowest reader is within its window. Readers only wake the
 /// writer while it is waiting, so the hot path is one relaxed store.
@@ -249,6 +333,17 @@ pub struct PeerOpts {
     pub pace: Option<PaceSlot>,
     /// Shard index for the latency recorders.
     pub shard: usize,
+    /// Count the server's acks of this client's updates here.
+    pub acks: Option<Arc<Acks>>,
+    /// With `acks`: record each update's send-to-ack latency here; the client's n-th update is
+    /// edit `first seq + n` of the tracker (which holds the send times).
+    pub ack_latency: Option<(Arc<LatencyRecorder>, Arc<Tracker>, u32)>,
+    /// The server node this client is connected to (several-node workloads).
+    pub node: usize,
+    /// Record document-edit latency by same node / other node as well.
+    pub split: Option<Arc<NodeSplit>>,
+    /// Note when every marker edit has arrived ([`Peer::caught_up_at`]).
+    pub markers: Option<Arc<Markers>>,
 }
 
 /// One client's receive-side state.
@@ -283,6 +378,8 @@ pub struct Peer {
     pub first_error: Option<String>,
     /// A permission-denied reason, if the server refused the client.
     pub denied: Option<String>,
+    /// When every marker edit ([`PeerOpts::markers`]) had arrived, ns since the epoch.
+    pub caught_up_at: Option<u64>,
 }
 
 impl Peer {
@@ -310,7 +407,20 @@ impl Peer {
             errors: 0,
             first_error: None,
             denied: None,
+            caught_up_at: None,
         }
+    }
+
+    /// Prepares the client for a new connection (after its server went away): the next step 2
+    /// sets [`Peer::synced_at`] again, and markers are checked anew.
+    pub fn reconnecting(&mut self) {
+        self.synced_at = None;
+        self.caught_up_at = None;
+    }
+
+    /// Which node this client is on.
+    pub fn node(&self) -> usize {
+        self.opts.node
     }
 
     /// Document edits received and expected.
@@ -323,9 +433,10 @@ impl Peer {
         self.aw_cov.as_ref().map(|c| (c.got(), c.want()))
     }
 
-    /// Records, for every tracked edit this client never received, the time waited so far
-    /// (now minus the send time) as its latency: a lower bound, so that percentiles stay
-    /// honest when a server falls behind. Returns how many were missing.
+    /// Records, for every tracked edit this client never received although it was sent, the
+    /// time waited so far (now minus the send time) as its latency: a lower bound, so that
+    /// percentiles stay honest when a server falls behind. Returns how many were missing.
+    /// (Edits never sent, because their writer's connection failed, are not deliveries.)
     pub fn record_missing(&self, now: u64) -> u64 {
         let mut missing = 0;
         let pairs = [
@@ -335,14 +446,52 @@ impl Peer {
         for (track, cov, lat) in pairs {
             if let (Some(track), Some(cov)) = (track, cov) {
                 for seq in cov.missing(track) {
-                    missing += 1;
-                    if let (Some(l), Some(sent)) = (lat, track.sent_at(seq)) {
-                        l.record_ns(self.opts.shard, now.saturating_sub(sent));
+                    if let Some(sent) = track.sent_at(seq) {
+                        missing += 1;
+                        if let Some(l) = lat {
+                            l.record_ns(self.opts.shard, now.saturating_sub(sent));
+                        }
                     }
                 }
             }
         }
         missing
+    }
+
+    /// Whether tracked document edit `seq` arrived.
+    pub fn has_doc_edit(&self, seq: u32) -> bool {
+        self.doc_cov.as_ref().is_some_and(|c| c.has(seq))
+    }
+
+    /// Tracked document edits and awareness updates sent but not received, counted apart.
+    pub fn missing_counts(&self) -> (u64, u64) {
+        let count = |track: &Option<Arc<Tracker>>, cov: &Option<Coverage>| match (track, cov) {
+            (Some(t), Some(c)) => c.missing(t).filter(|s| t.sent_at(*s).is_some()).count() as u64,
+            _ => 0,
+        };
+        (
+            count(&self.opts.doc_track, &self.doc_cov),
+            count(&self.opts.aw_track, &self.aw_cov),
+        )
+    }
+
+    /// The first edit this client misses, described (for failure lines).
+    pub fn first_missing(&self) -> Option<String> {
+        let first = |track: &Option<Arc<Tracker>>, cov: &Option<Coverage>| match (track, cov) {
+            (Some(t), Some(c)) => c
+                .missing(t)
+                .find(|s| t.sent_at(*s).is_some())
+                .map(|seq| (seq, t.owner(seq), t.count_of(t.owner(seq)))),
+            _ => None,
+        };
+        if let Some((seq, owner, n)) = first(&self.opts.doc_track, &self.doc_cov) {
+            return Some(format!(
+                "document edit {seq} (writer {owner}, which sent {n})"
+            ));
+        }
+        first(&self.opts.aw_track, &self.aw_cov).map(|(seq, owner, n)| {
+            format!("awareness update {seq} (writer {owner}, which sent {n})")
+        })
     }
 
     /// Whether the client completed.
@@ -398,7 +547,38 @@ impl Peer {
                 self.on_awareness(update, now);
             }
             Incoming::Denied(reason) => self.denied = Some(reason.to_string()),
+            Incoming::Ack { count, sid } => {
+                if let Some(a) = &self.opts.acks {
+                    self.ack_latency(a.count.load(Ordering::Acquire), count, now);
+                    a.on_ack(Some(count), sid, now);
+                }
+            }
+            Incoming::SyncStatus(applied) => {
+                if let Some(a) = &self.opts.acks {
+                    if applied {
+                        let before = a.count.load(Ordering::Acquire);
+                        self.ack_latency(before, before + 1, now);
+                        a.on_ack(None, 0, now);
+                    } else {
+                        a.refused.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+            }
             Incoming::Step1(_) | Incoming::Authenticated(_) | Incoming::Other(_) => {}
+        }
+    }
+
+    /// Records the send-to-ack latency of this client's updates `from..to` (0-based).
+    fn ack_latency(&self, from: u64, to: u64, now: u64) {
+        if let Some((lat, track, first)) = &self.opts.ack_latency {
+            for n in from..to {
+                let seq = first.saturating_add(n as u32);
+                if (seq as usize) < track.len() {
+                    if let Some(sent) = track.sent_at(seq) {
+                        lat.record_ns(self.opts.shard, now.saturating_sub(sent));
+                    }
+                }
+            }
         }
     }
 
@@ -407,11 +587,23 @@ impl Peer {
             let mut delivered = 0;
             let lat = &self.opts.doc_latency;
             let shard = self.opts.shard;
+            let (split, node) = (&self.opts.split, self.opts.node);
             let r = track.match_update(update, |seq| {
                 if cov.mark(track, seq) {
                     delivered += 1;
-                    if let (Some(l), Some(sent)) = (lat, track.sent_at(seq)) {
-                        l.record_ns(shard, now.saturating_sub(sent));
+                    if let Some(sent) = track.sent_at(seq) {
+                        let ns = now.saturating_sub(sent);
+                        if let Some(l) = lat {
+                            l.record_ns(shard, ns);
+                        }
+                        if let Some(sp) = split {
+                            let owner = track.owner(seq) as usize;
+                            if sp.owner_node.get(owner) == Some(&node) {
+                                sp.same.record_ns(shard, ns);
+                            } else {
+                                sp.cross.record_ns(shard, ns);
+                            }
+                        }
                     }
                 }
             });
@@ -423,6 +615,17 @@ impl Peer {
         if let Some(ed) = &self.editor {
             if let Err(e) = ed.apply_update(update) {
                 self.error(format!("{e:#}"));
+            }
+        }
+        if self.caught_up_at.is_none() {
+            if let (Some(m), Some(cov)) = (&self.opts.markers, &self.doc_cov) {
+                let all = m.seqs.iter().all(|s| {
+                    let s = s.load(Ordering::Acquire);
+                    s != u32::MAX && cov.has(s)
+                });
+                if all {
+                    self.caught_up_at = Some(now);
+                }
             }
         }
     }
@@ -570,6 +773,10 @@ pub async fn read_loop(
         }
     };
     peer.flush();
+    if let Some(a) = &peer.opts.acks {
+        a.ended.store(true, Ordering::Release);
+        a.notify.notify_waiters();
+    }
     if !matches!(ended, Ended::Stopped) {
         peer.progress.bump(&peer.progress.ended);
     }

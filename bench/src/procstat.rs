@@ -108,6 +108,72 @@ impl Proc {
     }
 }
 
+/// CPU seconds of each PostgreSQL backend serving one database at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    cpu: std::collections::HashMap<u32, f64>,
+}
+
+impl Backends {
+    /// CPU used since `before`: the growth of backends seen both times plus the whole CPU of
+    /// backends that started since (backends that exited in between are missed).
+    pub fn cpu_since(&self, before: &Backends) -> f64 {
+        self.cpu
+            .iter()
+            .map(|(pid, now)| now - before.cpu.get(pid).copied().unwrap_or(0.0))
+            .sum()
+    }
+
+    /// Backends seen.
+    pub fn len(&self) -> usize {
+        self.cpu.len()
+    }
+
+    /// True when none was seen.
+    pub fn is_empty(&self) -> bool {
+        self.cpu.is_empty()
+    }
+}
+
+/// The PostgreSQL backends of database `db` on this machine: processes whose command line
+/// reads `postgres: [<cluster name>:] <user> <db> …` (how PostgreSQL titles a backend).
+pub fn postgres_backends(db: &str) -> Backends {
+    let mut out = Backends::default();
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if !is_backend_of(&cmd, db) {
+            continue;
+        }
+        if let Ok(cpu) = Proc::pid(pid).cpu_seconds() {
+            out.cpu.insert(pid, cpu);
+        }
+    }
+    out
+}
+
+fn is_backend_of(title: &str, db: &str) -> bool {
+    let words: Vec<&str> = title.split_whitespace().collect();
+    if words.first() != Some(&"postgres:") {
+        return false;
+    }
+    // An optional `cluster_name:` ("15/main:"), then the user, then the database.
+    let at = if words.get(1).is_some_and(|w| w.ends_with(':')) {
+        3
+    } else {
+        2
+    };
+    words.get(at) == Some(&db)
+}
+
 fn clock_ticks() -> f64 {
     // USER_HZ is 100 on every Linux architecture this runs on; `getconf` confirms when present.
     std::process::Command::new("getconf")
@@ -170,5 +236,22 @@ mod tests {
         let pid = Proc::pid(std::process::id());
         assert!(pid.sample().expect("reads /proc/<pid>").rss_kib > 0);
         assert!(Proc::pid(u32::MAX).sample().is_err());
+    }
+
+    #[test]
+    fn backend_titles() {
+        assert!(is_backend_of(
+            "postgres: 15/main: postgres bench_1 127.0.0.1(5) idle",
+            "bench_1"
+        ));
+        assert!(is_backend_of(
+            "postgres: postgres bench_1 127.0.0.1(5) idle",
+            "bench_1"
+        ));
+        assert!(!is_backend_of("postgres: 15/main: walwriter", "bench_1"));
+        assert!(!is_backend_of(
+            "postgres: 15/main: postgres other 127.0.0.1(5)",
+            "bench_1"
+        ));
     }
 }

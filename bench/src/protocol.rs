@@ -20,6 +20,10 @@ const MSG_STATELESS: u64 = 5;
 const MSG_BROADCAST_STATELESS: u64 = 6;
 const MSG_CLOSE: u64 = 7;
 const MSG_SYNC_STATUS: u64 = 8;
+/// tandem's extension messages (`?tandem=1`): sub-type 0 ack, 3 notice, ...
+const MSG_TANDEM: u64 = 100;
+const TANDEM_ACK: u64 = 0;
+const TANDEM_NOTICE: u64 = 3;
 
 /// Sync sub-type: step1 (a state vector).
 pub const SYNC_STEP1: u64 = 0;
@@ -56,7 +60,17 @@ pub enum Incoming<'a> {
     Denied(&'a str),
     /// Auth: authenticated (Hocuspocus), with the scope.
     Authenticated(&'a str),
-    /// Anything this client ignores (sync-status, stateless, query-awareness, ...).
+    /// tandem's durability ack (`?tandem=1`): the first `count` updates this connection sent
+    /// are stored, the last of them at sequence number `sid`.
+    Ack {
+        /// Updates of this connection stored so far.
+        count: u64,
+        /// The document's sid of the last of them.
+        sid: u64,
+    },
+    /// Hocuspocus's SyncStatus after each update it applied (`true`) or refused (`false`).
+    SyncStatus(bool),
+    /// Anything this client ignores (stateless, query-awareness, tandem notices, ...).
     Other(u64),
 }
 
@@ -153,10 +167,24 @@ impl Dialect {
                     c.var_str()?;
                     Incoming::Other(ty)
                 }
-                MSG_SYNC_STATUS => {
-                    c.var_u64()?;
-                    Incoming::Other(ty)
-                }
+                MSG_SYNC_STATUS => Incoming::SyncStatus(c.var_u64()? == 1),
+                MSG_TANDEM => match c.var_u64()? {
+                    TANDEM_ACK => Incoming::Ack {
+                        count: c.var_u64()?,
+                        sid: c.var_u64()?,
+                    },
+                    TANDEM_NOTICE => {
+                        c.var_u64()?;
+                        c.var_str()?;
+                        Incoming::Other(ty)
+                    }
+                    _ => {
+                        // Sub-types this client never asks for: the rest of the frame cannot
+                        // be delimited.
+                        f(Incoming::Other(ty));
+                        return Ok(());
+                    }
+                },
                 _ => {
                     f(Incoming::Other(ty));
                     return Ok(());
@@ -246,6 +274,22 @@ mod tests {
         let frame = [2, b'w', b'1', 4, 0, 1, 0];
         assert_eq!(collect(&d, &frame), vec![Incoming::Step1(&[0])]);
         assert!(Dialect::Stock.auth_token("x").is_none());
+    }
+
+    #[test]
+    fn acks_and_sync_status_decode() {
+        // tandem: ack(count 3, sid 41), then an update in the same frame.
+        let d = Dialect::Stock;
+        let mut frame = vec![100, 0, 3, 41];
+        frame.extend(d.update(&[9]));
+        assert_eq!(
+            collect(&d, &frame),
+            vec![Incoming::Ack { count: 3, sid: 41 }, Incoming::Update(&[9])]
+        );
+        // Hocuspocus: SyncStatus(true).
+        let h = Dialect::Hocuspocus { doc: "w1".into() };
+        let frame = [2, b'w', b'1', 8, 1];
+        assert_eq!(collect(&h, &frame), vec![Incoming::SyncStatus(true)]);
     }
 
     #[test]

@@ -208,7 +208,31 @@ pub fn write(
             std::fs::read_to_string(n).with_context(|| format!("reading {}", n.display()))?;
         md.push_str(&text);
     }
+    // The "Several nodes" section comes from another script (`bench/cluster.sh`): keep it.
+    if let Some(block) = std::fs::read_to_string(out)
+        .ok()
+        .as_deref()
+        .and_then(nodes::extract)
+    {
+        md = nodes::replace(&md, block);
+    }
     std::fs::write(out, md).with_context(|| format!("writing {}", out.display()))
+}
+
+/// Writes the "Several nodes" section for `results` into `out`: replaces the section when the
+/// file has one, appends it otherwise, and leaves everything else as it is.
+pub fn write_nodes(results: &[PathBuf], out: &Path, meta: &[(String, String)]) -> Result<()> {
+    let mut runs = Vec::new();
+    for p in results {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let run: RunResult =
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))?;
+        runs.push(run);
+    }
+    let block = nodes::render(&runs, meta);
+    let old = std::fs::read_to_string(out).unwrap_or_default();
+    std::fs::write(out, nodes::replace(&old, &block))
+        .with_context(|| format!("writing {}", out.display()))
 }
 
 /// Renders the Markdown report.
@@ -502,6 +526,509 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
     md
 }
 
+/// The "Several nodes" section: C1–C3 per setup (`tandem-3`, `tandem-1`, `hocuspocus-2`, …),
+/// with ratios of the largest tandem setup against each other one. It sits between two
+/// markers so that it can be replaced alone.
+pub mod nodes {
+    use std::collections::BTreeMap;
+    use std::fmt::Write as _;
+
+    use super::{fmt_factor, fmt_num, FAILED_MARK};
+    use crate::workloads::{RunResult, WorkloadResult};
+
+    /// The line that opens the section.
+    pub const BEGIN: &str =
+        "<!-- several-nodes: begin (bench/cluster.sh writes this section; bench/run.sh keeps it) -->";
+    /// The line that closes it.
+    pub const END: &str = "<!-- several-nodes: end -->";
+
+    /// The section in `text`, markers included.
+    pub fn extract(text: &str) -> Option<&str> {
+        let b = text.find(BEGIN)?;
+        let e = text[b..].find(END)? + b + END.len();
+        Some(&text[b..e])
+    }
+
+    /// `text` with its section replaced by `block` (appended when it has none).
+    pub fn replace(text: &str, block: &str) -> String {
+        match extract(text) {
+            Some(old) => text.replacen(old, block, 1),
+            None if text.is_empty() => format!("{block}\n"),
+            None => format!("{}\n\n{block}\n", text.trim_end()),
+        }
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Better {
+        Higher,
+        Lower,
+        Info,
+    }
+    use Better::*;
+
+    fn rows(workload: &str) -> Vec<(&'static str, &'static str, Better)> {
+        match workload {
+            "c1" => vec![
+                (
+                    "one_acked_per_s",
+                    "one document: acknowledged updates/s",
+                    Higher,
+                ),
+                (
+                    "one_ack_p50_ms",
+                    "one document: send to ack p50 (ms)",
+                    Lower,
+                ),
+                (
+                    "one_ack_p99_ms",
+                    "one document: send to ack p99 (ms)",
+                    Lower,
+                ),
+                (
+                    "one_delivery_p50_ms",
+                    "one document: send to reader p50 (ms)",
+                    Lower,
+                ),
+                (
+                    "one_delivery_p99_ms",
+                    "one document: send to reader p99 (ms)",
+                    Lower,
+                ),
+                ("one_undelivered", "one document: lost deliveries", Info),
+                (
+                    "one_acked_missing",
+                    "one document: acknowledged but missing at a late joiner",
+                    Info,
+                ),
+                (
+                    "one_sid_minus_acked_min",
+                    "one document: sid − acknowledged, lowest over nodes (≥ 0)",
+                    Info,
+                ),
+                ("one_acked", "one document: updates acknowledged", Info),
+                (
+                    "one_server_cpu_s",
+                    "one document: server CPU, all nodes (s)",
+                    Lower,
+                ),
+                (
+                    "one_db_cpu_s",
+                    "one document: PostgreSQL backends CPU (s)",
+                    Info,
+                ),
+                ("one_redis_cpu_s", "one document: Redis CPU (s)", Info),
+                (
+                    "many_acked_per_s",
+                    "many documents: acknowledged updates/s",
+                    Higher,
+                ),
+                (
+                    "many_ack_p50_ms",
+                    "many documents: send to ack p50 (ms)",
+                    Lower,
+                ),
+                (
+                    "many_ack_p99_ms",
+                    "many documents: send to ack p99 (ms)",
+                    Lower,
+                ),
+                (
+                    "many_delivery_p99_ms",
+                    "many documents: send to reader p99 (ms)",
+                    Lower,
+                ),
+                ("many_undelivered", "many documents: lost deliveries", Info),
+                (
+                    "many_acked_missing",
+                    "many documents: acknowledged but missing at a late joiner",
+                    Info,
+                ),
+                (
+                    "many_sid_minus_acked_min",
+                    "many documents: sid − acknowledged, lowest (≥ 0)",
+                    Info,
+                ),
+                ("many_acked", "many documents: updates acknowledged", Info),
+                (
+                    "many_server_cpu_s",
+                    "many documents: server CPU, all nodes (s)",
+                    Lower,
+                ),
+                (
+                    "many_db_cpu_s",
+                    "many documents: PostgreSQL backends CPU (s)",
+                    Info,
+                ),
+                ("many_redis_cpu_s", "many documents: Redis CPU (s)", Info),
+            ],
+            "c2" => vec![
+                ("keystroke_p50_ms", "keystroke latency p50 (ms)", Lower),
+                ("keystroke_p99_ms", "keystroke latency p99 (ms)", Lower),
+                ("keystroke_max_ms", "keystroke latency max (ms)", Lower),
+                (
+                    "keystroke_same_node_p99_ms",
+                    "same-node keystroke p99 (ms)",
+                    Lower,
+                ),
+                (
+                    "keystroke_cross_node_p50_ms",
+                    "cross-node keystroke p50 (ms)",
+                    Lower,
+                ),
+                (
+                    "keystroke_cross_node_p99_ms",
+                    "cross-node keystroke p99 (ms)",
+                    Lower,
+                ),
+                ("awareness_p99_ms", "awareness latency p99 (ms)", Lower),
+                (
+                    "undelivered_updates",
+                    "lost deliveries: document updates",
+                    Info,
+                ),
+                (
+                    "undelivered_awareness",
+                    "lost deliveries: awareness updates",
+                    Info,
+                ),
+                ("deliveries", "deliveries", Info),
+                (
+                    "server_cpu_s_per_1m_deliveries",
+                    "server CPU-seconds per 1M deliveries, all nodes",
+                    Lower,
+                ),
+                (
+                    "server_cpu_s",
+                    "server CPU while typing, all nodes (s)",
+                    Lower,
+                ),
+                ("redis_cpu_s", "Redis CPU while typing (s)", Info),
+                ("db_cpu_s", "PostgreSQL backends CPU while typing (s)", Info),
+                ("join_s", "join + presence convergence (s)", Lower),
+                ("generator_cpu_s", "generator CPU (s)", Info),
+            ],
+            "c3" => vec![
+                ("failover_p50_ms", "failover time p50 (ms)", Lower),
+                ("failover_p99_ms", "failover time p99 (ms)", Lower),
+                ("failover_max_ms", "failover time max (ms)", Lower),
+                (
+                    "noticed_p50_ms",
+                    "kill to connection loss noticed, p50 (ms)",
+                    Lower,
+                ),
+                (
+                    "resynced_p50_ms",
+                    "kill to step 2 on the new node, p50 (ms)",
+                    Lower,
+                ),
+                (
+                    "resynced_max_ms",
+                    "kill to step 2 on the new node, max (ms)",
+                    Lower,
+                ),
+                ("moved_clients", "clients moved", Info),
+                (
+                    "undelivered_updates",
+                    "lost deliveries (document updates)",
+                    Info,
+                ),
+                (
+                    "keystroke_p99_ms",
+                    "keystroke latency p99 over the run (ms)",
+                    Lower,
+                ),
+            ],
+            _ => vec![],
+        }
+    }
+
+    fn title(w: &str) -> &'static str {
+        match w {
+            "c1" => "C1 ingest: writers on every node, acknowledged updates only",
+            "c2" => "C2 cross-node fan-out: the W2 classroom spread over the nodes",
+            "c3" => "C3 failover: one node killed, its clients move to the others",
+            _ => "other",
+        }
+    }
+
+    /// "tandem-3" → ("tandem", 3); a variant after `+` (`tandem-3+nocompact`) is left to
+    /// [`variant`].
+    fn parse_setup(setup: &str) -> (String, usize) {
+        let base = setup.split('+').next().unwrap_or(setup);
+        match base.rsplit_once('-') {
+            Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
+            None => (base.to_string(), 1),
+        }
+    }
+
+    /// What a variant changes, for the label and the setup list.
+    fn variant(setup: &str) -> Option<(&'static str, &'static str)> {
+        match setup.split_once('+')?.1 {
+            "nocompact" => Some((
+                "compaction off",
+                "with `--compact-after 100000000 --compact-after-bytes 4GiB` (a diagnostic: no \
+                 compaction during the run)",
+            )),
+            _ => Some(("variant", "a variant")),
+        }
+    }
+
+    fn label(setup: &str) -> String {
+        let base = base_label(setup);
+        match variant(setup) {
+            Some((short, _)) => format!("{base} ({short})"),
+            None => base,
+        }
+    }
+
+    fn base_label(setup: &str) -> String {
+        let (name, n) = parse_setup(setup);
+        let name = match name.as_str() {
+            "tandem" => "tandem",
+            "hocuspocus" => "Hocuspocus",
+            other => other,
+        };
+        match (name, n) {
+            ("Hocuspocus", 1) => "Hocuspocus, 1 instance".into(),
+            ("Hocuspocus", n) => format!("Hocuspocus, {n} instances"),
+            (name, 1) => format!("{name}, 1 node"),
+            (name, n) => format!("{name}, {n} nodes"),
+        }
+    }
+
+    /// Counts print whole; other numbers as in the other tables.
+    fn num(v: f64) -> String {
+        if v.fract() == 0.0 && v.abs() < 1e15 && v.abs() < 100.0 {
+            format!("{v:.0}")
+        } else {
+            fmt_num(v)
+        }
+    }
+
+    /// Renders the section (markers included).
+    pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
+        // workload → setup → result
+        let mut table: BTreeMap<String, BTreeMap<String, WorkloadResult>> = BTreeMap::new();
+        let mut setups: Vec<String> = Vec::new();
+        for run in runs {
+            let setup = run
+                .setup
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", run.server, run.nodes));
+            if !setups.contains(&setup) {
+                setups.push(setup.clone());
+            }
+            for w in &run.workloads {
+                table
+                    .entry(w.workload.clone())
+                    .or_default()
+                    .insert(setup.clone(), w.clone());
+            }
+        }
+        // tandem first (most nodes first), then the others (most nodes first).
+        setups.sort_by_key(|s| {
+            let (name, n) = parse_setup(s);
+            (
+                name != "tandem",
+                std::cmp::Reverse(n),
+                name,
+                variant(s).is_some(),
+            )
+        });
+        let reference = setups
+            .first()
+            .filter(|s| parse_setup(s).0 == "tandem")
+            .cloned();
+        // Diagnostic variants get no ratio column: they explain, they do not compare.
+        let others: Vec<String> = setups
+            .iter()
+            .filter(|s| Some(*s) != reference.as_ref() && variant(s).is_none())
+            .cloned()
+            .collect();
+
+        let mut md = String::new();
+        let _ = writeln!(md, "{BEGIN}");
+        let _ = writeln!(md, "## Several nodes\n");
+        let _ = writeln!(
+            md,
+            "Written by `bench/cluster.sh` (load generator `tandem-bench`, workloads C1–C3). \
+             Every setup ran on this one machine, restarted fresh (new PostgreSQL database, new \
+             Redis) for each workload; clients connect to each node's own loopback port, as a \
+             load balancer would spread them.\n"
+        );
+        for (k, v) in meta {
+            let _ = writeln!(md, "- **{k}**: {v}");
+        }
+        let _ = writeln!(md, "- **setups**:");
+        for s in &setups {
+            let (name, n) = parse_setup(s);
+            let what = match (name.as_str(), n) {
+                ("tandem", 1) => "one `tandem serve --database-url …` (PostgreSQL, no Redis)".to_string(),
+                ("tandem", n) => format!(
+                    "{n} × `tandem serve --database-url … --redis-url … --node-id nK` sharing one PostgreSQL database and one Redis"
+                ),
+                ("hocuspocus", 1) => "one Hocuspocus 3 server, documents in memory".to_string(),
+                ("hocuspocus", n) => format!(
+                    "{n} Hocuspocus 3 instances with `@hocuspocus/extension-redis` on one Redis, documents in memory (no database extension)"
+                ),
+                _ => s.clone(),
+            };
+            let what = match variant(s) {
+                Some((_, long)) => format!("{what}, {long}"),
+                None => what,
+            };
+            let _ = writeln!(md, "  - {}: {what}", label(s));
+        }
+        if let Some(r) = &reference {
+            let _ = writeln!(
+                md,
+                "- Ratios read \"{} is N× better/worse than the other setup\" (lower-is-better \
+                 numbers: other ÷ this; throughput: this ÷ other). {FAILED_MARK} marks a number \
+                 from a run that failed a check (listed under the table).",
+                label(r)
+            );
+        }
+        let _ = writeln!(md);
+
+        for (w, by_setup) in &table {
+            let _ = writeln!(md, "### {}\n", title(w));
+            let notes = reference
+                .as_ref()
+                .and_then(|r| by_setup.get(r))
+                .or_else(|| by_setup.values().next())
+                .map(|r| r.notes.clone())
+                .unwrap_or_default();
+            for n in &notes {
+                let _ = writeln!(md, "{n}.\n");
+            }
+            // Setups whose workload says something else of itself (how it acknowledges).
+            for (setup, r) in by_setup {
+                for n in r.notes.iter().filter(|n| !notes.contains(n)) {
+                    let _ = writeln!(md, "{}: {n}.\n", label(setup));
+                }
+            }
+            let cols: Vec<&String> = setups
+                .iter()
+                .filter(|s| by_setup.contains_key(*s))
+                .collect();
+            let ratio_cols: Vec<&String> = match &reference {
+                Some(r) if by_setup.contains_key(r) => others
+                    .iter()
+                    .filter(|s| by_setup.contains_key(*s))
+                    .collect(),
+                _ => vec![],
+            };
+            let mut header = String::from("| |");
+            for c in &cols {
+                let _ = write!(header, " {} |", label(c));
+            }
+            for c in &ratio_cols {
+                let _ = write!(
+                    header,
+                    " {} vs {} |",
+                    label(reference.as_deref().unwrap_or("")),
+                    label(c)
+                );
+            }
+            let _ = writeln!(md, "{header}");
+            let _ = writeln!(
+                md,
+                "| --- |{}",
+                " --- |".repeat(cols.len() + ratio_cols.len())
+            );
+            let status: Vec<&str> = cols
+                .iter()
+                .map(|c| {
+                    if by_setup[*c].ok {
+                        "passed"
+                    } else {
+                        "**FAILED**"
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                md,
+                "| correctness checks | {} |{}",
+                status.join(" | "),
+                " |".repeat(ratio_cols.len())
+            );
+            for (key, lbl, better) in rows(w) {
+                let vals: Vec<Option<(f64, bool)>> = cols
+                    .iter()
+                    .map(|c| {
+                        let r = &by_setup[*c];
+                        r.metrics.get(key).map(|v| (*v, r.ok))
+                    })
+                    .collect();
+                if vals.iter().all(Option::is_none) {
+                    continue;
+                }
+                let mut line = format!("| {lbl} |");
+                for v in &vals {
+                    let text = v
+                        .map(|(v, ok)| format!("{}{}", num(v), if ok { "" } else { FAILED_MARK }))
+                        .unwrap_or_else(|| "–".into());
+                    let _ = write!(line, " {text} |");
+                }
+                let rv = reference
+                    .as_ref()
+                    .and_then(|r| by_setup.get(r))
+                    .and_then(|r| r.metrics.get(key).map(|v| (*v, r.ok)));
+                for c in &ratio_cols {
+                    let o = by_setup[*c].metrics.get(key).map(|v| (*v, by_setup[*c].ok));
+                    let text = match (rv, o, better) {
+                        (Some((t, tok)), Some((p, pok)), Higher) if p > 0.0 => {
+                            format!(
+                                "{}{}",
+                                fmt_factor(t / p),
+                                if tok && pok { "" } else { FAILED_MARK }
+                            )
+                        }
+                        (Some((t, tok)), Some((p, pok)), Lower) if t > 0.0 && p > 0.0 => {
+                            format!(
+                                "{}{}",
+                                fmt_factor(p / t),
+                                if tok && pok { "" } else { FAILED_MARK }
+                            )
+                        }
+                        _ => String::new(),
+                    };
+                    let _ = write!(line, " {text} |");
+                }
+                let _ = writeln!(md, "{line}");
+            }
+            let _ = writeln!(md);
+            for c in &cols {
+                for f in &by_setup[*c].failures {
+                    let _ = writeln!(md, "- {} failed: {f}", label(c));
+                }
+            }
+            if w == "c1" {
+                if let Some(r) = reference.as_ref().and_then(|r| by_setup.get(r)) {
+                    if let Some(v) = r.metrics.get("one_acked_per_s") {
+                        let verdict = if !r.ok {
+                            "a check failed"
+                        } else if *v >= 50_000.0 {
+                            "**met**"
+                        } else {
+                            "**not met**"
+                        };
+                        let _ = writeln!(
+                            md,
+                            "- Target: ≥ 50,000 acknowledged (committed) updates/s into one \
+                             document with writers on three nodes: {} updates/s, {verdict}.",
+                            fmt_num(*v)
+                        );
+                    }
+                }
+            }
+            let _ = writeln!(md);
+        }
+        let _ = writeln!(md, "{END}");
+        md
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -524,6 +1051,8 @@ mod tests {
     fn run(server: Server, w: Vec<WorkloadResult>) -> RunResult {
         RunResult {
             server,
+            setup: None,
+            nodes: 1,
             mode: Mode::Full,
             sizes: Sizes::of(Mode::Full),
             workloads: w,
@@ -581,6 +1110,71 @@ mod tests {
         );
         assert!(md.contains("y-websocket failed: readers diverged"), "{md}");
         assert!(md.contains("Ingest") && md.contains("not measured"), "{md}");
+    }
+
+    #[test]
+    fn several_nodes_section_replaces_itself_only() {
+        let mut t3 = run(
+            Server::Tandem,
+            vec![result(
+                "c1",
+                true,
+                &[("one_acked_per_s", 60_000.0), ("one_undelivered", 0.0)],
+            )],
+        );
+        t3.setup = Some("tandem-3".into());
+        let mut h2 = run(
+            Server::Hocuspocus,
+            vec![result(
+                "c1",
+                false,
+                &[("one_acked_per_s", 20_000.0), ("one_undelivered", 12.0)],
+            )],
+        );
+        h2.setup = Some("hocuspocus-2".into());
+        let block = nodes::render(&[h2, t3], &[]);
+        assert!(block.contains("| | tandem, 3 nodes | Hocuspocus, 2 instances | tandem, 3 nodes vs Hocuspocus, 2 instances |"), "{block}");
+        assert!(
+            block.contains(
+                "| one document: acknowledged updates/s | 60,000 | 20,000† | 3.00× better† |"
+            ),
+            "{block}"
+        );
+        assert!(
+            block.contains("| one document: lost deliveries | 0 | 12† |  |"),
+            "{block}"
+        );
+        assert!(block.contains("60,000 updates/s, **met**"), "{block}");
+        let doc = "# Results\n\n## W1\n\ntext\n";
+        let once = nodes::replace(doc, &block);
+        assert!(once.starts_with(doc.trim_end()));
+        let again = nodes::replace(&once, &nodes::render(&[], &[]));
+        assert!(again.starts_with(doc.trim_end()));
+        assert_eq!(again.matches(nodes::BEGIN).count(), 1);
+        assert!(!again.contains("60,000"));
+    }
+
+    #[test]
+    fn the_full_report_keeps_the_several_nodes_section() {
+        let dir = std::env::temp_dir().join(format!("tandem-bench-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let out = dir.join("RESULTS.md");
+        let block = format!("{}\n## Several nodes\n\nkept\n{}", nodes::BEGIN, nodes::END);
+        std::fs::write(&out, format!("# old report\n\n{block}\n")).expect("writes");
+        let results = dir.join("tandem.json");
+        let r = run(
+            Server::Tandem,
+            vec![result("w2", true, &[("keystroke_p99_ms", 4.0)])],
+        );
+        std::fs::write(&results, serde_json::to_vec(&r).expect("json")).expect("writes");
+        write(&[results], &out, &[], None).expect("report");
+        let md = std::fs::read_to_string(&out).expect("reads");
+        assert!(!md.contains("# old report"), "{md}");
+        assert!(
+            md.contains("## W2 classroom") && md.ends_with(&format!("{block}\n")),
+            "{md}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

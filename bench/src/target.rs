@@ -44,17 +44,38 @@ pub struct Target {
     /// For tandem: speak the Hocuspocus dialect on its `GET /ws` route instead of the stock
     /// protocol on `GET /ws/{doc}`.
     pub tandem_hocuspocus: bool,
+    /// For tandem's stock route: ask for tandem's extension messages (`?tandem=1`: durability
+    /// acks carrying sids). Hocuspocus-dialect sockets get SyncStatus acks without asking.
+    pub ext: bool,
 }
 
 impl Target {
+    /// The same server, asking for tandem's extension messages (durability acks).
+    pub fn with_acks(&self) -> Target {
+        Target {
+            ext: true,
+            ..self.clone()
+        }
+    }
+
     /// The WebSocket URL a client of `doc` opens.
     pub fn url(&self, doc: &str) -> String {
         match self.server {
             Server::Tandem if self.tandem_hocuspocus => format!("ws://{}/ws", self.addr),
-            Server::Tandem => match &self.token {
-                Some(t) => format!("ws://{}/ws/{doc}?token={t}", self.addr),
-                None => format!("ws://{}/ws/{doc}", self.addr),
-            },
+            Server::Tandem => {
+                let mut query = Vec::new();
+                if let Some(t) = &self.token {
+                    query.push(format!("token={t}"));
+                }
+                if self.ext {
+                    query.push("tandem=1".to_string());
+                }
+                if query.is_empty() {
+                    format!("ws://{}/ws/{doc}", self.addr)
+                } else {
+                    format!("ws://{}/ws/{doc}?{}", self.addr, query.join("&"))
+                }
+            }
             Server::Hocuspocus => format!("ws://{}/", self.addr),
             Server::Ywebsocket => format!("ws://{}/{doc}", self.addr),
         }
@@ -87,6 +108,7 @@ mod tests {
             addr,
             token: token.map(String::from),
             tandem_hocuspocus: false,
+            ext: false,
         };
         assert_eq!(
             t(Server::Tandem, None).url("d1"),
@@ -107,6 +129,14 @@ mod tests {
         assert_eq!(
             t(Server::Hocuspocus, None).dialect("d1"),
             Dialect::Hocuspocus { doc: "d1".into() }
+        );
+        assert_eq!(
+            t(Server::Tandem, Some("tok")).with_acks().url("d1"),
+            "ws://127.0.0.1:9000/ws/d1?token=tok&tandem=1"
+        );
+        assert_eq!(
+            t(Server::Tandem, None).with_acks().url("d1"),
+            "ws://127.0.0.1:9000/ws/d1?tandem=1"
         );
         let dialect = Target {
             tandem_hocuspocus: true,

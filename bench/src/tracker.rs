@@ -244,6 +244,13 @@ impl Coverage {
         true
     }
 
+    /// Whether edit `seq` has arrived (always false for the reader's own edits).
+    pub fn has(&self, seq: u32) -> bool {
+        self.bits
+            .get((seq / 64) as usize)
+            .is_some_and(|w| w & (1 << (seq % 64)) != 0)
+    }
+
     /// Whether every expected edit has arrived.
     pub fn complete(&self) -> bool {
         self.got >= self.want

@@ -1,6 +1,9 @@
 //! The benchmark workloads (W1–W6) and the harness they share: sizes per mode, connecting many
 //! clients, stopping them, and the result record each workload returns.
 
+mod c1_ingest;
+mod c2_fanout;
+mod c3_failover;
 mod w1_replay;
 mod w2_classroom;
 mod w3_idle;
@@ -43,6 +46,12 @@ pub enum Workload {
     W5,
     /// Ingest: one writer replays the trace, one reader checks it.
     W6,
+    /// Several nodes, ingest: writers on every node, acked updates/s (one document, then many).
+    C1,
+    /// Several nodes, fan-out: the W2 classroom with its clients spread over the nodes.
+    C2,
+    /// Several nodes, failover: one node killed, its clients reconnect to the others.
+    C3,
 }
 
 impl fmt::Display for Workload {
@@ -103,6 +112,55 @@ pub struct Sizes {
     /// W6: most updates the writer has in flight (sent, not yet seen by the reader).
     #[serde(default = "default_w6_window")]
     pub w6_window: usize,
+    /// C1: writers of the one shared document, spread over the nodes round robin (the same
+    /// number whatever the number of nodes, so setups take the same load).
+    #[serde(default)]
+    pub c1_writers: usize,
+    /// C1: updates each writer of the shared document sends.
+    #[serde(default)]
+    pub c1_updates_per_writer: usize,
+    /// C1: most unacknowledged updates per writer. Every connection of the shared document
+    /// receives every writer's updates, so writers × window stays below tandem's per-connection
+    /// queue (4,096 frames; a reader that falls further behind twice is closed as slow).
+    #[serde(default)]
+    pub c1_window: usize,
+    /// C1: documents written at once in the second part (one writer each, spread over the
+    /// nodes).
+    #[serde(default)]
+    pub c1_docs: usize,
+    /// C1: updates each writer of the many-document part sends.
+    #[serde(default)]
+    pub c1_doc_updates: usize,
+    /// C1: seconds allowed after the last ack for every reader to receive every update.
+    #[serde(default)]
+    pub c1_drain_seconds: f64,
+    /// C2: clients on the document, spread over the nodes round robin (typists included).
+    #[serde(default)]
+    pub c2_clients: usize,
+    /// C2: typists.
+    #[serde(default)]
+    pub c2_typists: usize,
+    /// C2: keystrokes per second per typist.
+    #[serde(default)]
+    pub c2_rate_hz: f64,
+    /// C2: typing duration in seconds.
+    #[serde(default)]
+    pub c2_seconds: f64,
+    /// C2: seconds allowed after the last keystroke for every delivery to arrive.
+    #[serde(default)]
+    pub c2_drain_seconds: f64,
+    /// C3: clients on the document, spread over the nodes round robin.
+    #[serde(default)]
+    pub c3_clients: usize,
+    /// C3: typists (on the nodes that stay up).
+    #[serde(default)]
+    pub c3_typists: usize,
+    /// C3: keystrokes per second per typist.
+    #[serde(default)]
+    pub c3_rate_hz: f64,
+    /// C3: seconds of typing before the kill, and again after it.
+    #[serde(default)]
+    pub c3_seconds: f64,
     /// Handshakes in flight while connecting many clients.
     pub connect_concurrency: usize,
     /// Seconds to wait for a phase (sync, presence, delivery) before failing it.
@@ -133,6 +191,21 @@ impl Sizes {
                 w5_readers: 5,
                 w5_window: 256,
                 w6_window: 1024,
+                c1_writers: 6,
+                c1_updates_per_writer: 2_000,
+                c1_window: 512,
+                c1_docs: 100,
+                c1_doc_updates: 100,
+                c1_drain_seconds: 20.0,
+                c2_clients: 60,
+                c2_typists: 3,
+                c2_rate_hz: 20.0,
+                c2_seconds: 2.0,
+                c2_drain_seconds: 30.0,
+                c3_clients: 30,
+                c3_typists: 2,
+                c3_rate_hz: 20.0,
+                c3_seconds: 1.0,
                 connect_concurrency: 64,
                 phase_timeout_seconds: 30.0,
             },
@@ -156,6 +229,21 @@ impl Sizes {
                 w5_readers: 50,
                 w5_window: 256,
                 w6_window: 1024,
+                c1_writers: 12,
+                c1_updates_per_writer: 12_500,
+                c1_window: 256,
+                c1_docs: 100,
+                c1_doc_updates: 1_000,
+                c1_drain_seconds: 60.0,
+                c2_clients: 1_000,
+                c2_typists: 10,
+                c2_rate_hz: 20.0,
+                c2_seconds: 30.0,
+                c2_drain_seconds: 60.0,
+                c3_clients: 300,
+                c3_typists: 4,
+                c3_rate_hz: 20.0,
+                c3_seconds: 3.0,
                 connect_concurrency: 128,
                 phase_timeout_seconds: 300.0,
             },
@@ -187,10 +275,18 @@ impl Sizes {
 
 /// Everything a workload needs.
 pub struct Env {
-    /// The server under test.
+    /// The server under test (its first node when it runs several).
     pub target: Target,
+    /// Every node of the server under test, in `--addr` order (one for a single server).
+    pub targets: Vec<Target>,
     /// The server's process, for CPU and memory (absent: not measured).
     pub server: Option<Proc>,
+    /// The pid of each node, in `targets` order (empty: not known; failover needs them).
+    pub pids: Vec<u32>,
+    /// Services the nodes share (Redis), for their CPU time.
+    pub aux: Vec<Proc>,
+    /// The PostgreSQL database the nodes share: its backends' CPU time is measured.
+    pub db_name: Option<String>,
     /// Sizes.
     pub sizes: Sizes,
     /// Folder holding the editing traces.
@@ -210,11 +306,38 @@ impl Env {
         self.server.as_ref().and_then(|p| p.sample().ok())
     }
 
+    /// CPU and memory of every node together (those still running), plus the shared services'
+    /// CPU (Redis) and the database backends' CPU, each in its own field.
+    fn nodes_sample(&self) -> ClusterSample {
+        let mut s = ClusterSample::default();
+        for pid in &self.pids {
+            if let Ok(x) = Proc::pid(*pid).sample() {
+                s.nodes.cpu_s += x.cpu_s;
+                s.nodes.rss_kib += x.rss_kib;
+                s.nodes.hwm_kib += x.hwm_kib;
+            }
+        }
+        s.aux_cpu_s = self.aux.iter().filter_map(|p| p.cpu_seconds().ok()).sum();
+        s.db = self
+            .db_name
+            .as_deref()
+            .map(crate::procstat::postgres_backends);
+        s
+    }
+
     fn peak_rss(&self) -> Option<PeakRss> {
         self.server
             .clone()
             .map(|p| PeakRss::start(p, Duration::from_millis(50)))
     }
+}
+
+/// CPU and memory of the nodes of a several-node server and what they share.
+#[derive(Debug, Clone, Default)]
+struct ClusterSample {
+    nodes: Sample,
+    aux_cpu_s: f64,
+    db: Option<crate::procstat::Backends>,
 }
 
 /// What a workload measured.
@@ -237,6 +360,13 @@ pub struct WorkloadResult {
 pub struct RunResult {
     /// The server.
     pub server: crate::target::Server,
+    /// How the server was set up (several-node runs: `tandem-3`, `tandem-1`,
+    /// `hocuspocus-2`, …); absent for single-server runs.
+    #[serde(default)]
+    pub setup: Option<String>,
+    /// How many nodes served the run.
+    #[serde(default = "one")]
+    pub nodes: usize,
     /// The mode.
     pub mode: Mode,
     /// The sizes used.
@@ -246,6 +376,23 @@ pub struct RunResult {
 }
 
 impl WorkloadResult {
+    /// CPU of every node between two samples (`server_cpu_s`), their RSS at the end
+    /// (`server_rss_mib`, summed), Redis's CPU (`redis_cpu_s`) and the database backends'
+    /// (`db_cpu_s`), when measured.
+    fn cluster_usage(&mut self, before: &ClusterSample, after: &ClusterSample) {
+        self.metric("server_cpu_s", after.nodes.cpu_s - before.nodes.cpu_s);
+        self.metric("server_rss_mib", after.nodes.rss_kib as f64 / 1024.0);
+        self.metric("server_rss_peak_mib", after.nodes.hwm_kib as f64 / 1024.0);
+        if after.aux_cpu_s > 0.0 {
+            self.metric("redis_cpu_s", after.aux_cpu_s - before.aux_cpu_s);
+        }
+        if let (Some(b), Some(a)) = (&before.db, &after.db) {
+            if !a.is_empty() {
+                self.metric("db_cpu_s", a.cpu_since(b));
+            }
+        }
+    }
+
     /// A workload that could not run at all.
     pub fn errored(w: Workload, e: &anyhow::Error) -> Self {
         let mut r = WorkloadResult::new(w);
@@ -303,6 +450,10 @@ impl WorkloadResult {
     }
 }
 
+fn one() -> usize {
+    1
+}
+
 fn default_w6_window() -> usize {
     1024
 }
@@ -319,6 +470,9 @@ pub async fn run(w: Workload, env: &Env) -> Result<WorkloadResult> {
         Workload::W4 => w4_join::run(env).await?,
         Workload::W5 => w5_concurrent::run(env).await?,
         Workload::W6 => w1_replay::run_ingest(env).await?,
+        Workload::C1 => c1_ingest::run(env).await?,
+        Workload::C2 => c2_fanout::run(env).await?,
+        Workload::C3 => c3_failover::run(env).await?,
     };
     r.metric("wall_s", started.elapsed().as_secs_f64());
     if let (Some(b), Ok(a)) = (gen_before, me.cpu_seconds()) {
@@ -414,6 +568,28 @@ impl Fleet {
         }
     }
 
+    /// Connects each client to its own target (several nodes), at most `concurrency`
+    /// handshakes at a time; like [`Fleet::connect_all`] otherwise.
+    pub async fn connect_each(&mut self, specs: Vec<(Target, ClientSpec)>, concurrency: usize) {
+        let results: Vec<Result<Client, ClientError>> = futures_util::stream::iter(specs)
+            .map(|(target, spec)| {
+                let h = self.handle();
+                async move { h.connect(&target, spec).await }
+            })
+            .buffered(concurrency.max(1))
+            .collect()
+            .await;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(c) => {
+                    self.senders.push(c.sender);
+                    self.tasks.push(c.task);
+                }
+                Err(e) => self.failed.push((i, e)),
+            }
+        }
+    }
+
     /// Stops every read task and returns the clients' final states, in task order.
     pub async fn stop(&mut self) -> Vec<(Peer, Ended)> {
         let _ = self.stop_tx.send(true);
@@ -445,6 +621,31 @@ impl FleetHandle {
         let dialect = conn.dialect.clone();
         let (sender, rx) = conn.split();
         let peer = Peer::new(spec.opts, self.progress.clone());
+        let task = tokio::spawn(read_loop(rx, peer, dialect, self.stop_rx.clone()));
+        Ok(Client { sender, task })
+    }
+}
+
+impl FleetHandle {
+    /// Connects a client whose connection ended to `target` again, keeping what it received
+    /// (coverage, latencies); opens like a fresh provider (step 1 with an empty state vector).
+    /// On failure the client comes back with the error.
+    pub async fn resume(
+        &self,
+        target: &Target,
+        doc: &str,
+        mut peer: Peer,
+    ) -> Result<Client, Box<(ClientError, Peer)>> {
+        let mut conn = match connect(target, doc).await {
+            Ok(c) => c,
+            Err(e) => return Err(Box::new((e, peer))),
+        };
+        if let Err(e) = conn.open(target, None).await {
+            return Err(Box::new((e, peer)));
+        }
+        peer.reconnecting();
+        let dialect = conn.dialect.clone();
+        let (sender, rx) = conn.split();
         let task = tokio::spawn(read_loop(rx, peer, dialect, self.stop_rx.clone()));
         Ok(Client { sender, task })
     }
@@ -506,17 +707,39 @@ fn check_connections(
     }
 }
 
+/// Records that every tracked delivery arrived (the metrics [`account_missing`] sets otherwise).
+fn none_missing(r: &mut WorkloadResult) {
+    for k in [
+        "undelivered",
+        "undelivered_updates",
+        "undelivered_awareness",
+    ] {
+        r.metric(k, 0.0);
+    }
+}
+
 /// Counts deliveries that never arrived and records them as censored latencies (see
 /// [`Peer::record_missing`]); adds a failure line when there are any.
 fn account_missing(r: &mut WorkloadResult, peers: &[(Peer, Ended)], waited_s: f64) {
     let now = crate::tracker::now_ns();
     let missing: u64 = peers.iter().map(|(p, _)| p.record_missing(now)).sum();
+    let (updates, awareness) = peers
+        .iter()
+        .map(|(p, _)| p.missing_counts())
+        .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
     r.metric("undelivered", missing as f64);
+    r.metric("undelivered_updates", updates as f64);
+    r.metric("undelivered_awareness", awareness as f64);
     if missing > 0 {
         let clients = peers.iter().filter(|(p, _)| !p.is_complete()).count();
+        let first = peers
+            .iter()
+            .find_map(|(p, _)| p.first_missing())
+            .unwrap_or_default();
         r.fail(format!(
-            "{missing} deliveries (to {clients} clients) had not arrived {waited_s:.0} s after the \
-             last send; they count in the latency percentiles with the time waited (a lower bound)"
+            "{missing} deliveries ({updates} document updates, {awareness} awareness updates; to \
+             {clients} clients) had not arrived {waited_s:.0} s after the last send; they count in \
+             the latency percentiles with the time waited (a lower bound); first missing: {first}"
         ));
     }
 }

@@ -5,6 +5,9 @@
 //! Measured: keystroke-to-reader latency at every other client, awareness latency, server CPU
 //! seconds per million deliveries, server memory. Correctness: every client receives every
 //! other client's keystrokes and cursor updates.
+//!
+//! [`classroom`] runs it on any number of server nodes (C2 spreads the clients over them round
+//! robin and splits keystroke latency into same-node and cross-node deliveries).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,12 +17,13 @@ use anyhow::{Context, Result};
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use super::{
-    account_missing, check_connections, log, presence_json, ClientSpec, Env, Fleet, Workload,
-    WorkloadResult,
+    account_missing, check_connections, log, none_missing, presence_json, ClientSpec, Env, Fleet,
+    Workload, WorkloadResult,
 };
-use crate::peer::PeerOpts;
+use crate::peer::{NodeSplit, PeerOpts};
 use crate::protocol::awareness_update;
 use crate::stats::LatencyRecorder;
+use crate::target::Target;
 use crate::trace::{Editor, Patch};
 use crate::tracker::{now_ns, TrackerBuilder};
 
@@ -42,19 +46,50 @@ struct Script {
     keys: Vec<(u32, Vec<u8>, u32, Vec<u8>)>,
 }
 
+/// The size of a classroom run and the nodes its clients connect to.
+pub(super) struct Classroom {
+    pub clients: usize,
+    pub typists: usize,
+    pub rate_hz: f64,
+    pub seconds: f64,
+    pub drain_seconds: f64,
+    /// Client i connects to `targets[i % targets.len()]`.
+    pub targets: Vec<Target>,
+}
+
 pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
-    let mut r = WorkloadResult::new(Workload::W2);
     let s = &env.sizes;
-    let typists = s.w2_typists.min(s.w2_clients);
-    let keystrokes = (s.w2_rate_hz * s.w2_seconds).round().max(1.0) as usize;
-    r.metric("clients", s.w2_clients as f64);
+    let shape = Classroom {
+        clients: s.w2_clients,
+        typists: s.w2_typists,
+        rate_hz: s.w2_rate_hz,
+        seconds: s.w2_seconds,
+        drain_seconds: s.w2_drain_seconds,
+        targets: vec![env.target.clone()],
+    };
+    classroom(env, Workload::W2, shape).await
+}
+
+pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<WorkloadResult> {
+    let mut r = WorkloadResult::new(w);
+    let s = &env.sizes;
+    let nodes = c.targets.len().max(1);
+    let typists = c.typists.min(c.clients);
+    let keystrokes = (c.rate_hz * c.seconds).round().max(1.0) as usize;
+    r.metric("clients", c.clients as f64);
     r.metric("typists", typists as f64);
     r.metric("keystrokes_per_typist", keystrokes as f64);
+    r.metric("nodes", nodes as f64);
+    let spread = if nodes > 1 {
+        ", spread over the nodes round robin (client i on node i mod nodes)".to_string()
+    } else {
+        String::new()
+    };
     r.note(format!(
-        "{} clients on one document, each sending its presence on join; {typists} type {} \
+        "{} clients on one document{spread}, each sending its presence on join; {typists} type {} \
          keystrokes/s for {} s, each keystroke one update plus one awareness update; a delivery \
          is one keystroke or awareness update received by a client other than its sender",
-        s.w2_clients, s.w2_rate_hz, s.w2_seconds
+        c.clients, c.rate_hz, c.seconds
     ));
 
     // Each typist types at the end of its own paragraph, on its own document.
@@ -84,10 +119,17 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     let aw_track = Arc::new(aw_b.build());
     let doc_lat = Arc::new(LatencyRecorder::new(64));
     let aw_lat = Arc::new(LatencyRecorder::new(64));
+    let split = (nodes > 1).then(|| {
+        Arc::new(NodeSplit {
+            owner_node: (0..typists).map(|t| t % nodes).collect(),
+            same: LatencyRecorder::new(64),
+            cross: LatencyRecorder::new(64),
+        })
+    });
 
-    let doc = env.doc("w2");
+    let doc = env.doc(&w.to_string());
     let mut fleet = Fleet::new();
-    let specs = (0..s.w2_clients)
+    let specs = (0..c.clients)
         .map(|i| {
             let client = BASE_CLIENT + i as u64;
             let name = if i < typists {
@@ -95,7 +137,7 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
             } else {
                 format!("reader-{i}")
             };
-            ClientSpec {
+            let spec = ClientSpec {
                 doc: doc.clone(),
                 awareness: Some(awareness_update(client, 1, &presence_json(&name))),
                 opts: PeerOpts {
@@ -105,17 +147,18 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
                     aw_latency: Some(aw_lat.clone()),
                     me: (i < typists).then_some(i as u32),
                     my_client: Some(client),
-                    presence_target: Some(s.w2_clients - 1),
+                    presence_target: Some(c.clients - 1),
                     shard: i,
+                    node: i % nodes,
+                    split: split.clone(),
                     ..Default::default()
                 },
-            }
+            };
+            (c.targets[i % nodes].clone(), spec)
         })
         .collect();
     let join_start = now_ns();
-    fleet
-        .connect_all(&env.target, specs, s.connect_concurrency)
-        .await;
+    fleet.connect_each(specs, s.connect_concurrency).await;
     let n = fleet.tasks.len();
     let progress = fleet.progress.clone();
     let synced = progress
@@ -142,9 +185,10 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     // Typing.
     let before = env.server_sample();
     let peak = env.peak_rss();
+    let cluster_before = env.nodes_sample();
     let messages_before = progress.messages.load(Ordering::Relaxed);
     let start = now_ns();
-    let period = Duration::from_secs_f64(1.0 / s.w2_rate_hz.max(0.001));
+    let period = Duration::from_secs_f64(1.0 / c.rate_hz.max(0.001));
     let mut typing = Vec::with_capacity(typists);
     let senders: Vec<_> = fleet.senders.drain(..typists.min(n)).collect();
     for (t, (mut sender, script)) in senders.into_iter().zip(scripts).enumerate() {
@@ -184,12 +228,13 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     let all = progress
         .wait(
             "every keystroke to be delivered",
-            Duration::from_secs_f64(s.w2_drain_seconds),
+            Duration::from_secs_f64(c.drain_seconds),
             |p| p.complete.load(Ordering::Acquire) >= n,
         )
         .await;
     let drained = now_ns();
     let after = env.server_sample();
+    let cluster_after = env.nodes_sample();
     let peers = fleet.stop().await;
     // Exact counts from every client (the shared totals are batched). Tracked edits only
     // start with the typing, so every delivery falls inside the measured window.
@@ -197,7 +242,9 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     let messages = progress.messages.load(Ordering::Relaxed) - messages_before;
     drop(typist_senders);
     check_connections(&mut r, &fleet.failed, &peers);
-    if !all {
+    if all {
+        none_missing(&mut r);
+    } else {
         account_missing(&mut r, &peers, (drained - typed) as f64 / 1e9);
     }
     let typed_s = (typed - start) as f64 / 1e9;
@@ -211,7 +258,23 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     r.metric("messages_received", messages as f64);
     r.latency("keystroke", &doc_lat.summary());
     r.latency("awareness", &aw_lat.summary());
-    r.server_usage(before, after, peak);
+    if let Some(sp) = &split {
+        // Absent rather than 0 when nothing was delivered that way.
+        for (name, rec) in [
+            ("keystroke_same_node", &sp.same),
+            ("keystroke_cross_node", &sp.cross),
+        ] {
+            let summary = rec.summary();
+            if summary.count > 0 {
+                r.latency(name, &summary);
+            }
+        }
+    }
+    if env.pids.len() > 1 || w != Workload::W2 {
+        r.cluster_usage(&cluster_before, &cluster_after);
+    } else {
+        r.server_usage(before, after, peak);
+    }
     if let Some(cpu) = r.metrics.get("server_cpu_s").copied() {
         if deliveries > 0 {
             r.metric(
@@ -220,6 +283,6 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
             );
         }
     }
-    log(&format!("w2: {deliveries} deliveries"));
+    log(&format!("{w}: {deliveries} deliveries"));
     Ok(r)
 }

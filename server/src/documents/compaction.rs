@@ -122,6 +122,11 @@ impl Compactor {
                 }
                 true
             }
+            // Another node sharing the store compacted further first: nothing to do.
+            Err(e @ crate::infra::store::StoreError::CompactBehindSnapshot { .. }) => {
+                tracing::debug!(doc = %doc, cause = %e, "another node compacted first");
+                false
+            }
             Err(e) => {
                 tracing::warn!(doc = %doc, cause = %e, "compaction failed");
                 false

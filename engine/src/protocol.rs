@@ -274,6 +274,8 @@ pub struct Room {
     /// The document's estimated stored size; `None` until first needed after the room was
     /// made or the document compacted (see [`Room::size_estimate`]).
     stored: Option<u64>,
+    /// Whether [`Output::awareness_out`] is filled (see [`Room::set_publishing`]).
+    publishing: bool,
 }
 
 /// The server's step 1 and the whole document as step 2, valid while the document's
@@ -335,7 +337,14 @@ impl Room {
             limits,
             greeting: Greeting::default(),
             stored: None,
+            publishing: true,
         }
+    }
+
+    /// Whether local presence changes are encoded into [`Output::awareness_out`] (on by
+    /// default). A server with no other node to tell turns it off: nothing would read them.
+    pub fn set_publishing(&mut self, on: bool) {
+        self.publishing = on;
     }
 
     /// The document.
@@ -477,7 +486,9 @@ impl Room {
                     to: To::All,
                     frame: awareness_frame(&entries),
                 });
-                out.awareness_out = Some(awareness_payload(&entries));
+                if self.publishing {
+                    out.awareness_out = Some(awareness_payload(&entries));
+                }
             }
         }
         out
@@ -518,7 +529,7 @@ impl Room {
             .into_iter()
             .filter(|(id, _)| self.owners.contains_key(id))
             .collect();
-        if !local.is_empty() {
+        if self.publishing && !local.is_empty() {
             out.awareness_out = Some(awareness_payload(&local));
         }
     }
@@ -695,7 +706,7 @@ impl Room {
                 break;
             }
         }
-        if !published.is_empty() {
+        if self.publishing && !published.is_empty() {
             let entries: Vec<(u64, AwarenessUpdateEntry)> = published.into_iter().collect();
             out.awareness_out = Some(awareness_payload(&entries));
         }

@@ -496,3 +496,15 @@ fn stored_updates_apply_past_this_nodes_limits() {
     let again = b.apply_stored(&update, Some("alice"), 2).unwrap();
     assert!(again.messages.is_empty());
 }
+
+/// A room with no other node to tell encodes no presence for them; its clients see the same.
+#[test]
+fn a_room_that_does_not_publish_encodes_nothing_for_other_nodes() {
+    let mut a = node(1_001);
+    a.set_publishing(false);
+    a.join(1, stock("alice"), 0);
+    let o = a.handle(1, &awareness(&[(10, 1, "{}")]), 0);
+    assert!(o.awareness_out.is_none());
+    assert!(o.messages.iter().any(|m| m.to == To::All));
+    assert!(a.leave(1, 1).awareness_out.is_none());
+}

@@ -204,6 +204,9 @@ impl DocTask {
         };
         metrics.documents_loaded.inc();
         let shared = ctx.store.is_shared();
+        let mut loaded = loaded;
+        // Local presence changes are encoded for the other nodes only when there are some.
+        loaded.room.set_publishing(ctx.bus.is_some());
         if let Some(bus) = &ctx.bus {
             // Other nodes serving the document republish their connections' presence.
             bus.publish(&self.name, DocMessage::Query);

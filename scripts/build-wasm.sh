@@ -9,7 +9,10 @@
 # Otherwise Debian's rustc-web (installed by scripts/setup.sh) builds std from
 # source with -Zbuild-std and links with wasm-ld from the lld package.
 #
-# Environment: WASM_TARGET_DIR (default <repo>/target/wasm).
+# Environment: WASM_TARGET_DIR (default <repo>/target/wasm); WASM_STD_RUSTFLAGS and
+# WASM_STD_FEATURES, used only with -Zbuild-std (std is rebuilt, so unstable flags apply):
+# extra rustc flags for every crate of the build and -Zbuild-std-features (wasm/build.sh sets
+# both to make the browser package small).
 # Panics abort on wasm32 (the workspace's release profile says unwind, which the
 # target's std is not built for): CARGO_PROFILE_*_PANIC=abort is set here.
 set -euo pipefail
@@ -31,7 +34,7 @@ for arg in "$@"; do
   case "$arg" in
     --release) profile_flag=(--release) profile_dir=release ;;
     -h | --help)
-      sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     -*) die "unknown option: $arg" ;;
@@ -81,11 +84,17 @@ else
     esac
   done
   unset RUSTUP_TOOLCHAIN RUSTDOC CARGO
+  std_features=()
+  [ -z "${WASM_STD_FEATURES:-}" ] || std_features=("-Zbuild-std-features=$WASM_STD_FEATURES")
   log "using Debian's $(/usr/bin/rustc -V) with -Zbuild-std (rustup has no $TARGET target)"
+  [ -z "${WASM_STD_RUSTFLAGS:-}${WASM_STD_FEATURES:-}" ] ||
+    log "std features: ${WASM_STD_FEATURES:-default}; rustflags: ${WASM_STD_RUSTFLAGS:-none}"
   PATH="$clean_path" RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc RUSTC_BOOTSTRAP=1 \
     CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER=wasm-ld \
+    CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS="${WASM_STD_RUSTFLAGS:-}" \
     /usr/bin/cargo build "${profile_flag[@]}" --target "$TARGET" \
-    -Zbuild-std=std,panic_abort --target-dir "$target_dir" -p "$crate" \
+    -Zbuild-std=std,panic_abort ${std_features[@]+"${std_features[@]}"} \
+    --target-dir "$target_dir" -p "$crate" \
     --message-format=json-render-diagnostics >"$messages"
 fi
 

@@ -408,21 +408,22 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
             peer_cells.join(" | ")
         );
     }
-    // The bundle size comes from the wasm package build (`--meta bundle=<gzipped bytes>`).
+    // The bundle size comes from the wasm package build (`--meta bundle=<gzipped bytes>`). Its
+    // goal is the raised one (BRIEF.md: "met targets are raised"): 180 KB, from 250 KB.
     let bundle = meta
         .iter()
         .find(|(k, _)| k == "bundle")
         .and_then(|(_, v)| v.split_whitespace().next()?.parse::<f64>().ok());
     match bundle {
         Some(bytes) => {
-            let verdict = if bytes < 250.0 * 1024.0 {
+            let verdict = if bytes < 180.0 * 1024.0 {
                 "**met**"
             } else {
                 "**not met**"
             };
             let _ = writeln!(
                 md,
-                "| Browser bundle (wasm + JS, gzip -9) | < 250 KB gzipped | {} bytes ({:.0} KB) |{} {verdict} |\n",
+                "| Browser bundle (wasm + JS, gzip -9) | < 180 KB gzipped (raised from 250 KB) | {} bytes ({:.0} KB) |{} {verdict} |\n",
                 fmt_num(bytes),
                 bytes / 1024.0,
                 " n/a |".repeat(peers.len())
@@ -431,7 +432,7 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
         None => {
             let _ = writeln!(
                 md,
-                "| Browser bundle | < 250 KB gzipped | not measured by this benchmark |{} not measured |\n",
+                "| Browser bundle | < 180 KB gzipped (raised from 250 KB) | not measured by this benchmark |{} not measured |\n",
                 " |".repeat(peers.len())
             );
         }

@@ -64,6 +64,8 @@ rustup_has_target() {
 
 if rustup_has_target; then
   log "using the rustup toolchain ($(rustc -V)) with its installed $TARGET target"
+  [ -z "${WASM_STD_RUSTFLAGS:-}${WASM_STD_FEATURES:-}" ] ||
+    log "WASM_STD_RUSTFLAGS and WASM_STD_FEATURES are ignored: this std is prebuilt (the module is larger)"
   unset RUSTC
   cargo build "${profile_flag[@]}" --target "$TARGET" --target-dir "$target_dir" -p "$crate" \
     --message-format=json-render-diagnostics >"$messages"

@@ -87,7 +87,7 @@ wasm-bindgen --target web --remove-name-section --remove-producers-section \
 cp "$work/tandem_wasm_bg.wasm" "$PKG/"
 cp "$work/tandem_wasm.d.ts" "$WASM_DIR"/js/*.d.ts "$PKG/"
 # The JavaScript ships without its comments, indentation and blank lines (release builds): the
-# documentation lives in the .d.ts files and in wasm/js/. Only whole-line comments are dropped,
+# documentation lives in the .d.ts files and in wasm/js/. Only comments that start a line go,
 # and lines are never joined, so automatic semicolon insertion reads the same statements. That is
 # safe while no string or template literal spans lines: a line with an odd number of backticks
 # stops the build.
@@ -95,8 +95,14 @@ strip_js() {
   awk '
     { line = $0; sub(/^[ \t]+/, "", line) }
     gsub(/`/, "`", line) % 2 == 1 { printf "%s:%d: a template literal spans lines\n", FILENAME, FNR > "/dev/stderr"; exit 1 }
-    in_block { if (index(line, "*/")) in_block = 0; next }
-    line ~ /^\/\*/ { if (!index(substr(line, 3), "*/")) in_block = 1; next }
+    in_block {
+      if (!(end = index(line, "*/"))) next
+      in_block = 0; line = substr(line, end + 2); sub(/^[ \t]+/, "", line)
+    }
+    line ~ /^\/\*/ {
+      if (!(end = index(substr(line, 3), "*/"))) { in_block = 1; next }
+      line = substr(line, end + 4); sub(/^[ \t]+/, "", line)
+    }
     line ~ /^\/\// || line == "" { next }
     { print line }
   ' "$1"

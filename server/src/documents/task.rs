@@ -1277,3 +1277,4 @@ fn refused(e: ProtocolError) -> DocError {
         other => DocError::Invalid(other.to_string()),
     }
 }
+

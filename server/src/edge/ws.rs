@@ -253,7 +253,10 @@ async fn run(conn: Box<Conn>) {
                 let Some(frame) = frame else { break close_rx.try_recv().ok() };
                 // Everything queued now goes out in one flush (up to WRITE_BATCH frames).
                 let more = std::iter::from_fn(|| frames_rx.try_recv());
-                if !socket::send_batch(&mut sink, std::iter::once(frame).chain(more)).await {
+                // Boxed: one allocation per flush (next to a system call), and the future
+                // would otherwise be part of the loop's, which every idle connection keeps.
+                let batch = std::iter::once(frame).chain(more);
+                if !Box::pin(socket::send_batch(&mut sink, batch)).await {
                     break None;
                 }
             }
@@ -304,5 +307,13 @@ mod tests {
         println!("run future: {} bytes", future_size(super::run));
         println!("attach future: {} bytes", future_size(super::attach));
         println!("conn: {} bytes", std::mem::size_of::<super::Conn>());
+        println!(
+            "read: {} bytes",
+            std::mem::size_of::<Option<Result<super::Message, tokio_tungstenite::tungstenite::Error>>>()
+        );
+        println!("pace: {} bytes", std::mem::size_of::<super::Pace>());
+        println!("live: {} bytes", std::mem::size_of::<super::Live>());
+        println!("sink: {} bytes", std::mem::size_of::<super::Sink>());
+        println!("attached: {} bytes", std::mem::size_of::<super::Attached>());
     }
 }

@@ -1277,4 +1277,3 @@ fn refused(e: ProtocolError) -> DocError {
         other => DocError::Invalid(other.to_string()),
     }
 }
-

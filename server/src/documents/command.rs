@@ -21,6 +21,9 @@ pub(super) enum JoinReply {
 
 pub(super) type Reply<T> = oneshot::Sender<Result<T, DocError>>;
 
+/// Every slot of a document's command queue is the size of the largest variant, and the queue
+/// allocates its slots in blocks of 32 per document (5.5 KiB when a write request was inline):
+/// the rare large payloads (joins, HTTP writes) are boxed so that a slot is the size of a frame.
 pub(super) enum Command {
     Read {
         with_update: bool,
@@ -33,12 +36,12 @@ pub(super) enum Command {
     },
     /// An HTTP write (see [`super::keys`] for one with an idempotency key).
     Write {
-        request: WriteRequest,
+        request: Box<WriteRequest>,
         reply: Reply<Answered>,
     },
     Join {
         conn: ConnId,
-        info: ConnInfo,
+        info: Box<ConnInfo>,
         sink: ConnSink,
         reply: oneshot::Sender<JoinReply>,
     },

@@ -207,7 +207,7 @@ impl Registry {
             let (reply, answer) = oneshot::channel();
             let cmd = Command::Join {
                 conn,
-                info: info.clone(),
+                info: Box::new(info.clone()),
                 sink: sink.take().expect("sink is put back before retrying"),
                 reply,
             };
@@ -319,7 +319,7 @@ impl Registry {
     /// an idempotency key, at most once per key: a retry gets the first answer, `replayed`.
     pub async fn write(&self, doc: &str, request: WriteRequest) -> Result<Answered, DocError> {
         self.ask(doc, |reply| Command::Write {
-            request: request.clone(),
+            request: Box::new(request.clone()),
             reply,
         })
         .await

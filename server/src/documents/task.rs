@@ -175,36 +175,10 @@ impl DocTask {
         })
     }
 
-    pub(super) async fn run(mut self) {
-        let ctx = self.ctx.clone();
-        let metrics = ctx.metrics.clone();
-        // Followed before loading: what another node commits after the load arrives.
-        if let Some(bus) = &ctx.bus {
-            bus.follow(&self.name).await;
-        }
-        let loaded = match self.load(&ctx).await {
-            Ok(l) => {
-                metrics.document_loads.inc();
-                l
-            }
-            Err(e) => {
-                metrics.document_load_failures.inc();
-                tracing::error!(doc = %self.name, cause = %e, "document load failed");
-                if let Some(bus) = &ctx.bus {
-                    bus.unfollow(&self.name);
-                }
-                self.forget();
-                let error = match e {
-                    StoreError::Unavailable { .. } => JoinError::Unavailable,
-                    _ => JoinError::LoadFailed,
-                };
-                self.refuse_all(error).await;
-                return;
-            }
-        };
-        metrics.documents_loaded.inc();
+    /// The running document around what was loaded. Not async: what it takes apart would
+    /// otherwise keep its room in the task's future next to the running document's.
+    fn start(&self, ctx: Context, mut loaded: Loaded) -> Running {
         let shared = ctx.store.is_shared();
-        let mut loaded = loaded;
         // Local presence changes are encoded for the other nodes only when there are some.
         loaded.room.set_publishing(ctx.bus.is_some());
         if let Some(bus) = &ctx.bus {
@@ -215,7 +189,7 @@ impl DocTask {
             name: self.name.clone(),
             commit: Commit::new(
                 Arc::clone(&ctx.store),
-                metrics.clone(),
+                ctx.metrics.clone(),
                 loaded.last_sid,
                 ctx.notifier
                     .as_ref()
@@ -249,6 +223,40 @@ impl DocTask {
         if doc.watch.is_some() {
             doc.feed.keep_on(&mut doc.room);
         }
+        doc
+    }
+
+    pub(super) async fn run(mut self) {
+        let ctx = self.ctx.clone();
+        let metrics = ctx.metrics.clone();
+        // Followed before loading: what another node commits after the load arrives.
+        if let Some(bus) = &ctx.bus {
+            Box::pin(bus.follow(&self.name)).await;
+        }
+        // Boxed: the load runs once, and its future would otherwise be part of the task's
+        // future for the document's whole life.
+        let loaded = match Box::pin(self.load(&ctx)).await {
+            Ok(l) => {
+                metrics.document_loads.inc();
+                l
+            }
+            Err(e) => {
+                metrics.document_load_failures.inc();
+                tracing::error!(doc = %self.name, cause = %e, "document load failed");
+                if let Some(bus) = &ctx.bus {
+                    bus.unfollow(&self.name);
+                }
+                self.forget();
+                let error = match e {
+                    StoreError::Unavailable { .. } => JoinError::Unavailable,
+                    _ => JoinError::LoadFailed,
+                };
+                Box::pin(self.refuse_all(error)).await;
+                return;
+            }
+        };
+        metrics.documents_loaded.inc();
+        let mut doc = self.start(ctx, loaded);
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -422,8 +430,8 @@ impl Running {
                 if let Some(user) = &info.user {
                     self.presence(conn, user, true);
                 }
-                self.fanout.add(conn, info.clone(), sink);
-                let out = self.guarded(|room| room.join(conn, info, now));
+                self.fanout.add(conn, (*info).clone(), sink);
+                let out = self.guarded(|room| room.join(conn, *info, now));
                 let _ = reply.send(JoinReply::Joined);
                 if let Some(out) = out {
                     self.dispatch(out, None);
@@ -477,7 +485,7 @@ impl Running {
                 let presence = self.feed.subscribe(feed, &mut self.room, now);
                 let _ = reply.send(Ok((self.state(with_update), presence)));
             }
-            Command::Write { request, reply } => self.write(request, reply, now),
+            Command::Write { request, reply } => self.write(*request, reply, now),
             Command::Replicated {
                 sid,
                 update,
@@ -1244,10 +1252,16 @@ impl Running {
         if self.failed || sid == 0 || !exact || !self.compactor.is_due() {
             return;
         }
-        let done = self
-            .compactor
-            .compact(&self.ctx.store, &self.name, &self.room, sid, now_ms())
-            .await;
+        // Boxed: compactions are rare, and their future would otherwise be part of the task's
+        // future for the document's whole life.
+        let done = Box::pin(self.compactor.compact(
+            &self.ctx.store,
+            &self.name,
+            &self.room,
+            sid,
+            now_ms(),
+        ))
+        .await;
         if done {
             self.room.compacted();
         }

@@ -11,7 +11,8 @@
 //! - [`cluster`]: [`cluster::Cluster`], a node among several: the bus's events to the
 //!   documents, position checks against the shared store, revocations, readiness.
 //! - [`socket`]: WebSocket plumbing both dialects share (upgrade, batched writes, closes,
-//!   pacing); [`live`]: [`live::Live`], the admission, revocation and expiry of every
+//!   pacing), over [`wsio`] (the byte stream under the codec, with buffers held only while
+//!   bytes wait in them); [`live`]: [`live::Live`], the admission, revocation and expiry of every
 //!   long-lived response.
 //! - Routes: [`ws`] (`/ws/{doc}`, y-websocket), [`hocuspocus`] (`/ws`, the Hocuspocus
 //!   dialect), [`sse`] (`/docs/{doc}/events`), [`documents`] (the other document routes),
@@ -38,3 +39,4 @@ pub mod sse;
 pub mod state;
 pub mod webhooks;
 pub mod ws;
+pub mod wsio;

@@ -27,6 +27,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::error::{ApiError, ErrorCode};
 use super::live::{self, EXPIRED_REASON};
 use super::state::AppState;
+use super::wsio::LeanIo;
 use crate::access::conns::Admission;
 use crate::access::limits::TokenBucket;
 use crate::base::close::{code, Close};
@@ -40,6 +41,10 @@ pub const PING_EVERY: Duration = Duration::from_secs(15);
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(30);
 /// Frames written per flush at most.
 pub const WRITE_BATCH: usize = 64;
+/// The codec's initial read buffer, and the most it asks of the socket layer per read.
+/// Frames larger than this grow the buffer (to their size, for as long as the connection
+/// lasts); presence and keystroke frames fit.
+const CODEC_READ_BUFFER: usize = 256;
 /// How long a closed connection waits for the client to answer its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Larger outgoing messages are sent as fragments of this size. The WebSocket codec keeps its
@@ -48,7 +53,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const FRAGMENT: usize = 32 * 1024;
 
 /// A WebSocket over an upgraded HTTP connection.
-pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub type Socket = WebSocketStream<LeanIo<TokioIo<hyper::upgrade::Upgraded>>>;
 /// The writing half of a [`Socket`].
 pub type Sink = SplitSink<Socket, Message>;
 /// The reading half of a [`Socket`].
@@ -116,8 +121,11 @@ impl Upgrade {
 
     /// Answers 101 Switching Protocols and, once the connection is upgraded, runs `serve` on
     /// the socket in a task of its own. The codec refuses frames and messages over
-    /// `--max-frame-size`; its read buffer starts small (every connection keeps it for its
-    /// whole life, and most are idle), and a larger frame grows it while it is read.
+    /// `--max-frame-size`. Its buffers last as long as the connection and never shrink, and
+    /// most connections are idle: its read buffer starts at [`CODEC_READ_BUFFER`] (a larger
+    /// frame grows it) and it writes every frame through at once, so its write buffer holds
+    /// one frame; [`LeanIo`] underneath reads in large chunks and batches writes until a flush,
+    /// in buffers it frees once empty.
     pub fn accept<S, F>(self, limits: &Limits, serve: S) -> Response
     where
         S: FnOnce(Socket) -> F + Send + 'static,
@@ -126,15 +134,15 @@ impl Upgrade {
         let config = WebSocketConfig::default()
             .max_frame_size(Some(limits.max_frame_bytes))
             .max_message_size(Some(limits.max_frame_bytes))
-            .read_buffer_size(1024)
-            .write_buffer_size(8 * 1024);
+            .read_buffer_size(CODEC_READ_BUFFER)
+            .write_buffer_size(0);
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
             let socket = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
+                LeanIo::new(TokioIo::new(upgraded)),
                 WsRole::Server,
                 Some(config),
             )

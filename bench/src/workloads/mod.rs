@@ -347,7 +347,9 @@ impl Env {
 
     /// CPU seconds of the server's threads named `comm` (absent: no such thread).
     fn server_thread_cpu(&self, comm: &str) -> Option<f64> {
-        self.server.as_ref().and_then(|p| p.thread_cpu_seconds(comm))
+        self.server
+            .as_ref()
+            .and_then(|p| p.thread_cpu_seconds(comm))
     }
 
     /// CPU and memory of every node together (those still running), plus the shared services'

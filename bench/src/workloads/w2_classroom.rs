@@ -142,29 +142,29 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
     let mut aw_tracks = Vec::with_capacity(docs);
     let mut scripts = Vec::with_capacity(typists * docs);
     for d in 0..docs {
-    let mut doc_b = TrackerBuilder::default();
-    let mut aw_b = TrackerBuilder::default();
-    for t in 0..typists {
-        let client = BASE_CLIENT + (d * c.clients + t) as u64;
-        let ed = Editor::new(client).ascii_only(true);
-        let mut keys = Vec::with_capacity(keystrokes);
-        for k in 0..keystrokes {
-            let ch = &TYPING[k % TYPING.len()..k % TYPING.len() + 1];
-            let u = ed.apply(&[Patch(k, 0, ch.to_string())])?;
-            let dseq = doc_b
-                .add_update(t as u32, &u)
-                .context("scanning a keystroke")?
-                .context("a keystroke changes the document")?;
-            // Clock 1 is the presence sent on join.
-            let clock = k as u32 + 2;
-            let aseq = aw_b.add_awareness(t as u32, client, clock);
-            let aw = awareness_update(client, clock, &cursor_json(t, client, k as u32));
-            keys.push((dseq, u, aseq, aw));
+        let mut doc_b = TrackerBuilder::default();
+        let mut aw_b = TrackerBuilder::default();
+        for t in 0..typists {
+            let client = BASE_CLIENT + (d * c.clients + t) as u64;
+            let ed = Editor::new(client).ascii_only(true);
+            let mut keys = Vec::with_capacity(keystrokes);
+            for k in 0..keystrokes {
+                let ch = &TYPING[k % TYPING.len()..k % TYPING.len() + 1];
+                let u = ed.apply(&[Patch(k, 0, ch.to_string())])?;
+                let dseq = doc_b
+                    .add_update(t as u32, &u)
+                    .context("scanning a keystroke")?
+                    .context("a keystroke changes the document")?;
+                // Clock 1 is the presence sent on join.
+                let clock = k as u32 + 2;
+                let aseq = aw_b.add_awareness(t as u32, client, clock);
+                let aw = awareness_update(client, clock, &cursor_json(t, client, k as u32));
+                keys.push((dseq, u, aseq, aw));
+            }
+            scripts.push(Script { keys });
         }
-        scripts.push(Script { keys });
-    }
-    doc_tracks.push(Arc::new(doc_b.build()));
-    aw_tracks.push(Arc::new(aw_b.build()));
+        doc_tracks.push(Arc::new(doc_b.build()));
+        aw_tracks.push(Arc::new(aw_b.build()));
     }
     let doc_lat = Arc::new(LatencyRecorder::new(64));
     let aw_lat = Arc::new(LatencyRecorder::new(64));

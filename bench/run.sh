@@ -4,7 +4,7 @@
 # writes a Markdown report with absolute numbers and ratios.
 #
 #   bench/run.sh [--quick|--full] [--servers tandem,hocuspocus,ywebsocket]
-#                [--workloads w1,w2,w3,w4,w5,w6] [--size key=value ...] [--report PATH]
+#                [--workloads w1,w2,w3,w4,w5,w6,w7,w8] [--size key=value ...] [--report PATH]
 #                [--keep-results]
 #
 # --quick (default) takes seconds and is the CI smoke test: it exits non-zero when a workload
@@ -15,14 +15,16 @@
 # `tandem` binary built here), TRACES (default <repo>/../shared/traces), TANDEM_BENCH_FLAGS
 # (extra `tandem serve` flags; default lifts the message and connection rate limits),
 # TANDEM_DIALECT=hocuspocus (tandem's clients speak the Hocuspocus dialect on /ws, as
-# @hocuspocus/provider does, instead of the stock protocol on /ws/{doc}).
+# @hocuspocus/provider does, instead of the stock protocol on /ws/{doc}), PEER_PERSISTENCE=1
+# (the y-websocket server stores its documents with y-leveldb, YPERSISTENCE; use with
+# --report so the in-memory numbers are not replaced).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 mode=quick
 servers=tandem,hocuspocus,ywebsocket
-workloads=w1,w2,w3,w4,w5,w6
+workloads=w1,w2,w3,w4,w5,w6,w7,w8
 report=""
 keep=false
 sizes=()
@@ -146,9 +148,16 @@ start_server() { # server port logfile
                 node "$here/peers/hocuspocus-server.mjs" >"$logf" 2>&1 &
             ;;
         ywebsocket)
-            # No YPERSISTENCE (in-memory documents, as the other peer) and no CALLBACK_URL.
-            env -u YPERSISTENCE -u CALLBACK_URL HOST=127.0.0.1 PORT="$port" \
-                node "$here/peers/node_modules/y-websocket/bin/server.js" >"$logf" 2>&1 &
+            if [[ "${PEER_PERSISTENCE:-0}" = 1 ]]; then
+                # y-leveldb (an optional dependency of y-websocket, installed by npm ci).
+                rm -rf "$workdir/yleveldb"
+                env -u CALLBACK_URL YPERSISTENCE="$workdir/yleveldb" HOST=127.0.0.1 PORT="$port" \
+                    node "$here/peers/node_modules/y-websocket/bin/server.js" >"$logf" 2>&1 &
+            else
+                # No YPERSISTENCE (in-memory documents, as the other peer) and no CALLBACK_URL.
+                env -u YPERSISTENCE -u CALLBACK_URL HOST=127.0.0.1 PORT="$port" \
+                    node "$here/peers/node_modules/y-websocket/bin/server.js" >"$logf" 2>&1 &
+            fi
             ;;
     esac
     server_pid=$!

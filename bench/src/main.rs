@@ -68,7 +68,7 @@ struct RunArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "w1,w2,w3,w4,w5,w6"
+        default_value = "w1,w2,w3,w4,w5,w6,w7,w8"
     )]
     workloads: Vec<Workload>,
     /// Folder holding the editing traces.

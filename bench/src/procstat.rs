@@ -82,6 +82,28 @@ impl Proc {
         Ok((parse(11)? + parse(12)?) / self.ticks_per_s)
     }
 
+    /// User + system CPU seconds of this process's threads whose name (`comm`) is `comm`;
+    /// `None` when there is none.
+    pub fn thread_cpu_seconds(&self, comm: &str) -> Option<f64> {
+        let dir = fs::read_dir(format!("/proc/{}/task", self.id)).ok()?;
+        let mut total = None;
+        for entry in dir.flatten() {
+            let tid = entry.file_name().to_string_lossy().into_owned();
+            let name = fs::read_to_string(format!("/proc/{}/task/{tid}/comm", self.id)).ok();
+            if name.as_deref().map(str::trim_end) != Some(comm) {
+                continue;
+            }
+            let thread = Proc {
+                id: format!("{}/task/{tid}", self.id),
+                ticks_per_s: self.ticks_per_s,
+            };
+            if let Ok(cpu) = thread.cpu_seconds() {
+                *total.get_or_insert(0.0) += cpu;
+            }
+        }
+        total
+    }
+
     /// Current and peak resident set size in KiB.
     pub fn memory_kib(&self) -> Result<(u64, u64), ProcError> {
         let status = self.read("status")?;

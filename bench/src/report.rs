@@ -102,6 +102,31 @@ fn rows(workload: &str) -> Vec<Row> {
             row("server_cpu_s", "server CPU (s)", Lower),
             row("server_rss_peak_mib", "server RSS peak (MiB)", Lower),
         ],
+        "w7" | "w8" => vec![
+            row(
+                "server_cpu_us_per_update",
+                "server CPU per update (µs; tandem: per durable update)",
+                Lower,
+            ),
+            row(
+                "server_cpu_s_per_1m_deliveries",
+                "server CPU-seconds per 1M deliveries",
+                Lower,
+            ),
+            row("server_cpu_s", "server CPU while typing (s)", Lower),
+            row(
+                "writer_cpu_us_per_update",
+                "store writer thread CPU per update (µs)",
+                Lower,
+            ),
+            row("undelivered", "missing deliveries (must be 0)", Lower),
+            row("keystroke_p50_ms", "keystroke latency p50 (ms)", Lower),
+            row("keystroke_p99_ms", "keystroke latency p99 (ms)", Lower),
+            row("server_rss_peak_mib", "server RSS peak (MiB)", Lower),
+            row("updates", "updates sent", Info),
+            row("deliveries", "deliveries", Info),
+            row("generator_cpu_s", "generator CPU (s)", Info),
+        ],
         _ => vec![],
     }
 }
@@ -114,6 +139,8 @@ fn title(workload: &str) -> &'static str {
         "w4" => "W4 join storm",
         "w5" => "W5 concurrent trace (2 writers → N readers)",
         "w6" => "W6 ingest (1 writer → 1 checking reader)",
+        "w7" => "W7 everyday one document (1 writer → many readers)",
+        "w8" => "W8 many documents (1 writer + a few readers each)",
         _ => "other",
     }
 }

@@ -20,6 +20,7 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
         rate_hz: s.c2_rate_hz,
         seconds: s.c2_seconds,
         drain_seconds: s.c2_drain_seconds,
+        docs: 1,
         targets: env.targets.clone(),
     };
     classroom(env, Workload::C2, shape).await

@@ -1,4 +1,4 @@
-//! The benchmark workloads (W1–W6) and the harness they share: sizes per mode, connecting many
+//! The benchmark workloads (W1–W8, C1–C3) and the harness they share: sizes per mode, connecting many
 //! clients, stopping them, and the result record each workload returns.
 
 mod c1_ingest;
@@ -46,6 +46,10 @@ pub enum Workload {
     W5,
     /// Ingest: one writer replays the trace, one reader checks it.
     W6,
+    /// Everyday editing of one document: one writer, many readers.
+    W7,
+    /// Many documents at once, each with one writer and a few readers.
+    W8,
     /// Several nodes, ingest: writers on every node, acked updates/s (one document, then many).
     C1,
     /// Several nodes, fan-out: the W2 classroom with its clients spread over the nodes.
@@ -112,6 +116,27 @@ pub struct Sizes {
     /// W6: most updates the writer has in flight (sent, not yet seen by the reader).
     #[serde(default = "default_w6_window")]
     pub w6_window: usize,
+    /// W7: readers of the one document (besides its writer).
+    #[serde(default)]
+    pub w7_readers: usize,
+    /// W7: the writer's keystrokes per second.
+    #[serde(default)]
+    pub w7_rate_hz: f64,
+    /// W7: typing duration in seconds.
+    #[serde(default)]
+    pub w7_seconds: f64,
+    /// W8: documents.
+    #[serde(default)]
+    pub w8_docs: usize,
+    /// W8: readers of each document (besides its writer).
+    #[serde(default)]
+    pub w8_readers: usize,
+    /// W8: each writer's keystrokes per second.
+    #[serde(default)]
+    pub w8_rate_hz: f64,
+    /// W8: typing duration in seconds.
+    #[serde(default)]
+    pub w8_seconds: f64,
     /// C1: writers of the one shared document, spread over the nodes round robin (the same
     /// number whatever the number of nodes, so setups take the same load).
     #[serde(default)]
@@ -191,6 +216,13 @@ impl Sizes {
                 w5_readers: 5,
                 w5_window: 256,
                 w6_window: 1024,
+                w7_readers: 200,
+                w7_rate_hz: 30.0,
+                w7_seconds: 5.0,
+                w8_docs: 50,
+                w8_readers: 4,
+                w8_rate_hz: 20.0,
+                w8_seconds: 5.0,
                 c1_writers: 6,
                 c1_updates_per_writer: 2_000,
                 c1_window: 512,
@@ -229,6 +261,13 @@ impl Sizes {
                 w5_readers: 50,
                 w5_window: 256,
                 w6_window: 1024,
+                w7_readers: 500,
+                w7_rate_hz: 30.0,
+                w7_seconds: 30.0,
+                w8_docs: 50,
+                w8_readers: 4,
+                w8_rate_hz: 20.0,
+                w8_seconds: 30.0,
                 c1_writers: 12,
                 c1_updates_per_writer: 12_500,
                 c1_window: 256,
@@ -304,6 +343,13 @@ impl Env {
 
     fn server_sample(&self) -> Option<Sample> {
         self.server.as_ref().and_then(|p| p.sample().ok())
+    }
+
+    /// CPU seconds of the server's threads named `comm` (absent: no such thread).
+    fn server_thread_cpu(&self, comm: &str) -> Option<f64> {
+        self.server
+            .as_ref()
+            .and_then(|p| p.thread_cpu_seconds(comm))
     }
 
     /// CPU and memory of every node together (those still running), plus the shared services'
@@ -470,6 +516,8 @@ pub async fn run(w: Workload, env: &Env) -> Result<WorkloadResult> {
         Workload::W4 => w4_join::run(env).await?,
         Workload::W5 => w5_concurrent::run(env).await?,
         Workload::W6 => w1_replay::run_ingest(env).await?,
+        Workload::W7 => w2_classroom::run_everyday(env).await?,
+        Workload::W8 => w2_classroom::run_many(env).await?,
         Workload::C1 => c1_ingest::run(env).await?,
         Workload::C2 => c2_fanout::run(env).await?,
         Workload::C3 => c3_failover::run(env).await?,

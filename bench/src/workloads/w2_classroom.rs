@@ -7,7 +7,8 @@
 //! other client's keystrokes and cursor updates.
 //!
 //! [`classroom`] runs it on any number of server nodes (C2 spreads the clients over them round
-//! robin and splits keystroke latency into same-node and cross-node deliveries).
+//! robin and splits keystroke latency into same-node and cross-node deliveries) and on any
+//! number of documents at once (W8: many small classrooms, each with its own typist).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ use crate::tracker::{now_ns, TrackerBuilder};
 
 /// Client ids are `BASE_CLIENT + index`; typists are the first clients.
 const BASE_CLIENT: u64 = 2_000_000;
+
+/// tandem's SQLite writer thread as /proc names it (`comm` holds 15 bytes).
+const WRITER_THREAD: &str = "tandem-store-wr";
 
 const TYPING: &str = "the quick brown fox jumps over the lazy dog while the class takes notes ";
 
@@ -53,6 +57,8 @@ pub(super) struct Classroom {
     pub rate_hz: f64,
     pub seconds: f64,
     pub drain_seconds: f64,
+    /// Documents, each with `clients` clients of which `typists` type (W2, W7, C2: one).
+    pub docs: usize,
     /// Client i connects to `targets[i % targets.len()]`.
     pub targets: Vec<Target>,
 }
@@ -65,58 +71,101 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
         rate_hz: s.w2_rate_hz,
         seconds: s.w2_seconds,
         drain_seconds: s.w2_drain_seconds,
+        docs: 1,
         targets: vec![env.target.clone()],
     };
     classroom(env, Workload::W2, shape).await
+}
+
+/// W7, everyday editing of one document: one writer, many readers, each with presence.
+pub(super) async fn run_everyday(env: &Env) -> Result<WorkloadResult> {
+    let s = &env.sizes;
+    let shape = Classroom {
+        clients: s.w7_readers + 1,
+        typists: 1,
+        rate_hz: s.w7_rate_hz,
+        seconds: s.w7_seconds,
+        drain_seconds: s.w2_drain_seconds,
+        docs: 1,
+        targets: vec![env.target.clone()],
+    };
+    classroom(env, Workload::W7, shape).await
+}
+
+/// W8, many documents: each with one writer and a few readers, all at once.
+pub(super) async fn run_many(env: &Env) -> Result<WorkloadResult> {
+    let s = &env.sizes;
+    let shape = Classroom {
+        clients: s.w8_readers + 1,
+        typists: 1,
+        rate_hz: s.w8_rate_hz,
+        seconds: s.w8_seconds,
+        drain_seconds: s.w2_drain_seconds,
+        docs: s.w8_docs.max(1),
+        targets: vec![env.target.clone()],
+    };
+    classroom(env, Workload::W8, shape).await
 }
 
 pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<WorkloadResult> {
     let mut r = WorkloadResult::new(w);
     let s = &env.sizes;
     let nodes = c.targets.len().max(1);
+    let docs = c.docs.max(1);
     let typists = c.typists.min(c.clients);
     let keystrokes = (c.rate_hz * c.seconds).round().max(1.0) as usize;
     r.metric("clients", c.clients as f64);
     r.metric("typists", typists as f64);
     r.metric("keystrokes_per_typist", keystrokes as f64);
     r.metric("nodes", nodes as f64);
+    r.metric("docs", docs as f64);
     let spread = if nodes > 1 {
         ", spread over the nodes round robin (client i on node i mod nodes)".to_string()
     } else {
         String::new()
     };
+    let on = if docs > 1 {
+        format!("each of {docs} documents at once")
+    } else {
+        "one document".to_string()
+    };
     r.note(format!(
-        "{} clients on one document{spread}, each sending its presence on join; {typists} type {} \
+        "{} clients on {on}{spread}, each sending its presence on join; {typists} type {} \
          keystrokes/s for {} s, each keystroke one update plus one awareness update; a delivery \
          is one keystroke or awareness update received by a client other than its sender",
         c.clients, c.rate_hz, c.seconds
     ));
 
-    // Each typist types at the end of its own paragraph, on its own document.
-    let mut doc_b = TrackerBuilder::default();
-    let mut aw_b = TrackerBuilder::default();
-    let mut scripts = Vec::with_capacity(typists);
-    for t in 0..typists {
-        let client = BASE_CLIENT + t as u64;
-        let ed = Editor::new(client).ascii_only(true);
-        let mut keys = Vec::with_capacity(keystrokes);
-        for k in 0..keystrokes {
-            let ch = &TYPING[k % TYPING.len()..k % TYPING.len() + 1];
-            let u = ed.apply(&[Patch(k, 0, ch.to_string())])?;
-            let dseq = doc_b
-                .add_update(t as u32, &u)
-                .context("scanning a keystroke")?
-                .context("a keystroke changes the document")?;
-            // Clock 1 is the presence sent on join.
-            let clock = k as u32 + 2;
-            let aseq = aw_b.add_awareness(t as u32, client, clock);
-            let aw = awareness_update(client, clock, &cursor_json(t, client, k as u32));
-            keys.push((dseq, u, aseq, aw));
+    // Each typist types at the end of its own paragraph, on its own document. Every document
+    // has its own trackers: a client expects its own document's edits only.
+    let mut doc_tracks = Vec::with_capacity(docs);
+    let mut aw_tracks = Vec::with_capacity(docs);
+    let mut scripts = Vec::with_capacity(typists * docs);
+    for d in 0..docs {
+        let mut doc_b = TrackerBuilder::default();
+        let mut aw_b = TrackerBuilder::default();
+        for t in 0..typists {
+            let client = BASE_CLIENT + (d * c.clients + t) as u64;
+            let ed = Editor::new(client).ascii_only(true);
+            let mut keys = Vec::with_capacity(keystrokes);
+            for k in 0..keystrokes {
+                let ch = &TYPING[k % TYPING.len()..k % TYPING.len() + 1];
+                let u = ed.apply(&[Patch(k, 0, ch.to_string())])?;
+                let dseq = doc_b
+                    .add_update(t as u32, &u)
+                    .context("scanning a keystroke")?
+                    .context("a keystroke changes the document")?;
+                // Clock 1 is the presence sent on join.
+                let clock = k as u32 + 2;
+                let aseq = aw_b.add_awareness(t as u32, client, clock);
+                let aw = awareness_update(client, clock, &cursor_json(t, client, k as u32));
+                keys.push((dseq, u, aseq, aw));
+            }
+            scripts.push(Script { keys });
         }
-        scripts.push(Script { keys });
+        doc_tracks.push(Arc::new(doc_b.build()));
+        aw_tracks.push(Arc::new(aw_b.build()));
     }
-    let doc_track = Arc::new(doc_b.build());
-    let aw_track = Arc::new(aw_b.build());
     let doc_lat = Arc::new(LatencyRecorder::new(64));
     let aw_lat = Arc::new(LatencyRecorder::new(64));
     let split = (nodes > 1).then(|| {
@@ -127,25 +176,30 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
         })
     });
 
-    let doc = env.doc(&w.to_string());
     let mut fleet = Fleet::new();
-    let specs = (0..c.clients)
+    let specs = (0..c.clients * docs)
         .map(|i| {
+            let (d, j) = (i / c.clients, i % c.clients);
+            let doc = if docs > 1 {
+                env.doc(&format!("{w}-{d}"))
+            } else {
+                env.doc(&w.to_string())
+            };
             let client = BASE_CLIENT + i as u64;
-            let name = if i < typists {
+            let name = if j < typists {
                 format!("typist-{i}")
             } else {
                 format!("reader-{i}")
             };
             let spec = ClientSpec {
-                doc: doc.clone(),
+                doc,
                 awareness: Some(awareness_update(client, 1, &presence_json(&name))),
                 opts: PeerOpts {
-                    doc_track: Some(doc_track.clone()),
-                    aw_track: Some(aw_track.clone()),
+                    doc_track: Some(doc_tracks[d].clone()),
+                    aw_track: Some(aw_tracks[d].clone()),
                     doc_latency: Some(doc_lat.clone()),
                     aw_latency: Some(aw_lat.clone()),
-                    me: (i < typists).then_some(i as u32),
+                    me: (j < typists).then_some(j as u32),
                     my_client: Some(client),
                     presence_target: Some(c.clients - 1),
                     shard: i,
@@ -184,18 +238,29 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
 
     // Typing.
     let before = env.server_sample();
+    let writer_before = env.server_thread_cpu(WRITER_THREAD);
     let peak = env.peak_rss();
     let cluster_before = env.nodes_sample();
     let messages_before = progress.messages.load(Ordering::Relaxed);
     let start = now_ns();
     let period = Duration::from_secs_f64(1.0 / c.rate_hz.max(0.001));
-    let mut typing = Vec::with_capacity(typists);
-    let senders: Vec<_> = fleet.senders.drain(..typists.min(n)).collect();
+    let mut typing = Vec::with_capacity(typists * docs);
+    // The typists are the first `typists` clients of each document; with every client
+    // connected, the senders are in that order.
+    let mut senders = Vec::with_capacity(typists * docs);
+    if fleet.failed.is_empty() {
+        for (i, sender) in std::mem::take(&mut fleet.senders).into_iter().enumerate() {
+            if i % c.clients < typists {
+                senders.push(sender);
+            }
+        }
+    }
+    let all_typists = typists * docs;
     for (t, (mut sender, script)) in senders.into_iter().zip(scripts).enumerate() {
-        let doc_track = doc_track.clone();
-        let aw_track = aw_track.clone();
+        let doc_track = doc_tracks[t / typists].clone();
+        let aw_track = aw_tracks[t / typists].clone();
         // Stagger the typists evenly over one period.
-        let offset = period.mul_f64(t as f64 / typists as f64);
+        let offset = period.mul_f64(t as f64 / all_typists as f64);
         typing.push(tokio::spawn(async move {
             let mut tick = interval_at(Instant::now() + offset, period);
             tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -218,9 +283,12 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
             Err(e) => typist_errors.push(e.to_string()),
         }
     }
+    if typist_senders.len() + typist_errors.len() < all_typists {
+        r.fail("not every typist connected");
+    }
     if let Some(first) = typist_errors.first() {
         r.fail(format!(
-            "{} of {typists} typists could not send every keystroke (first: {first})",
+            "{} of {all_typists} typists could not send every keystroke (first: {first})",
             typist_errors.len()
         ));
     }
@@ -234,6 +302,7 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
         .await;
     let drained = now_ns();
     let after = env.server_sample();
+    let writer_after = env.server_thread_cpu(WRITER_THREAD);
     let cluster_after = env.nodes_sample();
     let peers = fleet.stop().await;
     // Exact counts from every client (the shared totals are batched). Tracked edits only
@@ -252,8 +321,9 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
     r.metric("drain_s", (drained - typed) as f64 / 1e9);
     r.metric(
         "keystrokes_per_s",
-        (keystrokes * typists) as f64 / typed_s.max(1e-9),
+        (keystrokes * all_typists) as f64 / typed_s.max(1e-9),
     );
+    r.metric("updates", (keystrokes * all_typists) as f64);
     r.metric("deliveries", deliveries as f64);
     r.metric("messages_received", messages as f64);
     r.latency("keystroke", &doc_lat.summary());
@@ -270,7 +340,7 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
             }
         }
     }
-    if env.pids.len() > 1 || w != Workload::W2 {
+    if env.pids.len() > 1 || w == Workload::C2 {
         r.cluster_usage(&cluster_before, &cluster_after);
     } else {
         r.server_usage(before, after, peak);
@@ -282,6 +352,18 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
                 cpu / (deliveries as f64 / 1e6),
             );
         }
+        // Per document update (each stored durably by tandem; the peers keep them in memory).
+        r.metric(
+            "server_cpu_us_per_update",
+            cpu * 1e6 / (keystrokes * all_typists).max(1) as f64,
+        );
+    }
+    if let (Some(b), Some(a)) = (writer_before, writer_after) {
+        r.metric("writer_cpu_s", a - b);
+        r.metric(
+            "writer_cpu_us_per_update",
+            (a - b) * 1e6 / (keystrokes * all_typists).max(1) as f64,
+        );
     }
     log(&format!("{w}: {deliveries} deliveries"));
     Ok(r)

@@ -46,6 +46,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_DATA_DIR", default_value = defaults::DATA_DIR)]
     pub data_dir: PathBuf,
 
+    /// Embedded database: while writes keep coming, commit at most once per this long, so
+    /// many documents' updates share one transaction and fsync (acks wait up to this much
+    /// longer); 0 commits what is waiting at once.
+    #[arg(long, env = "TANDEM_COMMIT_WINDOW", default_value = defaults::COMMIT_WINDOW, value_parser = parse_duration)]
+    pub commit_window: Duration,
+
     /// Secret that signs access tokens. Without it the server runs in open development mode.
     #[arg(long, env = "TANDEM_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
@@ -230,6 +236,8 @@ pub mod defaults {
     pub const COMPACT_AFTER_BYTES: &str = "4MiB";
     /// `--gap-timeout`.
     pub const GAP_TIMEOUT: &str = "100ms";
+    /// `--commit-window`.
+    pub const COMMIT_WINDOW: &str = "10ms";
     /// `--catch-up-interval`.
     pub const CATCH_UP_INTERVAL: &str = "500ms";
 }
@@ -285,6 +293,8 @@ impl ServeArgs {
         ServeArgs {
             addr: defaults::ADDR.to_owned(),
             data_dir: PathBuf::from(defaults::DATA_DIR),
+            commit_window: humantime::parse_duration(defaults::COMMIT_WINDOW)
+                .unwrap_or(Duration::ZERO),
             auth_secret: None,
             database_url: None,
             redis_url: None,

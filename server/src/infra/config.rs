@@ -251,6 +251,8 @@ pub struct Config {
     pub addr: SocketAddr,
     /// `--data-dir`, always kept: local files live here even with PostgreSQL storage.
     pub data_dir: PathBuf,
+    /// `--commit-window` of the embedded database.
+    pub commit_window: Duration,
     /// Open development mode or a token secret.
     pub auth: AuthMode,
     /// `--database-url`, when given.
@@ -433,6 +435,7 @@ impl Config {
         Ok(Config {
             addr,
             data_dir: args.data_dir,
+            commit_window: args.commit_window,
             auth,
             database_url,
             redis_url,
@@ -600,6 +603,11 @@ mod tests {
         let from_cli = config(&[]).unwrap();
         assert_eq!(c.limits, from_cli.limits);
         assert_eq!(c.history, from_cli.history);
+        assert_eq!(c.commit_window, from_cli.commit_window);
+        assert_eq!(
+            c.commit_window,
+            crate::infra::store::sqlite::DEFAULT_COMMIT_WINDOW
+        );
         assert_eq!(c.addr.port(), 0);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
         assert!(c.is_open());

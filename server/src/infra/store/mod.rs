@@ -653,8 +653,18 @@ pub fn open_embedded(
     data_dir: &std::path::Path,
     metrics: &Metrics,
 ) -> Result<Arc<dyn Store>, StoreError> {
+    open_embedded_with(data_dir, metrics, sqlite::DEFAULT_COMMIT_WINDOW)
+}
+
+/// [`open_embedded`] with this commit window (`--commit-window`).
+pub fn open_embedded_with(
+    data_dir: &std::path::Path,
+    metrics: &Metrics,
+    commit_window: std::time::Duration,
+) -> Result<Arc<dyn Store>, StoreError> {
     let options = sqlite::SqliteOptions {
         metrics: metrics.clone(),
+        commit_window,
         ..sqlite::SqliteOptions::default()
     };
     Ok(Arc::new(sqlite::SqliteStore::open(data_dir, options)?))
@@ -667,7 +677,8 @@ pub async fn open(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, 
     match config.storage() {
         StorageConfig::Embedded { data_dir } => {
             let metrics = metrics.clone();
-            tokio::task::spawn_blocking(move || open_embedded(&data_dir, &metrics))
+            let window = config.commit_window;
+            tokio::task::spawn_blocking(move || open_embedded_with(&data_dir, &metrics, window))
                 .await
                 .map_err(|e| StoreError::Open {
                     location: config.data_dir.display().to_string(),

@@ -6,6 +6,17 @@
 //! then answers each request. So many concurrent appends share one fsync (group commit), and an
 //! answered append is durable.
 //!
+//! Every document has at most one batch in flight, so when many documents each write a little
+//! (a keystroke now and then), their requests trickle in one at a time and would each get a
+//! transaction of their own: the fixed cost of a commit (locks, WAL frames, fsync) paid per
+//! keystroke. So the writer commits at most once per [`SqliteOptions::commit_window`] while
+//! requests keep coming: a request that arrives less than a window after the previous commit
+//! began waits, with whatever else arrives, until the window has passed (the writer sleeps
+//! once rather than waking for each request), unless it already holds
+//! [`SqliteOptions::linger_updates`] updates. A request after a quiet spell commits at once;
+//! a flush or a close taken with the batch does not wait. Acks still follow the commit that
+//! holds their update.
+//!
 //! Reads (`load`, `updates_since`, checkpoints) run on tokio's blocking pool over a small pool
 //! of read-only connections; WAL lets them proceed while the writer commits, and each read
 //! runs in one transaction so it sees a consistent state.
@@ -34,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -173,6 +184,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_key ON outbox (endpoint, doc, state, id);
 ";
 
+/// The default [`SqliteOptions::commit_window`]: at most this much is added to an ack while
+/// writes keep coming, for up to 100 commits (fsyncs) a second.
+pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_millis(10);
+
 /// Idle read connections kept for reuse.
 const MAX_IDLE_READERS: usize = 4;
 
@@ -188,6 +203,11 @@ pub struct SqliteOptions {
     /// A batch stops taking more requests once it holds this many bytes of updates and
     /// snapshots (it always takes at least one request).
     pub max_batch_bytes: usize,
+    /// Shortest time from the start of one commit to the start of the next while requests
+    /// keep coming (see the module doc); zero commits whatever is waiting at once.
+    pub commit_window: Duration,
+    /// A batch that already holds this many updates commits without waiting for the window.
+    pub linger_updates: usize,
     /// Where commit latency and group-commit counters are recorded.
     pub metrics: Metrics,
     /// How long idempotency records live and how many are kept.
@@ -200,6 +220,8 @@ impl Default for SqliteOptions {
             queue_capacity: 4096,
             max_batch: 1024,
             max_batch_bytes: 16 << 20,
+            commit_window: DEFAULT_COMMIT_WINDOW,
+            linger_updates: 256,
             metrics: Metrics::new(),
             keys: KeyLimits::default(),
         }
@@ -277,6 +299,25 @@ enum Request {
 }
 
 impl Request {
+    /// Updates it appends.
+    fn updates(&self) -> usize {
+        match self {
+            Request::Append { updates, .. } => updates.len(),
+            _ => 0,
+        }
+    }
+
+    /// Whether its batch may wait for the commit window: not a flush or a close (which want
+    /// what is queued committed now), nor the test hook.
+    fn may_linger(&self) -> bool {
+        match self {
+            Request::Flush { .. } | Request::Close { .. } => false,
+            #[cfg(test)]
+            Request::Hold { .. } => false,
+            _ => true,
+        }
+    }
+
     fn bytes(&self) -> usize {
         match self {
             Request::Append { updates, keys, .. } => {
@@ -359,6 +400,8 @@ impl SqliteStore {
             requests: rx,
             max_batch: options.max_batch.max(1),
             max_batch_bytes: options.max_batch_bytes.max(1),
+            commit_window: options.commit_window,
+            linger_updates: options.linger_updates.max(1),
             metrics: options.metrics.clone(),
             keys: options.keys,
         };
@@ -562,6 +605,8 @@ struct Writer {
     requests: mpsc::Receiver<Request>,
     max_batch: usize,
     max_batch_bytes: usize,
+    commit_window: Duration,
+    linger_updates: usize,
     metrics: Metrics,
     keys: KeyLimits,
 }
@@ -571,6 +616,14 @@ struct DocState {
     id: i64,
     last_sid: Sid,
     dirty: bool,
+}
+
+/// What a batch being gathered holds.
+struct Group {
+    bytes: usize,
+    updates: usize,
+    /// No request in it asks to be committed at once.
+    linger: bool,
 }
 
 /// A request's result inside a batch, sent once the batch commits.
@@ -606,9 +659,18 @@ impl Writer {
     fn run(mut self) {
         let mut batch: Vec<Request> = Vec::with_capacity(self.max_batch);
         let mut closing = false;
+        // A request that must not join the batch being gathered (the test hook): it starts
+        // the next round.
+        let mut next: Option<Request> = None;
+        // When the previous commit began.
+        let mut last_commit: Option<Instant> = None;
         while !closing {
-            let Some(first) = self.requests.blocking_recv() else {
-                break;
+            let first = match next.take() {
+                Some(r) => r,
+                None => match self.requests.blocking_recv() {
+                    Some(r) => r,
+                    None => break,
+                },
             };
             #[cfg(test)]
             let first = match first {
@@ -620,17 +682,29 @@ impl Writer {
                 }
                 other => other,
             };
-            let mut bytes = first.bytes();
+            let mut group = Group {
+                bytes: first.bytes(),
+                updates: first.updates(),
+                linger: first.may_linger(),
+            };
             batch.push(first);
             // Take whatever else is already waiting: this is the group in group commit.
-            while batch.len() < self.max_batch && bytes < self.max_batch_bytes {
-                match self.requests.try_recv() {
-                    Ok(next) => {
-                        bytes += next.bytes();
-                        batch.push(next);
-                    }
-                    Err(_) => break,
-                }
+            self.take_waiting(&mut batch, &mut group, &mut next);
+            // Commits close together: sleep out the rest of the window (one wake-up, not one
+            // per request), then take what arrived meanwhile.
+            let now = Instant::now();
+            let wait = last_commit
+                .map(|at| (at + self.commit_window).saturating_duration_since(now))
+                .unwrap_or_default();
+            if group.linger
+                && !wait.is_zero()
+                && group.updates < self.linger_updates
+                && next.is_none()
+                && batch.len() < self.max_batch
+                && group.bytes < self.max_batch_bytes
+            {
+                std::thread::sleep(wait);
+                self.take_waiting(&mut batch, &mut group, &mut next);
             }
             // Requests after a Close are refused; the Close itself is answered after commit.
             if let Some(i) = batch
@@ -641,7 +715,11 @@ impl Writer {
                 for late in batch.drain(i + 1..) {
                     late.fail(StoreError::Closed);
                 }
+                if let Some(late) = next.take() {
+                    late.fail(StoreError::Closed);
+                }
             }
+            last_commit = Some(Instant::now());
             self.commit(&mut batch);
         }
         // Refuse anything still queued, then close the connection.
@@ -650,6 +728,28 @@ impl Writer {
             late.fail(StoreError::Closed);
         }
         drop(self.conn);
+    }
+
+    /// Moves the requests waiting in the queue into `batch`, within the batch limits.
+    fn take_waiting(
+        &mut self,
+        batch: &mut Vec<Request>,
+        group: &mut Group,
+        next: &mut Option<Request>,
+    ) {
+        while next.is_none() && batch.len() < self.max_batch && group.bytes < self.max_batch_bytes {
+            match self.requests.try_recv() {
+                #[cfg(test)]
+                Ok(r @ Request::Hold { .. }) => *next = Some(r),
+                Ok(r) => {
+                    group.bytes += r.bytes();
+                    group.updates += r.updates();
+                    group.linger &= r.may_linger();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
     }
 
     /// Applies `batch` in one transaction and answers every request in it.
@@ -1729,6 +1829,160 @@ mod tests {
             }
         );
         assert_eq!(store.inner.metrics.commit_latency.count(), 300);
+    }
+
+    /// Appends `n` updates `"{doc}{from}"`.. to `doc`, as a document's commit batch does.
+    async fn batch(
+        store: &SqliteStore,
+        doc: &str,
+        from: usize,
+        n: usize,
+    ) -> Result<SidRange, StoreError> {
+        let updates = (from..from + n)
+            .map(|i| new(&format!("{doc}{i}")))
+            .collect();
+        store
+            .append_full(doc, updates, Vec::new(), Vec::new())
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_of_many_documents_share_one_commit_with_their_own_sids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        // Each document already holds a different number of updates.
+        let docs: [&'static str; 4] = ["a", "b", "c", "d"];
+        for (i, doc) in docs.iter().enumerate() {
+            batch(&store, doc, 0, i + 1).await.unwrap();
+        }
+        let before = store.stats();
+        let release = store.hold_writer().await;
+        let mut tasks = Vec::new();
+        // Two batches per document, interleaved with the other documents' batches.
+        for round in 0..2 {
+            for (i, &doc) in docs.iter().enumerate() {
+                let task_store = store.clone();
+                let from = i + 1 + round * 3;
+                tasks.push(tokio::spawn(async move {
+                    let store = task_store;
+                    (doc, round, batch(&store, doc, from, 3).await.unwrap())
+                }));
+                until_queued(&store, tasks.len()).await;
+            }
+        }
+        release.send(()).unwrap();
+        for task in tasks {
+            let (doc, round, range) = task.await.unwrap();
+            let i = docs.iter().position(|d| *d == doc).unwrap() as Sid;
+            let first = i + 2 + round as Sid * 3;
+            assert_eq!(
+                range,
+                SidRange {
+                    first,
+                    last: first + 2
+                },
+                "{doc} round {round}"
+            );
+        }
+        // One transaction for all eight batches.
+        let after = store.stats();
+        assert_eq!(after.transactions - before.transactions, 1);
+        assert_eq!(after.appends - before.appends, 24);
+        // Every log is gap-free, in the order its batches were sent.
+        for (i, doc) in docs.iter().enumerate() {
+            let loaded = store.load(doc).await.unwrap().unwrap();
+            let n = i + 1 + 6;
+            assert_eq!(loaded.last_sid, n as Sid);
+            let want: Vec<(Sid, String)> = (0..n)
+                .map(|k| (k as Sid + 1, format!("{doc}{k}")))
+                .collect();
+            assert_eq!(texts(&loaded.updates), want, "{doc}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_fails_every_batch_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for doc in ["a", "b", "c"] {
+            batch(&store, doc, 0, 1).await.unwrap();
+        }
+        // On the writer's connection: an update "b-poison" makes its transaction fail.
+        store
+            .write(|conn, _| {
+                conn.execute_batch(
+                    "CREATE TEMP TRIGGER poison BEFORE INSERT ON main.updates
+                     WHEN NEW.data = CAST('b-poison' AS BLOB)
+                     BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let before = store.stats();
+        let release = store.hold_writer().await;
+        let mut tasks = Vec::new();
+        for (doc, text) in [("a", "a1"), ("b", "b1"), ("b", "b-poison"), ("c", "c1")] {
+            let task_store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                task_store
+                    .append_full(doc, vec![new(text)], Vec::new(), Vec::new())
+                    .await
+            }));
+            until_queued(&store, tasks.len()).await;
+        }
+        release.send(()).unwrap();
+        // No batch of that commit is answered as durable, whichever document it is of.
+        for task in tasks {
+            let outcome = task.await.unwrap();
+            assert!(
+                matches!(outcome, Err(StoreError::Backend(_))),
+                "{outcome:?}"
+            );
+        }
+        assert_eq!(store.stats().appends, before.appends);
+        // Nothing of it was stored, and the next appends continue without a gap.
+        for doc in ["a", "b", "c"] {
+            let loaded = store.load(doc).await.unwrap().unwrap();
+            assert_eq!(texts(&loaded.updates), vec![(1, format!("{doc}0"))]);
+            let next = batch(&store, doc, 5, 1).await.unwrap();
+            assert_eq!(next, SidRange { first: 2, last: 2 });
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_close_together_wait_for_the_commit_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            dir.path(),
+            SqliteOptions {
+                commit_window: Duration::from_secs(3),
+                ..options()
+            },
+        )
+        .unwrap();
+        // The first write after a quiet spell commits at once.
+        let started = Instant::now();
+        batch(&store, "a", 0, 1).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Writes of other documents right after it wait for the window and share a commit.
+        let before = store.stats();
+        let mut tasks = Vec::new();
+        for doc in ["b", "c", "d"] {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move { batch(&store, doc, 0, 1).await }));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap().unwrap(), SidRange { first: 1, last: 1 });
+        }
+        assert_eq!(store.stats().transactions - before.transactions, 1);
+        // A flush does not wait for the window.
+        batch(&store, "a", 1, 1).await.unwrap();
+        let started = Instant::now();
+        store.flush().await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        store.close().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

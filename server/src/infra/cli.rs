@@ -48,7 +48,8 @@ pub struct ServeArgs {
 
     /// Embedded database: while writes keep coming, commit at most once per this long, so
     /// many documents' updates share one transaction and fsync (acks wait up to this much
-    /// longer); 0 commits what is waiting at once.
+    /// longer, and one document commits at most once per window); 0 (the default) commits
+    /// what is waiting at once.
     #[arg(long, env = "TANDEM_COMMIT_WINDOW", default_value = defaults::COMMIT_WINDOW, value_parser = parse_duration)]
     pub commit_window: Duration,
 
@@ -237,7 +238,7 @@ pub mod defaults {
     /// `--gap-timeout`.
     pub const GAP_TIMEOUT: &str = "100ms";
     /// `--commit-window`.
-    pub const COMMIT_WINDOW: &str = "10ms";
+    pub const COMMIT_WINDOW: &str = "0s";
     /// `--catch-up-interval`.
     pub const CATCH_UP_INTERVAL: &str = "500ms";
 }

@@ -13,7 +13,7 @@ use crate::guard::{self, Split};
 use crate::register::{Entry, FieldValue, Stamp, REGISTERS_MAP};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use yrs::types::map::MapEvent;
 use yrs::types::text::{TextEvent, YChange};
@@ -140,7 +140,7 @@ pub struct Document {
     feed: Arc<Mutex<Feed>>,
     now: Arc<AtomicU64>,
     undo: HashMap<String, UndoManager<()>>,
-    capture: Arc<(AtomicBool, Mutex<Vec<Vec<u8>>>)>,
+    capture: Arc<Mutex<Vec<Vec<u8>>>>,
     /// Counts transactions that changed the document (see [`Document::revision`]).
     revision: Arc<AtomicU64>,
     /// Updates waiting for their dependencies, and their total size.
@@ -215,16 +215,17 @@ impl Document {
                 }
             }
         });
-        let capture: Arc<(AtomicBool, Mutex<Vec<Vec<u8>>>)> = Arc::default();
-        let c = capture.clone();
+        let capture: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
         let revision: Arc<AtomicU64> = Arc::default();
         let rev = revision.clone();
-        // Counts every change; records updates only to learn what an undo or redo produced.
-        let _ = doc.observe_update_v1("tandem-capture", move |_, e| {
-            rev.fetch_add(1, Ordering::Relaxed);
-            if c.0.load(Ordering::Relaxed) {
-                let mut buf = c.1.lock().unwrap_or_else(|p| p.into_inner());
-                buf.push(e.update.clone());
+        // Counts every transaction that changed something (yrs's test for emitting an update),
+        // without encoding its update: an update observer makes yrs encode every
+        // transaction's update at commit, which costs time in the length of the blocks it
+        // touches (a long run of one client's typing is one block, re-scanned per keystroke).
+        // Updates are recorded only while an undo or redo runs (`undo_redo`).
+        let _ = doc.observe_after_transaction("tandem-revision", move |txn| {
+            if !txn.delete_set().is_empty() || txn.after_state() != txn.before_state() {
+                rev.fetch_add(1, Ordering::Relaxed);
             }
         });
         Document {
@@ -631,16 +632,19 @@ impl Document {
         }
         self.others_stop_capturing(user);
         let capture = self.capture.clone();
-        let mgr = self.undo.get_mut(user)?;
-        capture.0.store(true, Ordering::Relaxed);
-        let done = if undo {
-            mgr.undo_blocking()
-        } else {
-            mgr.redo_blocking()
+        let c = capture.clone();
+        let _ = self.doc.observe_update_v1("tandem-capture", move |_, e| {
+            let mut buf = c.lock().unwrap_or_else(|p| p.into_inner());
+            buf.push(e.update.clone());
+        });
+        let done = match self.undo.get_mut(user) {
+            Some(mgr) if undo => mgr.undo_blocking(),
+            Some(mgr) => mgr.redo_blocking(),
+            None => false,
         };
-        capture.0.store(false, Ordering::Relaxed);
+        let _ = self.doc.unobserve_update_v1("tandem-capture");
         // An undo may commit more than one transaction: hand out all of them as one update.
-        let updates = std::mem::take(&mut *capture.1.lock().unwrap_or_else(|p| p.into_inner()));
+        let updates = std::mem::take(&mut *capture.lock().unwrap_or_else(|p| p.into_inner()));
         let update = match updates.len() {
             0 => return None,
             1 => updates.into_iter().next().unwrap_or_default(),

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Answered, ConnSink, DocError, DocState, FeedItem, JoinError, PresenceView, WriteRequest,
 };
+use crate::infra::bus::Replicated;
 use crate::infra::store::Sid;
 
 /// A document task's answer to a join.
@@ -53,11 +54,11 @@ pub(super) enum Command {
     Leave {
         conn: ConnId,
     },
-    /// An update another node stored at `sid` (see `Registry::apply_replicated`).
+    /// Updates another node stored at sids `first`, `first + 1`, … (see
+    /// `Registry::apply_replicated`).
     Replicated {
-        sid: Sid,
-        update: Bytes,
-        author: String,
+        first: Sid,
+        updates: Vec<Replicated>,
     },
     /// The store holds the document's updates up to `sid` (a position check).
     Behind {

@@ -22,7 +22,7 @@ use super::task::{self, Context};
 use super::{
     Answered, ConnSink, DocError, DocState, JoinError, Subscription, WriteRequest, SUBSCRIBER_QUEUE,
 };
-use crate::infra::bus::Bus;
+use crate::infra::bus::{Bus, Replicated};
 use crate::infra::config::Config;
 use crate::infra::metrics::Metrics;
 use crate::infra::store::{Sid, Store};
@@ -325,18 +325,13 @@ impl Registry {
         .await
     }
 
-    /// Hands `doc` an update another node stored at `sid`, when `doc` is loaded here: it is
-    /// applied and broadcast to this node's connections and subscribers, not stored again. A
-    /// document not loaded here has nothing to update (it loads from the store, which has the
-    /// update). Deliver each document's updates in sid order; a sid the document already has
-    /// is ignored.
-    pub async fn apply_replicated(&self, doc: &str, sid: Sid, update: Bytes, author: &str) {
-        let cmd = Command::Replicated {
-            sid,
-            update,
-            author: author.to_owned(),
-        };
-        self.tell(doc, cmd).await;
+    /// Hands `doc` updates another node stored at sids `first`, `first + 1`, …, when `doc` is
+    /// loaded here: they are applied and broadcast to this node's connections and subscribers,
+    /// not stored again. A document not loaded here has nothing to update (it loads from the
+    /// store, which has the updates). A sid the document already has is ignored; one that
+    /// comes early waits for its turn.
+    pub async fn apply_replicated(&self, doc: &str, first: Sid, updates: Vec<Replicated>) {
+        self.tell(doc, Command::Replicated { first, updates }).await;
     }
 
     /// The names of the documents loaded now.

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tandem_engine::protocol::{self, ConnId, FieldWrite, Limits, Output, Room};
+use tandem_engine::protocol::{self, ConnId, FieldWrite, Limits, Outgoing, Output, Room, To};
 use tandem_engine::{Document, ProtocolError};
 use tokio::sync::mpsc;
 
@@ -44,7 +44,7 @@ use super::{
 use crate::base::clock::now_ms;
 use crate::base::close::{code, Close};
 use crate::base::limit::LimitKind;
-use crate::infra::bus::{Bus, DocMessage};
+use crate::infra::bus::{Bus, DocMessage, Replicated};
 use crate::infra::config::Config;
 use crate::infra::metrics::Metrics;
 use crate::infra::store::{KeyRecord, Locked, NewUpdate, Sid, Since, Store, StoreError};
@@ -486,16 +486,14 @@ impl Running {
                 let _ = reply.send(Ok((self.state(with_update), presence)));
             }
             Command::Write { request, reply } => self.write(*request, reply, now),
-            Command::Replicated {
-                sid,
-                update,
-                author,
-            } => {
-                self.sequence.remote(Remote {
-                    sid,
-                    update,
-                    author,
-                });
+            Command::Replicated { first, updates } => {
+                for (sid, Replicated { author, update }) in (first..).zip(updates) {
+                    self.sequence.remote(Remote {
+                        sid,
+                        update,
+                        author,
+                    });
+                }
                 self.take();
             }
             Command::Behind { sid } => {
@@ -688,12 +686,17 @@ impl Running {
     /// this node's batches published and acknowledged. A gap left behind is read from the
     /// store after `--gap-timeout`.
     fn take(&mut self) {
+        let mut run = Vec::new();
         while let Some(next) = self.sequence.next() {
             match next {
-                Next::Remote(remote) => self.apply_remote(remote),
-                Next::Local { batch, after } => self.local_durable(batch, after),
+                Next::Remote(remote) => self.apply_remote(remote, &mut run),
+                Next::Local { batch, after } => {
+                    self.broadcast_run(&mut run);
+                    self.local_durable(batch, after);
+                }
             }
         }
+        self.broadcast_run(&mut run);
         self.commit.saw(self.sequence.taken());
         if self.sequence.gap() {
             if self.gap_deadline.is_none() && self.fetching.is_none() {
@@ -705,9 +708,42 @@ impl Running {
         }
     }
 
+    /// Broadcasts the updates of a run of other nodes' updates taken together as one merged
+    /// update frame: a batch committed elsewhere reaches each connection as one frame, not one
+    /// per update (so a burst from another node costs a connection's queue one slot).
+    fn broadcast_run(&mut self, run: &mut Vec<Bytes>) {
+        let update = match run.len() {
+            0 => return,
+            1 => run.pop().unwrap_or_default().to_vec(),
+            _ => {
+                let parts: Vec<&[u8]> = run.iter().map(|u| u.as_ref()).collect();
+                match tandem_engine::merge_updates(&parts) {
+                    Ok(merged) => merged,
+                    Err(e) => {
+                        // Each was applied on its own, so each can go on its own.
+                        tracing::warn!(doc = %self.name, cause = %e, "other nodes' updates not merged");
+                        let frames = run
+                            .drain(..)
+                            .map(|u| Outgoing {
+                                to: To::All,
+                                frame: protocol::sync_frame(protocol::SYNC_UPDATE, &u),
+                            })
+                            .collect();
+                        return self.fanout.queue(frames, None);
+                    }
+                }
+            }
+        };
+        run.clear();
+        let frame = protocol::sync_frame(protocol::SYNC_UPDATE, &update);
+        self.fanout
+            .queue(vec![Outgoing { to: To::All, frame }], None);
+    }
+
     /// An update another node stored: applied and broadcast to this document's connections and
-    /// subscribers, not stored again.
-    fn apply_remote(&mut self, remote: Remote) {
+    /// subscribers, not stored again. Its broadcast joins `run` (see
+    /// [`Running::broadcast_run`]) when it is the one update frame applying it made.
+    fn apply_remote(&mut self, remote: Remote, run: &mut Vec<Bytes>) {
         let Remote {
             sid,
             update,
@@ -730,7 +766,14 @@ impl Running {
                 );
             }
         };
-        self.fanout.queue(std::mem::take(&mut out.messages), None);
+        match out.messages.as_slice() {
+            [] => {}
+            [Outgoing { to: To::All, .. }] => run.push(update.clone()),
+            _ => {
+                self.broadcast_run(run);
+                self.fanout.queue(std::mem::take(&mut out.messages), None);
+            }
+        }
         self.exists = true;
         self.compactor.submitted(update.len() as u64);
         self.compactor.stored(&author);
@@ -1072,17 +1115,26 @@ impl Running {
             self.keys.durable(id, *sid);
         }
         self.commit.wake_webhooks();
-        if let Some(bus) = &self.ctx.bus {
-            for d in &finished.updates {
-                bus.publish(
-                    &self.name,
-                    DocMessage::Update {
-                        sid: d.sid,
-                        author: d.update.author.clone(),
-                        update: d.update.update.clone(),
-                    },
-                );
-            }
+        if let (Some(bus), Some(first)) = (&self.ctx.bus, finished.updates.first()) {
+            // One message for the batch: its sids are consecutive.
+            debug_assert!((first.sid..)
+                .zip(&finished.updates)
+                .all(|(s, d)| d.sid == s));
+            let updates = finished
+                .updates
+                .iter()
+                .map(|d| Replicated {
+                    author: d.update.author.clone(),
+                    update: d.update.update.clone(),
+                })
+                .collect();
+            bus.publish(
+                &self.name,
+                DocMessage::Updates {
+                    first: first.sid,
+                    updates,
+                },
+            );
         }
         let batch = LocalBatch {
             updates: finished.updates,

@@ -138,11 +138,9 @@ impl Cluster {
     async fn event(&self, event: BusEvent, registry: &Registry, auth: &Auth) {
         match event {
             BusEvent::Doc { doc, from, message } => match message {
-                DocMessage::Update {
-                    sid,
-                    author,
-                    update,
-                } => registry.apply_replicated(&doc, sid, update, &author).await,
+                DocMessage::Updates { first, updates } => {
+                    registry.apply_replicated(&doc, first, updates).await
+                }
                 DocMessage::Awareness { payload } => {
                     let origin = self.origin(&from);
                     registry.remote_presence(&doc, origin, payload).await;

@@ -43,14 +43,13 @@ pub fn random_node_id() -> NodeId {
 /// What nodes tell each other about one document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DocMessage {
-    /// An update committed at `sid` (published only after its commit).
-    Update {
-        /// The sid the update was stored at.
-        sid: u64,
-        /// Who wrote it (a user id).
-        author: String,
-        /// The encoded Yjs update.
-        update: Bytes,
+    /// Updates committed together at sids `first`, `first + 1`, … (published only after
+    /// their commit): one message per stored batch.
+    Updates {
+        /// The sid of the first update.
+        first: u64,
+        /// The updates in sid order.
+        updates: Vec<Replicated>,
     },
     /// Awareness states of clients connected to the sending node: a y-protocols awareness
     /// update payload (the bytes inside an awareness message: count, then client id, clock,
@@ -61,6 +60,15 @@ pub enum DocMessage {
     },
     /// The sender just started serving the document: others republish their awareness of it.
     Query,
+}
+
+/// One committed update as it crosses nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replicated {
+    /// Who wrote it (a user id).
+    pub author: String,
+    /// The encoded Yjs update.
+    pub update: Bytes,
 }
 
 /// What a bus tells its user.

@@ -615,6 +615,7 @@ async fn heartbeat(shared: Arc<Shared>, mut conn: ConnectionManager, events: Eve
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infra::bus::Replicated;
     use bytes::Bytes;
     use std::process::{Child, Command as Process, Stdio};
 
@@ -736,10 +737,12 @@ mod tests {
     }
 
     fn update(sid: u64) -> DocMessage {
-        DocMessage::Update {
-            sid,
-            author: "ada".into(),
-            update: Bytes::from(vec![1, 2, sid as u8]),
+        DocMessage::Updates {
+            first: sid,
+            updates: vec![Replicated {
+                author: "ada".into(),
+                update: Bytes::from(vec![1, 2, sid as u8]),
+            }],
         }
     }
 

@@ -462,6 +462,13 @@ mod tests {
         drop(victim);
     }
 
+    fn replicated(update: &[u8]) -> Replicated {
+        Replicated {
+            author: "bob".into(),
+            update: Bytes::copy_from_slice(update),
+        }
+    }
+
     /// An update another node stored reaches this node's connections and subscribers at its
     /// sid, is not stored again here, and a repeated delivery is ignored.
     #[tokio::test]
@@ -475,7 +482,7 @@ mod tests {
             .insert("bob", "t", 0, "hi")
             .unwrap();
         registry
-            .apply_replicated("d", 1, Bytes::from(remote.clone()), "bob")
+            .apply_replicated("d", 1, vec![replicated(&remote)])
             .await;
         assert!(!registry.is_loaded("d"));
 
@@ -485,10 +492,10 @@ mod tests {
         assert_eq!(sub.state.sid, 0);
         while rx.try_recv().is_some() {}
         registry
-            .apply_replicated("d", 1, Bytes::from(remote.clone()), "bob")
+            .apply_replicated("d", 1, vec![replicated(&remote)])
             .await;
         registry
-            .apply_replicated("d", 1, Bytes::from(remote), "bob")
+            .apply_replicated("d", 1, vec![replicated(&remote)])
             .await;
         match sub.feed.recv().await.unwrap() {
             FeedItem::Update(p) => {
@@ -509,5 +516,42 @@ mod tests {
         assert!(rx.try_recv().is_none());
         // Not stored here: the other node's store has it.
         assert_eq!(store.load("d").await.unwrap(), None);
+    }
+
+    /// A batch another node committed is published update by update, but reaches each
+    /// connection as one merged frame.
+    #[tokio::test]
+    async fn a_replicated_batch_reaches_a_connection_as_one_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path(), SqliteOptions::default()).unwrap());
+        let config = Arc::new(Config::default_for(dir.path()));
+        let registry = Registry::new(store, Metrics::new(), config, None);
+        let mut other = tandem_engine::Document::new(9);
+        let batch: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, s)| replicated(&other.insert("bob", "t", i as u32, s).unwrap()))
+            .collect();
+
+        let (s, mut rx, _closed) = sink();
+        let _conn = registry.join("d", writer(), s).await.unwrap();
+        let mut sub = registry.subscribe("d", false).await.unwrap();
+        while rx.try_recv().is_some() {}
+        registry.apply_replicated("d", 1, batch).await;
+        for sid in 1..=3 {
+            match sub.feed.recv().await.unwrap() {
+                FeedItem::Update(p) => assert_eq!(p.sid, sid),
+                other => panic!("expected update {sid}, got {other:?}"),
+            }
+        }
+        let frame = rx.recv().await.unwrap();
+        assert_eq!(&frame[..2], &[0, 2], "a sync update frame");
+        assert!(rx.try_recv().is_none(), "one frame for the batch");
+        let mut replica = tandem_engine::Document::new(5);
+        // After the message and sync kinds, a one-byte length (the update is short).
+        replica.apply_update(&frame[3..], None).unwrap();
+        assert_eq!(replica.text("t").as_deref(), Some("abc"));
+        let state = registry.read("d", false).await.unwrap();
+        assert_eq!(state.sid, 3);
     }
 }

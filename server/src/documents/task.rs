@@ -712,32 +712,29 @@ impl Running {
     /// update frame: a batch committed elsewhere reaches each connection as one frame, not one
     /// per update (so a burst from another node costs a connection's queue one slot).
     fn broadcast_run(&mut self, run: &mut Vec<Bytes>) {
-        let update = match run.len() {
+        let merged = match run.len() {
             0 => return,
-            1 => run.pop().unwrap_or_default().to_vec(),
+            1 => None,
             _ => {
                 let parts: Vec<&[u8]> = run.iter().map(|u| u.as_ref()).collect();
-                match tandem_engine::merge_updates(&parts) {
-                    Ok(merged) => merged,
-                    Err(e) => {
+                tandem_engine::merge_updates(&parts)
+                    .inspect_err(|e| {
                         // Each was applied on its own, so each can go on its own.
                         tracing::warn!(doc = %self.name, cause = %e, "other nodes' updates not merged");
-                        let frames = run
-                            .drain(..)
-                            .map(|u| Outgoing {
-                                to: To::All,
-                                frame: protocol::sync_frame(protocol::SYNC_UPDATE, &u),
-                            })
-                            .collect();
-                        return self.fanout.queue(frames, None);
-                    }
-                }
+                    })
+                    .ok()
             }
         };
+        let frame = |update: &[u8]| Outgoing {
+            to: To::All,
+            frame: protocol::sync_frame(protocol::SYNC_UPDATE, update),
+        };
+        let frames = match merged {
+            Some(update) => vec![frame(&update)],
+            None => run.iter().map(|u| frame(u)).collect(),
+        };
         run.clear();
-        let frame = protocol::sync_frame(protocol::SYNC_UPDATE, &update);
-        self.fanout
-            .queue(vec![Outgoing { to: To::All, frame }], None);
+        self.fanout.queue(frames, None);
     }
 
     /// An update another node stored: applied and broadcast to this document's connections and

@@ -244,6 +244,11 @@ for setup in "${setup_list[@]}"; do
             grep 'FAILED\|did not run' "$results/logs/$tag.log" | cut -c1-400 >&2 || true
         fi
         gen_pid=""
+        if [[ $kind == tandem ]]; then # each node's metrics after the run, for diagnosis
+            for ((i = 0; i < n; i++)); do
+                curl -sf "http://127.0.0.1:${ports[$i]}/metrics" >"$results/logs/$tag.node$i.metrics" || true
+            done
+        fi
         for ((i = 0; i < n; i++)); do
             if [[ $w == c3 && $i == 0 ]]; then continue; fi # killed on purpose
             if ! kill -0 "${node_pids[$i]}" 2>/dev/null; then

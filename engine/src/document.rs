@@ -990,7 +990,10 @@ pub fn merge_updates(updates: &[&[u8]]) -> Result<Vec<u8>, DocumentError> {
     match updates {
         [] => Ok(EMPTY_UPDATE.to_vec()),
         [one] => Ok(one.to_vec()),
-        _ => yrs::merge_updates_v1(updates).map_err(|e| DocumentError::Apply(e.to_string())),
+        _ => match guard::concat_updates(updates) {
+            Some(joined) => Ok(joined),
+            None => yrs::merge_updates_v1(updates).map_err(|e| DocumentError::Apply(e.to_string())),
+        },
     }
 }
 

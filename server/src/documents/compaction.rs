@@ -8,14 +8,12 @@
 //! `--checkpoint-interval` say so, crediting those authors. One task owns a document on this
 //! node, so no two compactions of it run at once here.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-
 use bytes::Bytes;
+use std::collections::BTreeSet;
 use tandem_engine::protocol::Room;
 
 use crate::infra::config::History as HistoryConfig;
-use crate::infra::store::{Compaction, Loaded, Sid, Store};
+use crate::infra::store::{Compacted, Compaction, Loaded, Sid, StoreError};
 
 /// What the log holds since the last snapshot.
 #[derive(Debug, Default, Clone, Copy)]
@@ -78,6 +76,18 @@ impl Compactor {
     /// Counts a durable update by `author`.
     pub(super) fn stored(&mut self, author: &str) {
         self.log.entries += 1;
+        self.credit(author);
+    }
+
+    /// Credits `author` of an update another node stored (sharing the store). Only this
+    /// node's own writes count toward the compaction policy: every node serving a document
+    /// sees every update, and counting them all would make each node compact it, one after
+    /// the other, for the same updates.
+    pub(super) fn replicated(&mut self, author: &str) {
+        self.credit(author);
+    }
+
+    fn credit(&mut self, author: &str) {
         if !self.history.authors.contains(author) {
             self.history.authors.insert(author.to_owned());
         }
@@ -90,40 +100,44 @@ impl Compactor {
             .is_due(self.log.entries, self.log.bytes)
     }
 
-    /// Stores the room's document as the snapshot at `sid` (keeping a checkpoint when the
-    /// policy says so at `now_ms`) and drops the log up to it. Only call it with nothing of the
-    /// document in flight, so the state is exactly the state at `sid`. Returns whether it did;
-    /// a failure is logged and the counters reset anyway, so the next try waits for another
-    /// policy's worth of updates instead of running on every turn.
-    pub(super) async fn compact(
-        &mut self,
-        store: &Arc<dyn Store>,
-        doc: &str,
-        room: &Room,
-        sid: Sid,
-        now_ms: u64,
-    ) -> bool {
+    /// The compaction to store now: the room's document as the snapshot at `sid`, with a
+    /// checkpoint when the policy says so at `now_ms`. Only call it with nothing of the
+    /// document in flight, so the state is exactly the state at `sid`. The log count restarts
+    /// here, so a failure waits for another policy's worth of updates instead of retrying on
+    /// every turn; hand the store's answer to [`Compactor::finished`].
+    pub(super) fn begin(&mut self, room: &Room, sid: Sid, now_ms: u64) -> Compaction {
         let checkpoint =
             self.policies
                 .checkpoints
                 .is_due(self.history.last_checkpoint, sid, now_ms);
-        let compaction = Compaction {
+        self.log = Log::default();
+        Compaction {
             upto: sid,
             state: Bytes::from(room.document().encode_state()),
             authors: self.history.authors.iter().cloned().collect(),
             checkpoint_at: checkpoint.then_some(now_ms),
-        };
-        self.log = Log::default();
-        match store.compact(doc, compaction).await {
+        }
+    }
+
+    /// Takes the store's answer to the compaction at `upto` (with a checkpoint made at
+    /// `checkpoint_at`, when one was asked for); returns whether it was stored.
+    pub(super) fn finished(
+        &mut self,
+        doc: &str,
+        upto: Sid,
+        checkpoint_at: Option<u64>,
+        result: Result<Compacted, StoreError>,
+    ) -> bool {
+        match result {
             Ok(_) => {
-                if checkpoint {
-                    self.history.last_checkpoint = Some((sid, now_ms));
+                if let Some(at) = checkpoint_at {
+                    self.history.last_checkpoint = Some((upto, at));
                     self.history.authors.clear();
                 }
                 true
             }
             // Another node sharing the store compacted further first: nothing to do.
-            Err(e @ crate::infra::store::StoreError::CompactBehindSnapshot { .. }) => {
+            Err(e @ StoreError::CompactBehindSnapshot { .. }) => {
                 tracing::debug!(doc = %doc, cause = %e, "another node compacted first");
                 false
             }

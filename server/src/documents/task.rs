@@ -47,7 +47,7 @@ use crate::base::limit::LimitKind;
 use crate::infra::bus::{Bus, DocMessage, Replicated};
 use crate::infra::config::Config;
 use crate::infra::metrics::Metrics;
-use crate::infra::store::{KeyRecord, Locked, NewUpdate, Sid, Since, Store, StoreError};
+use crate::infra::store::{Compacted, KeyRecord, Locked, NewUpdate, Sid, Since, Store, StoreError};
 
 /// Commands handled before the produced frames are flushed to the connections.
 const COMMAND_BATCH: usize = 64;
@@ -67,6 +67,10 @@ pub(super) struct Context {
 }
 
 type Pending<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// The end of a compaction: the sid it folded the log up to, when a checkpoint it kept was
+/// made, and the store's answer.
+type Compacting = (Sid, Option<u64>, Result<Compacted, StoreError>);
 
 /// What a read of a gap found: the updates after the document's last taken sid, or, when the
 /// log no longer reaches back there (another node compacted it), the whole stored document.
@@ -206,6 +210,7 @@ impl DocTask {
             shared,
             gap_deadline: None,
             fetching: None,
+            compacting: None,
             locking: None,
             exclusive: VecDeque::new(),
             parked: HashSet::new(),
@@ -284,6 +289,12 @@ impl DocTask {
                     doc.fetching = None;
                     doc.fetched(result);
                 }
+                result = pending(&mut doc.compacting), if doc.compacting.is_some() => {
+                    doc.compacting = None;
+                    if let Ok(done) = result {
+                        doc.compacted(done);
+                    }
+                }
                 _ = sleep_until(doc.gap_deadline), if doc.gap_deadline.is_some() => doc.fetch(),
                 _ = sleep_until(doc.settle_at), if doc.settle_at.is_some() => doc.settle(),
                 (id, found) = doc.keys.looked_up(), if doc.keys.looking_up() => {
@@ -299,7 +310,7 @@ impl DocTask {
                     doc.lock();
                 }
                 if !doc.commit.in_flight() && doc.locking.is_none() {
-                    doc.compact_if_due().await;
+                    doc.compact_if_due();
                 }
             }
             let idle = doc.fanout.is_empty()
@@ -309,9 +320,10 @@ impl DocTask {
                 && doc.exclusive.is_empty()
                 && doc.locking.is_none()
                 && doc.fetching.is_none()
+                && doc.compacting.is_none()
                 && doc.settle_at.is_none();
             if idle || (doc.failed && !doc.commit.in_flight()) {
-                doc.compact_if_due().await;
+                doc.compact_before_unload().await;
                 break;
             }
         }
@@ -382,6 +394,8 @@ struct Running {
     gap_deadline: Option<tokio::time::Instant>,
     /// A read of a gap from the store.
     fetching: Option<Pending<Fetched>>,
+    /// A compaction being stored (see [`Running::compact_if_due`]).
+    compacting: Option<Pending<Compacting>>,
     /// Taking the document's write lock, for the writes in `exclusive`.
     locking: Option<Pending<Box<dyn Locked>>>,
     /// Writes waiting to be decided under the write lock.
@@ -772,8 +786,7 @@ impl Running {
             }
         }
         self.exists = true;
-        self.compactor.submitted(update.len() as u64);
-        self.compactor.stored(&author);
+        self.compactor.replicated(&author);
         let changes: Vec<_> = out.accepted.into_iter().flat_map(|a| a.changes).collect();
         self.watch_changes(&changes, &author, false);
         if !self.feed.is_empty() {
@@ -1293,26 +1306,50 @@ impl Running {
 
     /// Folds the log into a snapshot when the policy says so. Only called with nothing in
     /// flight, so the snapshot is exactly the state at the last durable sid.
-    async fn compact_if_due(&mut self) {
+    /// Starts a compaction when the policy says so and the replica is exactly the state at
+    /// its last taken sid. It runs beside the task's other work: the state is encoded here,
+    /// and updates accepted meanwhile go to the log after it.
+    fn compact_if_due(&mut self) {
         let sid = self.sequence.taken();
         // The replica holds exactly the updates up to `sid`: nothing of this node's in flight
         // or queued, nothing of others' waiting for its turn.
         let exact = self.commit.is_idle() && !self.sequence.gap() && self.exclusive.is_empty();
-        if self.failed || sid == 0 || !exact || !self.compactor.is_due() {
+        if self.failed
+            || sid == 0
+            || !exact
+            || self.compacting.is_some()
+            || !self.compactor.is_due()
+        {
             return;
         }
-        // Boxed: compactions are rare, and their future would otherwise be part of the task's
-        // future for the document's whole life.
-        let done = Box::pin(self.compactor.compact(
-            &self.ctx.store,
-            &self.name,
-            &self.room,
-            sid,
-            now_ms(),
-        ))
-        .await;
-        if done {
+        let compaction = self.compactor.begin(&self.room, sid, now_ms());
+        let checkpoint_at = compaction.checkpoint_at;
+        let store = Arc::clone(&self.ctx.store);
+        let name = self.name.clone();
+        self.compacting = Some(Box::pin(async move {
+            let result = store.compact(&name, compaction).await;
+            Ok((sid, checkpoint_at, result))
+        }));
+    }
+
+    /// Takes the end of the compaction that was running.
+    fn compacted(&mut self, done: Compacting) {
+        let (sid, checkpoint_at, result) = done;
+        if self
+            .compactor
+            .finished(&self.name, sid, checkpoint_at, result)
+        {
             self.room.compacted();
+        }
+    }
+
+    /// Before unloading: the compaction still due is stored, and any running one ends.
+    async fn compact_before_unload(&mut self) {
+        self.compact_if_due();
+        if let Some(running) = self.compacting.take() {
+            if let Ok(done) = running.await {
+                self.compacted(done);
+            }
         }
     }
 }

@@ -667,36 +667,48 @@ async fn append_in(
             last,
         }
     } else {
-        let n = updates.len() as u64;
-        // Locks the document's row until commit: appends of `doc` commit in sid order.
-        let row = query_one(
-            client,
-            "INSERT INTO documents (doc, last_sid, created_at, updated_at) VALUES ($1, $2, $3, $3)
-             ON CONFLICT (doc) DO UPDATE SET last_sid = documents.last_sid + EXCLUDED.last_sid,
-                 updated_at = EXCLUDED.updated_at
-             RETURNING last_sid",
-            &[&doc, &big(n), &big(now_ms)],
-        )
-        .await?;
-        let last = unsigned(doc, "last sid", get(&row, 0)?)?;
-        let first = last + 1 - n;
-        let data: Vec<&[u8]> = updates.iter().map(|u| &u.update[..]).collect();
-        let authors: Vec<&str> = updates.iter().map(|u| u.author.as_str()).collect();
-        execute(
-            client,
-            "INSERT INTO updates (doc, sid, data, author, at)
-             SELECT $1, $2::BIGINT + t.i - 1, t.data, t.author, $5
-             FROM unnest($3::BYTEA[], $4::TEXT[]) WITH ORDINALITY AS t(data, author, i)",
-            &[&doc, &big(first), &data, &authors, &big(now_ms)],
-        )
-        .await?;
-        SidRange { first, last }
+        append_updates(client, doc, updates, now_ms).await?
     };
     if !keys.is_empty() {
         insert_keys(tx, doc, keys, range, updates.len(), limits, now_ms).await?;
     }
     inbox::insert_events(client, doc, range, events, now_ms).await?;
     Ok(range)
+}
+
+/// Gives `updates` (at least one) the next sids of `doc` and logs them, in one statement: the
+/// counter row's upsert locks it until commit, so appends of `doc` commit in sid order. Run
+/// alone (outside a transaction) the statement is its own transaction: one round trip.
+async fn append_updates(
+    client: &Object,
+    doc: &str,
+    updates: &[NewUpdate],
+    now_ms: u64,
+) -> Result<SidRange, StoreError> {
+    let n = updates.len() as u64;
+    let data: Vec<&[u8]> = updates.iter().map(|u| &u.update[..]).collect();
+    let authors: Vec<&str> = updates.iter().map(|u| u.author.as_str()).collect();
+    let row = query_one(
+        client,
+        "WITH counter AS (
+             INSERT INTO documents (doc, last_sid, created_at, updated_at) VALUES ($1, $2, $3, $3)
+             ON CONFLICT (doc) DO UPDATE SET last_sid = documents.last_sid + EXCLUDED.last_sid,
+                 updated_at = EXCLUDED.updated_at
+             RETURNING last_sid
+         ), logged AS (
+             INSERT INTO updates (doc, sid, data, author, at)
+             SELECT $1, counter.last_sid - $2 + t.i, t.data, t.author, $3
+             FROM counter, unnest($4::BYTEA[], $5::TEXT[]) WITH ORDINALITY AS t(data, author, i)
+         )
+         SELECT last_sid FROM counter",
+        &[&doc, &big(n), &big(now_ms), &data, &authors],
+    )
+    .await?;
+    let last = unsigned(doc, "last sid", get(&row, 0)?)?;
+    Ok(SidRange {
+        first: last + 1 - n,
+        last,
+    })
 }
 
 /// Stores one record per key (see the module docs), refusing a key with a live record, then
@@ -900,13 +912,24 @@ async fn load(tx: &Tx, doc: &str) -> Result<Option<Loaded>, StoreError> {
     }))
 }
 
-/// A compaction inside the caller's transaction; locks the document's row first.
+/// A compaction inside the caller's transaction. Compactions of one document take turns on a
+/// transaction-scoped advisory lock; the document's row (the counter every append locks) is
+/// written last, so appends wait for this compaction only while it commits, not while it
+/// writes the snapshot and drops the log (those rows are below `upto`, which no append
+/// touches).
 async fn compact_in(tx: &Tx, doc: &str, compaction: &Compaction) -> Result<Compacted, StoreError> {
     let client = tx.conn();
     let upto = compaction.upto;
+    execute(
+        client,
+        "SELECT pg_advisory_xact_lock(hashtextextended('tandem.compact:' || $1, 0))",
+        &[&doc],
+    )
+    .await?;
+    // Read after the lock: a compaction that committed before it is seen.
     let row = query_opt(
         client,
-        "SELECT last_sid, snapshot_sid FROM documents WHERE doc = $1 FOR UPDATE",
+        "SELECT last_sid, snapshot_sid FROM documents WHERE doc = $1",
         &[&doc],
     )
     .await?;
@@ -1094,6 +1117,12 @@ impl Store for PostgresStore {
     ) -> Result<SidRange, StoreError> {
         if updates.is_empty() && keys.is_empty() {
             return Err(StoreError::EmptyAppend);
+        }
+        if keys.is_empty() && events.is_empty() {
+            // Updates only (the usual batch): one statement, its own transaction.
+            let range = append_updates(&self.client().await?, doc, &updates, unix_ms()).await?;
+            self.committed_append(updates.len());
+            return Ok(range);
         }
         let tx = self.begin().await?;
         let limits = self.inner.keys;

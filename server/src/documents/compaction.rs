@@ -180,4 +180,22 @@ mod tests {
         assert_eq!(authors, ["ada", "bob", "cy"]);
         assert_eq!((c.log.entries, c.log.bytes), (3, 6));
     }
+
+    #[test]
+    fn only_this_nodes_writes_make_a_compaction_due_and_every_author_is_credited() {
+        let mut policies = Config::default_for("/unused").history;
+        policies.compaction.after_updates = 3;
+        let mut c = Compactor::new(policies);
+        for author in ["ada", "bob", "cy", "ada"] {
+            c.replicated(author);
+        }
+        assert!(!c.is_due(), "other nodes' updates are theirs to compact");
+        c.stored("dan");
+        c.stored("dan");
+        assert!(!c.is_due());
+        c.stored("dan");
+        assert!(c.is_due());
+        let authors: Vec<&str> = c.history.authors.iter().map(String::as_str).collect();
+        assert_eq!(authors, ["ada", "bob", "cy", "dan"]);
+    }
 }

@@ -127,7 +127,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_CHECKPOINT_INTERVAL", default_value = defaults::CHECKPOINT_INTERVAL, value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
 
-    /// Compact a document's update log into a snapshot once it holds this many updates.
+    /// Compact a document's update log into a snapshot once it holds this many updates (with
+    /// several nodes: this many written through this node).
     #[arg(long, env = "TANDEM_COMPACT_AFTER", default_value_t = defaults::COMPACT_AFTER)]
     pub compact_after: u64,
 

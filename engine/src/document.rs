@@ -13,7 +13,7 @@ use crate::guard::{self, Split};
 use crate::register::{Entry, FieldValue, Stamp, REGISTERS_MAP};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use yrs::types::map::MapEvent;
 use yrs::types::text::{TextEvent, YChange};
@@ -53,8 +53,11 @@ pub enum Change {
     Text {
         /// Field name.
         field: String,
-        /// What changed, relative to the text before the change.
+        /// What changed, relative to the text before the change; empty while deltas are off
+        /// (see [`Document::set_text_deltas`]).
         delta: Vec<DeltaOp>,
+        /// Whether the text is longer than before the change.
+        grew: bool,
         /// Who made the change.
         author: Option<String>,
     },
@@ -112,6 +115,9 @@ pub(crate) enum Bounded {
 struct Feed {
     /// Record changes at all (off when nobody listens).
     enabled: bool,
+    /// Skip text deltas (only which field changed and whether it grew): a delta's positions
+    /// take a walk over the text from its start, every change.
+    no_deltas: bool,
     changes: Vec<Change>,
     /// Current winning stamp of each register, to report only real changes.
     winners: HashMap<String, Stamp>,
@@ -272,6 +278,13 @@ impl Document {
         }
     }
 
+    /// Whether the change feed computes text deltas (on by default). Without them a text
+    /// change says only which field changed and whether it grew: computing a delta walks the
+    /// field from its start, so on a long text every keystroke costs time in its length.
+    pub fn set_text_deltas(&mut self, on: bool) {
+        lock(&self.feed).no_deltas = !on;
+    }
+
     /// Drains the changes recorded since the last call.
     pub fn take_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut lock(&self.feed).changes)
@@ -295,16 +308,25 @@ impl Document {
         let text = self.doc.get_or_insert_text(field);
         let f = self.feed.clone();
         let name = field.to_owned();
+        // The field's length after its last change (kept whether or not anyone listens).
+        let length = AtomicU32::new(text.len(&self.doc.transact()));
         text.observe("tandem", move |txn: &TransactionMut, e: &TextEvent| {
+            let now = e.target().len(txn);
+            let before = length.swap(now, Ordering::Relaxed);
             let mut feed = lock(&f);
             if !feed.enabled {
                 return;
             }
-            let delta = e.delta(txn).iter().filter_map(delta_op).collect();
+            let delta = if feed.no_deltas {
+                Vec::new()
+            } else {
+                e.delta(txn).iter().filter_map(delta_op).collect()
+            };
             let author = author_of(&feed, txn.origin());
             feed.changes.push(Change::Text {
                 field: name.clone(),
                 delta,
+                grew: now > before,
                 author,
             });
         });

@@ -188,6 +188,7 @@ fn change_feed_reports_deltas_and_field_changes_with_authors() {
         Change::Text {
             field: "description".into(),
             delta: vec![DeltaOp::Insert("Hello 😀".into())],
+            grew: true,
             author: Some("alice".into()),
         }
     );
@@ -210,6 +211,7 @@ fn change_feed_reports_deltas_and_field_changes_with_authors() {
         vec![Change::Text {
             field: "description".into(),
             delta: vec![DeltaOp::Retain(6), DeltaOp::Delete(2)],
+            grew: false,
             author: Some("bob".into()),
         }]
     );
@@ -427,5 +429,36 @@ fn updates_that_do_not_follow_on_are_merged_by_decoding() {
     assert_eq!(
         tandem_engine::guard::concat_updates(&[&first[..], &third[..]]),
         None
+    );
+}
+
+#[test]
+fn without_deltas_a_text_change_says_which_field_changed_and_whether_it_grew() {
+    let mut a = Document::new(1);
+    let mut b = Document::new(2);
+    b.set_change_feed(true);
+    b.set_text_deltas(false);
+    let typed = a.insert("alice", "comment:1", 0, "Hello").unwrap();
+    let cut = a.delete("alice", "comment:1", 0, 2).unwrap();
+    b.apply_update(&typed, Some("alice")).unwrap();
+    b.apply_update(&cut, Some("alice")).unwrap();
+    let text = |grew| Change::Text {
+        field: "comment:1".into(),
+        delta: vec![],
+        grew,
+        author: Some("alice".into()),
+    };
+    assert_eq!(b.take_changes(), vec![text(true), text(false)]);
+    // Deltas back on: the next change carries its delta again.
+    b.set_text_deltas(true);
+    b.insert("alice", "comment:1", 3, "!").unwrap();
+    assert_eq!(
+        b.take_changes(),
+        vec![Change::Text {
+            field: "comment:1".into(),
+            delta: vec![DeltaOp::Retain(3), DeltaOp::Insert("!".into())],
+            grew: true,
+            author: Some("alice".into()),
+        }]
     );
 }

@@ -278,6 +278,7 @@ pub fn change_json(change: &Change) -> Value {
             field,
             delta,
             author,
+            ..
         } => {
             json!({ "kind": "text", "field": field, "delta": delta_json(delta), "author": author })
         }
@@ -313,6 +314,7 @@ mod tests {
             vec![Change::Text {
                 field: "description".into(),
                 delta: vec![DeltaOp::Insert("Hi".into())],
+                grew: true,
                 author: Some("alice".into()),
             }]
         );

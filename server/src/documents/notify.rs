@@ -109,10 +109,8 @@ impl Watch {
     pub fn changed(&mut self, changes: &[Change], author: &str, local: bool) -> bool {
         for change in changes {
             match change {
-                Change::Text { field, delta, .. } => {
-                    let inserted = delta
-                        .iter()
-                        .any(|op| matches!(op, tandem_engine::DeltaOp::Insert(_)));
+                Change::Text { field, grew, .. } => {
+                    let inserted = *grew;
                     if local {
                         self.dirty.insert(field.clone(), author.to_owned());
                         if inserted && field.starts_with("comment:") && !self.known.contains(field)

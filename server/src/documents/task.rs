@@ -1304,8 +1304,6 @@ impl Running {
         }
     }
 
-    /// Folds the log into a snapshot when the policy says so. Only called with nothing in
-    /// flight, so the snapshot is exactly the state at the last durable sid.
     /// Starts a compaction when the policy says so and the replica is exactly the state at
     /// its last taken sid. It runs beside the task's other work: the state is encoded here,
     /// and updates accepted meanwhile go to the log after it.

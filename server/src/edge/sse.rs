@@ -72,6 +72,7 @@ fn change_events(sid: Sid, changes: &[Change], out: &mut Vec<Event>) {
                 field,
                 delta,
                 author,
+                ..
             } => out.push(event(
                 "text",
                 sid,

@@ -167,7 +167,8 @@ impl Watch {
                 .insert(field.clone(), now.clone())
                 .unwrap_or_default();
             let mut left = before;
-            let text = doc.text(&field).unwrap_or_default();
+            // Read only for an excerpt: most settles find no new mention.
+            let mut text: Option<String> = None;
             let mut seen = HashSet::new();
             for user in now {
                 if let Some(i) = left.iter().position(|u| *u == user) {
@@ -180,7 +181,10 @@ impl Watch {
                 }
                 out.candidates.push(Candidate {
                     kind: "mention",
-                    excerpt: excerpt(&text, Some(&user)),
+                    excerpt: excerpt(
+                        text.get_or_insert_with(|| doc.text(&field).unwrap_or_default()),
+                        Some(&user),
+                    ),
                     user: Some(user),
                     doc: name.to_owned(),
                     field: field.clone(),

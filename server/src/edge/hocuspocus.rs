@@ -417,7 +417,9 @@ impl Connection {
     async fn flush(&mut self, sink: &mut Sink) -> bool {
         while !self.out.is_empty() {
             let n = self.out.len().min(WRITE_BATCH);
-            if !socket::send_batch(sink, self.out.drain(..n), self.deflate).await {
+            if !socket::send_batch(sink, self.out.drain(..n), self.deflate, &self.state.metrics)
+                .await
+            {
                 return false;
             }
         }

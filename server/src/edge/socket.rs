@@ -207,19 +207,26 @@ pub fn close_message(close: Close) -> Message {
 /// Writes `frames` (at most [`WRITE_BATCH`] of them) as binary messages and flushes once.
 /// With `deflate` (permessage-deflate negotiated), a message over [`COMPRESS_OVER`] bytes is
 /// compressed when that makes it smaller, by a compressor that lives for that message only (no
-/// context takeover). A message over 32 KiB on the wire goes out as fragments. `false` when
-/// the socket is gone.
+/// context takeover), and counted in `metrics`. A message over 32 KiB on the wire goes out
+/// as fragments. `false` when the socket is gone.
 pub async fn send_batch(
     sink: &mut Sink,
     frames: impl Iterator<Item = Bytes>,
     deflate: bool,
+    metrics: &Metrics,
 ) -> bool {
     for f in frames.take(WRITE_BATCH) {
         let compressed = (deflate && f.len() > COMPRESS_OVER)
             .then(|| deflate::compress(&f))
             .flatten();
         let (f, compressed) = match compressed {
-            Some(c) => (Bytes::from(c), true),
+            Some(c) => {
+                metrics.ws_compressed_messages.inc();
+                metrics
+                    .ws_compression_saved_bytes
+                    .add((f.len() - c.len()) as u64);
+                (Bytes::from(c), true)
+            }
             None => (f, false),
         };
         if f.len() <= FRAGMENT && !compressed {

@@ -264,7 +264,7 @@ async fn run(conn: Box<Conn>) {
                 // Boxed: one allocation per flush (next to a system call), and the future
                 // would otherwise be part of the loop's, which every idle connection keeps.
                 let batch = std::iter::once(frame).chain(more);
-                if !Box::pin(socket::send_batch(&mut sink, batch, deflate)).await {
+                if !Box::pin(socket::send_batch(&mut sink, batch, deflate, &metrics)).await {
                     break None;
                 }
             }

@@ -62,7 +62,7 @@ fn accept_offer(offer: &str) -> Option<&'static str> {
                 server_window = true;
                 2
             }
-            "client_max_window_bits" if value.map_or(true, |v| window_bits(v).is_some()) => 3,
+            "client_max_window_bits" if !matches!(value, Some(v) if window_bits(v).is_none()) => 3,
             _ => return None,
         };
         if std::mem::replace(&mut seen[slot], true) {

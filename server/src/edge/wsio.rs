@@ -117,7 +117,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for LeanIo<T> {
                     // The end of the stream.
                     return Poll::Ready(Ok(()));
                 }
-                let mut made = Vec::new();
+                let mut made = Vec::with_capacity(got.len());
                 inflow.feed(got, &mut made);
                 if made.is_empty() {
                     if inflow.failed() {

@@ -42,4 +42,4 @@ export TANDEM_ARTIFACTS="${TANDEM_ARTIFACTS:-$REPO_ROOT/target/artifacts/browser
 mkdir -p "$TANDEM_ARTIFACTS"
 log "running the tests (screenshots: $TANDEM_ARTIFACTS)"
 cd "$HERE"
-node --test --test-concurrency=1 --test-reporter=spec demo.test.mjs node-client.test.mjs inbox-client.test.mjs
+node --test --test-concurrency=1 --test-reporter=spec demo.test.mjs node-client.test.mjs inbox-client.test.mjs deflate.test.mjs

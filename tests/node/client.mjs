@@ -17,6 +17,8 @@
 //   {"op":"type","field":F,"text":S}              -> {"ok":true}: one transaction (update) per character, unpaced
 //   {"op":"closes"}                               -> {"ok":true,"closes":[{code,reason}],"closed":{code,reason}|null}
 //   {"op":"wait-closed"}                          -> {"ok":true,"closed":{code,reason}} once the provider gave up for good
+//   {"op":"wait-closes","count":N}                -> {"ok":true,"closes":[...]} once the server closed N times
+//   {"op":"extensions"}                           -> {"ok":true,"extensions":S}: the socket's negotiated extensions
 //   {"op":"close"}                                -> {"ok":true}, then exits
 // Every wait is event driven and fails after "timeoutMs" (default 10000).
 import * as Y from 'yjs';
@@ -74,6 +76,14 @@ async function handle(cmd) {
     case 'wait-closed':
       await waitFor(() => closed !== null, (f) => provider.on('closed', f), (f) => provider.off('closed', f), t);
       return { closed };
+    case 'wait-closes': {
+      const on = (f) => provider.on('connection-close', f);
+      const off = (f) => provider.off('connection-close', f);
+      await waitFor(() => closes.length >= cmd.count, on, off, t);
+      return { closes };
+    }
+    case 'extensions':
+      return { extensions: provider.ws ? provider.ws.extensions : null };
     case 'set-awareness':
       provider.awareness.setLocalState(cmd.state);
       return {};

@@ -21,7 +21,8 @@
 //   {"op":"set-awareness","doc":D,"state":{...}} -> {"ok":true}
 //   {"op":"wait-states","doc":D,"count":N}   -> {"ok":true,"states":{...}} once N states exist
 //   {"op":"leave","doc":D}                   -> {"ok":true} (provider.destroy(): a Close message)
-//   {"op":"sockets"}                         -> {"ok":true,"opened":N} WebSockets opened so far
+//   {"op":"sockets"}                         -> {"ok":true,"opened":N,"extensions":S} WebSockets
+//                                               opened so far, the last one's negotiated extensions
 //   {"op":"close"}                           -> {"ok":true}, then exits
 // Every wait is event driven and fails after "timeoutMs" (default 10000).
 import * as Y from 'yjs';
@@ -32,10 +33,12 @@ import { EventEmitter } from 'node:events';
 
 const [url] = process.argv.slice(2);
 let opened = 0;
+let last = null;
 class CountingWebSocket extends WebSocket {
   constructor(...args) {
     super(...args);
     opened += 1;
+    last = this;
   }
 }
 const socket = new HocuspocusProviderWebsocket({ url, WebSocketPolyfill: CountingWebSocket });
@@ -146,7 +149,7 @@ async function handle(cmd) {
       docs.delete(cmd.doc);
       return {};
     case 'sockets':
-      return { opened };
+      return { opened, extensions: last ? last.extensions : null };
     case 'close':
       for (const entry of docs.values()) entry.provider.destroy();
       socket.destroy();

@@ -6,7 +6,7 @@
 //!
 //! | limit | where | WebSocket | HTTP |
 //! | --- | --- | --- | --- |
-//! | frame size | the WebSocket codec (`edge::ws`), the room | close 1009 | 413 |
+//! | frame size | the WebSocket codec (`edge::ws`; a compressed message both compressed and inflated, `edge::deflate`), the room | close 1009 | 413 |
 //! | awareness state size | the room | the state dropped, a notice to extension clients | 413 |
 //! | document size | the document task, before a frame carrying updates is applied | close 4507 | 507 |
 //! | message rate | the WebSocket reader, one token per message | slowed: not read until the bucket refills | — |

@@ -94,7 +94,7 @@ pub async fn handler(
         .and_then(|v| v.to_str().ok());
     let fallback = token_from_request(authorization, query.as_deref()).map(|t| t.into_owned());
     let limits = state.config.limits.clone();
-    let setup = Box::new((admission, state, fallback, peer));
+    let setup = Box::new((admission, state, fallback, peer, upgrade.deflate()));
     upgrade.accept(&limits, move |socket| serve(setup, socket))
 }
 
@@ -183,6 +183,8 @@ struct Connection {
     waiting: (usize, usize),
     /// Frames to write, in order.
     out: Vec<Bytes>,
+    /// Whether permessage-deflate was negotiated.
+    deflate: bool,
 }
 
 impl Connection {
@@ -415,7 +417,9 @@ impl Connection {
     async fn flush(&mut self, sink: &mut Sink) -> bool {
         while !self.out.is_empty() {
             let n = self.out.len().min(WRITE_BATCH);
-            if !socket::send_batch(sink, self.out.drain(..n)).await {
+            if !socket::send_batch(sink, self.out.drain(..n), self.deflate, &self.state.metrics)
+                .await
+            {
                 return false;
             }
         }
@@ -432,10 +436,12 @@ impl Connection {
     }
 }
 
-type Setup = (Admission, AppState, Option<String>, SocketAddr);
+/// The admission, the state, the token of the upgrade request, the peer, and whether
+/// permessage-deflate was negotiated.
+type Setup = (Admission, AppState, Option<String>, SocketAddr, bool);
 
 async fn serve(setup: Box<Setup>, socket: Socket) {
-    let (admission, state, fallback, peer) = *setup;
+    let (admission, state, fallback, peer, deflate) = *setup;
     let metrics = state.metrics.clone();
     metrics.connections.inc();
     metrics.connections_accepted.inc();
@@ -450,6 +456,7 @@ async fn serve(setup: Box<Setup>, socket: Socket) {
         next_key: 0,
         waiting: (0, 0),
         out: Vec::new(),
+        deflate,
     };
     let (mut sink, mut stream) = socket.split();
     tracing::debug!(%peer, "Hocuspocus socket open");

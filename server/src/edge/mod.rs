@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub mod cluster;
+pub mod deflate;
 pub mod demo;
 pub mod documents;
 pub mod error;

@@ -1,6 +1,7 @@
 //! WebSocket plumbing both dialects share ([`super::ws`], y-websocket, and
 //! [`super::hocuspocus`]): the upgrade on hyper's upgraded connection with tokio-tungstenite,
-//! the codec's limits, batched writes (large messages as fragments), close frames, what a read
+//! the codec's limits, permessage-deflate (see [`super::deflate`]), batched writes (large
+//! messages compressed when it was negotiated, and as fragments), close frames, what a read
 //! means, and [`Pace`], the timers and message rate of one connection's loop.
 
 use std::future::Future;
@@ -24,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use super::deflate::{self, Inflow, COMPRESS_OVER};
 use super::error::{ApiError, ErrorCode};
 use super::live::{self, EXPIRED_REASON};
 use super::state::AppState;
@@ -95,6 +97,8 @@ pub fn admit(
 /// A well-formed WebSocket upgrade request, not answered yet.
 pub struct Upgrade {
     key: HeaderValue,
+    /// The `Sec-WebSocket-Extensions` answer when the client offered permessage-deflate.
+    deflate: Option<&'static str>,
     on_upgrade: hyper::upgrade::OnUpgrade,
 }
 
@@ -103,11 +107,22 @@ impl Upgrade {
     #[allow(clippy::result_large_err)]
     pub fn from_request(request: &mut Request) -> Result<Upgrade, Response> {
         let key = websocket_key(request.method(), request.headers());
+        let deflate = deflate::negotiate(
+            request
+                .headers()
+                .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
         let on_upgrade = request
             .extensions_mut()
             .remove::<hyper::upgrade::OnUpgrade>();
         match (key, on_upgrade) {
-            (Some(key), Some(on_upgrade)) => Ok(Upgrade { key, on_upgrade }),
+            (Some(key), Some(on_upgrade)) => Ok(Upgrade {
+                key,
+                deflate,
+                on_upgrade,
+            }),
             _ => Err(ApiError::new(
                 ErrorCode::BadRequest,
                 "expected a WebSocket upgrade (GET, Connection: Upgrade, Upgrade: websocket, \
@@ -125,7 +140,9 @@ impl Upgrade {
     /// most connections are idle: its read buffer starts at [`CODEC_READ_BUFFER`] (a larger
     /// frame grows it) and it writes every frame through at once, so its write buffer holds
     /// one frame; [`LeanIo`] underneath reads in large chunks and batches writes until a flush,
-    /// in buffers it frees once empty.
+    /// in buffers it frees once empty. With permessage-deflate negotiated (see
+    /// [`Upgrade::deflate`]), [`LeanIo`] inflates the client's compressed messages, within the
+    /// same limit, before the codec reads them.
     pub fn accept<S, F>(self, limits: &Limits, serve: S) -> Response
     where
         S: FnOnce(Socket) -> F + Send + 'static,
@@ -137,28 +154,37 @@ impl Upgrade {
             .read_buffer_size(CODEC_READ_BUFFER)
             .write_buffer_size(0);
         let on_upgrade = self.on_upgrade;
+        let inflow = self.deflate.map(|_| Inflow::new(limits.max_frame_bytes));
         tokio::spawn(async move {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
             };
-            let socket = WebSocketStream::from_raw_socket(
-                LeanIo::new(TokioIo::new(upgraded)),
-                WsRole::Server,
-                Some(config),
-            )
-            .await;
+            let io = TokioIo::new(upgraded);
+            let io = match inflow {
+                Some(inflow) => LeanIo::inflating(io, inflow),
+                None => LeanIo::new(io),
+            };
+            let socket = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(config)).await;
             serve(socket).await
         });
-        Response::builder()
+        let mut response = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::CONNECTION, "upgrade")
             .header(header::UPGRADE, "websocket")
             .header(
                 header::SEC_WEBSOCKET_ACCEPT,
                 derive_accept_key(self.key.as_bytes()),
-            )
-            .body(Body::empty())
-            .unwrap_or_default()
+            );
+        if let Some(extensions) = self.deflate {
+            response = response.header(header::SEC_WEBSOCKET_EXTENSIONS, extensions);
+        }
+        response.body(Body::empty()).unwrap_or_default()
+    }
+
+    /// Whether the connection will speak permessage-deflate (the client offered it): pass it
+    /// to [`send_batch`].
+    pub fn deflate(&self) -> bool {
+        self.deflate.is_some()
     }
 }
 
@@ -178,20 +204,43 @@ pub fn close_message(close: Close) -> Message {
     }))
 }
 
-/// Writes `frames` (at most [`WRITE_BATCH`] of them) as binary messages and flushes once;
-/// a message over 32 KiB goes out as fragments. `false` when the socket is gone.
-pub async fn send_batch(sink: &mut Sink, frames: impl Iterator<Item = Bytes>) -> bool {
+/// Writes `frames` (at most [`WRITE_BATCH`] of them) as binary messages and flushes once.
+/// With `deflate` (permessage-deflate negotiated), a message over [`COMPRESS_OVER`] bytes is
+/// compressed when that makes it smaller, by a compressor that lives for that message only (no
+/// context takeover), and counted in `metrics`. A message over 32 KiB on the wire goes out
+/// as fragments. `false` when the socket is gone.
+pub async fn send_batch(
+    sink: &mut Sink,
+    frames: impl Iterator<Item = Bytes>,
+    deflate: bool,
+    metrics: &Metrics,
+) -> bool {
     for f in frames.take(WRITE_BATCH) {
-        if f.len() <= FRAGMENT {
+        let compressed = (deflate && f.len() > COMPRESS_OVER)
+            .then(|| deflate::compress(&f))
+            .flatten();
+        let (f, compressed) = match compressed {
+            Some(c) => {
+                metrics.ws_compressed_messages.inc();
+                metrics
+                    .ws_compression_saved_bytes
+                    .add((f.len() - c.len()) as u64);
+                (Bytes::from(c), true)
+            }
+            None => (f, false),
+        };
+        if f.len() <= FRAGMENT && !compressed {
             if sink.feed(Message::Binary(f)).await.is_err() {
                 return false;
             }
             continue;
         }
-        let last = (f.len() - 1) / FRAGMENT;
+        let last = f.len().saturating_sub(1) / FRAGMENT;
         for (i, chunk) in f.chunks(FRAGMENT).enumerate() {
             let opcode = if i == 0 { Data::Binary } else { Data::Continue };
-            let frame = Frame::message(f.slice_ref(chunk), OpCode::Data(opcode), i == last);
+            let mut frame = Frame::message(f.slice_ref(chunk), OpCode::Data(opcode), i == last);
+            // RSV1 on the first frame marks the message compressed (RFC 7692 §6).
+            frame.header_mut().rsv1 = compressed && i == 0;
             if sink.feed(Message::Frame(frame)).await.is_err() {
                 return false;
             }

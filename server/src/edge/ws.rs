@@ -87,6 +87,7 @@ pub async fn handler(
     let limits = state.config.limits.clone();
     let setup = Box::new(Setup {
         socket: None,
+        deflate: upgrade.deflate(),
         admission,
         verdict,
         state,
@@ -113,6 +114,8 @@ async fn refuse(mut socket: Socket, close: Close) {
 /// it runs, and this future lives as long as the connection.
 struct Setup {
     socket: Option<Socket>,
+    /// Whether permessage-deflate was negotiated.
+    deflate: bool,
     /// The connection slot, held until the connection ends (refused ones included).
     admission: Admission,
     /// Who it is and what it may do, or why it is refused (told after the upgrade, as close
@@ -152,6 +155,8 @@ struct Conn {
     metrics: Metrics,
     peer: SocketAddr,
     doc: String,
+    /// Whether permessage-deflate was negotiated.
+    deflate: bool,
 }
 
 impl Conn {
@@ -165,6 +170,7 @@ async fn attach(setup: Box<Setup>) -> Option<Box<Conn>> {
     // Unboxed by a call, so the box is freed now rather than when this future ends.
     let Setup {
         socket,
+        deflate,
         admission,
         verdict,
         state,
@@ -223,6 +229,7 @@ async fn attach(setup: Box<Setup>) -> Option<Box<Conn>> {
         metrics,
         peer,
         doc,
+        deflate,
     }))
 }
 
@@ -240,6 +247,7 @@ async fn run(conn: Box<Conn>) {
         metrics,
         peer,
         doc,
+        deflate,
     } = Conn::unbox(conn);
     let mut live = live;
     let close: Option<Close> = loop {
@@ -256,7 +264,7 @@ async fn run(conn: Box<Conn>) {
                 // Boxed: one allocation per flush (next to a system call), and the future
                 // would otherwise be part of the loop's, which every idle connection keeps.
                 let batch = std::iter::once(frame).chain(more);
-                if !Box::pin(socket::send_batch(&mut sink, batch)).await {
+                if !Box::pin(socket::send_batch(&mut sink, batch, deflate, &metrics)).await {
                     break None;
                 }
             }

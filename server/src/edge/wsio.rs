@@ -13,12 +13,19 @@
 //!   waits on the heap, exactly its size, until it does;
 //! - writes collect in a buffer that a flush writes to the socket (one `write` for a batch of
 //!   frames) and then frees.
+//!
+//! With permessage-deflate negotiated, what is read passes through an [`Inflow`] before the
+//! codec sees it: the client's compressed messages arrive inflated, as plain frames (the codec
+//! has no extensions). The reader then always reads through the stack, and what the
+//! transcoder made waits on the heap as above.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::deflate::Inflow;
 
 /// Most bytes taken from the socket by one read.
 pub const READ_CHUNK: usize = 8 * 1024;
@@ -35,6 +42,8 @@ pub struct LeanIo<T> {
     /// Written by the writer, not sent to the socket yet (from `write_at` on).
     write: Vec<u8>,
     write_at: usize,
+    /// Inflates the client's compressed messages, when permessage-deflate was negotiated.
+    inflow: Option<Inflow>,
 }
 
 impl<T> LeanIo<T> {
@@ -46,6 +55,15 @@ impl<T> LeanIo<T> {
             read_at: 0,
             write: Vec::new(),
             write_at: 0,
+            inflow: None,
+        }
+    }
+
+    /// Wraps `inner`, whose reads pass through `inflow`.
+    pub fn inflating(inner: T, inflow: Inflow) -> LeanIo<T> {
+        LeanIo {
+            inflow: Some(inflow),
+            ..LeanIo::new(inner)
         }
     }
 
@@ -88,6 +106,35 @@ impl<T: AsyncRead + Unpin> AsyncRead for LeanIo<T> {
                 this.read_at = 0;
             }
             return Poll::Ready(Ok(()));
+        }
+        if let Some(inflow) = &mut this.inflow {
+            let mut chunk = [0u8; READ_CHUNK];
+            loop {
+                let mut read = ReadBuf::new(&mut chunk);
+                ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+                let got = read.filled();
+                if got.is_empty() {
+                    // The end of the stream.
+                    return Poll::Ready(Ok(()));
+                }
+                let mut made = Vec::with_capacity(got.len());
+                inflow.feed(got, &mut made);
+                if made.is_empty() {
+                    if inflow.failed() {
+                        // What the codec was handed ended the connection: nothing follows.
+                        return Poll::Ready(Ok(()));
+                    }
+                    // A header or a compressed message in progress: read on.
+                    continue;
+                }
+                let n = buf.remaining().min(made.len());
+                buf.put_slice(&made[..n]);
+                if n < made.len() {
+                    this.read = made;
+                    this.read_at = n;
+                }
+                return Poll::Ready(Ok(()));
+            }
         }
         if buf.remaining() >= READ_CHUNK {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -186,5 +233,85 @@ mod tests {
         io.shutdown().await.unwrap();
         assert_eq!(io.held(), 0);
         assert_eq!(reader.await.unwrap(), sent);
+    }
+
+    /// A client frame of `payload`, compressed (RSV1) or not, masked with a key that is not 0.
+    fn client_frame(fin: bool, rsv1: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut out = vec![u8::from(fin) << 7 | u8::from(rsv1) << 6 | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    /// The codec over an inflating stream reads the client's compressed messages as plain
+    /// ones, and refuses one that inflates over its limit for its size, as it refuses an
+    /// oversized frame.
+    #[tokio::test]
+    async fn the_codec_reads_compressed_messages_inflated() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+        use tokio_tungstenite::tungstenite::{error::CapacityError, Error, Message};
+        use tokio_tungstenite::WebSocketStream;
+
+        use crate::edge::deflate::{compress, Inflow};
+
+        let max = 100_000;
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let config = WebSocketConfig::default()
+            .max_frame_size(Some(max))
+            .max_message_size(Some(max))
+            .read_buffer_size(256);
+        let mut ws = WebSocketStream::from_raw_socket(
+            LeanIo::inflating(server, Inflow::new(max)),
+            Role::Server,
+            Some(config),
+        )
+        .await;
+        let doc: Vec<u8> = (0..60_000u32)
+            .map(|i| b"abcdefgh"[(i % 8) as usize] ^ (i / 500) as u8)
+            .collect();
+        let payload = compress(&doc).unwrap();
+        let (a, b) = payload.split_at(payload.len() / 2);
+        let mut input = client_frame(false, true, 0x2, a);
+        input.extend(client_frame(true, false, 0x9, b"are you there"));
+        input.extend(client_frame(true, false, 0x0, b));
+        input.extend(client_frame(true, false, 0x2, b"keystroke"));
+        let bomb = compress(&vec![7u8; max + 1]).unwrap();
+        input.extend(client_frame(true, true, 0x2, &bomb));
+        // Written in odd pieces, to be read across them.
+        let writer = tokio::spawn(async move {
+            for piece in input.chunks(777) {
+                client.write_all(piece).await.unwrap();
+            }
+            client
+        });
+        let next = |m: Option<Result<Message, Error>>| m.expect("a message");
+        assert_eq!(
+            next(ws.next().await).unwrap(),
+            Message::Ping("are you there".into())
+        );
+        assert_eq!(next(ws.next().await).unwrap(), Message::Binary(doc.into()));
+        assert_eq!(
+            next(ws.next().await).unwrap(),
+            Message::Binary("keystroke".into())
+        );
+        let err = next(ws.next().await).unwrap_err();
+        assert!(
+            matches!(err, Error::Capacity(CapacityError::MessageTooLong { .. })),
+            "{err:?}"
+        );
+        drop(writer.await.unwrap());
     }
 }

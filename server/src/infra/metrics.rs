@@ -217,6 +217,10 @@ pub struct MetricSet {
     pub bytes_received: Counter,
     /// Bytes sent to clients.
     pub bytes_sent: Counter,
+    /// WebSocket messages sent compressed (permessage-deflate).
+    pub ws_compressed_messages: Counter,
+    /// Bytes compression left off those messages (their size less their compressed size).
+    pub ws_compression_saved_bytes: Counter,
     /// Slow readers resynced with a fresh sync step 1/2.
     pub slow_reader_resyncs: Counter,
     /// Slow readers closed.
@@ -283,6 +287,8 @@ impl Default for MetricSet {
             awareness_updates: Counter::default(),
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
+            ws_compressed_messages: Counter::default(),
+            ws_compression_saved_bytes: Counter::default(),
             slow_reader_resyncs: Counter::default(),
             slow_reader_closes: Counter::default(),
             auth_unauthorized: Counter::default(),
@@ -484,6 +490,18 @@ impl Metrics {
             "tandem_sent_bytes_total",
             "Bytes sent to clients.",
             &m.bytes_sent,
+        );
+        counter(
+            &mut out,
+            "tandem_ws_compressed_messages_total",
+            "WebSocket messages sent compressed (permessage-deflate).",
+            &m.ws_compressed_messages,
+        );
+        counter(
+            &mut out,
+            "tandem_ws_compression_saved_bytes_total",
+            "Bytes permessage-deflate left off the WebSocket messages it compressed.",
+            &m.ws_compression_saved_bytes,
         );
         counter(
             &mut out,

@@ -42,8 +42,9 @@ pub struct LeanIo<T> {
     /// Written by the writer, not sent to the socket yet (from `write_at` on).
     write: Vec<u8>,
     write_at: usize,
-    /// Inflates the client's compressed messages, when permessage-deflate was negotiated.
-    inflow: Option<Inflow>,
+    /// Inflates the client's compressed messages, when permessage-deflate was negotiated
+    /// (boxed: a connection without it pays one pointer).
+    inflow: Option<Box<Inflow>>,
 }
 
 impl<T> LeanIo<T> {
@@ -62,7 +63,7 @@ impl<T> LeanIo<T> {
     /// Wraps `inner`, whose reads pass through `inflow`.
     pub fn inflating(inner: T, inflow: Inflow) -> LeanIo<T> {
         LeanIo {
-            inflow: Some(inflow),
+            inflow: Some(Box::new(inflow)),
             ..LeanIo::new(inner)
         }
     }

@@ -10,6 +10,10 @@
 //! messages over [`COMPRESS_OVER`] are (a document's first sync, large pastes), keystrokes and
 //! presence go out as they are.
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 /// Outgoing messages of this many bytes or fewer are sent uncompressed.
@@ -107,6 +111,84 @@ pub fn compress(data: &[u8]) -> Option<Vec<u8>> {
     }
     out.truncate(out.len() - TAIL.len());
     (out.len() < data.len()).then_some(out)
+}
+
+/// Messages compressed lately, kept so that a message sent to many connections (a broadcast
+/// of a large update, the first sync step 2 that joiners of one revision share) is compressed
+/// once: without context takeover its compressed form is the same for every connection.
+///
+/// An entry holds the message it was made from, so its bytes cannot be freed and their
+/// address reused while the entry exists: the same address and length are the same message.
+/// At most [`SHARED_ENTRIES`] entries and [`SHARED_BYTES`] bytes of messages; entries older
+/// than [`SHARED_FOR`] are dropped at the next use.
+struct Shared {
+    entries: std::collections::VecDeque<SharedEntry>,
+    bytes: usize,
+}
+
+struct SharedEntry {
+    plain: Bytes,
+    compressed: Option<Bytes>,
+    at: Instant,
+}
+
+/// Most messages [`compress_shared`] remembers.
+const SHARED_ENTRIES: usize = 16;
+/// Most bytes of messages it remembers (a larger message is compressed each time).
+const SHARED_BYTES: usize = 4 << 20;
+/// How long it remembers a message.
+const SHARED_FOR: Duration = Duration::from_secs(2);
+
+static SHARED: Mutex<Shared> = Mutex::new(Shared {
+    entries: std::collections::VecDeque::new(),
+    bytes: 0,
+});
+
+fn shared() -> std::sync::MutexGuard<'static, Shared> {
+    SHARED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// [`compress`] for a message that other connections may be sent too: the same `Bytes`
+/// (same bytes at the same address) compressed within [`SHARED_FOR`] is not compressed again.
+pub fn compress_shared(plain: &Bytes) -> Option<Bytes> {
+    let now = Instant::now();
+    {
+        let mut cache = shared();
+        while cache
+            .entries
+            .front()
+            .is_some_and(|e| now.duration_since(e.at) > SHARED_FOR)
+        {
+            if let Some(old) = cache.entries.pop_front() {
+                cache.bytes -= old.plain.len();
+            }
+        }
+        if let Some(e) = cache
+            .entries
+            .iter()
+            .find(|e| e.plain.as_ptr() == plain.as_ptr() && e.plain.len() == plain.len())
+        {
+            return e.compressed.clone();
+        }
+    }
+    // Compressed outside the lock; two connections may both compress a message now and then.
+    let compressed = compress(plain).map(Bytes::from);
+    if plain.len() <= SHARED_BYTES {
+        let mut cache = shared();
+        while cache.entries.len() >= SHARED_ENTRIES || cache.bytes + plain.len() > SHARED_BYTES {
+            match cache.entries.pop_front() {
+                Some(old) => cache.bytes -= old.plain.len(),
+                None => break,
+            }
+        }
+        cache.bytes += plain.len();
+        cache.entries.push_back(SharedEntry {
+            plain: plain.clone(),
+            compressed: compressed.clone(),
+            at: now,
+        });
+    }
+    compressed
 }
 
 /// Why a compressed message could not be inflated.
@@ -415,6 +497,26 @@ mod tests {
     use std::io::Read;
 
     use super::*;
+
+    #[test]
+    fn a_message_sent_to_many_connections_is_compressed_once() {
+        let text: Vec<u8> = b"a large paste, sent to every reader ".repeat(200);
+        let message = Bytes::from(text.clone());
+        let first = compress_shared(&message).expect("compressible");
+        // Another connection's copy of the same message: the same compressed bytes.
+        let again = compress_shared(&message.clone()).expect("compressible");
+        assert_eq!(first.as_ptr(), again.as_ptr(), "compressed once");
+        // Equal content in other memory is compressed on its own, to the same bytes.
+        let other = compress_shared(&Bytes::from(text)).expect("compressible");
+        assert_ne!(other.as_ptr(), first.as_ptr());
+        assert_eq!(other, first);
+        assert_eq!(inflate(first.to_vec(), 1 << 20).unwrap(), message);
+        // What does not compress is remembered as such.
+        let mut rng = fastrand::Rng::with_seed(11);
+        let noise: Bytes = (0..5000).map(|_| rng.u8(..)).collect();
+        assert!(compress_shared(&noise).is_none());
+        assert!(compress_shared(&noise).is_none());
+    }
 
     #[test]
     fn stock_offers_are_accepted() {

@@ -207,7 +207,8 @@ pub fn close_message(close: Close) -> Message {
 /// Writes `frames` (at most [`WRITE_BATCH`] of them) as binary messages and flushes once.
 /// With `deflate` (permessage-deflate negotiated), a message over [`COMPRESS_OVER`] bytes is
 /// compressed when that makes it smaller, by a compressor that lives for that message only (no
-/// context takeover), and counted in `metrics`. A message over 32 KiB on the wire goes out
+/// context takeover; a message that goes to many connections is compressed once, see
+/// [`deflate::compress_shared`]), and counted in `metrics`. A message over 32 KiB on the wire goes out
 /// as fragments. `false` when the socket is gone.
 pub async fn send_batch(
     sink: &mut Sink,
@@ -217,7 +218,7 @@ pub async fn send_batch(
 ) -> bool {
     for f in frames.take(WRITE_BATCH) {
         let compressed = (deflate && f.len() > COMPRESS_OVER)
-            .then(|| deflate::compress(&f))
+            .then(|| deflate::compress_shared(&f))
             .flatten();
         let (f, compressed) = match compressed {
             Some(c) => {
@@ -225,7 +226,7 @@ pub async fn send_batch(
                 metrics
                     .ws_compression_saved_bytes
                     .add((f.len() - c.len()) as u64);
-                (Bytes::from(c), true)
+                (c, true)
             }
             None => (f, false),
         };

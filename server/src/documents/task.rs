@@ -310,7 +310,14 @@ impl DocTask {
                     doc.lock();
                 }
                 if !doc.commit.in_flight() && doc.locking.is_none() {
-                    doc.compact_if_due();
+                    if doc.shared {
+                        // Beside the task: other nodes' appends keep coming.
+                        doc.compact_if_due();
+                    } else {
+                        // One node: stored before the task goes on, so a read of the history
+                        // after a write's answer finds the checkpoint that write made due.
+                        doc.compact_now().await;
+                    }
                 }
             }
             let idle = doc.fanout.is_empty()
@@ -323,7 +330,7 @@ impl DocTask {
                 && doc.compacting.is_none()
                 && doc.settle_at.is_none();
             if idle || (doc.failed && !doc.commit.in_flight()) {
-                doc.compact_before_unload().await;
+                doc.compact_now().await;
                 break;
             }
         }
@@ -1305,8 +1312,8 @@ impl Running {
     }
 
     /// Starts a compaction when the policy says so and the replica is exactly the state at
-    /// its last taken sid. It runs beside the task's other work: the state is encoded here,
-    /// and updates accepted meanwhile go to the log after it.
+    /// its last taken sid. It can run beside the task's other work: the state is encoded
+    /// here, and updates accepted meanwhile go to the log after it.
     fn compact_if_due(&mut self) {
         let sid = self.sequence.taken();
         // The replica holds exactly the updates up to `sid`: nothing of this node's in flight
@@ -1324,10 +1331,19 @@ impl Running {
         let checkpoint_at = compaction.checkpoint_at;
         let store = Arc::clone(&self.ctx.store);
         let name = self.name.clone();
-        self.compacting = Some(Box::pin(async move {
+        let mut compacting: Pending<Compacting> = Box::pin(async move {
             let result = store.compact(&name, compaction).await;
             Ok((sid, checkpoint_at, result))
-        }));
+        });
+        // Started now, not at the loop's next turn: the store takes the compaction in order
+        // with what this turn already gave it, before anything a client does after this
+        // turn's answers (a read of the history right after a write sees its checkpoint).
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match compacting.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(done)) => self.compacted(done),
+            std::task::Poll::Ready(Err(_)) => {}
+            std::task::Poll::Pending => self.compacting = Some(compacting),
+        }
     }
 
     /// Takes the end of the compaction that was running.
@@ -1341,8 +1357,9 @@ impl Running {
         }
     }
 
-    /// Before unloading: the compaction still due is stored, and any running one ends.
-    async fn compact_before_unload(&mut self) {
+    /// Stores the compaction that is due, if any, and waits for any running one to end
+    /// (before unloading, and on one node after every turn).
+    async fn compact_now(&mut self) {
         self.compact_if_due();
         if let Some(running) = self.compacting.take() {
             if let Ok(done) = running.await {

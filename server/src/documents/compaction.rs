@@ -8,12 +8,13 @@
 //! `--checkpoint-interval` say so, crediting those authors. One task owns a document on this
 //! node, so no two compactions of it run at once here.
 
-use bytes::Bytes;
 use std::collections::BTreeSet;
+
+use bytes::Bytes;
 use tandem_engine::protocol::Room;
 
 use crate::infra::config::History as HistoryConfig;
-use crate::infra::store::{Compacted, Compaction, Loaded, Sid, StoreError};
+use crate::infra::store::{Compaction, Loaded, Sid, StoreError};
 
 /// What the log holds since the last snapshot.
 #[derive(Debug, Default, Clone, Copy)]
@@ -119,17 +120,15 @@ impl Compactor {
         }
     }
 
-    /// Takes the store's answer to the compaction at `upto` (with a checkpoint made at
-    /// `checkpoint_at`, when one was asked for); returns whether it was stored.
+    /// Takes the store's answer to a compaction: on success the sid it folded the log up to
+    /// and when the checkpoint it kept was made, if it kept one. Returns whether it was stored.
     pub(super) fn finished(
         &mut self,
         doc: &str,
-        upto: Sid,
-        checkpoint_at: Option<u64>,
-        result: Result<Compacted, StoreError>,
+        result: Result<(Sid, Option<u64>), StoreError>,
     ) -> bool {
         match result {
-            Ok(_) => {
+            Ok((upto, checkpoint_at)) => {
                 if let Some(at) = checkpoint_at {
                     self.history.last_checkpoint = Some((upto, at));
                     self.history.authors.clear();

@@ -3,9 +3,9 @@
 //! A subscriber gets a bounded queue; one that falls too far behind is dropped (its stream ends
 //! and the client resumes from its last event id, from the stored log, with no gap). While
 //! anyone subscribes, the document's change feed is on (text deltas and register changes with
-//! their authors; with notifications it stays on without subscribers, but without text deltas) and presence is summarised per user by the engine's rule
-//! (`Presence::users`, the same one that derives viewers and typing users for browsers) and
-//! published as changes. Presence is re-read on every awareness change and on every sweep, so
+//! their authors; with notifications it stays on without subscribers, but without text
+//! deltas) and presence is summarised per user by the engine's rule (`Presence::users`, the
+//! same one that derives viewers and typing users for browsers) and published as changes. Presence is re-read on every awareness change and on every sweep, so
 //! a typing state that times out is published without a new message.
 
 use std::collections::BTreeMap;

@@ -47,7 +47,7 @@ use crate::base::limit::LimitKind;
 use crate::infra::bus::{Bus, DocMessage, Replicated};
 use crate::infra::config::Config;
 use crate::infra::metrics::Metrics;
-use crate::infra::store::{Compacted, KeyRecord, Locked, NewUpdate, Sid, Since, Store, StoreError};
+use crate::infra::store::{KeyRecord, Locked, NewUpdate, Sid, Since, Store, StoreError};
 
 /// Commands handled before the produced frames are flushed to the connections.
 const COMMAND_BATCH: usize = 64;
@@ -67,10 +67,6 @@ pub(super) struct Context {
 }
 
 type Pending<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
-
-/// The end of a compaction: the sid it folded the log up to, when a checkpoint it kept was
-/// made, and the store's answer.
-type Compacting = (Sid, Option<u64>, Result<Compacted, StoreError>);
 
 /// What a read of a gap found: the updates after the document's last taken sid, or, when the
 /// log no longer reaches back there (another node compacted it), the whole stored document.
@@ -291,9 +287,7 @@ impl DocTask {
                 }
                 result = pending(&mut doc.compacting), if doc.compacting.is_some() => {
                     doc.compacting = None;
-                    if let Ok(done) = result {
-                        doc.compacted(done);
-                    }
+                    doc.compacted(result);
                 }
                 _ = sleep_until(doc.gap_deadline), if doc.gap_deadline.is_some() => doc.fetch(),
                 _ = sleep_until(doc.settle_at), if doc.settle_at.is_some() => doc.settle(),
@@ -401,8 +395,9 @@ struct Running {
     gap_deadline: Option<tokio::time::Instant>,
     /// A read of a gap from the store.
     fetching: Option<Pending<Fetched>>,
-    /// A compaction being stored (see [`Running::compact_if_due`]).
-    compacting: Option<Pending<Compacting>>,
+    /// A compaction being stored: the sid it folds the log up to, and when the checkpoint it
+    /// keeps was made (see [`Running::compact_if_due`]).
+    compacting: Option<Pending<(Sid, Option<u64>)>>,
     /// Taking the document's write lock, for the writes in `exclusive`.
     locking: Option<Pending<Box<dyn Locked>>>,
     /// Writes waiting to be decided under the write lock.
@@ -1331,28 +1326,17 @@ impl Running {
         let checkpoint_at = compaction.checkpoint_at;
         let store = Arc::clone(&self.ctx.store);
         let name = self.name.clone();
-        let mut compacting: Pending<Compacting> = Box::pin(async move {
-            let result = store.compact(&name, compaction).await;
-            Ok((sid, checkpoint_at, result))
-        });
-        // Started now, not at the loop's next turn: the store takes the compaction in order
-        // with what this turn already gave it, before anything a client does after this
-        // turn's answers (a read of the history right after a write sees its checkpoint).
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match compacting.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(Ok(done)) => self.compacted(done),
-            std::task::Poll::Ready(Err(_)) => {}
-            std::task::Poll::Pending => self.compacting = Some(compacting),
-        }
+        self.compacting = Some(Box::pin(async move {
+            store
+                .compact(&name, compaction)
+                .await
+                .map(|_| (sid, checkpoint_at))
+        }));
     }
 
     /// Takes the end of the compaction that was running.
-    fn compacted(&mut self, done: Compacting) {
-        let (sid, checkpoint_at, result) = done;
-        if self
-            .compactor
-            .finished(&self.name, sid, checkpoint_at, result)
-        {
+    fn compacted(&mut self, result: Result<(Sid, Option<u64>), StoreError>) {
+        if self.compactor.finished(&self.name, result) {
             self.room.compacted();
         }
     }
@@ -1362,9 +1346,8 @@ impl Running {
     async fn compact_now(&mut self) {
         self.compact_if_due();
         if let Some(running) = self.compacting.take() {
-            if let Ok(done) = running.await {
-                self.compacted(done);
-            }
+            let result = running.await;
+            self.compacted(result);
         }
     }
 }

@@ -2,37 +2,26 @@
 // negotiated compresses every message it sends, however small. The server must accept the
 // offer, understand those messages, and send large ones (a first sync) compressed in a form
 // the browser decodes.
-import { test, before, after } from 'node:test'
+import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { Server, launchChromium, uniqueDoc } from './harness.mjs'
+import { withServerAndChromium, uniqueDoc } from './harness.mjs'
 
-let server
-let browser
-
-before(async () => {
-  server = await Server.start()
-  browser = await launchChromium()
-})
-
-after(async () => {
-  await browser?.close()
-  await server?.close()
-})
+const live = withServerAndChromium()
 
 async function compressedMessages () {
-  const text = await (await fetch(`${server.http}/metrics`)).text()
+  const text = await (await fetch(`${live.server.http}/metrics`)).text()
   const line = text.split('\n').find((l) => l.startsWith('tandem_ws_compressed_messages_total '))
   return Number(line.split(' ')[1])
 }
 
 test('Chromium negotiates permessage-deflate: its compressed messages are read, a large sync reaches it compressed', async () => {
-  const context = await browser.newContext()
+  const context = await live.browser.newContext()
   const page = await context.newPage()
-  await page.goto(`${server.http}/healthz`)
+  await page.goto(`${live.server.http}/healthz`)
   const doc = uniqueDoc('deflate')
   // A document whose first sync is well over the 1 KiB the server compresses from.
   const words = 'every replica converges without a central lock '.repeat(1200)
-  const edit = await fetch(`${server.http}/docs/${doc}/texts/body`, {
+  const edit = await fetch(`${live.server.http}/docs/${doc}/texts/body`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ index: 0, delete: 0, insert: words })
@@ -62,7 +51,7 @@ test('Chromium negotiates permessage-deflate: its compressed messages are read, 
     ws.onclose = null
     ws.close()
     return { extensions, step2 }
-  }, `${server.ws}/ws/${doc}`)
+  }, `${live.server.ws}/ws/${doc}`)
   assert.match(seen.extensions, /permessage-deflate/)
   // The sync step 2 holds the whole text: it went out compressed and Chromium inflated it.
   assert.ok(seen.step2 > words.length, `sync step 2 of ${seen.step2} bytes`)

@@ -1,26 +1,15 @@
 // The demo page in headless Chromium: two people (browser contexts) co-editing a task card.
-import { test, before, after } from 'node:test'
+import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { Server, launchChromium, screenshot, uniqueDoc } from './harness.mjs'
+import { withServerAndChromium, screenshot, uniqueDoc } from './harness.mjs'
 
-let server
-let browser
-
-before(async () => {
-  server = await Server.start()
-  browser = await launchChromium()
-})
-
-after(async () => {
-  await browser?.close()
-  await server?.close()
-})
+const live = withServerAndChromium()
 
 const LIVE = '#connection[data-state="connected"][data-synced="true"]'
 
 async function person (name, doc, query = '') {
-  const context = await browser.newContext({ viewport: { width: 900, height: 900 } })
+  const context = await live.browser.newContext({ viewport: { width: 900, height: 900 } })
   const page = await context.newPage()
   page.on('pageerror', (err) => console.error(`[${name}] page error:`, err))
   await openDemo(page, name, doc, query)
@@ -28,7 +17,7 @@ async function person (name, doc, query = '') {
 }
 
 async function openDemo (page, name, doc, query = '') {
-  await page.goto(`${server.http}/?doc=${doc}&name=${name}${query}`)
+  await page.goto(`${live.server.http}/?doc=${doc}&name=${name}${query}`)
   await page.waitForSelector('#app[data-ready="true"]')
   await page.waitForSelector(LIVE)
 }
@@ -151,7 +140,7 @@ test('two tabs of one context stay in sync while the server is stopped', async (
   const tab2 = await a.context.newPage()
   await openDemo(tab2, 'Alice', doc)
   try {
-    await server.stop()
+    await live.server.stop()
     await a.page.waitForSelector('#connection[data-state="offline"]')
     await tab2.waitForSelector('#connection[data-state="offline"]')
     await a.page.click('#description')
@@ -164,7 +153,7 @@ test('two tabs of one context stay in sync while the server is stopped', async (
     await a.page.waitForSelector('#status-pill[data-status="review"]')
     await screenshot(tab2, 'tabs-server-stopped')
   } finally {
-    if (!server.running) await server.restart()
+    if (!live.server.running) await live.server.restart()
   }
   await a.page.waitForSelector(`${LIVE}[data-unacknowledged="0"]`)
   await tab2.waitForSelector(`${LIVE}[data-unacknowledged="0"]`)
@@ -231,7 +220,7 @@ test('a hidden tab closes its connection and catches up when visible again', asy
 
 test('without WebSockets the client falls back to SSE and HTTP POST', async () => {
   const doc = uniqueDoc('fallback')
-  const context = await browser.newContext()
+  const context = await live.browser.newContext()
   // A network that refuses WebSocket upgrades (as some proxies do).
   await context.addInitScript(() => {
     window.WebSocket = class {
@@ -241,7 +230,7 @@ test('without WebSockets the client falls back to SSE and HTTP POST', async () =
     }
   })
   const a = { context, page: await context.newPage() }
-  await a.page.goto(`${server.http}/?doc=${doc}&name=Alice&minBackoffMs=50&maxBackoffMs=200`)
+  await a.page.goto(`${live.server.http}/?doc=${doc}&name=Alice&minBackoffMs=50&maxBackoffMs=200`)
   await a.page.waitForSelector(`${LIVE}[data-transport="sse"]`)
   const b = await person('Bob', doc)
   await a.page.click('#description')
@@ -267,7 +256,7 @@ test('the bell: a mention typed by one person shows up in the other\'s bell', as
   const contexts = []
   const signIn = async (name, doc) => {
     const token = secured.token(name.toLowerCase(), { name })
-    const context = await browser.newContext({ viewport: { width: 900, height: 900 } })
+    const context = await live.browser.newContext({ viewport: { width: 900, height: 900 } })
     contexts.push(context)
     const page = await context.newPage()
     page.on('pageerror', (err) => console.error(`[${name}] page error:`, err))

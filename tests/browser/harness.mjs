@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { join, dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { once } from 'node:events'
+import { before, after } from 'node:test'
 
 const here = dirname(fileURLToPath(import.meta.url))
 export const repo = resolve(here, '..', '..')
@@ -100,6 +101,21 @@ export async function launchChromium () {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     args: CHROMIUM_ARGS
   })
+}
+
+// A tandem server and headless Chromium for the tests of one file: started before them,
+// stopped after them. Read `.server` and `.browser` inside the tests.
+export function withServerAndChromium () {
+  const live = {}
+  before(async () => {
+    live.server = await Server.start()
+    live.browser = await launchChromium()
+  })
+  after(async () => {
+    await live.browser?.close()
+    await live.server?.close()
+  })
+  return live
 }
 
 export async function screenshot (page, name) {

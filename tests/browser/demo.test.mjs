@@ -2,7 +2,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { withServerAndChromium, screenshot, uniqueDoc } from './harness.mjs'
+import { Server, withServerAndChromium, screenshot, uniqueDoc } from './harness.mjs'
 
 const live = withServerAndChromium()
 

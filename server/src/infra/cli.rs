@@ -46,10 +46,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TANDEM_DATA_DIR", default_value = defaults::DATA_DIR)]
     pub data_dir: PathBuf,
 
-    /// Embedded database: while writes keep coming, commit at most once per this long, so
-    /// many documents' updates share one transaction and fsync (acks wait up to this much
-    /// longer, and one document commits at most once per window); 0 (the default) commits
-    /// what is waiting at once.
+    /// Embedded database: while several documents keep writing, commit at most once per this
+    /// long, so their updates share one transaction and fsync (a durability ack waits up to
+    /// this much longer; a document writing alone commits at once); 0 commits what is
+    /// waiting at once.
     #[arg(long, env = "TANDEM_COMMIT_WINDOW", default_value = defaults::COMMIT_WINDOW, value_parser = parse_duration)]
     pub commit_window: Duration,
 
@@ -239,7 +239,7 @@ pub mod defaults {
     /// `--gap-timeout`.
     pub const GAP_TIMEOUT: &str = "100ms";
     /// `--commit-window`.
-    pub const COMMIT_WINDOW: &str = "0s";
+    pub const COMMIT_WINDOW: &str = "10ms";
     /// `--catch-up-interval`.
     pub const CATCH_UP_INTERVAL: &str = "500ms";
 }

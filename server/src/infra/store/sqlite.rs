@@ -9,14 +9,22 @@
 //! Every document has at most one batch in flight, so when many documents each write a little
 //! (a keystroke now and then), their requests trickle in one at a time and would each get a
 //! transaction of their own: the fixed cost of a commit (locks, WAL frames, fsync) paid per
-//! keystroke. So, when a window is set (it is off by default, see [`DEFAULT_COMMIT_WINDOW`]),
-//! the writer commits at most once per [`SqliteOptions::commit_window`] while
-//! requests keep coming: a request that arrives less than a window after the previous commit
-//! began waits, with whatever else arrives, until the window has passed (the writer sleeps
-//! once rather than waking for each request), unless it already holds
-//! [`SqliteOptions::linger_updates`] updates. A request after a quiet spell commits at once;
-//! a flush or a close taken with the batch does not wait. Acks still follow the commit that
+//! keystroke. So, while several documents are writing, the writer commits at most once per
+//! [`SqliteOptions::commit_window`] ([`DEFAULT_COMMIT_WINDOW`]): a request that arrives less
+//! than a window after the previous commit began waits, with whatever else arrives, until the
+//! window has passed (the writer sleeps once rather than waking for each request), unless it
+//! already holds [`SqliteOptions::linger_updates`] updates. A request after a quiet spell
+//! commits at once, and so does every request while only one document writes (it has one batch
+//! in flight: nothing could join it, and waiting would hold it to one commit per window); a
+//! flush or a close taken with the batch does not wait. Acks still follow the commit that
 //! holds their update.
+//!
+//! The pages a commit writes are its cost per update once commits are shared: a keystroke's
+//! row in `updates` (clustered by document) lands on that document's own page, so a commit of
+//! ten documents' keystrokes would write ten pages. Small appends therefore go to
+//! `recent_updates`, kept in the order written (one page holds many documents' keystrokes),
+//! and move into `updates` in bulk when it holds [`Recent::MOVE_ROWS`] rows; reads take a
+//! document's log from both.
 //!
 //! Reads (`load`, `updates_since`, checkpoints) run on tokio's blocking pool over a small pool
 //! of read-only connections; WAL lets them proceed while the writer commits, and each read
@@ -28,6 +36,9 @@
 //!   The other tables refer to a document by its integer `id`.
 //! - `updates(doc_id, sid, data, author, at)`: the log after the snapshot, clustered by
 //!   `(doc_id, sid)` (`WITHOUT ROWID`: one b-tree insert per appended update).
+//! - `recent_updates(seq, doc_id, sid, data, author, at)`: more of the log, small appends in
+//!   the order they were written, moved into `updates` in bulk (see above); no index, it is
+//!   kept small and scanned.
 //! - `snapshots(doc_id, sid, data)`: the latest compaction of each document.
 //! - `checkpoints(doc_id, sid, at, authors, data)`: version history.
 //! - `idempotency_keys(id, doc, user, key, fingerprint, status, headers, body, sid, at, size,
@@ -69,10 +80,11 @@ pub const DB_FILE: &str = "tandem.sqlite3";
 /// The schema version this build reads and writes (`PRAGMA user_version`; 0 is a new file).
 /// Version 1 was a pre-release layout keyed by document name; version 2 had no
 /// `revocations` table (migrated by creating it).
-const SCHEMA_VERSION: i64 = 3;
+/// Version 3 had no `recent_updates` table (migrated by creating it).
+const SCHEMA_VERSION: i64 = 4;
 
 /// Versions this build opens and migrates to [`SCHEMA_VERSION`] (0: a new file).
-const MIGRATES_FROM: [i64; 3] = [0, 2, SCHEMA_VERSION];
+const MIGRATES_FROM: [i64; 4] = [0, 2, 3, SCHEMA_VERSION];
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS docs (
@@ -94,6 +106,14 @@ CREATE TABLE IF NOT EXISTS updates (
     at INTEGER NOT NULL,
     PRIMARY KEY (doc_id, sid)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS recent_updates (
+    seq INTEGER PRIMARY KEY,
+    doc_id INTEGER NOT NULL,
+    sid INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    author TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS snapshots (
     doc_id INTEGER PRIMARY KEY,
     sid INTEGER NOT NULL,
@@ -185,12 +205,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_key ON outbox (endpoint, doc, state, id);
 ";
 
-/// The default [`SqliteOptions::commit_window`]: none, every commit starts as soon as the
-/// previous one ended. A window (e.g. 10 ms) shares commits among many documents typing at
-/// once, but caps one document with a single batch in flight at one commit per window (a
-/// windowed writer of 1,024 updates could then ingest at most ~100,000 updates/s at 10 ms,
-/// below what it does without one), so it is opt-in until it adapts to the load.
-pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::ZERO;
+/// The default [`SqliteOptions::commit_window`]. It applies only while several documents
+/// write (see the module doc), so it delays a durability ack by at most this much, never
+/// fan-out to other clients (which does not wait for the commit on one node).
+pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_millis(10);
 
 /// Idle read connections kept for reuse.
 const MAX_IDLE_READERS: usize = 4;
@@ -398,6 +416,7 @@ impl SqliteStore {
         })?;
         readers.put(first_reader);
 
+        let recent = Recent::read(&conn).map_err(|e| open_error(&path, e))?;
         let (tx, rx) = mpsc::channel(options.queue_capacity.max(1));
         let writer = Writer {
             conn,
@@ -406,6 +425,8 @@ impl SqliteStore {
             max_batch_bytes: options.max_batch_bytes.max(1),
             commit_window: options.commit_window,
             linger_updates: options.linger_updates.max(1),
+            active: Active::default(),
+            recent,
             metrics: options.metrics.clone(),
             keys: options.keys,
         };
@@ -611,8 +632,119 @@ struct Writer {
     max_batch_bytes: usize,
     commit_window: Duration,
     linger_updates: usize,
+    /// Documents that appended lately: the window is worth waiting only when there are
+    /// several.
+    active: Active,
+    /// What `recent_updates` holds, to know when to move it into `updates`.
+    recent: Recent,
     metrics: Metrics,
     keys: KeyLimits,
+}
+
+/// The rows of `recent_updates`, counted by the writer.
+///
+/// Small appends (a keystroke or a few) go to `recent_updates`, where rows are kept in the
+/// order they were written, so the appends of many documents in one commit share a page; the
+/// writer moves them into `updates` (clustered by document) in bulk once there are enough,
+/// writing each document's page once per move instead of once per commit. Readers read both.
+#[derive(Debug, Default, Clone, Copy)]
+struct Recent {
+    rows: usize,
+    bytes: usize,
+}
+
+impl Recent {
+    /// Appends of at least this many updates, or bytes, go straight to `updates`: they fill
+    /// pages of their own.
+    const DIRECT_UPDATES: usize = 16;
+    const DIRECT_BYTES: usize = 4096;
+    /// The table is moved into `updates` once it holds this many rows or bytes (every read of a
+    /// document's log scans it: it stays small).
+    const MOVE_ROWS: usize = 1024;
+    const MOVE_BYTES: usize = 1 << 20;
+
+    /// Whether an append of `updates` goes to `recent_updates`.
+    fn takes(updates: &[NewUpdate]) -> bool {
+        updates.len() < Self::DIRECT_UPDATES
+            && updates.iter().map(|u| u.update.len()).sum::<usize>() < Self::DIRECT_BYTES
+    }
+
+    fn add(&mut self, updates: &[NewUpdate]) {
+        self.rows += updates.len();
+        self.bytes += updates.iter().map(|u| u.update.len()).sum::<usize>();
+    }
+
+    fn full(&self) -> bool {
+        self.rows >= Self::MOVE_ROWS || self.bytes >= Self::MOVE_BYTES
+    }
+
+    /// What the table holds, read at start.
+    fn read(conn: &Connection) -> Result<Recent, StoreError> {
+        let (rows, bytes): (i64, i64) = conn.query_row(
+            "SELECT count(*), coalesce(sum(length(data)), 0) FROM recent_updates",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(Recent {
+            rows: usize::try_from(rows).unwrap_or(0),
+            bytes: usize::try_from(bytes).unwrap_or(0),
+        })
+    }
+
+    /// Moves every row into `updates`, in the transaction `tx`.
+    fn move_all(tx: &Connection) -> Result<(), StoreError> {
+        tx.prepare_cached(
+            "INSERT INTO updates (doc_id, sid, data, author, at)
+             SELECT doc_id, sid, data, author, at FROM recent_updates ORDER BY doc_id, sid",
+        )?
+        .execute([])?;
+        tx.prepare_cached("DELETE FROM recent_updates")?
+            .execute([])?;
+        Ok(())
+    }
+}
+
+/// The documents that appended within the last [`Active::SPAN`], and when each last did.
+///
+/// Waiting out the commit window pays only when other documents' writes can join the
+/// commit: one document has at most one batch in flight, so a lone writer gains nothing from
+/// the wait and would be held to one commit per window.
+#[derive(Default)]
+struct Active {
+    seen: HashMap<String, Instant>,
+    pruned: Option<Instant>,
+}
+
+impl Active {
+    /// How long a document counts as active after its last append: a few keystrokes' time
+    /// at an everyday typing pace.
+    const SPAN: Duration = Duration::from_millis(250);
+
+    /// Records the documents `batch` appends to, and forgets those quiet for a span.
+    fn saw(&mut self, batch: &[Request], now: Instant) {
+        for request in batch {
+            if let Request::Append { doc, .. } = request {
+                match self.seen.get_mut(doc.as_str()) {
+                    Some(at) => *at = now,
+                    None => drop(self.seen.insert(doc.clone(), now)),
+                }
+            }
+        }
+        let due = match self.pruned {
+            Some(at) => now.saturating_duration_since(at) >= Self::SPAN,
+            None => true,
+        };
+        if due {
+            self.seen
+                .retain(|_, at| now.saturating_duration_since(*at) < Self::SPAN);
+            self.pruned = Some(now);
+        }
+    }
+
+    /// Whether more than one document appended within the span (as of the last prune).
+    fn several(&self) -> bool {
+        self.seen.len() > 1
+    }
 }
 
 /// Per-batch view of one document touched by an append or compaction.
@@ -697,10 +829,12 @@ impl Writer {
             // Commits close together: sleep out the rest of the window (one wake-up, not one
             // per request), then take what arrived meanwhile.
             let now = Instant::now();
+            self.active.saw(&batch, now);
             let wait = last_commit
                 .map(|at| (at + self.commit_window).saturating_duration_since(now))
                 .unwrap_or_default();
             if group.linger
+                && self.active.several()
                 && !wait.is_zero()
                 && group.updates < self.linger_updates
                 && next.is_none()
@@ -709,6 +843,7 @@ impl Writer {
             {
                 std::thread::sleep(wait);
                 self.take_waiting(&mut batch, &mut group, &mut next);
+                self.active.saw(&batch, Instant::now());
             }
             // Requests after a Close are refused; the Close itself is answered after commit.
             if let Some(i) = batch
@@ -759,6 +894,7 @@ impl Writer {
     /// Applies `batch` in one transaction and answers every request in it.
     fn commit(&mut self, batch: &mut Vec<Request>) {
         let now_ms = unix_ms();
+        let mut recent = self.recent;
         let result = (|| -> Result<Vec<Answer>, StoreError> {
             let mut tx = self
                 .conn
@@ -775,7 +911,7 @@ impl Writer {
                         events,
                         ..
                     } if keys.is_empty() => {
-                        let range = append(&tx, &mut docs, doc, updates, now_ms)?;
+                        let range = append(&tx, &mut docs, doc, updates, now_ms, &mut recent)?;
                         super::sqlite_inbox::insert_events(&tx, doc, range, events, now_ms)?;
                         Answer::Append(Ok(range))
                     }
@@ -800,14 +936,20 @@ impl Writer {
                         // A savepoint, so a refused key undoes its own append only.
                         let before = docs.get(doc).map(|d| (d.last_sid, d.dirty));
                         let sp = tx.savepoint()?;
-                        let outcome =
-                            append_keyed(&sp, &mut docs, doc, updates, keys, &self.keys, now_ms)
-                                .and_then(|range| {
-                                    super::sqlite_inbox::insert_events(
-                                        &sp, doc, range, events, now_ms,
-                                    )?;
-                                    Ok(range)
-                                });
+                        let outcome = append_keyed(
+                            &sp,
+                            &mut docs,
+                            doc,
+                            updates,
+                            keys,
+                            &self.keys,
+                            now_ms,
+                            &mut recent,
+                        )
+                        .and_then(|range| {
+                            super::sqlite_inbox::insert_events(&sp, doc, range, events, now_ms)?;
+                            Ok(range)
+                        });
                         match outcome {
                             Ok(range) => {
                                 sp.commit()?;
@@ -859,12 +1001,19 @@ impl Writer {
             if keyed {
                 evict_keys(&tx, &self.keys, now_ms)?;
             }
+            if recent.full() {
+                Recent::move_all(&tx)?;
+                recent = Recent::default();
+            }
             tx.commit()?;
             Ok(answers)
         })();
 
         match result {
             Ok(answers) => {
+                // Rows of appends refused under a savepoint are counted too: the count only
+                // decides when to move the table, and a move takes whatever is there.
+                self.recent = recent;
                 self.metrics.store_transactions.inc();
                 for (request, answer) in batch.drain(..).zip(answers) {
                     self.answer(request, answer);
@@ -958,19 +1107,30 @@ fn doc_state<'a>(
     Ok(docs.get_mut(doc))
 }
 
+/// Appends `updates` to the log of `doc`: small appends to `recent_updates`, counted in
+/// `recent` (see [`Recent`]), others to `updates`.
 fn append(
     tx: &Connection,
     docs: &mut HashMap<String, DocState>,
     doc: &str,
     updates: &[NewUpdate],
     now_ms: u64,
+    recent: &mut Recent,
 ) -> Result<SidRange, StoreError> {
     let Some(state) = doc_state(tx, docs, doc, true, now_ms)? else {
         return Err(StoreError::UnknownDocument(doc.to_owned()));
     };
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO updates (doc_id, sid, data, author, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
+    let mut insert = if Recent::takes(updates) {
+        recent.add(updates);
+        tx.prepare_cached(
+            "INSERT INTO recent_updates (doc_id, sid, data, author, at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+    } else {
+        tx.prepare_cached(
+            "INSERT INTO updates (doc_id, sid, data, author, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+    };
     let first = state.last_sid + 1;
     for update in updates {
         state.last_sid += 1;
@@ -1000,6 +1160,7 @@ fn append_keyed(
     keys: &[NewKey],
     limits: &KeyLimits,
     now_ms: u64,
+    recent: &mut Recent,
 ) -> Result<SidRange, StoreError> {
     let range = if updates.is_empty() {
         // Nothing to log: the document is neither created nor touched.
@@ -1009,7 +1170,7 @@ fn append_keyed(
             last,
         }
     } else {
-        append(tx, docs, doc, updates, now_ms)?
+        append(tx, docs, doc, updates, now_ms, recent)?
     };
     for key in keys {
         let sid = range.first - 1 + key.after.min(updates.len()) as u64;
@@ -1187,7 +1348,9 @@ fn compact(
     .execute(params![id, upto, state])?;
     let removed = tx
         .prepare_cached("DELETE FROM updates WHERE doc_id = ?1 AND sid <= ?2")?
-        .execute(params![id, upto])? as u64;
+        .execute(params![id, upto])? as u64
+        + tx.prepare_cached("DELETE FROM recent_updates WHERE doc_id = ?1 AND sid <= ?2")?
+            .execute(params![id, upto])? as u64;
     let authors = serde_json::to_string(&compaction.authors)
         .map_err(|e| StoreError::Backend(BackendError::new(e)))?;
     let checkpoint = match compaction.checkpoint_at {
@@ -1257,7 +1420,10 @@ fn read_log(
     after: Sid,
 ) -> Result<Vec<LogEntry>, StoreError> {
     let mut stmt = tx.prepare_cached(
-        "SELECT sid, data, author, at FROM updates WHERE doc_id = ?1 AND sid > ?2 ORDER BY sid",
+        "SELECT sid, data, author, at FROM updates WHERE doc_id = ?1 AND sid > ?2
+         UNION ALL
+         SELECT sid, data, author, at FROM recent_updates WHERE doc_id = ?1 AND sid > ?2
+         ORDER BY sid",
     )?;
     let rows = stmt.query_map(params![row.id, after], |r| {
         Ok(LogEntry {
@@ -1917,6 +2083,9 @@ mod tests {
                 conn.execute_batch(
                     "CREATE TEMP TRIGGER poison BEFORE INSERT ON main.updates
                      WHEN NEW.data = CAST('b-poison' AS BLOB)
+                     BEGIN SELECT RAISE(ABORT, 'poisoned'); END;
+                     CREATE TEMP TRIGGER poison_recent BEFORE INSERT ON main.recent_updates
+                     WHEN NEW.data = CAST('b-poison' AS BLOB)
                      BEGIN SELECT RAISE(ABORT, 'poisoned'); END;",
                 )?;
                 Ok(())
@@ -1986,6 +2155,28 @@ mod tests {
         let started = Instant::now();
         store.flush().await.unwrap();
         assert!(started.elapsed() < Duration::from_secs(2));
+        store.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_lone_writer_is_not_held_to_the_commit_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            dir.path(),
+            SqliteOptions {
+                commit_window: Duration::from_secs(3),
+                ..options()
+            },
+        )
+        .unwrap();
+        // One document writing batch after batch (one in flight, as its task does): nothing
+        // could share its commits, so none waits for the window.
+        let started = Instant::now();
+        for i in 0..5 {
+            batch(&store, "a", i, 1).await.unwrap();
+        }
+        assert!(started.elapsed() < Duration::from_secs(3));
+        assert_eq!(store.stats().transactions, 5);
         store.close().await.unwrap();
     }
 
@@ -2059,7 +2250,7 @@ mod tests {
         let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
         let (sid, data): (u64, Vec<u8>) = conn
             .query_row(
-                "SELECT u.sid, u.data FROM updates u JOIN docs d ON d.id = u.doc_id
+                "SELECT u.sid, u.data FROM recent_updates u JOIN docs d ON d.id = u.doc_id
                  WHERE d.doc = 'doc'",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -2071,6 +2262,63 @@ mod tests {
             .unwrap();
         assert_eq!(mode, "wal");
         std::mem::forget(store);
+    }
+
+    /// Rows in each table: (`updates`, `recent_updates`).
+    fn rows(store: &SqliteStore) -> (i64, i64) {
+        let conn = Connection::open(store.path()).unwrap();
+        let count = |table: &str| -> i64 {
+            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        (count("updates"), count("recent_updates"))
+    }
+
+    #[tokio::test]
+    async fn small_appends_wait_in_recent_updates_and_move_in_bulk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        // A keystroke each into three documents: they share `recent_updates`.
+        for (i, doc) in ["a", "b", "c"].iter().enumerate() {
+            store.append(doc, upd(&i.to_string()), "u").await.unwrap();
+        }
+        assert_eq!(rows(&store), (0, 3));
+        // A large append goes straight to `updates`, and reads join both tables in sid order.
+        let many: Vec<NewUpdate> = (0..Recent::DIRECT_UPDATES)
+            .map(|i| NewUpdate {
+                update: upd(&format!("m{i}")),
+                author: "u".to_owned(),
+            })
+            .collect();
+        store.append_batch("a", many).await.unwrap();
+        store.append("a", upd("last"), "u").await.unwrap();
+        assert_eq!(rows(&store), (16, 4));
+        let loaded = store.load("a").await.unwrap().unwrap();
+        let sids: Vec<Sid> = loaded.updates.iter().map(|e| e.sid).collect();
+        assert_eq!(sids, (1..=18).collect::<Vec<_>>());
+        assert_eq!(loaded.updates[17].update, upd("last"));
+        // Reopened, the writer counts what waits, and moves it all once the table is full.
+        store.close().await.unwrap();
+        let store = open(dir.path());
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 4..Recent::MOVE_ROWS {
+            let store = store.clone();
+            writes.spawn(async move { store.append(&format!("d{i}"), upd("x"), "u").await });
+        }
+        while let Some(sid) = writes.join_next().await {
+            assert_eq!(sid.unwrap().unwrap(), 1);
+        }
+        assert_eq!(rows(&store), (16 + Recent::MOVE_ROWS as i64, 0));
+        let since = store.updates_since("b", 0).await.unwrap();
+        let Since::Updates { entries, last_sid } = since else {
+            panic!("expected updates, got {since:?}");
+        };
+        assert_eq!((last_sid, texts(&entries)), (1, vec![(1, "1".to_owned())]));
+        // A compaction removes a document's rows from both tables.
+        store.append("a", upd("after"), "u").await.unwrap();
+        let done = store.compact("a", snap(19, "s")).await.unwrap();
+        assert_eq!(done.removed, 19);
+        assert_eq!(store.load("a").await.unwrap().unwrap().updates.len(), 0);
     }
 
     #[tokio::test]
@@ -2144,7 +2392,7 @@ mod tests {
             store.append("doc", upd(&i.to_string()), "u").await.unwrap();
         }
         let conn = Connection::open(store.path()).unwrap();
-        conn.execute("DELETE FROM updates WHERE sid = 2", [])
+        conn.execute("DELETE FROM recent_updates WHERE sid = 2", [])
             .unwrap();
         assert!(matches!(
             store.load("doc").await,
@@ -2154,7 +2402,7 @@ mod tests {
             store.updates_since("doc", 1).await,
             Err(StoreError::Corrupt { .. })
         ));
-        conn.execute("DELETE FROM updates WHERE sid = 3", [])
+        conn.execute("DELETE FROM recent_updates WHERE sid = 3", [])
             .unwrap();
         // The tail is missing: the log no longer reaches last_sid.
         assert!(matches!(
@@ -2175,7 +2423,7 @@ mod tests {
         let store = open(dir.path());
         store.append("doc", upd("1"), "u").await.unwrap();
         let conn = Connection::open(store.path()).unwrap();
-        conn.execute("DROP TABLE updates", []).unwrap();
+        conn.execute("DROP TABLE recent_updates", []).unwrap();
         assert!(matches!(
             store.load("doc").await,
             Err(StoreError::Backend(_))
@@ -2211,7 +2459,7 @@ mod tests {
             conn.pragma_update(None, "user_version", version).unwrap();
             let err = SqliteStore::open(dir.path(), options()).unwrap_err();
             assert!(
-                matches!(err, StoreError::UnsupportedSchema { found, supported: 3 } if found == version),
+                matches!(err, StoreError::UnsupportedSchema { found, supported: SCHEMA_VERSION } if found == version),
                 "{err}"
             );
         }
@@ -2233,10 +2481,40 @@ mod tests {
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(store.load("doc").await.unwrap().unwrap().last_sid, 1);
         store.record_revocation("ann", 7).await.unwrap();
         assert_eq!(store.revocations().await.unwrap(), vec![("ann".into(), 7)]);
+    }
+
+    #[tokio::test]
+    async fn a_version_3_database_gets_the_recent_updates_table() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            store.append("doc", upd("1"), "u").await.unwrap();
+            store.close().await.unwrap();
+        }
+        // What version 3 left: every update in `updates`, no `recent_updates`.
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "INSERT INTO updates (doc_id, sid, data, author, at)
+               SELECT doc_id, sid, data, author, at FROM recent_updates;
+             DROP TABLE recent_updates;
+             PRAGMA user_version = 3;",
+        )
+        .unwrap();
+        let store = open(dir.path());
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        store.append("doc", upd("2"), "u").await.unwrap();
+        let loaded = store.load("doc").await.unwrap().unwrap();
+        assert_eq!(
+            texts(&loaded.updates),
+            vec![(1, "1".to_owned()), (2, "2".to_owned())]
+        );
     }
 
     #[tokio::test]

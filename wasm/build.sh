@@ -7,7 +7,8 @@
 # Steps: scripts/build-wasm.sh (release, size-optimised: opt-level z, LTO, one codegen unit,
 # std rebuilt with panic=immediate-abort and optimize_for_size) → wasm-opt -Oz --converge
 # (binaryen) → wasm-bindgen (--target web, the version in Cargo.lock; installed by
-# scripts/setup.sh --wasm-bindgen when missing) → wasm/js/ without comments → package.json.
+# scripts/setup.sh --wasm-bindgen when missing) → the JavaScript minified by terser (npm ci in
+# wasm/minify/ when missing) → package.json.
 # The brief's budget: < 250 KB gzipped, wasm + JS (the performance issue's target: < 180 KB).
 #
 # Environment: WASM_TARGET_DIR (default <repo>/target/wasm-pkg; kept apart from the engine's
@@ -30,7 +31,7 @@ for arg in "$@"; do
   case "$arg" in
     --debug) release=() ;;
     -h | --help)
-      sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument: $arg" ;;
@@ -86,30 +87,29 @@ wasm-bindgen --target web --remove-name-section --remove-producers-section \
   --out-dir "$work" --out-name tandem_wasm "$input"
 cp "$work/tandem_wasm_bg.wasm" "$PKG/"
 cp "$work/tandem_wasm.d.ts" "$WASM_DIR"/js/*.d.ts "$PKG/"
-# The JavaScript ships without its comments, indentation and blank lines (release builds): the
-# documentation lives in the .d.ts files and in wasm/js/. Only comments that start a line go,
-# and lines are never joined, so automatic semicolon insertion reads the same statements. That is
-# safe while no string or template literal spans lines: a line with an odd number of backticks
-# stops the build.
-strip_js() {
-  awk '
-    { line = $0; sub(/^[ \t]+/, "", line) }
-    gsub(/`/, "`", line) % 2 == 1 { printf "%s:%d: a template literal spans lines\n", FILENAME, FNR > "/dev/stderr"; exit 1 }
-    in_block {
-      if (!(end = index(line, "*/"))) next
-      in_block = 0; line = substr(line, end + 2); sub(/^[ \t]+/, "", line)
-    }
-    line ~ /^\/\*/ {
-      if (!(end = index(substr(line, 3), "*/"))) { in_block = 1; next }
-      line = substr(line, end + 4); sub(/^[ \t]+/, "", line)
-    }
-    line ~ /^\/\// || line == "" { next }
-    { print line }
-  ' "$1"
+# The JavaScript ships minified (release builds) by terser, pinned in wasm/minify/package-lock.json
+# and installed there with npm ci when missing (pure JavaScript: nothing platform-specific is
+# downloaded). The documentation lives in the .d.ts files and in wasm/js/. ES modules: top-level
+# names are mangled, exported names and property names are not; class names are kept (the glue
+# names them in its errors).
+minify_js() {
+  "$terser" "$1" --module --ecma 2020 --compress --mangle --keep-classnames --comments false \
+    --output "$2"
 }
+if [ "${#release[@]}" -gt 0 ]; then
+  minify="$WASM_DIR/minify"
+  terser="$minify/node_modules/.bin/terser"
+  want_terser="$(awk -F'"' '/"terser":/ { print $4; exit }' "$minify/package.json")"
+  have_terser="$(node -p "require('$minify/node_modules/terser/package.json').version" 2>/dev/null || true)"
+  if [ ! -x "$terser" ] || [ "$have_terser" != "$want_terser" ]; then
+    command -v npm >/dev/null 2>&1 || die "npm not found: run 'bash scripts/setup.sh --apt' (package npm)"
+    log "npm ci in wasm/minify (terser $want_terser)"
+    (cd "$minify" && npm ci --no-audit --no-fund --loglevel=error) >&2 || die "npm ci failed in $minify"
+  fi
+fi
 for f in "$work/tandem_wasm.js" "$WASM_DIR"/js/*.js; do
   if [ "${#release[@]}" -gt 0 ]; then
-    strip_js "$f" >"$PKG/$(basename "$f")" || die "cannot strip $f"
+    minify_js "$f" "$PKG/$(basename "$f")" || die "cannot minify $f"
   else
     cp "$f" "$PKG/"
   fi

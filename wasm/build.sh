@@ -75,7 +75,7 @@ installed() { node -p "require('$tools/node_modules/$1/package.json').version" 2
 pinned() { awk -F'"' '/"'"$1"'":/ { print $4; exit }' "$tools/package.json"; }
 for tool in acorn binaryen terser; do
   [ "$(installed "$tool")" = "$(pinned "$tool")" ] && continue
-  command -v npm >/dev/null 2>&1 || die "npm not found: run 'bash scripts/setup.sh --apt' (package npm)"
+  command -v npm >/dev/null 2>&1 || die "npm not found: Node.js with npm builds the browser package"
   log "npm ci in wasm/tools ($tool $(pinned "$tool") is missing)"
   (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error) >&2 || die "npm ci failed in $tools"
   break

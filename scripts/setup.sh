@@ -3,7 +3,7 @@
 # (run as root), checking before installing, so a second run takes seconds.
 #
 # Usage: bash scripts/setup.sh [STEP...]
-#   --apt            Debian packages (rustc-web toolchain for wasm32, lld, binaryen, chromium, ...)
+#   --apt            Debian packages (rustc-web toolchain for wasm32, lld, chromium, ...)
 #   --services       start PostgreSQL and Redis if they do not answer, wait until both do
 #   --wasm-bindgen   cargo install wasm-bindgen-cli at the wasm-bindgen version in Cargo.lock
 #   --cargo-fuzz     cargo install cargo-fuzz
@@ -24,7 +24,6 @@ APT_PACKAGES=(
   cargo-web     # its cargo (/usr/bin/cargo)
   rust-web-src  # std sources for -Zbuild-std
   lld           # wasm-ld
-  binaryen      # wasm-opt
   chromium      # headless browser tests
   chromium-driver
   pkg-config

@@ -5,9 +5,11 @@
 # Usage: bash wasm/build.sh [--debug]
 #
 # Steps: scripts/build-wasm.sh (release, size-optimised: opt-level z, LTO, one codegen unit,
-# std rebuilt with panic=immediate-abort and optimize_for_size) → wasm-opt -Oz --converge
-# (binaryen) → wasm-bindgen (--target web, the version in Cargo.lock; installed by
-# scripts/setup.sh --wasm-bindgen when missing) → wasm/js/ without comments → package.json.
+# std rebuilt with panic=immediate-abort and optimize_for_size) → wasm-opt -Os --converge
+# (binaryen from npm) → wasm-bindgen (--target web, the version in Cargo.lock; installed by
+# scripts/setup.sh --wasm-bindgen when missing) → wasm-opt again → wasm/js/ joined into one
+# module → the JavaScript minified by terser → package.json. npm ci runs in wasm/tools/ when
+# its tools are missing.
 # The brief's budget: < 250 KB gzipped, wasm + JS (the performance issue's target: < 180 KB).
 #
 # Environment: WASM_TARGET_DIR (default <repo>/target/wasm-pkg; kept apart from the engine's
@@ -30,7 +32,7 @@ for arg in "$@"; do
   case "$arg" in
     --debug) release=() ;;
     -h | --help)
-      sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument: $arg" ;;
@@ -65,51 +67,67 @@ if [ "$have" != "$want" ]; then
   log "wasm-bindgen-cli $want is needed (found: ${have:-none}); installing"
   bash "$REPO_ROOT/scripts/setup.sh" --wasm-bindgen
 fi
-command -v wasm-opt >/dev/null 2>&1 || die "wasm-opt not found: run 'bash scripts/setup.sh --apt' (package binaryen)"
+# Tools from npm, pinned in wasm/tools/package-lock.json and installed there with npm ci when
+# missing or of another version (wasm/tools/package.json says what each is for). They run under
+# Node: JavaScript, and binaryen compiled to WebAssembly; nothing platform-specific is downloaded.
+tools="$WASM_DIR/tools"
+installed() { node -p "require('$tools/node_modules/$1/package.json').version" 2>/dev/null || true; }
+pinned() { awk -F'"' '/"'"$1"'":/ { print $4; exit }' "$tools/package.json"; }
+for tool in acorn binaryen terser; do
+  [ "$(installed "$tool")" = "$(pinned "$tool")" ] && continue
+  command -v npm >/dev/null 2>&1 || die "npm not found: Node.js with npm builds the browser package"
+  log "npm ci in wasm/tools ($tool $(pinned "$tool") is missing)"
+  (cd "$tools" && npm ci --no-audit --no-fund --loglevel=error) >&2 || die "npm ci failed in $tools"
+  break
+done
+# binaryen's wasm-opt, before wasm-bindgen (on rustc's output) and again after it (on the glue
+# it adds); Debian's binaryen (108) is older, gives a larger module and cannot read what
+# wasm-bindgen writes. -Os: on this module 0.3 KB smaller than -Oz once gzipped (4 KB larger
+# uncompressed; what a browser downloads is the gzipped size). The assumptions it may make:
+# - --ignore-implicit-traps: the code is Rust's, which never loads or stores out of bounds and
+#   checks its divisions, so those instructions never trap (explicit traps, a panic's
+#   `unreachable`, stay);
+# - --low-memory-unused: the first 1 KB of memory is the far end of the 1 MB stack (the linker
+#   puts the stack first), reached only by a stack overflow;
+# - --zero-filled-memory: the module's own memory starts zeroed, as every new WebAssembly memory.
+wasm_opt() {
+  node "$tools/node_modules/binaryen/bin/wasm-opt" -Os --converge --ignore-implicit-traps \
+    --low-memory-unused --zero-filled-memory --enable-bulk-memory --enable-sign-ext \
+    --enable-mutable-globals --enable-nontrapping-float-to-int --enable-reference-types \
+    --enable-multivalue "$1" -o "$2"
+}
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 rm -rf "$PKG"
 mkdir -p "$PKG"
-# wasm-opt runs on rustc's output, before wasm-bindgen: Debian's binaryen (108) rewrites the
-# externref table wasm-bindgen adds into a funcref table, which breaks instantiation.
 input="$wasm"
 if [ "${#release[@]}" -gt 0 ]; then
-  log "wasm-opt -Oz --converge"
-  wasm-opt -Oz --converge --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-    --enable-nontrapping-float-to-int --enable-reference-types --enable-multivalue \
-    "$wasm" -o "$work/optimized.wasm"
+  log "wasm-opt -Os --converge (binaryen $(installed binaryen))"
+  wasm_opt "$wasm" "$work/optimized.wasm"
   input="$work/optimized.wasm"
 fi
 log "wasm-bindgen $want"
 wasm-bindgen --target web --remove-name-section --remove-producers-section \
   --out-dir "$work" --out-name tandem_wasm "$input"
-cp "$work/tandem_wasm_bg.wasm" "$PKG/"
+if [ "${#release[@]}" -gt 0 ]; then
+  log "wasm-opt -Os --converge, after wasm-bindgen"
+  wasm_opt "$work/tandem_wasm_bg.wasm" "$PKG/tandem_wasm_bg.wasm"
+else
+  cp "$work/tandem_wasm_bg.wasm" "$PKG/"
+fi
 cp "$work/tandem_wasm.d.ts" "$WASM_DIR"/js/*.d.ts "$PKG/"
-# The JavaScript ships without its comments, indentation and blank lines (release builds): the
-# documentation lives in the .d.ts files and in wasm/js/. Only comments that start a line go,
-# and lines are never joined, so automatic semicolon insertion reads the same statements. That is
-# safe while no string or template literal spans lines: a line with an odd number of backticks
-# stops the build.
-strip_js() {
-  awk '
-    { line = $0; sub(/^[ \t]+/, "", line) }
-    gsub(/`/, "`", line) % 2 == 1 { printf "%s:%d: a template literal spans lines\n", FILENAME, FNR > "/dev/stderr"; exit 1 }
-    in_block {
-      if (!(end = index(line, "*/"))) next
-      in_block = 0; line = substr(line, end + 2); sub(/^[ \t]+/, "", line)
-    }
-    line ~ /^\/\*/ {
-      if (!(end = index(substr(line, 3), "*/"))) { in_block = 1; next }
-      line = substr(line, end + 4); sub(/^[ \t]+/, "", line)
-    }
-    line ~ /^\/\// || line == "" { next }
-    { print line }
-  ' "$1"
-}
-for f in "$work/tandem_wasm.js" "$WASM_DIR"/js/*.js; do
+# The client's modules (wasm/js/) ship joined into one, index.js (wasm/tools/bundle.mjs says
+# what it preserves and what stops the build), next to the wasm-bindgen glue it imports. Release
+# builds minify both with terser; the documentation lives in the .d.ts files and in wasm/js/. ES
+# modules: top-level names are mangled, exported names and property names are not; class names
+# are kept (the glue names them in its errors).
+node "$tools/bundle.mjs" "$WASM_DIR/js" index.js tandem_wasm.js "$work/index.js" ||
+  die "cannot join the modules of $WASM_DIR/js"
+for f in "$work/tandem_wasm.js" "$work/index.js"; do
   if [ "${#release[@]}" -gt 0 ]; then
-    strip_js "$f" >"$PKG/$(basename "$f")" || die "cannot strip $f"
+    node "$tools/node_modules/terser/bin/terser" "$f" --module --ecma 2020 --compress --mangle \
+      --keep-classnames --comments false --output "$PKG/$(basename "$f")" || die "cannot minify $f"
   else
     cp "$f" "$PKG/"
   fi

@@ -505,10 +505,15 @@ impl Document {
                 }
             }
         }
-        best.into_iter()
-            .filter(|(_, e)| !e.deleted)
-            .map(|(k, e)| (k, FieldValue::from(&e)))
-            .collect()
+        // Inserted one by one: `collect` into a BTreeMap sorts first, a sort instantiated for
+        // this one call.
+        let mut fields = BTreeMap::new();
+        for (name, entry) in best {
+            if !entry.deleted {
+                fields.insert(name, FieldValue::from(&entry));
+            }
+        }
+        fields
     }
 
     /// Writes register `name` as `user`; `None` deletes it. Returns the new state and the update.

@@ -925,8 +925,10 @@ impl Presence {
 
     fn publish(&mut self, state: PresenceState, now_ms: u64) {
         self.set_now(now_ms);
-        self.awareness
-            .set_local_state_raw(state.to_json().to_string());
+        // Writing a JSON value cannot fail. `to_string` shares its writer with the register
+        // writes; `Value`'s `Display` would be a second copy of it in the browser module.
+        let json = serde_json::to_string(&state.to_json()).unwrap_or_default();
+        self.awareness.set_local_state_raw(json);
         self.track(self.client_id(), state.clone(), now_ms);
         self.local = Some(state);
     }

@@ -25,7 +25,9 @@
 //! at 0 when `wall` moved forward and otherwise counts up. So a write made later in real time
 //! wins even when it arrives earlier, and a write made after seeing another always beats it.
 
+use serde::de::{Error as _, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::cmp::Ordering;
 
 /// Name of the top-level `Y.Map` holding register writes.
@@ -124,8 +126,113 @@ impl Entry {
     }
 
     /// Parses a stored entry; entries that do not parse are ignored by readers.
+    ///
+    /// Accepts exactly what the derived `Deserialize` accepts (an object, or an array of the
+    /// fields in order; the same types and defaults; unknown fields ignored, a repeated field
+    /// refused), but reads the JSON as [`serde_json::Value`]s and checks them here. The derived
+    /// code's type errors format the offending value, which brings serde's error formatting
+    /// and float printing into the browser module (about 9 KB of code and data); this parser
+    /// has none.
     pub fn parse(json: &str) -> Option<Entry> {
-        serde_json::from_str(json).ok()
+        let mut de = serde_json::Deserializer::from_str(json);
+        let fields = serde::Deserializer::deserialize_any(&mut de, RawEntry).ok()?;
+        de.end().ok()?;
+        Entry::from_fields(fields)
+    }
+
+    /// An entry from its fields by name, with the derived `Deserialize`'s types and defaults.
+    fn from_fields(mut f: serde_json::Map<String, Value>) -> Option<Entry> {
+        let author = match f.remove("author") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s),
+            Some(_) => return None,
+        };
+        let deleted = match f.remove("deleted") {
+            None => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => return None,
+        };
+        let Value::String(name) = f.remove("name")? else {
+            return None;
+        };
+        Some(Entry {
+            name,
+            value: f.remove("value").unwrap_or(Value::Null),
+            deleted,
+            wall: f.remove("wall")?.as_u64()?,
+            counter: u32::try_from(f.remove("counter")?.as_u64()?).ok()?,
+            client: f.remove("client")?.as_u64()?,
+            author,
+        })
+    }
+}
+
+/// [`Entry`]'s fields in declaration order (the order of its array form).
+const ENTRY_FIELDS: [&str; 7] = [
+    "name", "value", "deleted", "wall", "counter", "client", "author",
+];
+
+/// Reads an entry's JSON as its fields by name, for [`Entry::parse`]. Anything but an object or
+/// an array is refused with a plain message: serde's default answers format the value.
+struct RawEntry;
+
+impl<'de> Visitor<'de> for RawEntry {
+    type Value = serde_json::Map<String, Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a register entry")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = serde_json::Map::new();
+        while let Some((key, value)) = map.next_entry::<String, Value>()? {
+            let known = ENTRY_FIELDS.contains(&key.as_str());
+            if fields.insert(key, value).is_some() && known {
+                return Err(A::Error::custom("duplicate field"));
+            }
+        }
+        Ok(fields)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut fields = serde_json::Map::new();
+        for name in ENTRY_FIELDS {
+            match seq.next_element::<Value>()? {
+                Some(value) => {
+                    fields.insert(name.to_owned(), value);
+                }
+                // Only `author`, the last field, has a default in the array form: the derived
+                // code fills `value` and `deleted` only when the array ends before them, and
+                // then `wall` is missing anyway.
+                None if name == "author" => break,
+                None => return Err(A::Error::custom("too few fields")),
+            }
+        }
+        Ok(fields)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+        Err(E::custom("not an entry"))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+        Err(E::custom("not an entry"))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+        Err(E::custom("not an entry"))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+        Err(E::custom("not an entry"))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+        Err(E::custom("not an entry"))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Err(E::custom("not an entry"))
     }
 }
 
@@ -156,6 +263,56 @@ impl From<&Entry> for FieldValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Entry::parse` against the derived `Deserialize` it stands in for.
+    #[test]
+    fn entry_parse_accepts_what_the_derived_deserialize_accepts() {
+        let cases = [
+            r#"{"name":"s","value":"done","deleted":false,"wall":5,"counter":1,"client":7,"author":"a"}"#,
+            r#"{"name":"s","wall":5,"counter":1,"client":7}"#,
+            r#"{"name":"s","value":null,"deleted":true,"wall":5,"counter":0,"client":7,"author":null}"#,
+            r#"{"name":"s","wall":5,"counter":1,"client":7,"extra":[1,{"x":2}],"extra":3}"#,
+            r#"{"name":"s","name":"t","wall":5,"counter":1,"client":7}"#,
+            r#"{"name":"s","wall":5,"wall":6,"counter":1,"client":7}"#,
+            r#"{"na\u006de":"s","wall":5,"counter":1,"client":7}"#,
+            r#"{"name":"s","wall":5,"counter":4294967295,"client":7}"#,
+            r#"{"name":"s","wall":5,"counter":4294967296,"client":7}"#,
+            r#"{"name":"s","wall":18446744073709551615,"counter":0,"client":7}"#,
+            r#"{"name":"s","wall":18446744073709551616,"counter":0,"client":7}"#,
+            r#"{"name":"s","wall":5.0,"counter":1,"client":7}"#,
+            r#"{"name":"s","wall":-1,"counter":1,"client":7}"#,
+            r#"{"name":"s","wall":-0,"counter":1,"client":7}"#,
+            r#"{"name":"s","wall":1e3,"counter":1,"client":7}"#,
+            r#"{"name":"s","wall":"5","counter":1,"client":7}"#,
+            r#"{"name":"s","wall":5,"counter":1}"#,
+            r#"{"name":5,"wall":5,"counter":1,"client":7}"#,
+            r#"{"name":null,"wall":5,"counter":1,"client":7}"#,
+            r#"{"name":"s","wall":5,"counter":1,"client":7,"deleted":null}"#,
+            r#"{"name":"s","wall":5,"counter":1,"client":7,"deleted":1}"#,
+            r#"{"name":"s","wall":5,"counter":1,"client":7,"author":5}"#,
+            r#"{"name":"s","wall":5,"counter":1,"client":7,"author":["a"]}"#,
+            r#"["s",{"v":1},true,5,1,7,"a"]"#,
+            r#"["s",{"v":1},true,5,1,7]"#,
+            r#"["s",{"v":1},true,5,1]"#,
+            r#"["s",{"v":1},true,5,1,7,"a",8]"#,
+            r#"["s",null,null,5,1,7]"#,
+            r#"[]"#,
+            r#"{}"#,
+            r#"null"#,
+            r#"true"#,
+            r#"1.5"#,
+            r#"-3"#,
+            r#"3"#,
+            r#""entry""#,
+            r#"{"name":"s","wall":5,"counter":1,"client":7} x"#,
+            r#"{"name":"s","wall":5,"counter":1,"client":7"#,
+            r#" {"name":"s","wall":5,"counter":1,"client":7} "#,
+        ];
+        for json in cases {
+            let derived = serde_json::from_str::<Entry>(json).ok();
+            assert_eq!(Entry::parse(json), derived, "{json}");
+        }
+    }
 
     #[test]
     fn later_wall_time_wins_and_ties_break_by_client() {

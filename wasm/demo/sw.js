@@ -1,11 +1,9 @@
 // The demo's offline shell: network first, the cached copy when the network fails, so the
 // page reloads while offline and shows the document cached in IndexedDB.
-const CACHE = 'tandem-demo-v2'
+const CACHE = 'tandem-demo-v3'
 const SHELL = [
   '/', '/demo/demo.css', '/demo/demo.js',
-  '/pkg/index.js', '/pkg/doc.js', '/pkg/provider.js', '/pkg/emitter.js', '/pkg/offline.js',
-  '/pkg/tabs.js', '/pkg/backoff.js', '/pkg/inbox.js', '/pkg/mention.js', '/pkg/tandem_wasm.js',
-  '/pkg/tandem_wasm_bg.wasm'
+  '/pkg/index.js', '/pkg/tandem_wasm.js', '/pkg/tandem_wasm_bg.wasm'
 ]
 
 self.addEventListener('install', (event) => {

@@ -21,7 +21,7 @@
 import { Emitter } from './emitter.js'
 import { backoffDelay } from './backoff.js'
 
-const DEFAULTS = {
+const INBOX_DEFAULTS = {
   pageSize: 20,
   minBackoffMs: 500,
   maxBackoffMs: 30000,
@@ -44,7 +44,7 @@ export class InboxError extends Error {
 export class Inbox extends Emitter {
   constructor (options = {}) {
     super()
-    this.options = { ...DEFAULTS, ...options }
+    this.options = { ...INBOX_DEFAULTS, ...options }
     const url = options.url ?? globalThis.location?.origin
     if (!url) throw new Error('tandem: no server url given')
     this.base = url.replace(/^ws(s?):/, 'http$1:').replace(/\/+$/, '')

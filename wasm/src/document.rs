@@ -4,9 +4,10 @@
 //! to send, queue offline and share with other tabs. Changes, local or remote, are collected
 //! with their authors and drained with `takeChanges()`.
 
-use crate::convert::{self, delta_json, field_json, to_js};
+use crate::convert::{self, delta_js, field_js, object, string_or_null};
 use crate::error::BindingError;
-use serde_json::{json, Map, Value};
+use js_sys::{Array, Object};
+use serde_json::Value;
 use tandem_engine::{Change, Document};
 use wasm_bindgen::prelude::*;
 
@@ -132,20 +133,18 @@ impl WasmDocument {
     /// The state of register `name` as `{value, version, author, at}`, or `undefined`.
     pub fn field(&self, name: &str) -> JsValue {
         match self.inner.field(name) {
-            Some(f) => to_js(&field_json(&f)),
+            Some(f) => field_js(&f),
             None => JsValue::UNDEFINED,
         }
     }
 
     /// Every register that has a value, by name.
     pub fn fields(&self) -> JsValue {
-        let map: Map<String, Value> = self
-            .inner
-            .fields()
-            .iter()
-            .map(|(k, f)| (k.clone(), field_json(f)))
-            .collect();
-        to_js(&Value::Object(map))
+        let o = Object::new();
+        for (name, field) in self.inner.fields() {
+            convert::set(&o, &name, &field_js(&field));
+        }
+        o.into()
     }
 
     /// Writes register `name` as `user` (last write wins). Any JSON value is allowed.
@@ -243,11 +242,11 @@ impl WasmDocument {
     #[wasm_bindgen(js_name = takeChanges)]
     pub fn take_changes(&mut self) -> JsValue {
         self.drain(None);
-        let changes: Vec<Value> = std::mem::take(&mut self.changes)
+        std::mem::take(&mut self.changes)
             .iter()
-            .map(change_json)
-            .collect();
-        to_js(&Value::Array(changes))
+            .map(change_js)
+            .collect::<Array>()
+            .into()
     }
 }
 
@@ -271,27 +270,30 @@ impl WasmDocument {
     }
 }
 
-/// A change as the JSON object `takeChanges` returns.
-pub fn change_json(change: &Change) -> Value {
+/// A change as the object `takeChanges` returns.
+pub fn change_js(change: &Change) -> JsValue {
     match change {
         Change::Text {
             field,
             delta,
             author,
             ..
-        } => {
-            json!({ "kind": "text", "field": field, "delta": delta_json(delta), "author": author })
-        }
+        } => object(&[
+            ("author", string_or_null(author.as_deref())),
+            ("delta", delta_js(delta)),
+            ("field", field.into()),
+            ("kind", "text".into()),
+        ]),
         Change::Field {
             name,
             value,
             author,
-        } => json!({
-            "kind": "field",
-            "name": name,
-            "value": value.as_ref().map(field_json),
-            "author": author,
-        }),
+        } => object(&[
+            ("author", string_or_null(author.as_deref())),
+            ("kind", "field".into()),
+            ("name", name.into()),
+            ("value", value.as_ref().map_or(JsValue::NULL, field_js)),
+        ]),
     }
 }
 

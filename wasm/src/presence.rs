@@ -5,10 +5,10 @@
 //! relative positions, so they survive concurrent edits. Awareness payloads (the bytes inside
 //! a y-websocket awareness message) go in through `applyUpdate` and out through `localUpdate`.
 
-use crate::convert::{self, to_js};
+use crate::convert::{self, numbers, object, string_or_null};
 use crate::document::WasmDocument;
 use crate::error::BindingError;
-use serde_json::{json, Value};
+use js_sys::Array;
 use std::collections::HashMap;
 use std::sync::Arc;
 use tandem_engine::presence::{Presence, PresenceState, RemoteCursor, TypingUser, User, Viewer};
@@ -159,31 +159,29 @@ impl WasmPresence {
     /// The users viewing the document, one entry per user:
     /// `[{userId, name, color, clients, lastActiveMs}]`.
     pub fn viewers(&self, now_ms: f64) -> JsValue {
-        let list: Vec<Value> = self
-            .inner
+        self.inner
             .viewers(convert::millis(now_ms))
             .iter()
-            .map(viewer_json)
-            .collect();
-        to_js(&Value::Array(list))
+            .map(viewer_js)
+            .collect::<Array>()
+            .into()
     }
 
     /// Who is typing where: `[{userId, name, color, field, clients}]`.
     pub fn typing(&self, now_ms: f64) -> JsValue {
-        let list: Vec<Value> = self
-            .inner
+        self.inner
             .typing(convert::millis(now_ms))
             .iter()
-            .map(typing_json)
-            .collect();
-        to_js(&Value::Array(list))
+            .map(typing_js)
+            .collect::<Array>()
+            .into()
     }
 
     /// Remote selections in `field` as absolute UTF-16 offsets:
     /// `[{clientId, user: {id, name, color}, anchor, head}]`.
     pub fn cursors(&self, field: &str) -> Result<JsValue, BindingError> {
-        let list: Vec<Value> = self.inner.cursors(field)?.iter().map(cursor_json).collect();
-        Ok(to_js(&Value::Array(list)))
+        let list: Array = self.inner.cursors(field)?.iter().map(cursor_js).collect();
+        Ok(list.into())
     }
 
     /// The local selection in `field` as `[anchor, head]`, mapped to the current text.
@@ -219,41 +217,45 @@ pub fn decode_awareness(payload: &[u8]) -> Result<AwarenessUpdate, BindingError>
     Ok(AwarenessUpdate { clients })
 }
 
-fn user_json(user: &User) -> Value {
-    json!({ "id": user.id, "name": user.name, "color": user.color })
+fn user_js(user: &User) -> JsValue {
+    object(&[
+        ("color", string_or_null(user.color.as_deref())),
+        ("id", string_or_null(user.id.as_deref())),
+        ("name", string_or_null(user.name.as_deref())),
+    ])
 }
 
-fn ids(clients: &[ClientID]) -> Vec<f64> {
-    clients.iter().map(|c| c.get() as f64).collect()
+fn ids(clients: &[ClientID]) -> JsValue {
+    numbers(clients.iter().map(|c| c.get() as f64))
 }
 
-fn viewer_json(v: &Viewer) -> Value {
-    json!({
-        "userId": v.user_id,
-        "name": v.name,
-        "color": v.color,
-        "clients": ids(&v.clients),
-        "lastActiveMs": v.last_active_ms,
-    })
+fn viewer_js(v: &Viewer) -> JsValue {
+    object(&[
+        ("clients", ids(&v.clients)),
+        ("color", string_or_null(v.color.as_deref())),
+        ("lastActiveMs", JsValue::from_f64(v.last_active_ms as f64)),
+        ("name", string_or_null(v.name.as_deref())),
+        ("userId", string_or_null(v.user_id.as_deref())),
+    ])
 }
 
-fn typing_json(t: &TypingUser) -> Value {
-    json!({
-        "userId": t.user_id,
-        "name": t.name,
-        "color": t.color,
-        "field": t.field,
-        "clients": ids(&t.clients),
-    })
+fn typing_js(t: &TypingUser) -> JsValue {
+    object(&[
+        ("clients", ids(&t.clients)),
+        ("color", string_or_null(t.color.as_deref())),
+        ("field", JsValue::from_str(&t.field)),
+        ("name", string_or_null(t.name.as_deref())),
+        ("userId", string_or_null(t.user_id.as_deref())),
+    ])
 }
 
-fn cursor_json(c: &RemoteCursor) -> Value {
-    json!({
-        "clientId": c.client_id.get() as f64,
-        "user": user_json(&c.user),
-        "anchor": c.anchor,
-        "head": c.head,
-    })
+fn cursor_js(c: &RemoteCursor) -> JsValue {
+    object(&[
+        ("anchor", JsValue::from_f64(f64::from(c.anchor))),
+        ("clientId", JsValue::from_f64(c.client_id.get() as f64)),
+        ("head", JsValue::from_f64(f64::from(c.head))),
+        ("user", user_js(&c.user)),
+    ])
 }
 
 #[cfg(test)]

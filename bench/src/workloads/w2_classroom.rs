@@ -22,6 +22,7 @@ use super::{
     Workload, WorkloadResult,
 };
 use crate::peer::{NodeSplit, PeerOpts};
+use crate::procstat::Proc;
 use crate::protocol::awareness_update;
 use crate::stats::LatencyRecorder;
 use crate::target::Target;
@@ -61,6 +62,8 @@ pub(super) struct Classroom {
     pub docs: usize,
     /// Client i connects to `targets[i % targets.len()]`.
     pub targets: Vec<Target>,
+    /// The document's name (before the run's nonce); default: the workload's name.
+    pub doc_name: Option<String>,
 }
 
 pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
@@ -73,6 +76,7 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
         drain_seconds: s.w2_drain_seconds,
         docs: 1,
         targets: vec![env.target.clone()],
+        doc_name: None,
     };
     classroom(env, Workload::W2, shape).await
 }
@@ -88,6 +92,7 @@ pub(super) async fn run_everyday(env: &Env) -> Result<WorkloadResult> {
         drain_seconds: s.w2_drain_seconds,
         docs: 1,
         targets: vec![env.target.clone()],
+        doc_name: None,
     };
     classroom(env, Workload::W7, shape).await
 }
@@ -103,6 +108,7 @@ pub(super) async fn run_many(env: &Env) -> Result<WorkloadResult> {
         drain_seconds: s.w2_drain_seconds,
         docs: s.w8_docs.max(1),
         targets: vec![env.target.clone()],
+        doc_name: None,
     };
     classroom(env, Workload::W8, shape).await
 }
@@ -177,13 +183,14 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
     });
 
     let mut fleet = Fleet::new();
+    let doc_name = c.doc_name.clone().unwrap_or_else(|| w.to_string());
     let specs = (0..c.clients * docs)
         .map(|i| {
             let (d, j) = (i / c.clients, i % c.clients);
             let doc = if docs > 1 {
-                env.doc(&format!("{w}-{d}"))
+                env.doc(&format!("{doc_name}-{d}"))
             } else {
-                env.doc(&w.to_string())
+                env.doc(&doc_name)
             };
             let client = BASE_CLIENT + i as u64;
             let name = if j < typists {
@@ -236,12 +243,16 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
         ));
     }
 
-    // Typing.
+    // Typing. (The line marks the start of the measured window for a profiler attached from
+    // outside: `bench/profile-capacity.sh`.)
+    log(&format!("{w}: typing"));
     let before = env.server_sample();
     let writer_before = env.server_thread_cpu(WRITER_THREAD);
     let peak = env.peak_rss();
     let cluster_before = env.nodes_sample();
     let messages_before = progress.messages.load(Ordering::Relaxed);
+    let generator = Proc::current();
+    let generator_before = generator.cpu_seconds().ok();
     let start = now_ns();
     let period = Duration::from_secs_f64(1.0 / c.rate_hz.max(0.001));
     let mut typing = Vec::with_capacity(typists * docs);
@@ -301,6 +312,7 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
         )
         .await;
     let drained = now_ns();
+    let generator_after = generator.cpu_seconds().ok();
     let after = env.server_sample();
     let writer_after = env.server_thread_cpu(WRITER_THREAD);
     let cluster_after = env.nodes_sample();
@@ -319,6 +331,13 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
     let typed_s = (typed - start) as f64 / 1e9;
     r.metric("typing_s", typed_s);
     r.metric("drain_s", (drained - typed) as f64 / 1e9);
+    if let (Some(b), Some(a)) = (generator_before, generator_after) {
+        // The generator's CPU from the first keystroke to the last delivery, in cores.
+        r.metric(
+            "generator_load",
+            (a - b) / ((drained - start) as f64 / 1e9).max(1e-9),
+        );
+    }
     r.metric(
         "keystrokes_per_s",
         (keystrokes * all_typists) as f64 / typed_s.max(1e-9),

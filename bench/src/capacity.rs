@@ -155,10 +155,7 @@ mod tests {
     #[test]
     fn rungs_double_then_grow_by_half_steps() {
         assert_eq!(rungs(1), vec![1]);
-        assert_eq!(
-            rungs(100),
-            vec![1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96]
-        );
+        assert_eq!(rungs(100), vec![1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96]);
         assert_eq!(rungs(128).last(), Some(&128));
     }
 
@@ -212,7 +209,10 @@ mod tests {
             ..ok.clone()
         };
         lost.judge(10.0);
-        assert_eq!(lost.failures, vec!["1 of 10 deliveries missing".to_string()]);
+        assert_eq!(
+            lost.failures,
+            vec!["1 of 10 deliveries missing".to_string()]
+        );
         let mut nan = Step {
             p99_ms: f64::NAN,
             ..ok

@@ -49,6 +49,14 @@ impl Proc {
         }
     }
 
+    /// Thread `tid` of process `pid`.
+    pub fn task(pid: u32, tid: &str) -> Self {
+        Proc {
+            id: format!("{pid}/task/{tid}"),
+            ticks_per_s: clock_ticks(),
+        }
+    }
+
     /// The current process.
     pub fn current() -> Self {
         Proc {

@@ -1104,6 +1104,7 @@ mod tests {
             },
             metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             notes: vec![],
+            steps: Vec::new(),
         }
     }
 

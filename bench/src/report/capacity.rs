@@ -84,8 +84,10 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
          the highest passing N.\n\
          - **CPU per delivery** is the server's user + system CPU (/proc/<pid>/stat) from the \
          first keystroke to the last delivery, divided by the deliveries, at a fixed load of \
-         {fixed} typists for {fixed_s} s (run first, on a settled server), a load every server is \
-         meant to sustain: below saturation, where CPU per delivery is a cost, not a queue.\n\
+         {fixed} typist(s) at {fixed_rate} keystrokes/s for {fixed_s} s (run first), a load every \
+         server is meant to sustain: below saturation, where CPU per delivery is a cost, not a \
+         queue. Every step starts on a settled server: after the join (whose presence messages \
+         are n² deliveries) the generator waits until the server's CPU is below 5% for 250 ms.\n\
          - **The floor** (`tandem-bench floor`) is a relay on the same core that accepts the same \
          connections and writes every update and cursor message a client sends, unchanged, to \
          every other connection of the document, one task per connection and the frames queued \
@@ -104,6 +106,7 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
         max = sizes.w9_max_typists,
         refine = sizes.w9_refine,
         fixed = sizes.w9_fixed_typists,
+        fixed_rate = sizes.w9_fixed_rate_hz,
         fixed_s = sizes.w9_fixed_seconds,
     );
 
@@ -132,9 +135,9 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
     };
     row(&mut md, "capacity (typists)", &|w| match cap(w) {
         Some(c) if !w.metrics.contains_key("first_failing_typists") => {
-            format!("≥ {}", fmt_num(c))
+            format!("≥ {}", c as usize)
         }
-        Some(c) => fmt_num(c),
+        Some(c) => format!("{}", c as usize),
         None => "none passed".into(),
     });
     row(&mut md, "keystrokes/s at capacity", &|w| {
@@ -144,7 +147,9 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
     });
     row(&mut md, "deliveries/s at capacity", &|w| {
         cap(w)
-            .map(|c| fmt_num(2.0 * c * sizes.w9_rate_hz * sizes.w9_clients.saturating_sub(1) as f64))
+            .map(|c| {
+                fmt_num(2.0 * c * sizes.w9_rate_hz * sizes.w9_clients.saturating_sub(1) as f64)
+            })
             .unwrap_or_else(|| "–".into())
     });
     row(&mut md, "keystroke p99 at capacity (ms)", &|w| {
@@ -180,10 +185,10 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
         md,
         "### CPU per delivery at the fixed load ({} typists, {} keystrokes/s, {} deliveries/s)\n",
         sizes.w9_fixed_typists,
-        fmt_num(sizes.w9_fixed_typists as f64 * sizes.w9_rate_hz),
+        fmt_num(sizes.w9_fixed_typists as f64 * sizes.w9_fixed_rate_hz),
         fmt_num(
             2.0 * sizes.w9_fixed_typists as f64
-                * sizes.w9_rate_hz
+                * sizes.w9_fixed_rate_hz
                 * sizes.w9_clients.saturating_sub(1) as f64
         )
     );
@@ -192,7 +197,9 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
         fixed(w).map(f).unwrap_or_else(|| "–".into())
     };
     row(&mut md, "server CPU per delivery (µs)", &|w| {
-        fx(w, &|s| format!("{:.3}{}", s.cpu_us_per_delivery, pass_mark(s)))
+        fx(w, &|s| {
+            format!("{:.3}{}", s.cpu_us_per_delivery, pass_mark(s))
+        })
     });
     row(&mut md, "× the floor", &|w| {
         fx(w, &|s| match floor {
@@ -220,7 +227,13 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
         })
     });
     row(&mut md, "deliveries received / expected", &|w| {
-        fx(w, &|s| format!("{} / {}", fmt_num(s.received as f64), fmt_num(s.expected as f64)))
+        fx(w, &|s| {
+            format!(
+                "{} / {}",
+                fmt_num(s.received as f64),
+                fmt_num(s.expected as f64)
+            )
+        })
     });
     row(&mut md, "generator load", &|w| {
         fx(w, &|s| format!("{:.0}%", s.generator_load * 100.0))
@@ -355,7 +368,10 @@ mod tests {
         // Columns in order: tandem, y-websocket, floor (no Hocuspocus run).
         assert!(md.contains("| | tandem | y-websocket | floor |"), "{md}");
         assert!(md.contains("| capacity (typists) | 4 | 2 | ≥ 8 |"), "{md}");
-        assert!(md.contains("| × the floor | 3.00× | 10.00× | 1.00× |"), "{md}");
+        assert!(
+            md.contains("| × the floor | 3.00× | 10.00× | 1.00× |"),
+            "{md}"
+        );
         assert!(md.contains("| first failing step | 8 (10 of 100 deliveries missing) |"));
         let doc = format!("# Results\n\n{md}\n\n## After\n");
         assert_eq!(extract(&doc), Some(md.as_str()));

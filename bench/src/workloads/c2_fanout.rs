@@ -23,6 +23,7 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
         docs: 1,
         targets: env.targets.clone(),
         doc_name: None,
+        settle: false,
     };
     classroom(env, Workload::C2, shape).await
 }

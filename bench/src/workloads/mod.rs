@@ -214,6 +214,9 @@ pub struct Sizes {
     /// W9: typists of the fixed load (CPU per delivery compared across servers).
     #[serde(default)]
     pub w9_fixed_typists: usize,
+    /// W9: keystrokes per second per typist at the fixed load.
+    #[serde(default)]
+    pub w9_fixed_rate_hz: f64,
     /// W9: seconds of typing at the fixed load.
     #[serde(default)]
     pub w9_fixed_seconds: f64,
@@ -277,6 +280,7 @@ impl Sizes {
                 w9_max_typists: 4,
                 w9_refine: 0,
                 w9_fixed_typists: 1,
+                w9_fixed_rate_hz: 20.0,
                 w9_fixed_seconds: 1.0,
                 connect_concurrency: 64,
                 phase_timeout_seconds: 30.0,
@@ -331,7 +335,8 @@ impl Sizes {
                 w9_max_typists: 256,
                 w9_refine: 2,
                 w9_fixed_typists: 1,
-                w9_fixed_seconds: 8.0,
+                w9_fixed_rate_hz: 5.0,
+                w9_fixed_seconds: 10.0,
                 connect_concurrency: 128,
                 phase_timeout_seconds: 300.0,
             },
@@ -390,6 +395,24 @@ impl Env {
         format!("{name}-{}", self.nonce)
     }
 
+    /// Waits until the server's CPU has been nearly idle for a moment (what earlier clients set
+    /// off is done), at most [`SETTLE_MAX`].
+    pub async fn settle(&self) {
+        let Some(p) = &self.server else { return };
+        let deadline = tokio::time::Instant::now() + SETTLE_MAX;
+        let mut last = p.cpu_seconds().ok();
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(SETTLE_WINDOW).await;
+            let now = p.cpu_seconds().ok();
+            if let (Some(a), Some(b)) = (last, now) {
+                if (b - a) / SETTLE_WINDOW.as_secs_f64() < SETTLE_LOAD {
+                    return;
+                }
+            }
+            last = now;
+        }
+    }
+
     fn server_sample(&self) -> Option<Sample> {
         self.server.as_ref().and_then(|p| p.sample().ok())
     }
@@ -426,6 +449,13 @@ impl Env {
             .map(|p| PeakRss::start(p, Duration::from_millis(50)))
     }
 }
+
+/// How long the server's CPU must stay nearly idle for [`Env::settle`].
+const SETTLE_WINDOW: Duration = Duration::from_millis(250);
+/// "Nearly idle": below this share of a core over [`SETTLE_WINDOW`].
+const SETTLE_LOAD: f64 = 0.05;
+/// The longest wait for the server to settle.
+const SETTLE_MAX: Duration = Duration::from_secs(10);
 
 /// CPU and memory of the nodes of a several-node server and what they share.
 #[derive(Debug, Clone, Default)]

@@ -64,6 +64,9 @@ pub(super) struct Classroom {
     pub targets: Vec<Target>,
     /// The document's name (before the run's nonce); default: the workload's name.
     pub doc_name: Option<String>,
+    /// Wait for the server's CPU to go nearly idle between joining and typing (W9: the join's
+    /// presence storm must not spill into the measured window).
+    pub settle: bool,
 }
 
 pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
@@ -77,6 +80,7 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
         docs: 1,
         targets: vec![env.target.clone()],
         doc_name: None,
+        settle: false,
     };
     classroom(env, Workload::W2, shape).await
 }
@@ -93,6 +97,7 @@ pub(super) async fn run_everyday(env: &Env) -> Result<WorkloadResult> {
         docs: 1,
         targets: vec![env.target.clone()],
         doc_name: None,
+        settle: false,
     };
     classroom(env, Workload::W7, shape).await
 }
@@ -109,6 +114,7 @@ pub(super) async fn run_many(env: &Env) -> Result<WorkloadResult> {
         docs: s.w8_docs.max(1),
         targets: vec![env.target.clone()],
         doc_name: None,
+        settle: false,
     };
     classroom(env, Workload::W8, shape).await
 }
@@ -245,6 +251,9 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
 
     // Typing. (The line marks the start of the measured window for a profiler attached from
     // outside: `bench/profile-capacity.sh`.)
+    if c.settle {
+        env.settle().await;
+    }
     log(&format!("{w}: typing"));
     let before = env.server_sample();
     let writer_before = env.server_thread_cpu(WRITER_THREAD);

@@ -5,7 +5,7 @@
 //! presence; `typists` of them type `w9_rate_hz` keystrokes/s for `w9_seconds`, every
 //! keystroke one update plus one cursor (awareness) update. A step passes when keystroke p99
 //! stays under `w9_p99_ms` and every delivery arrives. First the fixed load
-//! (`w9_fixed_typists`, for `w9_fixed_seconds`): its server CPU per delivery is the number
+//! (`w9_fixed_typists` at `w9_fixed_rate_hz`, for `w9_fixed_seconds`): its server CPU per delivery is the number
 //! compared across servers. Then the ladder of [`crate::capacity::Ladder`] up to
 //! `w9_max_typists`, stopping at the first failing step and bisecting the last gap
 //! `w9_refine` times.
@@ -14,20 +14,12 @@
 //! record what the server and the generator were allowed to run on, and how many runtime
 //! worker threads tandem started.
 
-use std::time::Duration;
-
 use anyhow::Result;
 
 use super::w2_classroom::{classroom, Classroom};
 use super::{log, Env, Workload, WorkloadResult};
 use crate::capacity::{Ladder, Step};
-
-/// How long the server's CPU must stay nearly idle before a step starts.
-const SETTLE_WINDOW: Duration = Duration::from_millis(250);
-/// "Nearly idle": below this share of a core over [`SETTLE_WINDOW`].
-const SETTLE_LOAD: f64 = 0.05;
-/// The longest wait for the server to settle.
-const SETTLE_MAX: Duration = Duration::from_secs(10);
+use crate::procstat::Proc;
 
 pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     let s = &env.sizes;
@@ -39,28 +31,34 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
          when keystroke p99 < {} ms and every delivery arrives within {} s of the last send",
         s.w9_clients, s.w9_rate_hz, s.w9_p99_ms, s.w9_drain_seconds
     ));
-    if let Some(pid) = env.pids.first() {
-        r.note(format!(
-            "server: CPUs allowed {}, {} runtime worker threads (tandem's tokio workers; 0 for \
-             the Node servers)",
-            cpus_allowed(&pid.to_string()).unwrap_or_else(|| "?".into()),
-            threads_named(*pid, "tokio-runtime-w")
-        ));
-    }
     r.note(format!(
         "generator: CPUs allowed {}",
         cpus_allowed("self").unwrap_or_else(|| "?".into())
     ));
 
     // The fixed load first: CPU per delivery where every server keeps up.
-    settle(env).await;
-    let fixed = step(env, s.w9_fixed_typists, s.w9_fixed_seconds, true).await?;
+    env.settle().await;
+    let fixed = step(
+        env,
+        s.w9_fixed_typists,
+        s.w9_fixed_rate_hz,
+        s.w9_fixed_seconds,
+        true,
+    )
+    .await?;
     log(&format!("W9 fixed load: {}", describe(&fixed)));
+    // Correctness at a load every server is expected to sustain: every delivery arrives. (Its
+    // latency is judged, not checked: a busy machine can push p99 over the target.)
+    if fixed.received < fixed.expected {
+        r.fail(format!(
+            "fixed load ({} typists): {} of {} deliveries missing",
+            fixed.typists,
+            fixed.expected - fixed.received,
+            fixed.expected
+        ));
+    }
     if !fixed.pass {
-        // Correctness at a load every server is expected to sustain.
-        for f in &fixed.failures {
-            r.fail(format!("fixed load ({} typists): {f}", fixed.typists));
-        }
+        log("W9: the fixed load did not pass (its CPU per delivery is still reported)");
     }
     r.metric("fixed_typists", fixed.typists as f64);
     r.metric("fixed_cpu_us_per_delivery", fixed.cpu_us_per_delivery);
@@ -70,8 +68,8 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
 
     let mut ladder = Ladder::new(s.w9_max_typists, s.w9_refine);
     while let Some(typists) = ladder.next() {
-        settle(env).await;
-        let st = step(env, typists, s.w9_seconds, false).await?;
+        env.settle().await;
+        let st = step(env, typists, s.w9_rate_hz, s.w9_seconds, false).await?;
         log(&format!("W9 step: {}", describe(&st)));
         ladder.record(typists, st.pass);
         r.steps.push(st);
@@ -92,21 +90,35 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
             s.w9_max_typists
         ));
     }
+    // What the server ran on, with each thread's CPU over the whole run: under taskset, tokio
+    // sizes its worker pool from `available_parallelism` (the affinity mask: one CPU), so
+    // tandem has one busy `tokio-rt-worker`; a second one of that name is its blocking pool.
+    if let Some(pid) = env.pids.first() {
+        r.note(format!(
+            "server: CPUs allowed {}; threads (CPU seconds over the run): {}",
+            cpus_allowed(&pid.to_string()).unwrap_or_else(|| "?".into()),
+            threads(*pid)
+        ));
+    }
     Ok(r)
 }
 
 /// Runs one step: a classroom of `typists` typists typing for `seconds`.
-async fn step(env: &Env, typists: usize, seconds: f64, fixed: bool) -> Result<Step> {
+async fn step(env: &Env, typists: usize, rate_hz: f64, seconds: f64, fixed: bool) -> Result<Step> {
     let s = &env.sizes;
     let shape = Classroom {
         clients: s.w9_clients,
         typists,
-        rate_hz: s.w9_rate_hz,
+        rate_hz,
         seconds,
         drain_seconds: s.w9_drain_seconds,
         docs: 1,
         targets: vec![env.target.clone()],
-        doc_name: Some(format!("w9-t{typists}{}", if fixed { "-fixed" } else { "" })),
+        doc_name: Some(format!(
+            "w9-t{typists}{}",
+            if fixed { "-fixed" } else { "" }
+        )),
+        settle: true,
     };
     let w = classroom(env, Workload::W9, shape).await?;
     let m = |k: &str| w.metrics.get(k).copied().unwrap_or(f64::NAN);
@@ -118,7 +130,7 @@ async fn step(env: &Env, typists: usize, seconds: f64, fixed: bool) -> Result<St
     let cpu = m("server_cpu_s");
     let mut st = Step {
         typists,
-        keystrokes_per_s: typists as f64 * s.w9_rate_hz,
+        keystrokes_per_s: typists as f64 * rate_hz,
         seconds,
         fixed,
         expected,
@@ -160,24 +172,6 @@ fn describe(st: &Step) -> String {
     )
 }
 
-/// Waits until the server's CPU has been nearly idle for a moment (the previous step's clients
-/// are gone), at most [`SETTLE_MAX`].
-async fn settle(env: &Env) {
-    let Some(p) = &env.server else { return };
-    let deadline = tokio::time::Instant::now() + SETTLE_MAX;
-    let mut last = p.cpu_seconds().ok();
-    while tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(SETTLE_WINDOW).await;
-        let now = p.cpu_seconds().ok();
-        if let (Some(a), Some(b)) = (last, now) {
-            if (b - a) / SETTLE_WINDOW.as_secs_f64() < SETTLE_LOAD {
-                return;
-            }
-        }
-        last = now;
-    }
-}
-
 /// The `Cpus_allowed_list` of a process (`self` or a pid).
 fn cpus_allowed(id: &str) -> Option<String> {
     std::fs::read_to_string(format!("/proc/{id}/status"))
@@ -187,15 +181,23 @@ fn cpus_allowed(id: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
-/// How many threads of process `pid` are named `comm`.
-fn threads_named(pid: u32, comm: &str) -> usize {
+/// The threads of process `pid`: name and CPU seconds, busiest first.
+fn threads(pid: u32) -> String {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return "?".into();
     };
-    dir.flatten()
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("comm"))
-                .is_ok_and(|c| c.trim_end() == comm)
+    let mut out: Vec<(String, f64)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            let tid = e.file_name().to_string_lossy().into_owned();
+            let cpu = Proc::task(pid, &tid).cpu_seconds().ok()?;
+            Some((name.trim_end().to_string(), cpu))
         })
-        .count()
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out.iter()
+        .map(|(n, c)| format!("{n} {c:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -73,8 +73,9 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
         md,
         "- **Method**: the server runs pinned to CPU 0 (`taskset -c 0`), the load generator to \
          CPU 1 (`taskset -c 1`, one runtime thread), so neither takes the other's core. Each step \
-         is a W2 classroom on a fresh document: {clients} clients connect and announce their \
-         presence, then N typists type {rate} keystrokes/s each for {secs} s, every keystroke one \
+         is a W2 classroom on a fresh document: {clients} clients connect (without announcing \
+         a presence: the join's n² presence deliveries would take a Node server longer than the \
+         step), then N typists type {rate} keystrokes/s each for {secs} s, every keystroke one \
          document update followed by one cursor (awareness) update, staggered evenly. A delivery \
          is one update received by a client other than its sender: a step expects \
          2 × keystrokes × {readers}. It passes when keystroke p99 < {p99} ms and every delivery \
@@ -86,8 +87,7 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
          first keystroke to the last delivery, divided by the deliveries, at a fixed load of \
          {fixed} typist(s) at {fixed_rate} keystrokes/s for {fixed_s} s (run first), a load every \
          server is meant to sustain: below saturation, where CPU per delivery is a cost, not a \
-         queue. Every step starts on a settled server: after the join (whose presence messages \
-         are n² deliveries) the generator waits until the server's CPU is below 5% for 250 ms.\n\
+         queue. Every step starts on a settled server: after the join the generator waits until the server's CPU is below 5% for 250 ms.\n\
          - **The floor** (`tandem-bench floor`) is a relay on the same core that accepts the same \
          connections and writes every update and cursor message a client sends, unchanged, to \
          every other connection of the document, one task per connection and the frames queued \

@@ -24,6 +24,7 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
         targets: env.targets.clone(),
         doc_name: None,
         settle: false,
+        presence: true,
     };
     classroom(env, Workload::C2, shape).await
 }

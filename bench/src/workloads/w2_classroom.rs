@@ -67,6 +67,10 @@ pub(super) struct Classroom {
     /// Wait for the server's CPU to go nearly idle between joining and typing (W9: the join's
     /// presence storm must not spill into the measured window).
     pub settle: bool,
+    /// Every client announces its presence on join and waits to see everyone's (W2); without,
+    /// clients join silent and only the typists' cursor updates are awareness traffic (W9: the
+    /// join's n² presence deliveries would take longer than the measured typing).
+    pub presence: bool,
 }
 
 pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
@@ -81,6 +85,7 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
         targets: vec![env.target.clone()],
         doc_name: None,
         settle: false,
+        presence: true,
     };
     classroom(env, Workload::W2, shape).await
 }
@@ -98,6 +103,7 @@ pub(super) async fn run_everyday(env: &Env) -> Result<WorkloadResult> {
         targets: vec![env.target.clone()],
         doc_name: None,
         settle: false,
+        presence: true,
     };
     classroom(env, Workload::W7, shape).await
 }
@@ -115,6 +121,7 @@ pub(super) async fn run_many(env: &Env) -> Result<WorkloadResult> {
         targets: vec![env.target.clone()],
         doc_name: None,
         settle: false,
+        presence: true,
     };
     classroom(env, Workload::W8, shape).await
 }
@@ -206,7 +213,9 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
             };
             let spec = ClientSpec {
                 doc,
-                awareness: Some(awareness_update(client, 1, &presence_json(&name))),
+                awareness: c
+                    .presence
+                    .then(|| awareness_update(client, 1, &presence_json(&name))),
                 opts: PeerOpts {
                     doc_track: Some(doc_tracks[d].clone()),
                     aw_track: Some(aw_tracks[d].clone()),
@@ -214,7 +223,7 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
                     aw_latency: Some(aw_lat.clone()),
                     me: (j < typists).then_some(j as u32),
                     my_client: Some(client),
-                    presence_target: Some(c.clients - 1),
+                    presence_target: c.presence.then_some(c.clients - 1),
                     shard: i,
                     node: i % nodes,
                     split: split.clone(),
@@ -233,11 +242,12 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
             p.synced.load(Ordering::Acquire) >= n
         })
         .await;
-    let presence = progress
-        .wait("presence to converge", s.phase_timeout(), |p| {
-            p.presence.load(Ordering::Acquire) >= n
-        })
-        .await;
+    let presence = !c.presence
+        || progress
+            .wait("presence to converge", s.phase_timeout(), |p| {
+                p.presence.load(Ordering::Acquire) >= n
+            })
+            .await;
     r.metric("join_s", (now_ns() - join_start) as f64 / 1e9);
     if !synced {
         r.fail("not every client synced");

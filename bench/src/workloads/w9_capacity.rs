@@ -25,8 +25,8 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     let s = &env.sizes;
     let mut r = WorkloadResult::new(Workload::W9);
     r.note(format!(
-        "each step: {} clients on a fresh document, each sending its presence on join; N of them \
-         type {} keystrokes/s, each keystroke one update plus one cursor (awareness) update; a \
+        "each step: {} clients join a fresh document (without presence: no awareness until the \
+         typing); N of them type {} keystrokes/s, each keystroke one update plus one cursor (awareness) update; a \
          delivery is one of these received by a client other than its sender. A step passes \
          when keystroke p99 < {} ms and every delivery arrives within {} s of the last send",
         s.w9_clients, s.w9_rate_hz, s.w9_p99_ms, s.w9_drain_seconds
@@ -119,6 +119,7 @@ async fn step(env: &Env, typists: usize, rate_hz: f64, seconds: f64, fixed: bool
             if fixed { "-fixed" } else { "" }
         )),
         settle: true,
+        presence: false,
     };
     let w = classroom(env, Workload::W9, shape).await?;
     let m = |k: &str| w.metrics.get(k).copied().unwrap_or(f64::NAN);

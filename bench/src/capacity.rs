@@ -120,6 +120,10 @@ pub struct Step {
     pub store_cpu_s: Option<f64>,
     /// Server CPU over the window, in cores (1.0: its core saturated).
     pub server_load: f64,
+    /// Time the server was runnable but waited for its CPU (other processes on it), over the
+    /// window, in cores: well above 0, the machine was not quiet and latencies are inflated.
+    #[serde(default)]
+    pub server_wait: f64,
     /// Generator CPU over the window, in cores (near 1.0: the generator limited the step).
     pub generator_load: f64,
     /// Whether the step passed: p99 under the target, every delivery arrived, no failure.

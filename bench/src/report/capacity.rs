@@ -96,7 +96,10 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
          joiner. Its CPU per delivery is what the kernel and WebSocket framing cost for this \
          fan-out; tandem's ratio to it is the overhead of everything else.\n\
          - **Generator load** is the generator's CPU over the same window in cores: near 100% \
-         the generator, not the server, limited the step (the floor shows where that happens).\n",
+         the generator, not the server, limited the step (the floor shows where that happens). \
+         **Server waiting for its CPU** is the time the server's threads were runnable but \
+         another process held CPU 0 (`/proc/<pid>/task/*/schedstat`), in cores: on a quiet \
+         machine it stays near 0%; well above, the latencies measure the machine's other work.\n",
         clients = sizes.w9_clients,
         rate = sizes.w9_rate_hz,
         secs = sizes.w9_seconds,
@@ -235,6 +238,9 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
             )
         })
     });
+    row(&mut md, "server waiting for its CPU", &|w| {
+        fx(w, &|s| format!("{:.0}%", s.server_wait * 100.0))
+    });
     row(&mut md, "generator load", &|w| {
         fx(w, &|s| format!("{:.0}%", s.generator_load * 100.0))
     });
@@ -252,8 +258,9 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
         let _ = writeln!(
             md,
             "\n| typists | keystrokes/s | p50 (ms) | p99 (ms) | max (ms) | cursor p99 (ms) | \
-             delivered / expected | CPU per delivery (µs) | server load | generator load | |\n\
-             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+             delivered / expected | CPU per delivery (µs) | server load | server waiting for \
+             its CPU | generator load | |\n\
+             |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
         );
         for st in &w.steps {
             let verdict = match (st.fixed, st.pass) {
@@ -264,7 +271,7 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} / {} | {:.3} | {:.0}% | {:.0}% | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} / {} | {:.3} | {:.0}% | {:.0}% | {:.0}% | {} |",
                 st.typists,
                 fmt_num(st.keystrokes_per_s),
                 fmt_num(st.p50_ms),
@@ -275,6 +282,7 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
                 fmt_num(st.expected as f64),
                 st.cpu_us_per_delivery,
                 st.server_load * 100.0,
+                st.server_wait * 100.0,
                 st.generator_load * 100.0,
                 verdict
             );

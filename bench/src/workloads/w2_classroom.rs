@@ -272,6 +272,7 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
     let messages_before = progress.messages.load(Ordering::Relaxed);
     let generator = Proc::current();
     let generator_before = generator.cpu_seconds().ok();
+    let wait_before = env.server.as_ref().and_then(|p| p.run_delay_seconds());
     let start = now_ns();
     let period = Duration::from_secs_f64(1.0 / c.rate_hz.max(0.001));
     let mut typing = Vec::with_capacity(typists * docs);
@@ -332,6 +333,7 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
         .await;
     let drained = now_ns();
     let generator_after = generator.cpu_seconds().ok();
+    let wait_after = env.server.as_ref().and_then(|p| p.run_delay_seconds());
     let after = env.server_sample();
     let writer_after = env.server_thread_cpu(WRITER_THREAD);
     let cluster_after = env.nodes_sample();
@@ -350,6 +352,10 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
     let typed_s = (typed - start) as f64 / 1e9;
     r.metric("typing_s", typed_s);
     r.metric("drain_s", (drained - typed) as f64 / 1e9);
+    if let (Some(b), Some(a)) = (wait_before, wait_after) {
+        // Time the server was ready to run but another process had its CPU (a busy machine).
+        r.metric("server_run_wait_s", a - b);
+    }
     if let (Some(b), Some(a)) = (generator_before, generator_after) {
         // The generator's CPU from the first keystroke to the last delivery, in cores.
         r.metric(

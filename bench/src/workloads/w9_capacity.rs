@@ -144,6 +144,7 @@ async fn step(env: &Env, typists: usize, rate_hz: f64, seconds: f64, fixed: bool
         cpu_us_per_delivery: cpu * 1e6 / (received.max(1) as f64),
         store_cpu_s: w.metrics.get("writer_cpu_s").copied(),
         server_load: cpu / window,
+        server_wait: m("server_run_wait_s") / window,
         generator_load: m("generator_load"),
         pass: false,
         failures: w.failures.clone(),
@@ -155,7 +156,8 @@ async fn step(env: &Env, typists: usize, rate_hz: f64, seconds: f64, fixed: bool
 fn describe(st: &Step) -> String {
     format!(
         "{} typists: p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {}/{} delivered, {:.3} µs CPU \
-         per delivery, server {:.0}% / generator {:.0}% of a core: {}",
+         per delivery, server {:.0}% (waiting for its CPU {:.0}%) / generator {:.0}% of a core: \
+         {}",
         st.typists,
         st.p50_ms,
         st.p99_ms,
@@ -164,6 +166,7 @@ fn describe(st: &Step) -> String {
         st.expected,
         st.cpu_us_per_delivery,
         st.server_load * 100.0,
+        st.server_wait * 100.0,
         st.generator_load * 100.0,
         if st.pass {
             "pass".to_string()

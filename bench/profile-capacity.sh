@@ -46,10 +46,12 @@ if [[ ",$servers," == *,tandem,* && -z "$tandem_bin" ]]; then
     cargo build --release --quiet -p tandem-server --bin tandem
     tandem_bin="$CARGO_TARGET_DIR/release/tandem"
 fi
-# The typing window's length: the fixed load's seconds (the generator's full sizes unless
-# overridden).
+# How long a tool stays attached: 8 s, inside the fixed load's 10 s of typing (full sizes), so
+# that the window holds typing only; with w9_fixed_seconds=S, S - 2.
 seconds=8
-for s in "${sizes[@]}"; do [[ "$s" == w9_fixed_seconds=* ]] && seconds="${s#*=}"; done
+for s in "${sizes[@]}"; do
+    [[ "$s" == w9_fixed_seconds=* ]] && seconds="$(awk -v s="${s#*=}" 'BEGIN { print (s > 3 ? s - 2 : 1) }')"
+done
 
 server_pid=""
 tool_pid=""

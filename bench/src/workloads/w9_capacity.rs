@@ -1,18 +1,18 @@
 //! W9 capacity: the highest typing load a server sustains at the latency target, and its CPU per
 //! delivery at one fixed load.
 //!
-//! Each step is a W2 classroom on a fresh document: `w9_clients` clients, each announcing its
-//! presence; `typists` of them type `w9_rate_hz` keystrokes/s for `w9_seconds`, every
-//! keystroke one update plus one cursor (awareness) update. A step passes when keystroke p99
-//! stays under `w9_p99_ms` and every delivery arrives. First the fixed load
-//! (`w9_fixed_typists` at `w9_fixed_rate_hz`, for `w9_fixed_seconds`): its server CPU per delivery is the number
-//! compared across servers. Then the ladder of [`crate::capacity::Ladder`] up to
-//! `w9_max_typists`, stopping at the first failing step and bisecting the last gap
-//! `w9_refine` times.
+//! Each step is a W2 classroom on a fresh document: `w9_clients` clients join without
+//! announcing a presence (the join's n² presence deliveries would outlast the step); once the
+//! server's CPU has settled, `typists` of them type `w9_rate_hz` keystrokes/s for `w9_seconds`,
+//! every keystroke one update plus one cursor (awareness) update. A step passes when keystroke
+//! p99 stays under `w9_p99_ms` and every delivery arrives. First the fixed load
+//! (`w9_fixed_typists` at `w9_fixed_rate_hz`, for `w9_fixed_seconds`): its server CPU per
+//! delivery is the number compared across servers. Then the ladder of
+//! [`crate::capacity::Ladder`] up to `w9_max_typists` (0: the fixed load only), stopping at the
+//! first failing step and bisecting the last gap `w9_refine` times.
 //!
 //! `bench/run.sh --capacity` pins the server to CPU 0 and the generator to CPU 1; the notes
-//! record what the server and the generator were allowed to run on, and how many runtime
-//! worker threads tandem started.
+//! record what each was allowed to run on, and the server's threads with their CPU time.
 
 use anyhow::Result;
 
@@ -26,8 +26,8 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
     let mut r = WorkloadResult::new(Workload::W9);
     r.note(format!(
         "each step: {} clients join a fresh document (without presence: no awareness until the \
-         typing); N of them type {} keystrokes/s, each keystroke one update plus one cursor (awareness) update; a \
-         delivery is one of these received by a client other than its sender. A step passes \
+         typing); N of them type {} keystrokes/s, each keystroke one update plus one cursor \
+         (awareness) update; a delivery is one of these received by a client other than its sender. A step passes \
          when keystroke p99 < {} ms and every delivery arrives within {} s of the last send",
         s.w9_clients, s.w9_rate_hz, s.w9_p99_ms, s.w9_drain_seconds
     ));

@@ -5,14 +5,15 @@
 # on a fresh server:
 #   stat   perf stat -e task-clock,context-switches,cpu-migrations,… (counts)
 #   strace strace -c -f (system calls by count and time; slows the server, so counts only)
-#   record perf record -g (call graphs; `perf report -i <file>` afterwards)
+#   record perf record --call-graph (call graphs; `perf report -i <file>` afterwards)
 #
 #   bench/profile-capacity.sh [--servers tandem,floor] [--tools stat,strace,record]
 #                             [--size key=value ...] [--out DIR]
 #
 # Sizes default to W9's full fixed load (w9_clients=1000, w9_fixed_typists, w9_fixed_seconds)
 # with no ladder (w9_max_typists=0). Environment: CARGO_TARGET_DIR, TANDEM_BIN, SERVER_CPU,
-# GENERATOR_CPU as for bench/run.sh.
+# GENERATOR_CPU as for bench/run.sh; CALL_GRAPH=dwarf for call graphs through code built
+# without frame pointers (default fp).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -103,7 +104,7 @@ for s in "${server_list[@]}"; do
             strace)
                 timeout -s INT "$seconds" strace -c -f -p "$server_pid" -o "$out/$s-strace.txt" || true ;;
             record)
-                perf record -g -p "$server_pid" -o "$out/$s-perf.data" -- sleep "$seconds" 2>/dev/null ;;
+                perf record --call-graph "${CALL_GRAPH:-fp}" -p "$server_pid" -o "$out/$s-perf.data" -- sleep "$seconds" 2>/dev/null ;;
             *) log "unknown tool $t (stat, strace, record)"; exit 2 ;;
         esac
         wait "$gen" || log "generator reported a failure (see $genlog)"

@@ -12,8 +12,7 @@
 # fails a correctness check. --full runs the published sizes and writes bench/RESULTS.md
 # (quick mode writes bench/results/RESULTS-quick.md unless --report says otherwise).
 # --capacity runs W9 (capacity at the latency target, CPU per delivery at a fixed load) with
-# the server pinned to CPU ${SERVER_CPU:-0} and the generator to CPU ${GENERATOR_CPU:-1}
-# (taskset), against the three servers and the floor relay (`tandem-bench floor`), at full sizes
+# the server pinned to CPU 0 and the generator to CPU 1 (taskset; SERVER_CPU, GENERATOR_CPU), against the three servers and the floor relay (`tandem-bench floor`), at full sizes
 # unless --quick is given, and writes the "Capacity" section of bench/RESULTS.md (quick:
 # bench/results/RESULTS-capacity-quick.md).
 #

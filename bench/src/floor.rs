@@ -434,6 +434,49 @@ mod tests {
         assert!(take_frame(&mut fragment).is_err());
     }
 
+    #[tokio::test]
+    async fn relays_to_the_other_connections_of_a_path() {
+        use crate::client::connect;
+        use crate::protocol::{awareness_update, Dialect, Incoming};
+        use crate::target::{Server, Target};
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let target = Target {
+            server: Server::Floor,
+            addr: listener.local_addr().expect("address"),
+            token: None,
+            tandem_hocuspocus: false,
+            ext: false,
+        };
+        tokio::spawn(run(listener));
+        let mut first = connect(&target, "d").await.expect("connects");
+        let presence = awareness_update(7, 1, "{}");
+        first.open(&target, Some(&presence)).await.expect("opens");
+        let (_tx1, mut rx1) = first.split();
+        let step2 = rx1.next_frame().await.expect("reads").expect("a frame");
+        assert_eq!(&step2[..], &EMPTY_STEP2);
+        // A joiner gets the empty step 2 and the presence of the connection already there.
+        let mut second = connect(&target, "d").await.expect("connects");
+        second.open(&target, None).await.expect("opens");
+        let (mut tx2, mut rx2) = second.split();
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let f = rx2.next_frame().await.expect("reads").expect("a frame");
+            Dialect::Stock
+                .for_each(&f, |m| kinds.push(matches!(m, Incoming::Awareness(_))))
+                .expect("decodes");
+        }
+        kinds.sort();
+        assert_eq!(kinds, vec![false, true]);
+        // An update goes to the other connection unchanged, and not back to its sender.
+        let update = Dialect::Stock.update(&[1, 2, 3]);
+        tx2.send(update.clone()).await.expect("sends");
+        let got = rx1.next_frame().await.expect("reads").expect("a frame");
+        assert_eq!(&got[..], &update[..]);
+        let echo = tokio::time::timeout(std::time::Duration::from_millis(50), rx2.next_frame());
+        assert!(echo.await.is_err(), "the sender got its own update back");
+    }
+
     #[test]
     fn messages_by_kind() {
         assert_eq!(classify(&[0, 0, 1, 0]), Kind::Step1);

@@ -152,6 +152,14 @@ impl Step {
     }
 }
 
+/// The run with the median CPU per delivery (the lower middle of an even number).
+pub fn median_run<'a>(runs: impl IntoIterator<Item = &'a Step>) -> Option<&'a Step> {
+    let mut v: Vec<&Step> = runs.into_iter().collect();
+    v.sort_by(|a, b| a.cpu_us_per_delivery.total_cmp(&b.cpu_us_per_delivery));
+    let mid = v.len().saturating_sub(1) / 2;
+    v.get(mid).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +197,21 @@ mod tests {
         assert_eq!(climb(16, 3, 0), (vec![1], None));
         // A ladder up to 0: no step (the fixed load alone).
         assert_eq!(climb(0, 3, 10), (vec![], None));
+    }
+
+    #[test]
+    fn the_median_run_by_cpu_per_delivery() {
+        let run = |cpu| Step {
+            cpu_us_per_delivery: cpu,
+            ..Default::default()
+        };
+        let runs = [run(9.0), run(6.0), run(7.5)];
+        assert_eq!(median_run(&runs).map(|s| s.cpu_us_per_delivery), Some(7.5));
+        assert_eq!(
+            median_run(&runs[..2]).map(|s| s.cpu_us_per_delivery),
+            Some(6.0)
+        );
+        assert!(median_run(&[]).is_none());
     }
 
     #[test]

@@ -217,6 +217,9 @@ pub struct Sizes {
     /// W9: keystrokes per second per typist at the fixed load.
     #[serde(default)]
     pub w9_fixed_rate_hz: f64,
+    /// W9: runs of the fixed load (the one with the median CPU per delivery is reported).
+    #[serde(default)]
+    pub w9_fixed_runs: usize,
     /// W9: seconds of typing at the fixed load.
     #[serde(default)]
     pub w9_fixed_seconds: f64,
@@ -281,6 +284,7 @@ impl Sizes {
                 w9_refine: 0,
                 w9_fixed_typists: 1,
                 w9_fixed_rate_hz: 20.0,
+                w9_fixed_runs: 1,
                 w9_fixed_seconds: 1.0,
                 connect_concurrency: 64,
                 phase_timeout_seconds: 30.0,
@@ -336,6 +340,7 @@ impl Sizes {
                 w9_refine: 2,
                 w9_fixed_typists: 1,
                 w9_fixed_rate_hz: 5.0,
+                w9_fixed_runs: 3,
                 w9_fixed_seconds: 10.0,
                 connect_concurrency: 128,
                 phase_timeout_seconds: 300.0,

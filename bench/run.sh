@@ -6,10 +6,15 @@
 #   bench/run.sh [--quick|--full] [--servers tandem,hocuspocus,ywebsocket]
 #                [--workloads w1,w2,w3,w4,w5,w6,w7,w8] [--size key=value ...] [--report PATH]
 #                [--keep-results]
+#   bench/run.sh --capacity [--quick] [--servers tandem,hocuspocus,ywebsocket,floor] ...
 #
 # --quick (default) takes seconds and is the CI smoke test: it exits non-zero when a workload
 # fails a correctness check. --full runs the published sizes and writes bench/RESULTS.md
 # (quick mode writes bench/results/RESULTS-quick.md unless --report says otherwise).
+# --capacity runs W9 (capacity at the latency target, CPU per delivery at a fixed load) with
+# the server pinned to CPU 0 and the generator to CPU 1 (taskset; SERVER_CPU, GENERATOR_CPU), against the three servers and the floor relay (`tandem-bench floor`), at full sizes
+# unless --quick is given, and writes the "Capacity" section of bench/RESULTS.md (quick:
+# bench/results/RESULTS-capacity-quick.md).
 #
 # Environment: CARGO_TARGET_DIR (default <repo>/target), TANDEM_BIN (default: the release
 # `tandem` binary built here), TRACES (default <repo>/../shared/traces), TANDEM_BENCH_FLAGS
@@ -22,9 +27,10 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
-mode=quick
-servers=tandem,hocuspocus,ywebsocket
-workloads=w1,w2,w3,w4,w5,w6,w7,w8
+mode=""
+servers=""
+workloads=""
+capacity=false
 report=""
 keep=false
 sizes=()
@@ -32,18 +38,30 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) mode=quick ;;
         --full) mode=full ;;
+        --capacity) capacity=true ;;
         --servers) servers="$2"; shift ;;
         --workloads) workloads="$2"; shift ;;
         --size) sizes+=(--size "$2"); shift ;;
         --report) report="$2"; shift ;;
         --keep-results) keep=true ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
 done
+if $capacity; then
+    mode="${mode:-full}"
+    servers="${servers:-tandem,hocuspocus,ywebsocket,floor}"
+    workloads="${workloads:-w9}"
+else
+    mode="${mode:-quick}"
+    servers="${servers:-tandem,hocuspocus,ywebsocket}"
+    workloads="${workloads:-w1,w2,w3,w4,w5,w6,w7,w8}"
+fi
 if [[ -z "$report" ]]; then
-    if [[ $mode == full ]]; then report="$here/RESULTS.md"; else report="$here/results/RESULTS-quick.md"; fi
+    if [[ $mode == full ]]; then report="$here/RESULTS.md"
+    elif $capacity; then report="$here/results/RESULTS-capacity-quick.md"
+    else report="$here/results/RESULTS-quick.md"; fi
 fi
 
 log() { echo "[run.sh] $*" >&2; }
@@ -52,6 +70,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 traces="${TRACES:-$root/../shared/traces}"
 [[ -f "$traces/seph-blog1.json.gz" ]] || { log "traces not found in $traces (set TRACES)"; exit 2; }
 results="$here/results/$mode"
+$capacity && results="$here/results/capacity-$mode"
 # --keep-results keeps the result files of earlier runs in this mode (the report then covers
 # them too; the pairs run now replace theirs).
 $keep || rm -rf "$results"
@@ -64,6 +83,24 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true
 log "open-file limit $(ulimit -n)"
 
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# Capacity mode: the server on one core, the generator on another (one runtime thread), so the
+# numbers measure the server and not the two competing for the same cores.
+pin_server=()
+pin_gen=()
+gen_threads=()
+if $capacity; then
+    server_cpu="${SERVER_CPU:-0}"
+    gen_cpu="${GENERATOR_CPU:-1}"
+    command -v taskset >/dev/null || { log "taskset (util-linux) is required for --capacity"; exit 2; }
+    if (( $(nproc) < 2 )); then
+        log "--capacity needs two CPUs (found $(nproc))"; exit 2
+    fi
+    pin_server=(taskset -c "$server_cpu")
+    pin_gen=(taskset -c "$gen_cpu")
+    gen_threads=(--threads 1)
+    log "server pinned to CPU $server_cpu, generator to CPU $gen_cpu"
+fi
 server_pid=""
 gen_pid=""
 stop_server() {
@@ -96,7 +133,8 @@ for s in "${server_list[@]}"; do
     case "$s" in
         tandem) needs_tandem=true ;;
         hocuspocus|ywebsocket) needs_node=true ;;
-        *) log "unknown server $s (tandem, hocuspocus, ywebsocket)"; exit 2 ;;
+        floor) ;;
+        *) log "unknown server $s (tandem, hocuspocus, ywebsocket, floor)"; exit 2 ;;
     esac
 done
 
@@ -139,25 +177,29 @@ start_server() { # server port logfile
             # lift the per-IP connection rate and per-connection message rate limits (the
             # Node peers have none). Durable storage stays on.
             # shellcheck disable=SC2086
-            "$tandem_bin" serve --addr "127.0.0.1:$port" --data-dir "$workdir/tandem-data" \
+            ${pin_server[@]+"${pin_server[@]}"} "$tandem_bin" serve --addr "127.0.0.1:$port" --data-dir "$workdir/tandem-data" \
                 ${TANDEM_BENCH_FLAGS:---message-rate 10000000 --message-burst 10000000 --connection-rate 1000000 --connection-burst 1000000} \
                 >"$logf" 2>&1 &
             ;;
         hocuspocus)
-            env HOST=127.0.0.1 PORT="$port" NODE_ENV=production \
+            ${pin_server[@]+"${pin_server[@]}"} env HOST=127.0.0.1 PORT="$port" NODE_ENV=production \
                 node "$here/peers/hocuspocus-server.mjs" >"$logf" 2>&1 &
             ;;
         ywebsocket)
             if [[ "${PEER_PERSISTENCE:-0}" = 1 ]]; then
                 # y-leveldb (an optional dependency of y-websocket, installed by npm ci).
                 rm -rf "$workdir/yleveldb"
-                env -u CALLBACK_URL YPERSISTENCE="$workdir/yleveldb" HOST=127.0.0.1 PORT="$port" \
+                ${pin_server[@]+"${pin_server[@]}"} env -u CALLBACK_URL YPERSISTENCE="$workdir/yleveldb" HOST=127.0.0.1 PORT="$port" \
                     node "$here/peers/node_modules/y-websocket/bin/server.js" >"$logf" 2>&1 &
             else
                 # No YPERSISTENCE (in-memory documents, as the other peer) and no CALLBACK_URL.
-                env -u YPERSISTENCE -u CALLBACK_URL HOST=127.0.0.1 PORT="$port" \
+                ${pin_server[@]+"${pin_server[@]}"} env -u YPERSISTENCE -u CALLBACK_URL HOST=127.0.0.1 PORT="$port" \
                     node "$here/peers/node_modules/y-websocket/bin/server.js" >"$logf" 2>&1 &
             fi
+            ;;
+        floor)
+            # The same fan-out without CRDT or protocol, on one thread.
+            ${pin_server[@]+"${pin_server[@]}"} "$bench_bin" floor --addr "127.0.0.1:$port" >"$logf" 2>&1 &
             ;;
     esac
     server_pid=$!
@@ -180,8 +222,8 @@ for s in "${server_list[@]}"; do
         # In the background so that a signal reaches the traps at once.
         dialect=()
         [ "$s" = tandem ] && [ "${TANDEM_DIALECT:-stock}" = hocuspocus ] && dialect=(--tandem-hocuspocus)
-        "$bench_bin" run --server "$s" --addr "127.0.0.1:$port" --pid "$server_pid" ${dialect[@]+"${dialect[@]}"} \
-            --mode "$mode" --workloads "$w" --traces "$traces" --cache "$here/results/cache" \
+        ${pin_gen[@]+"${pin_gen[@]}"} "$bench_bin" run --server "$s" --addr "127.0.0.1:$port" --pid "$server_pid" ${dialect[@]+"${dialect[@]}"} \
+            ${gen_threads[@]+"${gen_threads[@]}"} --mode "$mode" --workloads "$w" --traces "$traces" --cache "$here/results/cache" \
             ${sizes[@]+"${sizes[@]}"} --out "$results/$s-$w.json" \
             >"$results/logs/$s-$w.jsonl" 2>"$results/logs/$s-$w.log" &
         gen_pid=$!
@@ -205,7 +247,16 @@ if $needs_node; then
 fi
 shopt -s nullglob
 files=("$results"/*.json)
-if [[ ${#files[@]} -gt 0 ]]; then
+if $capacity && [[ ${#files[@]} -gt 0 ]]; then
+    mkdir -p "$(dirname "$report")"
+    "$bench_bin" report-capacity "${files[@]}" --out "$report" \
+        --meta "machine=$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)" \
+        --meta "date=$(date -u +%Y-%m-%dT%H:%MZ)" \
+        --meta "load average=1/5/15 min: $load_before before the run, $(cut -d' ' -f1-3 /proc/loadavg) after" \
+        --meta "command=bench/run.sh --capacity --$mode --servers $servers ${sizes[*]:-}" \
+        ${versions[@]+"${versions[@]}"}
+    log "capacity section written to $report"
+elif [[ ${#files[@]} -gt 0 ]]; then
     mkdir -p "$(dirname "$report")"
     notes=()
     if [[ $mode == full && -f "$here/RESULTS-NOTES.md" ]]; then notes=(--notes "$here/RESULTS-NOTES.md"); fi

@@ -19,6 +19,9 @@
 //! - [`workloads`]: W1–W6, the several-node workloads C1–C3 (ingest with acknowledged updates
 //!   only, cross-node fan-out, failover after `kill -9`), and the harness that connects fleets
 //!   of clients (to one node or spread over several).
+//! - [`capacity`]: W9's ladder of typing loads and what one step measured.
+//! - [`floor`]: the floor relay (`tandem-bench floor`): the same fan-out without CRDT or
+//!   protocol, for CPU per delivery ratios.
 //! - [`stats`], [`procstat`]: latency histograms; CPU and memory from /proc.
 //! - [`report`]: RESULTS.md from result files; [`report::nodes`] its "Several nodes" section
 //!   (`bench/cluster.sh`).
@@ -45,7 +48,9 @@
 //!
 //! Running a workload needs a server: `bench/run.sh --quick --servers ywebsocket`.
 
+pub mod capacity;
 pub mod client;
+pub mod floor;
 pub mod lib0;
 pub mod peer;
 pub mod procstat;

@@ -28,6 +28,16 @@ enum Cmd {
     /// Write the "Several nodes" section of RESULTS.md (C1–C3) from result files, replacing
     /// that section of the file and leaving the rest as it is.
     ReportNodes(ReportArgs),
+    /// Write the "Capacity" section of RESULTS.md (W9) from result files, replacing that
+    /// section of the file and leaving the rest as it is.
+    ReportCapacity(ReportArgs),
+    /// Serve the floor relay: the capacity workload's fan-out without CRDT or protocol, on one
+    /// thread (for CPU per delivery ratios).
+    Floor {
+        /// Loopback address to listen on.
+        #[arg(long)]
+        addr: SocketAddr,
+    },
     /// Print a free TCP port on 127.0.0.1 (for starting a server on it).
     FreePort,
 }
@@ -118,6 +128,11 @@ fn main() -> Result<()> {
             let meta = parse_meta(&args.meta)?;
             report::write_nodes(&args.results, &args.out, &meta)
         }
+        Cmd::ReportCapacity(args) => {
+            let meta = parse_meta(&args.meta)?;
+            report::write_capacity(&args.results, &args.out, &meta)
+        }
+        Cmd::Floor { addr } => tandem_bench::floor::serve(addr),
         Cmd::FreePort => {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             println!("{}", l.local_addr()?.port());

@@ -49,6 +49,14 @@ impl Proc {
         }
     }
 
+    /// Thread `tid` of process `pid`.
+    pub fn task(pid: u32, tid: &str) -> Self {
+        Proc {
+            id: format!("{pid}/task/{tid}"),
+            ticks_per_s: clock_ticks(),
+        }
+    }
+
     /// The current process.
     pub fn current() -> Self {
         Proc {
@@ -102,6 +110,23 @@ impl Proc {
             }
         }
         total
+    }
+
+    /// Seconds this process's threads have spent runnable but waiting for a CPU (the second
+    /// field of each `/proc/<pid>/task/<tid>/schedstat`), summed over the threads alive now.
+    pub fn run_delay_seconds(&self) -> Option<f64> {
+        let dir = fs::read_dir(format!("/proc/{}/task", self.id)).ok()?;
+        let mut total = 0u64;
+        for entry in dir.flatten() {
+            if let Ok(s) = fs::read_to_string(entry.path().join("schedstat")) {
+                total += s
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+        }
+        Some(total as f64 / 1e9)
     }
 
     /// Current and peak resident set size in KiB.
@@ -258,6 +283,7 @@ mod tests {
         let pid = Proc::pid(std::process::id());
         assert!(pid.sample().expect("reads /proc/<pid>").rss_kib > 0);
         assert!(Proc::pid(u32::MAX).sample().is_err());
+        assert!(me.run_delay_seconds().is_some_and(|s| s >= 0.0));
     }
 
     #[test]

@@ -152,6 +152,7 @@ fn peer_name(s: Server) -> &'static str {
         Server::Tandem => "tandem",
         Server::Hocuspocus => "Hocuspocus",
         Server::Ywebsocket => "y-websocket",
+        Server::Floor => "floor",
     }
 }
 
@@ -215,6 +216,8 @@ fn mark(ok: bool) -> &'static str {
     }
 }
 
+pub mod capacity;
+
 /// Writes the report for `results` to `out`.
 pub fn write(
     results: &[PathBuf],
@@ -243,7 +246,31 @@ pub fn write(
     {
         md = nodes::replace(&md, block);
     }
+    // So does the "Capacity" section (`bench/run.sh --capacity`).
+    if let Some(block) = std::fs::read_to_string(out)
+        .ok()
+        .as_deref()
+        .and_then(capacity::extract)
+    {
+        md = capacity::replace(&md, block);
+    }
     std::fs::write(out, md).with_context(|| format!("writing {}", out.display()))
+}
+
+/// Writes the "Capacity" section for `results` into `out`: replaces the section when the file
+/// has one, appends it otherwise, and leaves everything else as it is.
+pub fn write_capacity(results: &[PathBuf], out: &Path, meta: &[(String, String)]) -> Result<()> {
+    let mut runs = Vec::new();
+    for p in results {
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        let run: RunResult =
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))?;
+        runs.push(run);
+    }
+    let block = capacity::render(&runs, meta);
+    let old = std::fs::read_to_string(out).unwrap_or_default();
+    std::fs::write(out, capacity::replace(&old, &block))
+        .with_context(|| format!("writing {}", out.display()))
 }
 
 /// Writes the "Several nodes" section for `results` into `out`: replaces the section when the
@@ -467,6 +494,10 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
 
     // Per workload.
     for (w, by_server) in &table {
+        if w == "w9" {
+            // Its own section (`capacity`).
+            continue;
+        }
         let _ = writeln!(md, "## {}\n", title(w));
         let notes = by_server
             .get(&Server::Tandem)
@@ -1073,6 +1104,7 @@ mod tests {
             },
             metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             notes: vec![],
+            steps: Vec::new(),
         }
     }
 

@@ -20,6 +20,9 @@ pub enum Server {
     Hocuspocus,
     /// The y-websocket reference server (`bin/server.js`): `GET /{doc}`.
     Ywebsocket,
+    /// The floor relay (`tandem-bench floor`, capacity workload only): `GET /{doc}`, stock
+    /// framing, no CRDT.
+    Floor,
 }
 
 impl fmt::Display for Server {
@@ -28,6 +31,7 @@ impl fmt::Display for Server {
             Server::Tandem => "tandem",
             Server::Hocuspocus => "hocuspocus",
             Server::Ywebsocket => "ywebsocket",
+            Server::Floor => "floor",
         })
     }
 }
@@ -77,7 +81,7 @@ impl Target {
                 }
             }
             Server::Hocuspocus => format!("ws://{}/", self.addr),
-            Server::Ywebsocket => format!("ws://{}/{doc}", self.addr),
+            Server::Ywebsocket | Server::Floor => format!("ws://{}/{doc}", self.addr),
         }
     }
 
@@ -86,7 +90,7 @@ impl Target {
         match self.server {
             Server::Hocuspocus => Dialect::Hocuspocus { doc: doc.into() },
             Server::Tandem if self.tandem_hocuspocus => Dialect::Hocuspocus { doc: doc.into() },
-            Server::Tandem | Server::Ywebsocket => Dialect::Stock,
+            Server::Tandem | Server::Ywebsocket | Server::Floor => Dialect::Stock,
         }
     }
 

@@ -22,6 +22,9 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
         drain_seconds: s.c2_drain_seconds,
         docs: 1,
         targets: env.targets.clone(),
+        doc_name: None,
+        settle: false,
+        presence: true,
     };
     classroom(env, Workload::C2, shape).await
 }

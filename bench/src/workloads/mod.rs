@@ -1,4 +1,4 @@
-//! The benchmark workloads (W1–W8, C1–C3) and the harness they share: sizes per mode, connecting many
+//! The benchmark workloads (W1–W9, C1–C3) and the harness they share: sizes per mode, connecting many
 //! clients, stopping them, and the result record each workload returns.
 
 mod c1_ingest;
@@ -9,6 +9,7 @@ mod w2_classroom;
 mod w3_idle;
 mod w4_join;
 mod w5_concurrent;
+mod w9_capacity;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -50,6 +51,9 @@ pub enum Workload {
     W7,
     /// Many documents at once, each with one writer and a few readers.
     W8,
+    /// Capacity: the highest typing load on one document at the latency target (W2 stepped
+    /// up), and CPU per delivery at a fixed load.
+    W9,
     /// Several nodes, ingest: writers on every node, acked updates/s (one document, then many).
     C1,
     /// Several nodes, fan-out: the W2 classroom with its clients spread over the nodes.
@@ -186,6 +190,39 @@ pub struct Sizes {
     /// C3: seconds of typing before the kill, and again after it.
     #[serde(default)]
     pub c3_seconds: f64,
+    /// W9: clients on the document of each step (typists included).
+    #[serde(default)]
+    pub w9_clients: usize,
+    /// W9: keystrokes per second per typist.
+    #[serde(default)]
+    pub w9_rate_hz: f64,
+    /// W9: seconds of typing per ladder step.
+    #[serde(default)]
+    pub w9_seconds: f64,
+    /// W9: seconds allowed after a step's last keystroke for every delivery to arrive.
+    #[serde(default)]
+    pub w9_drain_seconds: f64,
+    /// W9: a step passes when keystroke p99 is under this many ms (and nothing is missing).
+    #[serde(default)]
+    pub w9_p99_ms: f64,
+    /// W9: the ladder's top (typists).
+    #[serde(default)]
+    pub w9_max_typists: usize,
+    /// W9: bisections of the gap between the highest passing and the first failing step.
+    #[serde(default)]
+    pub w9_refine: usize,
+    /// W9: typists of the fixed load (CPU per delivery compared across servers).
+    #[serde(default)]
+    pub w9_fixed_typists: usize,
+    /// W9: keystrokes per second per typist at the fixed load.
+    #[serde(default)]
+    pub w9_fixed_rate_hz: f64,
+    /// W9: runs of the fixed load (the one with the median CPU per delivery is reported).
+    #[serde(default)]
+    pub w9_fixed_runs: usize,
+    /// W9: seconds of typing at the fixed load.
+    #[serde(default)]
+    pub w9_fixed_seconds: f64,
     /// Handshakes in flight while connecting many clients.
     pub connect_concurrency: usize,
     /// Seconds to wait for a phase (sync, presence, delivery) before failing it.
@@ -238,6 +275,17 @@ impl Sizes {
                 c3_typists: 2,
                 c3_rate_hz: 20.0,
                 c3_seconds: 1.0,
+                w9_clients: 200,
+                w9_rate_hz: 20.0,
+                w9_seconds: 1.0,
+                w9_drain_seconds: 10.0,
+                w9_p99_ms: 10.0,
+                w9_max_typists: 4,
+                w9_refine: 0,
+                w9_fixed_typists: 1,
+                w9_fixed_rate_hz: 20.0,
+                w9_fixed_runs: 1,
+                w9_fixed_seconds: 1.0,
                 connect_concurrency: 64,
                 phase_timeout_seconds: 30.0,
             },
@@ -283,6 +331,17 @@ impl Sizes {
                 c3_typists: 4,
                 c3_rate_hz: 20.0,
                 c3_seconds: 3.0,
+                w9_clients: 1_000,
+                w9_rate_hz: 20.0,
+                w9_seconds: 4.0,
+                w9_drain_seconds: 5.0,
+                w9_p99_ms: 10.0,
+                w9_max_typists: 256,
+                w9_refine: 2,
+                w9_fixed_typists: 1,
+                w9_fixed_rate_hz: 5.0,
+                w9_fixed_runs: 3,
+                w9_fixed_seconds: 10.0,
                 connect_concurrency: 128,
                 phase_timeout_seconds: 300.0,
             },
@@ -341,6 +400,24 @@ impl Env {
         format!("{name}-{}", self.nonce)
     }
 
+    /// Waits until the server's CPU has been nearly idle for a moment (what earlier clients set
+    /// off is done), at most [`SETTLE_MAX`].
+    pub async fn settle(&self) {
+        let Some(p) = &self.server else { return };
+        let deadline = tokio::time::Instant::now() + SETTLE_MAX;
+        let mut last = p.cpu_seconds().ok();
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(SETTLE_WINDOW).await;
+            let now = p.cpu_seconds().ok();
+            if let (Some(a), Some(b)) = (last, now) {
+                if (b - a) / SETTLE_WINDOW.as_secs_f64() < SETTLE_LOAD {
+                    return;
+                }
+            }
+            last = now;
+        }
+    }
+
     fn server_sample(&self) -> Option<Sample> {
         self.server.as_ref().and_then(|p| p.sample().ok())
     }
@@ -378,6 +455,13 @@ impl Env {
     }
 }
 
+/// How long the server's CPU must stay nearly idle for [`Env::settle`].
+const SETTLE_WINDOW: Duration = Duration::from_millis(250);
+/// "Nearly idle": below this share of a core over [`SETTLE_WINDOW`].
+const SETTLE_LOAD: f64 = 0.05;
+/// The longest wait for the server to settle.
+const SETTLE_MAX: Duration = Duration::from_secs(10);
+
 /// CPU and memory of the nodes of a several-node server and what they share.
 #[derive(Debug, Clone, Default)]
 struct ClusterSample {
@@ -399,6 +483,9 @@ pub struct WorkloadResult {
     pub metrics: BTreeMap<String, f64>,
     /// Facts about how it ran.
     pub notes: Vec<String>,
+    /// The steps of a stepped workload (W9), in the order run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::capacity::Step>,
 }
 
 /// All workloads run against one server.
@@ -518,6 +605,7 @@ pub async fn run(w: Workload, env: &Env) -> Result<WorkloadResult> {
         Workload::W6 => w1_replay::run_ingest(env).await?,
         Workload::W7 => w2_classroom::run_everyday(env).await?,
         Workload::W8 => w2_classroom::run_many(env).await?,
+        Workload::W9 => w9_capacity::run(env).await?,
         Workload::C1 => c1_ingest::run(env).await?,
         Workload::C2 => c2_fanout::run(env).await?,
         Workload::C3 => c3_failover::run(env).await?,

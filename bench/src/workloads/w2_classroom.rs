@@ -22,6 +22,7 @@ use super::{
     Workload, WorkloadResult,
 };
 use crate::peer::{NodeSplit, PeerOpts};
+use crate::procstat::Proc;
 use crate::protocol::awareness_update;
 use crate::stats::LatencyRecorder;
 use crate::target::Target;
@@ -61,6 +62,15 @@ pub(super) struct Classroom {
     pub docs: usize,
     /// Client i connects to `targets[i % targets.len()]`.
     pub targets: Vec<Target>,
+    /// The document's name (before the run's nonce); default: the workload's name.
+    pub doc_name: Option<String>,
+    /// Wait for the server's CPU to go nearly idle between joining and typing (W9: the join's
+    /// presence storm must not spill into the measured window).
+    pub settle: bool,
+    /// Every client announces its presence on join and waits to see everyone's (W2); without,
+    /// clients join silent and only the typists' cursor updates are awareness traffic (W9: the
+    /// join's n² presence deliveries would take longer than the measured typing).
+    pub presence: bool,
 }
 
 pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
@@ -73,6 +83,9 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
         drain_seconds: s.w2_drain_seconds,
         docs: 1,
         targets: vec![env.target.clone()],
+        doc_name: None,
+        settle: false,
+        presence: true,
     };
     classroom(env, Workload::W2, shape).await
 }
@@ -88,6 +101,9 @@ pub(super) async fn run_everyday(env: &Env) -> Result<WorkloadResult> {
         drain_seconds: s.w2_drain_seconds,
         docs: 1,
         targets: vec![env.target.clone()],
+        doc_name: None,
+        settle: false,
+        presence: true,
     };
     classroom(env, Workload::W7, shape).await
 }
@@ -103,6 +119,9 @@ pub(super) async fn run_many(env: &Env) -> Result<WorkloadResult> {
         drain_seconds: s.w2_drain_seconds,
         docs: s.w8_docs.max(1),
         targets: vec![env.target.clone()],
+        doc_name: None,
+        settle: false,
+        presence: true,
     };
     classroom(env, Workload::W8, shape).await
 }
@@ -177,13 +196,14 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
     });
 
     let mut fleet = Fleet::new();
+    let doc_name = c.doc_name.clone().unwrap_or_else(|| w.to_string());
     let specs = (0..c.clients * docs)
         .map(|i| {
             let (d, j) = (i / c.clients, i % c.clients);
             let doc = if docs > 1 {
-                env.doc(&format!("{w}-{d}"))
+                env.doc(&format!("{doc_name}-{d}"))
             } else {
-                env.doc(&w.to_string())
+                env.doc(&doc_name)
             };
             let client = BASE_CLIENT + i as u64;
             let name = if j < typists {
@@ -193,7 +213,9 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
             };
             let spec = ClientSpec {
                 doc,
-                awareness: Some(awareness_update(client, 1, &presence_json(&name))),
+                awareness: c
+                    .presence
+                    .then(|| awareness_update(client, 1, &presence_json(&name))),
                 opts: PeerOpts {
                     doc_track: Some(doc_tracks[d].clone()),
                     aw_track: Some(aw_tracks[d].clone()),
@@ -201,7 +223,7 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
                     aw_latency: Some(aw_lat.clone()),
                     me: (j < typists).then_some(j as u32),
                     my_client: Some(client),
-                    presence_target: Some(c.clients - 1),
+                    presence_target: c.presence.then_some(c.clients - 1),
                     shard: i,
                     node: i % nodes,
                     split: split.clone(),
@@ -220,11 +242,12 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
             p.synced.load(Ordering::Acquire) >= n
         })
         .await;
-    let presence = progress
-        .wait("presence to converge", s.phase_timeout(), |p| {
-            p.presence.load(Ordering::Acquire) >= n
-        })
-        .await;
+    let presence = !c.presence
+        || progress
+            .wait("presence to converge", s.phase_timeout(), |p| {
+                p.presence.load(Ordering::Acquire) >= n
+            })
+            .await;
     r.metric("join_s", (now_ns() - join_start) as f64 / 1e9);
     if !synced {
         r.fail("not every client synced");
@@ -236,12 +259,20 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
         ));
     }
 
-    // Typing.
+    // Typing. (The line marks the start of the measured window for a profiler attached from
+    // outside: `bench/profile-capacity.sh`.)
+    if c.settle {
+        env.settle().await;
+    }
+    log(&format!("{w}: typing"));
     let before = env.server_sample();
     let writer_before = env.server_thread_cpu(WRITER_THREAD);
     let peak = env.peak_rss();
     let cluster_before = env.nodes_sample();
     let messages_before = progress.messages.load(Ordering::Relaxed);
+    let generator = Proc::current();
+    let generator_before = generator.cpu_seconds().ok();
+    let wait_before = env.server.as_ref().and_then(|p| p.run_delay_seconds());
     let start = now_ns();
     let period = Duration::from_secs_f64(1.0 / c.rate_hz.max(0.001));
     let mut typing = Vec::with_capacity(typists * docs);
@@ -301,6 +332,8 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
         )
         .await;
     let drained = now_ns();
+    let generator_after = generator.cpu_seconds().ok();
+    let wait_after = env.server.as_ref().and_then(|p| p.run_delay_seconds());
     let after = env.server_sample();
     let writer_after = env.server_thread_cpu(WRITER_THREAD);
     let cluster_after = env.nodes_sample();
@@ -319,6 +352,17 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
     let typed_s = (typed - start) as f64 / 1e9;
     r.metric("typing_s", typed_s);
     r.metric("drain_s", (drained - typed) as f64 / 1e9);
+    if let (Some(b), Some(a)) = (wait_before, wait_after) {
+        // Time the server was ready to run but another process had its CPU (a busy machine).
+        r.metric("server_run_wait_s", a - b);
+    }
+    if let (Some(b), Some(a)) = (generator_before, generator_after) {
+        // The generator's CPU from the first keystroke to the last delivery, in cores.
+        r.metric(
+            "generator_load",
+            (a - b) / ((drained - start) as f64 / 1e9).max(1e-9),
+        );
+    }
     r.metric(
         "keystrokes_per_s",
         (keystrokes * all_typists) as f64 / typed_s.max(1e-9),

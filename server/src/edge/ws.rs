@@ -153,7 +153,6 @@ struct Conn {
     pace: Pace,
     metrics: Metrics,
     peer: SocketAddr,
-    doc: String,
     /// Whether permessage-deflate was negotiated.
     deflate: bool,
 }
@@ -226,7 +225,6 @@ async fn attach(setup: Box<Setup>) -> Option<Box<Conn>> {
         pace,
         metrics,
         peer,
-        doc,
         deflate,
     }))
 }
@@ -243,7 +241,6 @@ async fn run(conn: Box<Conn>) {
         mut pace,
         metrics,
         peer,
-        doc,
         deflate,
     } = Conn::unbox(conn);
     let mut live = live;
@@ -290,11 +287,12 @@ async fn run(conn: Box<Conn>) {
     };
     // Boxed: leaving and closing happen once, at the end.
     Box::pin(async move {
+        let conn = attached.id();
         attached.leave().await;
         socket::finish(&mut socket, close.clone()).await;
         drop(live);
         metrics.connections.dec();
-        tracing::debug!(%peer, %doc, ?close, "disconnected");
+        tracing::debug!(%peer, conn, ?close, "disconnected");
     })
     .await
 }

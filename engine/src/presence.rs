@@ -465,7 +465,9 @@ pub struct Presence {
     awareness: Awareness,
     now: Arc<AtomicU64>,
     local: Option<PresenceState>,
-    tracked: HashMap<ClientID, Tracked>,
+    /// Boxed: a slot of this table is then a pointer, not a whole parsed state (a table
+    /// keeps about one empty slot per full one).
+    tracked: HashMap<ClientID, Box<Tracked>>,
 }
 
 impl Presence {
@@ -945,10 +947,10 @@ impl Presence {
         };
         self.tracked.insert(
             client,
-            Tracked {
+            Box::new(Tracked {
                 state,
                 activity_seen_ms,
-            },
+            }),
         );
     }
 
@@ -961,7 +963,7 @@ impl Presence {
                     .awareness
                     .meta(*client)
                     .is_some_and(|(_, at)| now_ms.saturating_sub(at) < PRESENCE_TIMEOUT_MS);
-            fresh.then_some((*client, tracked))
+            fresh.then_some((*client, &**tracked))
         })
     }
 }

@@ -28,7 +28,8 @@ pub(super) const RESYNC_AFTER: Duration = Duration::from_secs(30);
 
 /// One connection of the document.
 struct Member {
-    info: ConnInfo,
+    /// Whether it speaks tandem's extensions (acks). The rest of its `ConnInfo` is the room's.
+    extensions: bool,
     frames: outbox::Sender,
     close: Option<oneshot::Sender<Close>>,
     /// Updates received from this connection so far (the count its acks carry).
@@ -70,12 +71,12 @@ impl Fanout {
         self.members.keys().copied().collect()
     }
 
-    pub(super) fn add(&mut self, conn: ConnId, info: ConnInfo, sink: ConnSink) {
+    pub(super) fn add(&mut self, conn: ConnId, info: &ConnInfo, sink: ConnSink) {
         let ConnSink { frames, close } = sink;
         self.members.insert(
             conn,
             Member {
-                info,
+                extensions: info.extensions,
                 frames,
                 close: Some(close),
                 sent: 0,
@@ -136,7 +137,7 @@ impl Fanout {
             return;
         };
         m.acked = Some((count, sid));
-        if m.info.extensions {
+        if m.extensions {
             self.outgoing.push(Outgoing {
                 to: To::One(conn),
                 frame: protocol::ack_frame(count, sid),
@@ -185,7 +186,7 @@ impl Fanout {
         {
             return Some(Behind::Close);
         }
-        Some(Behind::Resync(m.acked.filter(|_| m.info.extensions)))
+        Some(Behind::Resync(m.acked.filter(|_| m.extensions)))
     }
 
     /// Replaces `conn`'s queue with `frames` (a resync) at `now`.

@@ -69,7 +69,9 @@ type Lookup = Pin<Box<dyn Future<Output = (KeyId, Result<Option<KeyRecord>, Stor
 #[derive(Default)]
 pub(super) struct Keys {
     live: HashMap<KeyId, Live>,
-    lookups: FuturesUnordered<Lookup>,
+    /// Made on the first lookup: an empty `FuturesUnordered` already holds two allocations,
+    /// and most documents never see an idempotency key.
+    lookups: Option<FuturesUnordered<Lookup>>,
 }
 
 impl Keys {
@@ -80,13 +82,16 @@ impl Keys {
 
     /// Whether a lookup is in flight (guard for [`Keys::looked_up`]).
     pub(super) fn looking_up(&self) -> bool {
-        !self.lookups.is_empty()
+        self.lookups.as_ref().is_some_and(|l| !l.is_empty())
     }
 
     /// Completes when a lookup has answered (never, when none is in flight).
     pub(super) async fn looked_up(&mut self) -> (KeyId, Result<Option<KeyRecord>, StoreError>) {
-        match self.lookups.next().await {
-            Some(done) => done,
+        match self.lookups.as_mut() {
+            Some(lookups) => match lookups.next().await {
+                Some(done) => done,
+                None => std::future::pending().await,
+            },
             None => std::future::pending().await,
         }
     }
@@ -125,10 +130,12 @@ impl Keys {
                 let store = Arc::clone(store);
                 let doc = doc.to_owned();
                 let key = id.clone();
-                self.lookups.push(Box::pin(async move {
-                    let found = store.idempotency_key(&doc, &key.0, &key.1).await;
-                    (key, found)
-                }));
+                self.lookups
+                    .get_or_insert_with(FuturesUnordered::new)
+                    .push(Box::pin(async move {
+                        let found = store.idempotency_key(&doc, &key.0, &key.1).await;
+                        (key, found)
+                    }));
                 self.live.insert(id, Live::LookingUp(vec![parked]));
                 None
             }
@@ -212,7 +219,7 @@ impl Keys {
 
     /// The document failed: every live key's requests get `error`.
     pub(super) fn fail(&mut self, error: DocError) {
-        self.lookups = FuturesUnordered::new();
+        self.lookups = None;
         for (_, live) in self.live.drain() {
             match live {
                 Live::LookingUp(parked) => {

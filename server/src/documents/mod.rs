@@ -33,6 +33,7 @@ mod keys;
 pub mod notifier;
 pub mod notify;
 pub mod outbox;
+mod queue;
 pub mod refusal;
 mod registry;
 mod sequence;

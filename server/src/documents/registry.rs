@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::command::{Command, JoinReply, Reply};
 use super::notifier::Notifier;
+use super::queue;
 use super::task::{self, Context};
 use super::{
     Answered, ConnSink, DocError, DocState, JoinError, Subscription, WriteRequest, SUBSCRIBER_QUEUE,
@@ -33,7 +34,7 @@ const COMMAND_QUEUE: usize = 1024;
 #[derive(Clone)]
 struct DocHandle {
     id: u64,
-    tx: mpsc::Sender<Command>,
+    tx: queue::Sender<Command>,
 }
 
 /// The loaded documents. Cheap to clone.
@@ -64,7 +65,7 @@ struct Shared {
 #[derive(Debug)]
 pub struct Attached {
     conn: ConnId,
-    tx: mpsc::Sender<Command>,
+    tx: queue::Sender<Command>,
     left: bool,
 }
 
@@ -84,10 +85,10 @@ impl Attached {
         };
         match self.tx.try_send(cmd) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(queue::TrySendError::Closed(_)) => false,
             // Boxed: the waiting send is rare, and its future would otherwise be part of every
             // connection's future for the connection's whole life.
-            Err(mpsc::error::TrySendError::Full(cmd)) => Box::pin(self.tx.send(cmd)).await.is_ok(),
+            Err(queue::TrySendError::Full(cmd)) => Box::pin(self.tx.send(cmd)).await.is_ok(),
         }
     }
 
@@ -169,7 +170,7 @@ impl Registry {
             .entry(doc.to_owned())
             .or_insert_with(|| {
                 let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-                let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+                let (tx, rx) = queue::channel(COMMAND_QUEUE);
                 let forget = {
                     let registry = self.clone();
                     let doc = doc.to_owned();
@@ -228,7 +229,7 @@ impl Registry {
                     // The task panicked without answering.
                     Err(_) => return Err(JoinError::LoadFailed),
                 },
-                Err(mpsc::error::SendError(Command::Join { sink: s, .. })) => {
+                Err(queue::SendError(Command::Join { sink: s, .. })) => {
                     // The task is unloading; it has left the registry or is about to.
                     self.shared.docs.remove_if(doc, |_, h| h.id == handle.id);
                     sink = Some(s);

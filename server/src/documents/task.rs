@@ -26,7 +26,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tandem_engine::protocol::{self, ConnId, FieldWrite, Limits, Outgoing, Output, Room, To};
 use tandem_engine::{Document, ProtocolError};
-use tokio::sync::mpsc;
 
 use super::command::{Command, JoinReply, Reply};
 use super::commit::{Commit, Durable, Held, PendingKey, Waiter};
@@ -36,6 +35,7 @@ use super::feed::Feed;
 use super::keys::{KeyId, Keys, Parked};
 use super::notifier::{Job, Notifier};
 use super::notify::{Watch, SETTLE};
+use super::queue;
 use super::refusal::protocol_error_close;
 use super::sequence::{Next, Remote, Sequence};
 use super::{
@@ -96,7 +96,7 @@ pub(super) type Forget = Box<dyn FnOnce() + Send + Sync>;
 pub(super) struct DocTask {
     ctx: Context,
     name: String,
-    rx: mpsc::Receiver<Command>,
+    rx: queue::Receiver<Command>,
     forget: Option<Forget>,
 }
 
@@ -114,7 +114,7 @@ impl DocTask {
     pub(super) fn new(
         ctx: Context,
         name: String,
-        rx: mpsc::Receiver<Command>,
+        rx: queue::Receiver<Command>,
         forget: Forget,
     ) -> Self {
         DocTask {
@@ -143,17 +143,19 @@ impl DocTask {
         }
     }
 
-    async fn load(&self, ctx: &Context) -> Result<Loaded, StoreError> {
+    /// Boxed, like the running document: the task's future keeps room for whatever a load
+    /// or start hands over, for the document's whole life.
+    async fn load(&self, ctx: &Context) -> Result<Box<Loaded>, StoreError> {
         let stored = ctx.store.load(&self.name).await?;
         let mut doc = Document::new(fastrand::u64(1..tandem_engine::wire::MAX_SAFE_INTEGER));
         let limits = Self::limits(&ctx.config);
         let Some(stored) = stored else {
-            return Ok(Loaded {
+            return Ok(Box::new(Loaded {
                 exists: false,
                 room: Room::new(doc, limits),
                 last_sid: 0,
                 compactor: Compactor::new(ctx.config.history.clone()),
-            });
+            }));
         };
         let corrupt = |detail: String| StoreError::Corrupt {
             doc: self.name.clone(),
@@ -167,17 +169,20 @@ impl DocTask {
             doc.apply_update(&entry.update, None)
                 .map_err(|e| corrupt(format!("update at sid {}: {e}", entry.sid)))?;
         }
-        Ok(Loaded {
+        Ok(Box::new(Loaded {
             exists: true,
             room: Room::new(doc, limits),
             last_sid: stored.last_sid,
             compactor: Compactor::loaded(ctx.config.history.clone(), &stored),
-        })
+        }))
     }
 
     /// The running document around what was loaded. Not async: what it takes apart would
-    /// otherwise keep its room in the task's future next to the running document's.
-    fn start(&self, ctx: Context, mut loaded: Loaded) -> Running {
+    /// otherwise keep its room in the task's future next to the running document's. Boxed:
+    /// the task's future then holds a pointer, not a copy of the document's state beside
+    /// the room its `select!` and the load's result take.
+    fn start(&self, ctx: Context, loaded: Box<Loaded>) -> Box<Running> {
+        let mut loaded = *loaded;
         let shared = ctx.store.is_shared();
         // Local presence changes are encoded for the other nodes only when there are some.
         loaded.room.set_publishing(ctx.bus.is_some());
@@ -185,7 +190,7 @@ impl DocTask {
             // Other nodes serving the document republish their connections' presence.
             bus.publish(&self.name, DocMessage::Query);
         }
-        let mut doc = Running {
+        let mut doc = Box::new(Running {
             name: self.name.clone(),
             commit: Commit::new(
                 Arc::clone(&ctx.store),
@@ -220,7 +225,7 @@ impl DocTask {
             keys: Keys::default(),
             failed: false,
             shutting_down: false,
-        };
+        });
         if doc.watch.is_some() {
             doc.feed.keep_on(&mut doc.room);
         }
@@ -269,8 +274,8 @@ impl DocTask {
                         // storage and timers still get their turn).
                         for _ in 1..COMMAND_BATCH {
                             match self.rx.try_recv() {
-                                Ok(cmd) => doc.command(cmd),
-                                Err(_) => break,
+                                Some(cmd) => doc.command(cmd),
+                                None => break,
                             }
                         }
                     }
@@ -446,7 +451,7 @@ impl Running {
                 if let Some(user) = &info.user {
                     self.presence(conn, user, true);
                 }
-                self.fanout.add(conn, (*info).clone(), sink);
+                self.fanout.add(conn, &info, sink);
                 let out = self.guarded(|room| room.join(conn, *info, now));
                 let _ = reply.send(JoinReply::Joined);
                 if let Some(out) = out {

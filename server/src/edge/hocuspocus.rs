@@ -60,7 +60,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use super::extract::{authenticate_token, conn_info, document_role, token_from_request};
 use super::live::Grant;
-use super::socket::{self, Pace, Received, Sink, Socket, Tick, WRITE_BATCH};
+use super::socket::{self, Pace, Received, Socket, Tick, WRITE_BATCH};
 use super::state::AppState;
 use crate::access::conns::Admission;
 use crate::base::close::{code, Close};
@@ -414,11 +414,16 @@ impl Connection {
     }
 
     /// Writes what is waiting. `false` when the socket is gone.
-    async fn flush(&mut self, sink: &mut Sink) -> bool {
+    async fn flush(&mut self, socket: &mut Socket) -> bool {
         while !self.out.is_empty() {
             let n = self.out.len().min(WRITE_BATCH);
-            if !socket::send_batch(sink, self.out.drain(..n), self.deflate, &self.state.metrics)
-                .await
+            if !socket::send_batch(
+                socket,
+                self.out.drain(..n),
+                self.deflate,
+                &self.state.metrics,
+            )
+            .await
             {
                 return false;
             }
@@ -440,7 +445,7 @@ impl Connection {
 /// permessage-deflate was negotiated.
 type Setup = (Admission, AppState, Option<String>, SocketAddr, bool);
 
-async fn serve(setup: Box<Setup>, socket: Socket) {
+async fn serve(setup: Box<Setup>, mut socket: Socket) {
     let (admission, state, fallback, peer, deflate) = *setup;
     let metrics = state.metrics.clone();
     metrics.connections.inc();
@@ -458,7 +463,6 @@ async fn serve(setup: Box<Setup>, socket: Socket) {
         out: Vec::new(),
         deflate,
     };
-    let (mut sink, mut stream) = socket.split();
     tracing::debug!(%peer, "Hocuspocus socket open");
 
     let close: Option<Close> = loop {
@@ -477,7 +481,7 @@ async fn serve(setup: Box<Setup>, socket: Socket) {
                 }
                 result.map_err(Some)
             }
-            msg = stream.next(), if pace.reading() => {
+            msg = socket.next(), if pace.reading() => {
                 pace.heard(&msg, &metrics);
                 match Received::of(msg, &metrics, peer) {
                     Received::Frame(frame) => conn.frame(frame).await.map_err(Some),
@@ -487,14 +491,14 @@ async fn serve(setup: Box<Setup>, socket: Socket) {
             }
             () = pace.tick() => match pace.fired() {
                 Tick::Idle => Ok(()),
-                Tick::Ping => match sink.send(WsMessage::Ping(Bytes::new())).await {
+                Tick::Ping => match socket.send(WsMessage::Ping(Bytes::new())).await {
                     Ok(()) => Ok(()),
                     Err(_) => Err(None),
                 },
                 Tick::Close(close) => Err(Some(close)),
             },
         };
-        if !conn.flush(&mut sink).await {
+        if !conn.flush(&mut socket).await {
             break None;
         }
         if let Err(close) = step {
@@ -502,7 +506,7 @@ async fn serve(setup: Box<Setup>, socket: Socket) {
         }
     };
     conn.leave_all().await;
-    socket::finish(&mut sink, &mut stream, close.clone()).await;
+    socket::finish(&mut socket, close.clone()).await;
     drop(admission);
     metrics.connections.dec();
     tracing::debug!(%peer, ?close, "Hocuspocus socket closed");

@@ -4,7 +4,7 @@
 //! messages compressed when it was negotiated, and as fragments), close frames, what a read
 //! means, and [`Pace`], the timers and message rate of one connection's loop.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -14,13 +14,12 @@ use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, FrameHeader, Utf8Bytes};
 use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -56,10 +55,8 @@ const FRAGMENT: usize = 32 * 1024;
 
 /// A WebSocket over an upgraded HTTP connection.
 pub type Socket = WebSocketStream<LeanIo<TokioIo<hyper::upgrade::Upgraded>>>;
-/// The writing half of a [`Socket`].
-pub type Sink = SplitSink<Socket, Message>;
-/// The reading half of a [`Socket`].
-pub type Stream = SplitStream<Socket>;
+/// The longest header of a frame the server sends (unmasked, 64-bit length).
+const MAX_SERVER_HEADER: usize = 10;
 
 /// The `Sec-WebSocket-Key` of a well-formed WebSocket upgrade request (RFC 6455 §4.2.1).
 fn websocket_key(method: &Method, headers: &HeaderMap) -> Option<HeaderValue> {
@@ -210,8 +207,13 @@ pub fn close_message(close: Close) -> Message {
 /// context takeover; a message that goes to many connections is compressed once, see
 /// [`deflate::compress_shared`]), and counted in `metrics`. A message over 32 KiB on the wire goes out
 /// as fragments. `false` when the socket is gone.
+///
+/// The frames go straight to [`LeanIo`]'s buffer, freed after the flush: through the codec,
+/// each would pass through its write buffer, which never shrinks, so every idle connection
+/// would keep one the size of the largest frame it was ever sent (a joiner's presence frame
+/// holds every state of the document).
 pub async fn send_batch(
-    sink: &mut Sink,
+    socket: &mut Socket,
     frames: impl Iterator<Item = Bytes>,
     deflate: bool,
     metrics: &Metrics,
@@ -230,40 +232,46 @@ pub async fn send_batch(
             }
             None => (f, false),
         };
-        if f.len() <= FRAGMENT && !compressed {
-            if sink.feed(Message::Binary(f)).await.is_err() {
-                return false;
-            }
-            continue;
-        }
-        let last = f.len().saturating_sub(1) / FRAGMENT;
-        for (i, chunk) in f.chunks(FRAGMENT).enumerate() {
+        let fragments = f.len().div_ceil(FRAGMENT).max(1);
+        for i in 0..fragments {
+            let chunk = &f[(i * FRAGMENT).min(f.len())..((i + 1) * FRAGMENT).min(f.len())];
             let opcode = if i == 0 { Data::Binary } else { Data::Continue };
-            let mut frame = Frame::message(f.slice_ref(chunk), OpCode::Data(opcode), i == last);
-            // RSV1 on the first frame marks the message compressed (RFC 7692 §6).
-            frame.header_mut().rsv1 = compressed && i == 0;
-            if sink.feed(Message::Frame(frame)).await.is_err() {
+            let header = FrameHeader {
+                is_final: i + 1 == fragments,
+                // RSV1 on the first frame marks the message compressed (RFC 7692 §6).
+                rsv1: compressed && i == 0,
+                opcode: OpCode::Data(opcode),
+                ..FrameHeader::default()
+            };
+            let mut head = [0u8; MAX_SERVER_HEADER];
+            let mut rest = &mut head[..];
+            if header.format(chunk.len() as u64, &mut rest).is_err() {
                 return false;
             }
+            let used = MAX_SERVER_HEADER - rest.len();
+            if poll_fn(|cx| socket.get_mut().poll_room(cx)).await.is_err() {
+                return false;
+            }
+            socket.get_mut().put(&head[..used], chunk);
         }
     }
-    sink.flush().await.is_ok()
+    socket.flush().await.is_ok()
 }
 
 /// Ends a connection: sends `close` when there is one, waits for the client's answer, closes.
-pub async fn finish(sink: &mut Sink, stream: &mut Stream, close: Option<Close>) {
+pub async fn finish(socket: &mut Socket, close: Option<Close>) {
     if let Some(close) = close {
-        if Box::pin(sink.send(close_message(close))).await.is_ok() {
+        if Box::pin(socket.send(close_message(close))).await.is_ok() {
             // Wait for the client's answer before dropping the socket: dropping it with input
             // still unread makes the kernel reset the connection, and a client that has not
             // read our close frame yet loses it (and its code) to the reset.
             let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, async {
-                while let Some(Ok(_)) = stream.next().await {}
+                while let Some(Ok(_)) = socket.next().await {}
             }))
             .await;
         }
     }
-    let _ = Box::pin(sink.close()).await;
+    let _ = Box::pin(SinkExt::close(socket)).await;
 }
 
 /// What a read from the socket means.

@@ -35,7 +35,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::extract::{authenticate, document_role};
 use super::live::Live;
-use super::socket::{self, Pace, Received, Sink, Socket, Stream, Tick};
+use super::socket::{self, Pace, Received, Socket, Tick};
 use super::state::AppState;
 use crate::access::conns::Admission;
 use crate::access::token::Identity;
@@ -145,8 +145,7 @@ async fn serve(setup: Box<Setup>) {
 
 /// An attached connection: what its loop uses.
 struct Conn {
-    sink: Sink,
-    stream: Stream,
+    socket: Socket,
     frames_rx: outbox::Receiver,
     close_rx: oneshot::Receiver<Close>,
     live: Live,
@@ -154,7 +153,6 @@ struct Conn {
     pace: Pace,
     metrics: Metrics,
     peer: SocketAddr,
-    doc: String,
     /// Whether permessage-deflate was negotiated.
     deflate: bool,
 }
@@ -196,7 +194,7 @@ async fn attach(setup: Box<Setup>) -> Option<Box<Conn>> {
     let live = Live::register(&state, admission, &identity);
     let info = super::extract::conn_info(&state, &identity, role, extensions, false);
     let registry: &Registry = &state.registry;
-    let (mut sink, stream) = socket.split();
+    let mut socket = socket;
     let sink_for_join = ConnSink {
         frames: frames_tx,
         close: close_tx,
@@ -210,7 +208,7 @@ async fn attach(setup: Box<Setup>) -> Option<Box<Conn>> {
                 JoinError::ShuttingDown => code::GOING_AWAY,
             };
             let close = socket::close_message(Close::new(code, e.to_string()));
-            let _ = sink.send(close).await;
+            let _ = socket.send(close).await;
             metrics.connections.dec();
             return None;
         }
@@ -219,8 +217,7 @@ async fn attach(setup: Box<Setup>) -> Option<Box<Conn>> {
     // One timer for the next ping, the token's expiry and the end of a pause.
     let pace = Pace::new(state.config.limits.message_rate, live.expires_at());
     Some(Box::new(Conn {
-        sink,
-        stream,
+        socket,
         frames_rx,
         close_rx,
         live,
@@ -228,7 +225,6 @@ async fn attach(setup: Box<Setup>) -> Option<Box<Conn>> {
         pace,
         metrics,
         peer,
-        doc,
         deflate,
     }))
 }
@@ -237,8 +233,7 @@ async fn attach(setup: Box<Setup>) -> Option<Box<Conn>> {
 /// revocation; then leaving and closing.
 async fn run(conn: Box<Conn>) {
     let Conn {
-        mut sink,
-        mut stream,
+        mut socket,
         mut frames_rx,
         mut close_rx,
         live,
@@ -246,7 +241,6 @@ async fn run(conn: Box<Conn>) {
         mut pace,
         metrics,
         peer,
-        doc,
         deflate,
     } = Conn::unbox(conn);
     let mut live = live;
@@ -264,11 +258,11 @@ async fn run(conn: Box<Conn>) {
                 // Boxed: one allocation per flush (next to a system call), and the future
                 // would otherwise be part of the loop's, which every idle connection keeps.
                 let batch = std::iter::once(frame).chain(more);
-                if !Box::pin(socket::send_batch(&mut sink, batch, deflate, &metrics)).await {
+                if !Box::pin(socket::send_batch(&mut socket, batch, deflate, &metrics)).await {
                     break None;
                 }
             }
-            msg = stream.next(), if pace.reading() => {
+            msg = socket.next(), if pace.reading() => {
                 pace.heard(&msg, &metrics);
                 match Received::of(msg, &metrics, peer) {
                     Received::Frame(data) => {
@@ -283,7 +277,7 @@ async fn run(conn: Box<Conn>) {
             () = pace.tick() => match pace.fired() {
                 Tick::Idle => {}
                 Tick::Ping => {
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
                         break None;
                     }
                 }
@@ -293,11 +287,12 @@ async fn run(conn: Box<Conn>) {
     };
     // Boxed: leaving and closing happen once, at the end.
     Box::pin(async move {
+        let conn = attached.id();
         attached.leave().await;
-        socket::finish(&mut sink, &mut stream, close.clone()).await;
+        socket::finish(&mut socket, close.clone()).await;
         drop(live);
         metrics.connections.dec();
-        tracing::debug!(%peer, %doc, ?close, "disconnected");
+        tracing::debug!(%peer, conn, ?close, "disconnected");
     })
     .await
 }

@@ -12,7 +12,10 @@
 //!   buffer when it is that large, else through the stack); what the codec did not take yet
 //!   waits on the heap, exactly its size, until it does;
 //! - writes collect in a buffer that a flush writes to the socket (one `write` for a batch of
-//!   frames) and then frees.
+//!   frames) and then frees. Data frames are put here directly ([`LeanIo::put`], from
+//!   [`super::socket::send_batch`]), not through the codec, whose write buffer would keep the
+//!   size of the largest frame it ever wrote; only control frames (pings, pongs, closes) pass
+//!   through it.
 //!
 //! With permessage-deflate negotiated, what is read passes through an [`Inflow`] before the
 //! codec sees it: the client's compressed messages arrive inflated, as plain frames (the codec
@@ -89,6 +92,26 @@ impl<T: AsyncWrite + Unpin> LeanIo<T> {
         self.write = Vec::new();
         self.write_at = 0;
         Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> LeanIo<T> {
+    /// Ready for another frame from [`LeanIo::put`]: over [`WRITE_HIGH_WATER`] buffered bytes,
+    /// pushes them to the socket first.
+    pub fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.write.len() - self.write_at >= WRITE_HIGH_WATER {
+            ready!(self.poll_drain(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Buffers one whole frame, its header then its payload, until the next flush. The
+    /// WebSocket codec writes whole frames here too (a write is taken whole or not at all), so
+    /// frames never interleave.
+    pub fn put(&mut self, header: &[u8], payload: &[u8]) {
+        self.write.reserve(header.len() + payload.len());
+        self.write.extend_from_slice(header);
+        self.write.extend_from_slice(payload);
     }
 }
 

@@ -21,8 +21,10 @@
 # (extra `tandem serve` flags; default lifts the message and connection rate limits),
 # TANDEM_DIALECT=hocuspocus (tandem's clients speak the Hocuspocus dialect on /ws, as
 # @hocuspocus/provider does, instead of the stock protocol on /ws/{doc}), PEER_PERSISTENCE=1
-# (the y-websocket server stores its documents with y-leveldb, YPERSISTENCE; use with
-# --report so the in-memory numbers are not replaced).
+# (the peers store their documents on disk in the run's temporary directory: the y-websocket
+# server with y-leveldb, YPERSISTENCE; Hocuspocus with @hocuspocus/extension-sqlite, whose
+# package bench/peers/persistence is installed on first use, compiling the sqlite3 addon from
+# source, a few CPU-minutes; use with --report so the in-memory numbers are not replaced).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -147,6 +149,16 @@ if $needs_node; then
     log "installing the peer servers (npm ci)"
     (cd "$here/peers" && npm ci --no-audit --no-fund --loglevel=error >"$results/logs/npm.log" 2>&1) \
         || { cat "$results/logs/npm.log" >&2; exit 2; }
+    if [[ "${PEER_PERSISTENCE:-0}" = 1 && ",$servers," = *,hocuspocus,* ]] \
+        && ! [[ -f "$here/peers/persistence/node_modules/sqlite3/build/Release/node_sqlite3.node" ]]; then
+        # Only here: sqlite3 is a native addon, built from source against the local node's
+        # headers (npm_config_nodedir: its parent directory, e.g. /usr for /usr/include/node).
+        nodedir="${npm_config_nodedir:-$(dirname "$(dirname "$(command -v node)")")}"
+        log "installing @hocuspocus/extension-sqlite (npm ci, sqlite3 built from source: a few minutes)"
+        (cd "$here/peers/persistence" && npm_config_nodedir="$nodedir" npm_config_build_from_source=true \
+            npm ci --no-audit --no-fund --loglevel=error >"$results/logs/npm-persistence.log" 2>&1) \
+            || { cat "$results/logs/npm-persistence.log" >&2; exit 2; }
+    fi
 fi
 
 log "building the load generator (release)"
@@ -182,8 +194,15 @@ start_server() { # server port logfile
                 >"$logf" 2>&1 &
             ;;
         hocuspocus)
-            ${pin_server[@]+"${pin_server[@]}"} env HOST=127.0.0.1 PORT="$port" NODE_ENV=production \
-                node "$here/peers/hocuspocus-server.mjs" >"$logf" 2>&1 &
+            if [[ "${PEER_PERSISTENCE:-0}" = 1 ]]; then
+                # @hocuspocus/extension-sqlite (bench/peers/persistence), a fresh file each time.
+                rm -f "$workdir/hocuspocus.sqlite" "$workdir/hocuspocus.sqlite-journal"
+                ${pin_server[@]+"${pin_server[@]}"} env SQLITE_DATABASE="$workdir/hocuspocus.sqlite" HOST=127.0.0.1 PORT="$port" NODE_ENV=production \
+                    node "$here/peers/hocuspocus-server.mjs" >"$logf" 2>&1 &
+            else
+                ${pin_server[@]+"${pin_server[@]}"} env -u SQLITE_DATABASE HOST=127.0.0.1 PORT="$port" NODE_ENV=production \
+                    node "$here/peers/hocuspocus-server.mjs" >"$logf" 2>&1 &
+            fi
             ;;
         ywebsocket)
             if [[ "${PEER_PERSISTENCE:-0}" = 1 ]]; then
@@ -243,7 +262,15 @@ done
 versions=()
 if $needs_node; then
     pkgv() { node -p "require('$here/peers/node_modules/$1/package.json').version"; }
-    versions+=(--meta "peers=Hocuspocus $(pkgv @hocuspocus/server), y-websocket $(pkgv y-websocket), yjs $(pkgv yjs), node $node_version")
+    peers="Hocuspocus $(pkgv @hocuspocus/server), y-websocket $(pkgv y-websocket), yjs $(pkgv yjs), node $node_version"
+    if [[ "${PEER_PERSISTENCE:-0}" = 1 ]]; then
+        peers+="; on disk: y-websocket with y-leveldb $(pkgv y-leveldb)"
+        if [[ -d "$here/peers/persistence/node_modules" ]]; then
+            pkgp() { node -p "require('$here/peers/persistence/node_modules/$1/package.json').version"; }
+            peers+=", Hocuspocus with @hocuspocus/extension-sqlite $(pkgp @hocuspocus/extension-sqlite) (sqlite3 $(pkgp sqlite3))"
+        fi
+    fi
+    versions+=(--meta "peers=$peers")
 fi
 shopt -s nullglob
 files=("$results"/*.json)

@@ -936,20 +936,15 @@ impl Writer {
                         // A savepoint, so a refused key undoes its own append only.
                         let before = docs.get(doc).map(|d| (d.last_sid, d.dirty));
                         let sp = tx.savepoint()?;
-                        let outcome = append_keyed(
-                            &sp,
-                            &mut docs,
-                            doc,
-                            updates,
-                            keys,
-                            &self.keys,
-                            now_ms,
-                            &mut recent,
-                        )
-                        .and_then(|range| {
-                            super::sqlite_inbox::insert_events(&sp, doc, range, events, now_ms)?;
-                            Ok(range)
-                        });
+                        let outcome =
+                            append_keyed(&sp, &mut docs, doc, updates, now_ms, &mut recent)
+                                .and_then(|range| {
+                                    insert_keys(&sp, doc, keys, range, &self.keys, now_ms)?;
+                                    super::sqlite_inbox::insert_events(
+                                        &sp, doc, range, events, now_ms,
+                                    )?;
+                                    Ok(range)
+                                });
                         match outcome {
                             Ok(range) => {
                                 sp.commit()?;
@@ -1149,16 +1144,14 @@ fn append(
     })
 }
 
-/// An append that carries idempotency keys (`updates` may then be empty): the updates as
-/// [`append`] stores them, then one record per key, refused with [`StoreError::KeyInUse`] when
-/// the key has a live record. Run inside a savepoint: on error the caller rolls back.
+/// The append of a request that carries idempotency keys (`updates` may then be empty): the
+/// updates as [`append`] stores them; [`insert_keys`] then stores the records. Run inside a
+/// savepoint: on error the caller rolls back.
 fn append_keyed(
     tx: &Connection,
     docs: &mut HashMap<String, DocState>,
     doc: &str,
     updates: &[NewUpdate],
-    keys: &[NewKey],
-    limits: &KeyLimits,
     now_ms: u64,
     recent: &mut Recent,
 ) -> Result<SidRange, StoreError> {
@@ -1172,8 +1165,22 @@ fn append_keyed(
     } else {
         append(tx, docs, doc, updates, now_ms, recent)?
     };
+    Ok(range)
+}
+
+/// One record per key of an append that stored `range` (empty when it changed nothing),
+/// refused with [`StoreError::KeyInUse`] when the key has a live record.
+fn insert_keys(
+    tx: &Connection,
+    doc: &str,
+    keys: &[NewKey],
+    range: SidRange,
+    limits: &KeyLimits,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let count = (range.last + 1 - range.first) as usize;
     for key in keys {
-        let sid = range.first - 1 + key.after.min(updates.len()) as u64;
+        let sid = range.first - 1 + key.after.min(count) as u64;
         insert_key(
             tx,
             doc,
@@ -1183,7 +1190,7 @@ fn append_keyed(
             now_ms.saturating_sub(limits.ttl_ms),
         )?;
     }
-    Ok(range)
+    Ok(())
 }
 
 fn insert_key(

@@ -218,6 +218,26 @@ fn mark(ok: bool) -> &'static str {
 
 pub mod capacity;
 
+/// A section of the report between a begin and an end marker line, which another script
+/// writes and a full run keeps.
+mod section {
+    /// The section of `text` from `begin` to `end`, markers included.
+    pub fn extract<'a>(text: &'a str, begin: &str, end: &str) -> Option<&'a str> {
+        let b = text.find(begin)?;
+        let e = text[b..].find(end)? + b + end.len();
+        Some(&text[b..e])
+    }
+
+    /// `text` with that section replaced by `block` (appended when it has none).
+    pub fn replace(text: &str, begin: &str, end: &str, block: &str) -> String {
+        match extract(text, begin, end) {
+            Some(old) => text.replacen(old, block, 1),
+            None if text.is_empty() => format!("{block}\n"),
+            None => format!("{}\n\n{block}\n", text.trim_end()),
+        }
+    }
+}
+
 /// Writes the report for `results` to `out`.
 pub fn write(
     results: &[PathBuf],
@@ -603,18 +623,12 @@ pub mod nodes {
 
     /// The section in `text`, markers included.
     pub fn extract(text: &str) -> Option<&str> {
-        let b = text.find(BEGIN)?;
-        let e = text[b..].find(END)? + b + END.len();
-        Some(&text[b..e])
+        super::section::extract(text, BEGIN, END)
     }
 
     /// `text` with its section replaced by `block` (appended when it has none).
     pub fn replace(text: &str, block: &str) -> String {
-        match extract(text) {
-            Some(old) => text.replacen(old, block, 1),
-            None if text.is_empty() => format!("{block}\n"),
-            None => format!("{}\n\n{block}\n", text.trim_end()),
-        }
+        super::section::replace(text, BEGIN, END, block)
     }
 
     #[derive(Clone, Copy, PartialEq, Eq)]

@@ -25,18 +25,12 @@ const ORDER: [Server; 4] = [
 
 /// The section in `text`, markers included.
 pub fn extract(text: &str) -> Option<&str> {
-    let b = text.find(BEGIN)?;
-    let e = text[b..].find(END)? + b + END.len();
-    Some(&text[b..e])
+    super::section::extract(text, BEGIN, END)
 }
 
 /// `text` with its section replaced by `block` (appended when it has none).
 pub fn replace(text: &str, block: &str) -> String {
-    match extract(text) {
-        Some(old) => text.replacen(old, block, 1),
-        None if text.is_empty() => format!("{block}\n"),
-        None => format!("{}\n\n{block}\n", text.trim_end()),
-    }
+    super::section::replace(text, BEGIN, END, block)
 }
 
 /// Renders the section from the W9 results of `runs`.

@@ -2133,14 +2133,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_close_together_wait_for_the_commit_window() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(
-            dir.path(),
-            SqliteOptions {
-                commit_window: Duration::from_secs(3),
-                ..options()
-            },
-        )
-        .unwrap();
+        let store = open_with_window(dir.path(), Duration::from_secs(3));
         // The first write after a quiet spell commits at once.
         let started = Instant::now();
         batch(&store, "a", 0, 1).await.unwrap();
@@ -2165,17 +2158,21 @@ mod tests {
         store.close().await.unwrap();
     }
 
-    #[tokio::test]
-    async fn a_lone_writer_is_not_held_to_the_commit_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(
-            dir.path(),
+    fn open_with_window(dir: &Path, commit_window: Duration) -> SqliteStore {
+        SqliteStore::open(
+            dir,
             SqliteOptions {
-                commit_window: Duration::from_secs(3),
+                commit_window,
                 ..options()
             },
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_lone_writer_is_not_held_to_the_commit_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with_window(dir.path(), Duration::from_secs(3));
         // One document writing batch after batch (one in flight, as its task does): nothing
         // could share its commits, so none waits for the window.
         let started = Instant::now();

@@ -280,33 +280,32 @@ pub fn write(
 /// Writes the "Capacity" section for `results` into `out`: replaces the section when the file
 /// has one, appends it otherwise, and leaves everything else as it is.
 pub fn write_capacity(results: &[PathBuf], out: &Path, meta: &[(String, String)]) -> Result<()> {
-    let mut runs = Vec::new();
-    for p in results {
-        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-        let run: RunResult =
-            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))?;
-        runs.push(run);
-    }
-    let block = capacity::render(&runs, meta);
+    let block = capacity::render(&read_runs(results)?, meta);
+    write_section(out, |old| capacity::replace(old, &block))
+}
+
+/// The run results stored in `results`.
+fn read_runs(results: &[PathBuf]) -> Result<Vec<RunResult>> {
+    results
+        .iter()
+        .map(|p| {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))
+        })
+        .collect()
+}
+
+/// Rewrites `out` (empty when missing) with `replace` applied to what it holds.
+fn write_section(out: &Path, replace: impl FnOnce(&str) -> String) -> Result<()> {
     let old = std::fs::read_to_string(out).unwrap_or_default();
-    std::fs::write(out, capacity::replace(&old, &block))
-        .with_context(|| format!("writing {}", out.display()))
+    std::fs::write(out, replace(&old)).with_context(|| format!("writing {}", out.display()))
 }
 
 /// Writes the "Several nodes" section for `results` into `out`: replaces the section when the
 /// file has one, appends it otherwise, and leaves everything else as it is.
 pub fn write_nodes(results: &[PathBuf], out: &Path, meta: &[(String, String)]) -> Result<()> {
-    let mut runs = Vec::new();
-    for p in results {
-        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
-        let run: RunResult =
-            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", p.display()))?;
-        runs.push(run);
-    }
-    let block = nodes::render(&runs, meta);
-    let old = std::fs::read_to_string(out).unwrap_or_default();
-    std::fs::write(out, nodes::replace(&old, &block))
-        .with_context(|| format!("writing {}", out.display()))
+    let block = nodes::render(&read_runs(results)?, meta);
+    write_section(out, |old| nodes::replace(old, &block))
 }
 
 /// Renders the Markdown report.

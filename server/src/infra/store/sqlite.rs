@@ -2469,18 +2469,22 @@ mod tests {
         }
     }
 
+    /// A store file holding one update ("1" in "doc"), turned by `downgrade` into what an
+    /// older version left, and a connection to it.
+    async fn older_file(downgrade: &str) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.append("doc", upd("1"), "u").await.unwrap();
+        store.close().await.unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(downgrade).unwrap();
+        (dir, conn)
+    }
+
     #[tokio::test]
     async fn a_version_2_database_gets_the_revocations_table() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = open(dir.path());
-            store.append("doc", upd("1"), "u").await.unwrap();
-            store.close().await.unwrap();
-        }
         // What version 2 left: no revocations table.
-        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        conn.execute_batch("DROP TABLE revocations; PRAGMA user_version = 2;")
-            .unwrap();
+        let (dir, conn) = older_file("DROP TABLE revocations; PRAGMA user_version = 2;").await;
         let store = open(dir.path());
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -2493,21 +2497,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_version_3_database_gets_the_recent_updates_table() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = open(dir.path());
-            store.append("doc", upd("1"), "u").await.unwrap();
-            store.close().await.unwrap();
-        }
         // What version 3 left: every update in `updates`, no `recent_updates`.
-        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
-        conn.execute_batch(
+        let (dir, conn) = older_file(
             "INSERT INTO updates (doc_id, sid, data, author, at)
                SELECT doc_id, sid, data, author, at FROM recent_updates;
              DROP TABLE recent_updates;
              PRAGMA user_version = 3;",
         )
-        .unwrap();
+        .await;
         let store = open(dir.path());
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))

@@ -239,7 +239,7 @@ pub mod defaults {
     /// `--gap-timeout`.
     pub const GAP_TIMEOUT: &str = "100ms";
     /// `--commit-window`.
-    pub const COMMIT_WINDOW: &str = "10ms";
+    pub const COMMIT_WINDOW: &str = "20ms";
     /// `--catch-up-interval`.
     pub const CATCH_UP_INTERVAL: &str = "500ms";
 }

@@ -208,7 +208,7 @@ CREATE INDEX IF NOT EXISTS outbox_key ON outbox (endpoint, doc, state, id);
 /// The default [`SqliteOptions::commit_window`]. It applies only while several documents
 /// write (see the module doc), so it delays a durability ack by at most this much, never
 /// fan-out to other clients (which does not wait for the commit on one node).
-pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_millis(10);
+pub const DEFAULT_COMMIT_WINDOW: Duration = Duration::from_millis(20);
 
 /// Idle read connections kept for reuse.
 const MAX_IDLE_READERS: usize = 4;
@@ -427,6 +427,7 @@ impl SqliteStore {
             linger_updates: options.linger_updates.max(1),
             active: Active::default(),
             recent,
+            docs: HashMap::new(),
             metrics: options.metrics.clone(),
             keys: options.keys,
         };
@@ -637,6 +638,10 @@ struct Writer {
     active: Active,
     /// What `recent_updates` holds, to know when to move it into `updates`.
     recent: Recent,
+    /// The `docs` rows of documents written lately, as of the last commit: this thread is the
+    /// file's only writer, so a batch need not read them again (one lookup per document per
+    /// commit otherwise). Emptied when a commit fails.
+    docs: HashMap<String, DocState>,
     metrics: Metrics,
     keys: KeyLimits,
 }
@@ -792,6 +797,10 @@ impl std::fmt::Debug for Job {
 }
 
 impl Writer {
+    /// At most this many `docs` rows are kept between commits (beyond it, only the last
+    /// commit's).
+    const KEPT_DOCS: usize = 4096;
+
     fn run(mut self) {
         let mut batch: Vec<Request> = Vec::with_capacity(self.max_batch);
         let mut closing = false;
@@ -895,11 +904,11 @@ impl Writer {
     fn commit(&mut self, batch: &mut Vec<Request>) {
         let now_ms = unix_ms();
         let mut recent = self.recent;
+        let mut docs = std::mem::take(&mut self.docs);
         let result = (|| -> Result<Vec<Answer>, StoreError> {
             let mut tx = self
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut docs: HashMap<String, DocState> = HashMap::new();
             let mut answers = Vec::with_capacity(batch.len());
             let mut keyed = false;
             for request in batch.iter() {
@@ -1009,6 +1018,13 @@ impl Writer {
                 // Rows of appends refused under a savepoint are counted too: the count only
                 // decides when to move the table, and a move takes whatever is there.
                 self.recent = recent;
+                if docs.len() > Self::KEPT_DOCS {
+                    docs.retain(|_, state| state.dirty);
+                }
+                for state in docs.values_mut() {
+                    state.dirty = false;
+                }
+                self.docs = docs;
                 self.metrics.store_transactions.inc();
                 for (request, answer) in batch.drain(..).zip(answers) {
                     self.answer(request, answer);
@@ -1065,7 +1081,7 @@ impl Writer {
     }
 }
 
-/// The batch's view of `doc`, read from `docs` on first touch. With `create`, a document never
+/// The batch's view of `doc`, read from `docs` unless the writer kept it. With `create`, a document never
 /// written gets its row (last sid 0) so the rest of the batch can refer to it.
 fn doc_state<'a>(
     tx: &Connection,

@@ -1,8 +1,20 @@
 //! One simulated client's socket: connect, open the session the way the stock providers do,
 //! then send and receive frames.
 
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use nix::sys::socket::{
+    recvmsg, setsockopt, sockopt::ReceiveTimestampns, ControlMessageOwned, MsgFlags,
+};
+use nix::sys::time::TimeValLike;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Bytes, Message};
@@ -11,7 +23,98 @@ use tokio_tungstenite::WebSocketStream;
 use crate::protocol::{Dialect, EMPTY_STATE_VECTOR};
 use crate::target::Target;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Stamped>;
+
+/// A client's TCP stream that, when asked, reads with the kernel's receive timestamp
+/// (`SO_TIMESTAMPNS`): the time the data reached the socket, whatever this process was doing
+/// then. One generator thread reading a thousand sockets reads the last of a fan-out some
+/// milliseconds after it arrived; with the kernel's time, a delivery's latency is the server's
+/// (and the network's) and not the generator's queue.
+pub struct Stamped {
+    tcp: TcpStream,
+    /// The kernel's receive time of the last read, in [`crate::tracker::now_ns`] nanoseconds
+    /// (0: none yet); absent when timestamps are off.
+    last: Option<Arc<AtomicU64>>,
+}
+
+impl Stamped {
+    fn new(tcp: TcpStream, kernel_stamps: bool) -> io::Result<Self> {
+        let last = if kernel_stamps {
+            setsockopt(&tcp, ReceiveTimestampns, &true)?;
+            Some(Arc::new(AtomicU64::new(0)))
+        } else {
+            None
+        };
+        Ok(Stamped { tcp, last })
+    }
+}
+
+/// One `recvmsg` from `tcp` into `buf`: the bytes read and the kernel's receive time (Unix
+/// nanoseconds) of the last of them.
+fn recv_stamped(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        tcp.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    let stamp = msg.cmsgs()?.find_map(|c| match c {
+        ControlMessageOwned::ScmTimestampns(ts) => u64::try_from(ts.num_nanoseconds()).ok(),
+        _ => None,
+    });
+    Ok((msg.bytes, stamp))
+}
+
+impl AsyncRead for Stamped {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Some(last) = &this.last else {
+            return Pin::new(&mut this.tcp).poll_read(cx, buf);
+        };
+        loop {
+            ready!(this.tcp.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match this
+                .tcp
+                .try_io(Interest::READABLE, || recv_stamped(&this.tcp, unfilled))
+            {
+                Ok((n, stamp)) => {
+                    if let Some(at) = stamp {
+                        last.store(crate::tracker::from_realtime_ns(at), Ordering::Release);
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Stamped {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
 
 /// Client failures.
 #[derive(Debug, thiserror::Error)]
@@ -46,18 +149,33 @@ pub struct Conn {
     ws: Ws,
     /// How this socket frames messages.
     pub dialect: Dialect,
+    /// The kernel's receive time of the last read, when asked for (see [`Stamped`]).
+    stamp: Option<Arc<AtomicU64>>,
 }
 
 /// Opens a WebSocket to `doc` on `target` (TCP_NODELAY set).
 pub async fn connect(target: &Target, doc: &str) -> Result<Conn, ClientError> {
+    connect_with(target, doc, false).await
+}
+
+/// [`connect`], with the kernel's receive timestamps when `kernel_stamps` (see [`Stamped`] and
+/// [`Receiver::received_at`]).
+pub async fn connect_with(
+    target: &Target,
+    doc: &str,
+    kernel_stamps: bool,
+) -> Result<Conn, ClientError> {
     let tcp = TcpStream::connect(target.addr).await?;
     tcp.set_nodelay(true)?;
+    let stream = Stamped::new(tcp, kernel_stamps)?;
+    let stamp = stream.last.clone();
     let (ws, _response) =
-        tokio_tungstenite::client_async_with_config(target.url(doc), tcp, Some(ws_config()))
+        tokio_tungstenite::client_async_with_config(target.url(doc), stream, Some(ws_config()))
             .await?;
     Ok(Conn {
         ws,
         dialect: target.dialect(doc),
+        stamp,
     })
 }
 
@@ -93,7 +211,10 @@ impl Conn {
                 sink,
                 dialect: self.dialect,
             },
-            Receiver { stream },
+            Receiver {
+                stream,
+                stamp: self.stamp,
+            },
         )
     }
 }
@@ -134,9 +255,23 @@ impl Sender {
 /// The receiving half.
 pub struct Receiver {
     stream: SplitStream<Ws>,
+    stamp: Option<Arc<AtomicU64>>,
 }
 
 impl Receiver {
+    /// When the frame [`Receiver::next_frame`] just returned was received, in
+    /// [`crate::tracker::now_ns`] nanoseconds: the kernel's time for the read that completed it
+    /// when the connection was opened with kernel timestamps, else now.
+    pub fn received_at(&self) -> u64 {
+        match &self.stamp {
+            Some(at) => match at.load(Ordering::Acquire) {
+                0 => crate::tracker::now_ns(),
+                at => at,
+            },
+            None => crate::tracker::now_ns(),
+        }
+    }
+
     /// The next binary frame; `Ok(None)` when the connection ended without a close frame,
     /// [`ClientError::Closed`] when the server sent one. Pings are answered by the WebSocket
     /// layer; text frames are skipped.
@@ -157,5 +292,51 @@ impl Receiver {
                 Some(Ok(_)) => continue,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::now_ns;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn a_read_is_timed_by_its_arrival_not_by_the_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut stream = Stamped::new(tcp, true).unwrap();
+        let last = stream.last.clone().unwrap();
+
+        let written = now_ns();
+        server.write_all(b"frame").await.unwrap();
+        // The data waits in the socket while this client is busy elsewhere.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut buf = [0u8; 16];
+        let n = stream.read(&mut buf).await.unwrap();
+        let read = now_ns();
+        assert_eq!(&buf[..n], b"frame");
+        let arrived = last.load(Ordering::Acquire);
+        assert!(arrived + 1_000_000 >= written, "arrived {arrived} before written {written}");
+        assert!(
+            arrived + 40_000_000 <= read,
+            "arrival {arrived} should be the kernel's, ~50 ms before the read at {read}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_kernel_stamps_reads_pass_through() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut stream = Stamped::new(tcp, false).unwrap();
+        assert!(stream.last.is_none());
+        server.write_all(b"abc").await.unwrap();
+        let mut buf = [0u8; 8];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"abc");
     }
 }

@@ -344,6 +344,9 @@ pub struct PeerOpts {
     pub split: Option<Arc<NodeSplit>>,
     /// Note when every marker edit has arrived ([`Peer::caught_up_at`]).
     pub markers: Option<Arc<Markers>>,
+    /// Open the connection with the kernel's receive timestamps and time deliveries by them
+    /// ([`crate::client::Receiver::received_at`]).
+    pub kernel_stamps: bool,
 }
 
 /// One client's receive-side state.
@@ -494,6 +497,11 @@ impl Peer {
         })
     }
 
+    /// Whether its connections time deliveries by the kernel's receive timestamps.
+    pub fn kernel_stamps(&self) -> bool {
+        self.opts.kernel_stamps
+    }
+
     /// Whether the client completed.
     pub fn is_complete(&self) -> bool {
         self.complete
@@ -506,9 +514,13 @@ impl Peer {
         }
     }
 
-    /// Handles one received frame.
+    /// Handles one received frame, received now.
     pub fn on_frame(&mut self, dialect: &Dialect, frame: &Bytes) {
-        let now = now_ns();
+        self.on_frame_at(dialect, frame, now_ns());
+    }
+
+    /// Handles one frame received at `now` ([`now_ns`] nanoseconds).
+    pub fn on_frame_at(&mut self, dialect: &Dialect, frame: &Bytes, now: u64) {
         self.bytes += frame.len() as u64;
         let parsed = dialect.for_each(frame, |m| self.on_message(m, frame, now));
         if let Err(e) = parsed {
@@ -765,7 +777,7 @@ pub async fn read_loop(
         tokio::select! {
             biased;
             r = rx.next_frame() => match r {
-                Ok(Some(frame)) => peer.on_frame(&dialect, &frame),
+                Ok(Some(frame)) => peer.on_frame_at(&dialect, &frame, rx.received_at()),
                 Ok(None) => break Ended::Closed,
                 Err(e) => break Ended::Failed(e),
             },

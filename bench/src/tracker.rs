@@ -11,7 +11,7 @@ use std::collections::HashMap as StdHashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::lib0::DecodeError;
 use crate::protocol::awareness_entries;
@@ -40,12 +40,28 @@ impl Hasher for IdHasher {
 
 type HashMap<K, V> = StdHashMap<K, V, BuildHasherDefault<IdHasher>>;
 
-static EPOCH: OnceLock<Instant> = OnceLock::new();
+/// The process-wide epoch, and the wall clock's reading then (Unix nanoseconds).
+static EPOCH: OnceLock<(Instant, u64)> = OnceLock::new();
+
+fn epoch() -> &'static (Instant, u64) {
+    EPOCH.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        (Instant::now(), wall)
+    })
+}
 
 /// Nanoseconds since the process-wide epoch (the first call). Every send and receive timestamp
 /// comes from this one clock.
 pub fn now_ns() -> u64 {
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    epoch().0.elapsed().as_nanos() as u64
+}
+
+/// A wall-clock time (Unix nanoseconds, as the kernel stamps received data) on the clock of
+/// [`now_ns`]: both clocks advance together while nobody steps the wall clock during a run.
+pub fn from_realtime_ns(unix_ns: u64) -> u64 {
+    unix_ns.saturating_sub(epoch().1).max(1)
 }
 
 /// Builds a [`Tracker`]: register every edit, then [`TrackerBuilder::build`].

@@ -76,7 +76,10 @@ pub fn render(runs: &[RunResult], meta: &[(String, String)]) -> String {
          arrives (within {drain} s of the last send; missing ones count in the percentiles with \
          the time waited). N climbs 1, 2, 4, 8, 12, 16, 24, 32, 48, … up to {max} and stops at \
          the first failing step; then the gap below it is bisected {refine} time(s). Capacity is \
-         the highest passing N.\n\
+         the highest passing N. A keystroke's latency runs from the writer's send (read before \
+         its write) to the kernel's receive timestamp of the read that completed the frame at \
+         the reader (`SO_TIMESTAMPNS`): when the server's data reached the reader's socket, not \
+         when the generator's one thread got round to reading that socket among the thousand.\n\
          - **CPU per delivery** is the server's user + system CPU (/proc/<pid>/stat) from the \
          first keystroke to the last delivery, divided by the deliveries, at a fixed load of \
          {fixed} typist(s) at {fixed_rate} keystrokes/s for {fixed_s} s (run first, {fixed_runs} \

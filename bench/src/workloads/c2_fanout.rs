@@ -25,6 +25,7 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
         doc_name: None,
         settle: false,
         presence: true,
+        kernel_stamps: false,
     };
     classroom(env, Workload::C2, shape).await
 }

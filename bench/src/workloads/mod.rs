@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::client::{connect, ClientError, Sender};
+use crate::client::{connect_with, ClientError, Sender};
 use crate::peer::{read_loop, Ended, Peer, PeerOpts, Progress};
 use crate::procstat::{PeakRss, Proc, Sample};
 use crate::target::Target;
@@ -752,7 +752,7 @@ pub struct FleetHandle {
 impl FleetHandle {
     /// Connects one client, opens its session and starts its read task.
     pub async fn connect(&self, target: &Target, spec: ClientSpec) -> Result<Client, ClientError> {
-        let mut conn = connect(target, &spec.doc).await?;
+        let mut conn = connect_with(target, &spec.doc, spec.opts.kernel_stamps).await?;
         conn.open(target, spec.awareness.as_deref()).await?;
         let dialect = conn.dialect.clone();
         let (sender, rx) = conn.split();
@@ -772,7 +772,7 @@ impl FleetHandle {
         doc: &str,
         mut peer: Peer,
     ) -> Result<Client, Box<(ClientError, Peer)>> {
-        let mut conn = match connect(target, doc).await {
+        let mut conn = match connect_with(target, doc, peer.kernel_stamps()).await {
             Ok(c) => c,
             Err(e) => return Err(Box::new((e, peer))),
         };

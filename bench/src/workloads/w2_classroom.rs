@@ -71,6 +71,9 @@ pub(super) struct Classroom {
     /// clients join silent and only the typists' cursor updates are awareness traffic (W9: the
     /// join's n² presence deliveries would take longer than the measured typing).
     pub presence: bool,
+    /// Receive times are the kernel's (see [`crate::client::Stamped`]): W9, whose one generator
+    /// thread reads a thousand sockets, measures the server and not its own queue.
+    pub kernel_stamps: bool,
 }
 
 pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
@@ -86,6 +89,7 @@ pub(super) async fn run(env: &Env) -> Result<WorkloadResult> {
         doc_name: None,
         settle: false,
         presence: true,
+        kernel_stamps: false,
     };
     classroom(env, Workload::W2, shape).await
 }
@@ -104,6 +108,7 @@ pub(super) async fn run_everyday(env: &Env) -> Result<WorkloadResult> {
         doc_name: None,
         settle: false,
         presence: true,
+        kernel_stamps: false,
     };
     classroom(env, Workload::W7, shape).await
 }
@@ -122,6 +127,7 @@ pub(super) async fn run_many(env: &Env) -> Result<WorkloadResult> {
         doc_name: None,
         settle: false,
         presence: true,
+        kernel_stamps: false,
     };
     classroom(env, Workload::W8, shape).await
 }
@@ -227,6 +233,7 @@ pub(super) async fn classroom(env: &Env, w: Workload, c: Classroom) -> Result<Wo
                     shard: i,
                     node: i % nodes,
                     split: split.clone(),
+                    kernel_stamps: c.kernel_stamps,
                     ..Default::default()
                 },
             };

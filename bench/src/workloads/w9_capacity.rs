@@ -139,6 +139,7 @@ async fn step(
         }),
         settle: true,
         presence: false,
+        kernel_stamps: true,
     };
     let w = classroom(env, Workload::W9, shape).await?;
     let m = |k: &str| w.metrics.get(k).copied().unwrap_or(f64::NAN);

@@ -320,7 +320,10 @@ mod tests {
         let read = now_ns();
         assert_eq!(&buf[..n], b"frame");
         let arrived = last.load(Ordering::Acquire);
-        assert!(arrived + 1_000_000 >= written, "arrived {arrived} before written {written}");
+        assert!(
+            arrived + 1_000_000 >= written,
+            "arrived {arrived} before written {written}"
+        );
         assert!(
             arrived + 40_000_000 <= read,
             "arrival {arrived} should be the kernel's, ~50 ms before the read at {read}"
@@ -330,7 +333,9 @@ mod tests {
     #[tokio::test]
     async fn without_kernel_stamps_reads_pass_through() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let (mut server, _) = listener.accept().await.unwrap();
         let mut stream = Stamped::new(tcp, false).unwrap();
         assert!(stream.last.is_none());

@@ -73,6 +73,9 @@ traces="${TRACES:-$root/../shared/traces}"
 [[ -f "$traces/seph-blog1.json.gz" ]] || { log "traces not found in $traces (set TRACES)"; exit 2; }
 results="$here/results/$mode"
 $capacity && results="$here/results/capacity-$mode"
+# A run with the peers' persistence keeps its files apart: it would otherwise replace the
+# in-memory run's, from which a full report is written.
+[[ "${PEER_PERSISTENCE:-0}" = 1 ]] && results="$results-persistence"
 # --keep-results keeps the result files of earlier runs in this mode (the report then covers
 # them too; the pairs run now replace theirs).
 $keep || rm -rf "$results"

@@ -1081,8 +1081,8 @@ impl Writer {
     }
 }
 
-/// The batch's view of `doc`, read from `docs` unless the writer kept it. With `create`, a document never
-/// written gets its row (last sid 0) so the rest of the batch can refer to it.
+/// The batch's view of `doc`, read from `docs` unless the writer kept it. With `create`, a
+/// document never written gets its row (last sid 0) so the rest of the batch can refer to it.
 fn doc_state<'a>(
     tx: &Connection,
     docs: &'a mut HashMap<String, DocState>,

@@ -52,12 +52,16 @@ impl Stamped {
 /// One `recvmsg` from `tcp` into `buf`: the bytes read and the kernel's receive time (Unix
 /// nanoseconds) of the last of them.
 fn recv_stamped(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
-    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    // Room for the one control message, aligned as a `cmsghdr`, on the stack: this runs once
+    // per read of every client.
+    #[repr(C, align(8))]
+    struct Control([u8; 64]);
+    let mut control = Control([0; 64]);
     let mut iov = [io::IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         tcp.as_raw_fd(),
         &mut iov,
-        Some(&mut cmsg),
+        Some(&mut control.0),
         MsgFlags::MSG_DONTWAIT,
     )?;
     let stamp = msg.cmsgs()?.find_map(|c| match c {
@@ -263,13 +267,11 @@ impl Receiver {
     /// [`crate::tracker::now_ns`] nanoseconds: the kernel's time for the read that completed it
     /// when the connection was opened with kernel timestamps, else now.
     pub fn received_at(&self) -> u64 {
-        match &self.stamp {
-            Some(at) => match at.load(Ordering::Acquire) {
-                0 => crate::tracker::now_ns(),
-                at => at,
-            },
-            None => crate::tracker::now_ns(),
-        }
+        self.stamp
+            .as_ref()
+            .map(|at| at.load(Ordering::Acquire))
+            .filter(|&at| at != 0)
+            .unwrap_or_else(crate::tracker::now_ns)
     }
 
     /// The next binary frame; `Ok(None)` when the connection ended without a close frame,

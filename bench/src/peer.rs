@@ -18,7 +18,7 @@ use crate::client::{ClientError, Receiver};
 use crate::protocol::{awareness_entries, Dialect, Incoming};
 use crate::stats::LatencyRecorder;
 use crate::trace::Editor;
-use crate::tracker::{now_ns, Coverage, Tracker};
+use crate::tracker::{Coverage, Tracker};
 
 /// A client adds its message counts to the shared totals every this many messages.
 const FLUSH_EVERY: u64 = 256;
@@ -514,13 +514,8 @@ impl Peer {
         }
     }
 
-    /// Handles one received frame, received now.
-    pub fn on_frame(&mut self, dialect: &Dialect, frame: &Bytes) {
-        self.on_frame_at(dialect, frame, now_ns());
-    }
-
-    /// Handles one frame received at `now` ([`now_ns`] nanoseconds).
-    pub fn on_frame_at(&mut self, dialect: &Dialect, frame: &Bytes, now: u64) {
+    /// Handles one frame received at `now` ([`crate::tracker::now_ns`] nanoseconds).
+    pub fn on_frame(&mut self, dialect: &Dialect, frame: &Bytes, now: u64) {
         self.bytes += frame.len() as u64;
         let parsed = dialect.for_each(frame, |m| self.on_message(m, frame, now));
         if let Err(e) = parsed {
@@ -777,7 +772,7 @@ pub async fn read_loop(
         tokio::select! {
             biased;
             r = rx.next_frame() => match r {
-                Ok(Some(frame)) => peer.on_frame_at(&dialect, &frame, rx.received_at()),
+                Ok(Some(frame)) => peer.on_frame(&dialect, &frame, rx.received_at()),
                 Ok(None) => break Ended::Closed,
                 Err(e) => break Ended::Failed(e),
             },

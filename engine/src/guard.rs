@@ -867,6 +867,37 @@ mod tests {
         assert_eq!(check_update_v1(&w.finish()), Err(DecodeError::TooDeep));
     }
 
+    /// An update whose one item holds a single integer, written with `int` as its varInt bytes.
+    fn update_with_integer(int: &[u8]) -> Vec<u8> {
+        let mut w = Writer::new();
+        // one client, one block, client 1, clock 0, item with parent by name, Any content
+        w.var_u64(1).var_u64(1).var_u64(1).var_u64(0);
+        w.u8(8).var_u64(1).var_str("m").var_u64(1);
+        w.u8(125);
+        for &b in int {
+            w.u8(b);
+        }
+        w.var_u64(0);
+        w.finish()
+    }
+
+    #[test]
+    fn refuses_integers_yrs_would_shift_past_64_bits() {
+        // Ten bytes: the last starts at bit 62, inside 64 bits. yrs decodes it.
+        let mut ten = [0xaau8; 10];
+        ten[9] = 0x01;
+        let update = update_with_integer(&ten);
+        check_update_v1(&update).unwrap();
+        <yrs::Update as yrs::updates::decoder::Decode>::decode_v1(&update).unwrap();
+        // Eleven bytes: the last would start at bit 69, which overflows yrs's shift.
+        let mut eleven = [0xaau8; 11];
+        eleven[10] = 0x01;
+        assert_eq!(
+            check_update_v1(&update_with_integer(&eleven)),
+            Err(DecodeError::VarIntOverflow)
+        );
+    }
+
     #[test]
     fn single_byte_corruptions_never_panic() {
         let good = sample_update();

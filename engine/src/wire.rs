@@ -72,22 +72,23 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a lib0 signed `varInt` (sign in bit 6 of the first byte), skipping its value.
+    ///
+    /// The first byte carries 6 bits and each further byte 7, so the tenth byte lands at bit 62.
+    /// An eleventh byte would land at bit 69, past a 64-bit integer: yrs's decoder shifts it
+    /// there unchecked, so such a number is refused here (Yjs itself writes at most 8 bytes,
+    /// for 53-bit numbers).
     pub fn skip_var_i64(&mut self) -> Result<(), DecodeError> {
         let first = self.u8()?;
-        if first & 0x80 == 0 {
-            return Ok(());
-        }
+        let mut more = first & 0x80 != 0;
         let mut shift = 6u32;
-        loop {
-            let b = self.u8()?;
-            shift += 7;
-            if b & 0x80 == 0 {
-                return Ok(());
-            }
-            if shift > 70 {
+        while more {
+            if shift >= 64 {
                 return Err(DecodeError::VarIntOverflow);
             }
+            more = self.u8()? & 0x80 != 0;
+            shift += 7;
         }
+        Ok(())
     }
 
     /// Reads a length and checks that at least `len * min_item_size` bytes remain, so a caller
@@ -215,6 +216,28 @@ mod tests {
     fn truncated_varint_is_an_error() {
         assert_eq!(
             Reader::new(&[0x80, 0x80]).var_u64(),
+            Err(DecodeError::UnexpectedEnd)
+        );
+    }
+
+    #[test]
+    fn signed_varint_longer_than_64_bits_is_an_error() {
+        // Ten bytes end at bit 69 (6 + 9 × 7): the last one still starts inside 64 bits.
+        let mut ten = [0xffu8; 10];
+        ten[9] = 0x01;
+        let mut r = Reader::new(&ten);
+        assert_eq!(r.skip_var_i64(), Ok(()));
+        assert_eq!(r.remaining(), 0);
+        // An eleventh byte would start at bit 69.
+        let mut eleven = [0xffu8; 11];
+        eleven[10] = 0x01;
+        assert_eq!(
+            Reader::new(&eleven).skip_var_i64(),
+            Err(DecodeError::VarIntOverflow)
+        );
+        assert_eq!(Reader::new(&[0x3f]).skip_var_i64(), Ok(()));
+        assert_eq!(
+            Reader::new(&[0x80]).skip_var_i64(),
             Err(DecodeError::UnexpectedEnd)
         );
     }

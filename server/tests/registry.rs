@@ -15,7 +15,7 @@ use tandem_server::infra::store::{
     InboxLimits, KeyRecord, Loaded, Locked, NewKey, NewNotification, NewUpdate, Notification,
     OutboxEvent, OutboxRow, ReadMark, Sid, SidRange, Since, Store, StoreError,
 };
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 
 /// A store whose loads wait for a signal, then fail or find nothing; writes are counted.
 struct Scripted {
@@ -199,9 +199,7 @@ fn registry(fail_loads: bool) -> (Registry, Arc<Scripted>, tempfile::TempDir) {
 }
 
 fn sink() -> (ConnSink, outbox::Receiver) {
-    let (frames, rx) = outbox::outbox(16, usize::MAX);
-    let (close, _) = oneshot::channel();
-    (ConnSink { frames, close }, rx)
+    outbox::outbox(16, usize::MAX)
 }
 
 fn writer() -> ConnInfo {
@@ -322,10 +320,9 @@ async fn a_reader_that_falls_behind_twice_is_closed() {
     store.release.add_permits(100);
     let (ws, _writer_rx) = sink();
     let writer_conn = registry.join("doc", writer(), ws).await.expect("joined");
-    let (frames, _reader_rx) = outbox::outbox(16, usize::MAX);
-    let (close, closed) = oneshot::channel();
+    let (frames, mut reader_rx) = outbox::outbox(16, usize::MAX);
     let _reader_conn = registry
-        .join("doc", writer(), ConnSink { frames, close })
+        .join("doc", writer(), frames)
         .await
         .expect("joined");
     let mut replica = tandem_engine::Document::new(5);
@@ -337,7 +334,7 @@ async fn a_reader_that_falls_behind_twice_is_closed() {
                 .await
         );
     }
-    let close = closed.await.expect("closed");
+    let close = reader_rx.closed().await.expect("closed");
     assert_eq!(close.code, 4008);
     assert!(close.reason.contains("slow reader"), "{}", close.reason);
     writer_conn.leave().await;

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tandem_engine::protocol::{self, ConnId, ConnInfo, Outgoing, To};
-use tokio::sync::oneshot;
 
 use super::outbox;
 use super::ConnSink;
@@ -30,8 +29,8 @@ pub(super) const RESYNC_AFTER: Duration = Duration::from_secs(30);
 struct Member {
     /// Whether it speaks tandem's extensions (acks). The rest of its `ConnInfo` is the room's.
     extensions: bool,
+    /// Its frames, and the close that ends it.
     frames: outbox::Sender,
-    close: Option<oneshot::Sender<Close>>,
     /// Updates received from this connection so far (the count its acks carry).
     sent: u64,
     /// The last ack sent to it (`count`, `sid`), repeated after a resync.
@@ -72,13 +71,11 @@ impl Fanout {
     }
 
     pub(super) fn add(&mut self, conn: ConnId, info: &ConnInfo, sink: ConnSink) {
-        let ConnSink { frames, close } = sink;
         self.members.insert(
             conn,
             Member {
                 extensions: info.extensions,
-                frames,
-                close: Some(close),
+                frames: sink,
                 sent: 0,
                 acked: None,
                 resynced: None,
@@ -94,10 +91,8 @@ impl Fanout {
     /// Forgets a connection and tells it why it is closed; `false` if it was not there.
     pub(super) fn close(&mut self, conn: ConnId, close: Close) -> bool {
         match self.members.remove(&conn) {
-            Some(mut m) => {
-                if let Some(tx) = m.close.take() {
-                    let _ = tx.send(close);
-                }
+            Some(m) => {
+                m.frames.close(close);
                 true
             }
             None => false,

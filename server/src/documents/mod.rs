@@ -44,11 +44,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tandem_engine::{Change, FieldValue};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 pub use registry::{Attached, Registry};
 
-use crate::base::close::Close;
 use crate::infra::store::{Answer, Fingerprint, Sid};
 
 /// Frames a document task may queue for one connection before the connection counts as a
@@ -61,14 +60,9 @@ pub const CONNECTION_QUEUE_BYTES: usize = 4 << 20;
 /// resumes from its last event id, with no gap).
 pub const SUBSCRIBER_QUEUE: usize = 1024;
 
-/// Where a document task sends a connection's frames, and how it tells it to close.
-#[derive(Debug)]
-pub struct ConnSink {
-    /// Outgoing frames, bounded by [`CONNECTION_QUEUE`].
-    pub frames: outbox::Sender,
-    /// Fired once when the server closes the connection.
-    pub close: oneshot::Sender<Close>,
-}
+/// Where a document task sends a connection's frames, and the close that ends it
+/// ([`outbox::Sender::close`]).
+pub type ConnSink = outbox::Sender;
 
 /// Why a connection could not join a document.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

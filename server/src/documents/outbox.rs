@@ -1,18 +1,24 @@
-//! A connection's outbound frame queue: bounded, and holding no allocation while empty.
+//! A connection's outbound frame queue, and the close the document sends it: bounded, and
+//! holding no allocation while empty.
 //!
 //! The document task pushes frames with [`Sender::try_send`] (never waiting: a full queue marks
-//! a slow reader, which the task resyncs, then closes if it falls behind again); the
-//! connection's socket loop takes them with
-//! [`Receiver::recv`] and [`Receiver::try_recv`]. A tokio `mpsc` channel would do the same but
-//! allocates a block of slots up front for every connection; most connections are idle most of
-//! the time, so this queue allocates only while frames are waiting and gives its buffer back
-//! once drained.
+//! a slow reader, which the task resyncs, then closes if it falls behind again) and closes the
+//! connection with [`Sender::close`]; the connection's socket loop takes both from
+//! [`Receiver::next`], one wake-up source, and more frames with [`Receiver::try_recv`]. A tokio
+//! `mpsc` channel would do the same but allocates a block of slots up front for every
+//! connection; most connections are idle most of the time, so this queue allocates only while
+//! frames are waiting and gives its buffer back once drained. A fan-out wakes every reader of
+//! the document, so the wake-up is a single [`AtomicWaker`], not a list of waiters.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
+
+use crate::base::close::Close;
 
 /// Why a frame was not queued.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,11 +29,24 @@ pub enum TrySendError {
     Closed,
 }
 
+/// What the receiver takes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Next {
+    /// A frame to write.
+    Frame(Bytes),
+    /// The connection ends: with the close the document sent (once), or `None` when the
+    /// document dropped it without one. Frames still queued are not delivered.
+    Closed(Option<Close>),
+}
+
 #[derive(Debug, Default)]
 struct State {
     frames: VecDeque<Bytes>,
     /// Bytes of the queued frames.
     bytes: usize,
+    /// The document closed the connection (its close, until taken).
+    closed: bool,
+    close: Option<Close>,
     receiver_gone: bool,
     sender_gone: bool,
 }
@@ -38,7 +57,7 @@ struct Inner {
     max_bytes: usize,
     // A std mutex: it is never held across an `.await`, only for a push or a pop.
     state: Mutex<State>,
-    wake: Notify,
+    wake: AtomicWaker,
 }
 
 impl Inner {
@@ -66,7 +85,7 @@ pub fn outbox(capacity: usize, max_bytes: usize) -> (Sender, Receiver) {
         capacity: capacity.max(1),
         max_bytes,
         state: Mutex::new(State::default()),
-        wake: Notify::new(),
+        wake: AtomicWaker::new(),
     });
     (
         Sender {
@@ -77,10 +96,10 @@ pub fn outbox(capacity: usize, max_bytes: usize) -> (Sender, Receiver) {
 }
 
 impl Sender {
-    /// Queues `frame` unless the queue is full or the receiver is gone.
+    /// Queues `frame` unless the queue is full, or the receiver is gone or closed.
     pub fn try_send(&self, frame: Bytes) -> Result<(), TrySendError> {
         let mut state = self.inner.lock();
-        if state.receiver_gone {
+        if state.receiver_gone || state.closed {
             return Err(TrySendError::Closed);
         }
         if !self.fits(&state, 1, frame.len()) {
@@ -89,8 +108,8 @@ impl Sender {
         state.bytes += frame.len();
         state.frames.push_back(frame);
         drop(state);
-        // Stores a permit when the receiver is not waiting, so no wake-up is lost.
-        self.inner.wake.notify_one();
+        // Wakes the receiver if it waits; if it does not, it finds the frame when it looks.
+        self.inner.wake.wake();
         Ok(())
     }
 
@@ -98,7 +117,7 @@ impl Sender {
     /// or the receiver is gone. Returns the bytes queued. One wake-up for all of them.
     pub fn try_send_all(&self, frames: &mut Vec<Bytes>) -> Result<usize, TrySendError> {
         let mut state = self.inner.lock();
-        if state.receiver_gone {
+        if state.receiver_gone || state.closed {
             return Err(TrySendError::Closed);
         }
         let bytes = frames.iter().map(Bytes::len).sum();
@@ -108,7 +127,7 @@ impl Sender {
         state.bytes += bytes;
         state.frames.extend(frames.drain(..));
         drop(state);
-        self.inner.wake.notify_one();
+        self.inner.wake.wake();
         Ok(bytes)
     }
 
@@ -116,14 +135,29 @@ impl Sender {
     /// behind), whatever the capacity.
     pub fn replace_all(&self, frames: Vec<Bytes>) {
         let mut state = self.inner.lock();
-        if state.receiver_gone {
+        if state.receiver_gone || state.closed {
             return;
         }
         state.bytes = frames.iter().map(Bytes::len).sum();
         state.frames.clear();
         state.frames.extend(frames);
         drop(state);
-        self.inner.wake.notify_one();
+        self.inner.wake.wake();
+    }
+
+    /// Closes the connection with `close`: the receiver's next take is [`Next::Closed`] with
+    /// it, and queued frames are dropped. Only the first close counts.
+    pub fn close(&self, close: Close) {
+        let mut state = self.inner.lock();
+        if state.closed || state.receiver_gone {
+            return;
+        }
+        state.closed = true;
+        state.close = Some(close);
+        state.frames = VecDeque::new();
+        state.bytes = 0;
+        drop(state);
+        self.inner.wake.wake();
     }
 
     fn fits(&self, state: &State, frames: usize, bytes: usize) -> bool {
@@ -131,34 +165,68 @@ impl Sender {
             && (state.frames.is_empty() || state.bytes + bytes <= self.inner.max_bytes)
     }
 
-    /// Whether the receiver is gone.
+    /// Whether the receiver is gone or closed.
     pub fn is_closed(&self) -> bool {
-        self.inner.lock().receiver_gone
+        let state = self.inner.lock();
+        state.receiver_gone || state.closed
     }
 }
 
 impl Drop for Sender {
     fn drop(&mut self) {
         self.inner.lock().sender_gone = true;
-        self.inner.wake.notify_one();
+        self.inner.wake.wake();
     }
 }
 
 impl Receiver {
-    /// The next frame; `None` once the sender is gone and the queue is drained.
+    /// The next frame, or the end of the connection.
+    pub async fn next(&mut self) -> Next {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// [`Receiver::next`] as a poll.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Next> {
+        if let Some(next) = self.take() {
+            return Poll::Ready(next);
+        }
+        self.inner.wake.register(cx.waker());
+        // A frame pushed between the take and the registration woke no one: look again.
+        match self.take() {
+            Some(next) => Poll::Ready(next),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The next frame; `None` once the connection ended (closed by the document, or the sender
+    /// gone and the queue drained).
     pub async fn recv(&mut self) -> Option<Bytes> {
+        match self.next().await {
+            Next::Frame(frame) => Some(frame),
+            Next::Closed(_) => None,
+        }
+    }
+
+    /// Waits for the end of the connection, dropping frames: the document's close, if any.
+    pub async fn closed(&mut self) -> Option<Close> {
         loop {
-            match self.take() {
-                Ok(frame) => return Some(frame),
-                Err(true) => return None,
-                Err(false) => self.inner.wake.notified().await,
+            if let Next::Closed(close) = self.next().await {
+                return close;
             }
         }
     }
 
-    /// The next frame if one is queued.
+    /// The next frame if one is queued (none once the document closed the connection).
     pub fn try_recv(&mut self) -> Option<Bytes> {
-        self.take().ok()
+        match self.take() {
+            Some(Next::Frame(frame)) => Some(frame),
+            _ => None,
+        }
+    }
+
+    /// Whether the document closed the connection.
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().closed
     }
 
     /// Frames queued now.
@@ -171,9 +239,12 @@ impl Receiver {
         self.len() == 0
     }
 
-    /// A frame, or `Err(sender gone)` when none is queued.
-    fn take(&mut self) -> Result<Bytes, bool> {
+    /// What is there to take now, if anything.
+    fn take(&mut self) -> Option<Next> {
         let mut state = self.inner.lock();
+        if state.closed {
+            return Some(Next::Closed(state.close.take()));
+        }
         match state.frames.pop_front() {
             Some(frame) => {
                 state.bytes -= frame.len();
@@ -181,9 +252,10 @@ impl Receiver {
                 if state.frames.is_empty() {
                     state.frames = VecDeque::new();
                 }
-                Ok(frame)
+                Some(Next::Frame(frame))
             }
-            None => Err(state.sender_gone),
+            None if state.sender_gone => Some(Next::Closed(None)),
+            None => None,
         }
     }
 }
@@ -252,6 +324,52 @@ mod tests {
         assert_eq!(tx.try_send_all(&mut two), Err(TrySendError::Full));
         let mut one = vec![Bytes::from(vec![0; 4])];
         assert_eq!(tx.try_send_all(&mut one), Ok(4));
+    }
+
+    #[tokio::test]
+    async fn a_close_ends_the_queue_once_and_drops_queued_frames() {
+        use crate::base::close::code;
+        let (tx, mut rx) = outbox(8, usize::MAX);
+        tx.try_send(Bytes::from_static(b"a")).unwrap();
+        let waiter = tokio::spawn(async move {
+            let first = rx.next().await;
+            let second = rx.next().await;
+            (first, second, rx)
+        });
+        tx.close(Close::new(code::SLOW_READER, "slow reader"));
+        tx.close(Close::new(code::GOING_AWAY, "a second close is ignored"));
+        let (first, second, rx) = waiter.await.unwrap();
+        // The frame may have been taken before the close arrived; the close comes once.
+        let first = match first {
+            Next::Frame(f) => {
+                assert_eq!(&f[..], b"a");
+                second
+            }
+            closed => {
+                assert_eq!(second, Next::Closed(None));
+                closed
+            }
+        };
+        assert_eq!(
+            first,
+            Next::Closed(Some(Close::new(code::SLOW_READER, "slow reader")))
+        );
+        assert!(rx.is_closed());
+        assert_eq!(
+            tx.try_send(Bytes::from_static(b"late")),
+            Err(TrySendError::Closed),
+            "a closed queue takes no more frames"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_gone_sender_ends_the_queue_after_its_frames() {
+        let (tx, mut rx) = outbox(8, usize::MAX);
+        tx.try_send(Bytes::from_static(b"a")).unwrap();
+        drop(tx);
+        assert_eq!(rx.next().await, Next::Frame(Bytes::from_static(b"a")));
+        assert_eq!(rx.next().await, Next::Closed(None));
+        assert!(!rx.is_closed(), "no close was sent");
     }
 
     #[test]

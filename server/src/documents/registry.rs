@@ -392,7 +392,6 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::base::close::Close;
     use crate::documents::outbox;
     use crate::documents::FeedItem;
     use crate::documents::{CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES};
@@ -409,10 +408,8 @@ mod tests {
         }
     }
 
-    fn sink() -> (ConnSink, outbox::Receiver, oneshot::Receiver<Close>) {
-        let (frames, rx) = outbox::outbox(CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES);
-        let (close, closed) = oneshot::channel();
-        (ConnSink { frames, close }, rx, closed)
+    fn sink() -> (ConnSink, outbox::Receiver) {
+        outbox::outbox(CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES)
     }
 
     /// A panic inside one document's engine call closes that document's connections (1011),
@@ -426,12 +423,12 @@ mod tests {
         let metrics = Metrics::new();
         let registry = Registry::new(Arc::new(store), metrics.clone(), config, None);
 
-        let (s, _rx, closed) = sink();
+        let (s, mut victim_rx) = sink();
         let victim = registry.join("victim", writer(), s).await.unwrap();
         let mut replica = tandem_engine::Document::new(7);
         let update = replica.insert("alice", "t", 0, "kept").unwrap();
         assert!(victim.frame(sync_frame(2, &update)).await);
-        let (s, _other_rx, mut other_closed) = sink();
+        let (s, other_rx) = sink();
         let bystander = registry.join("bystander", writer(), s).await.unwrap();
         let update = tandem_engine::Document::new(8)
             .insert("alice", "u", 0, "fine")
@@ -445,18 +442,18 @@ mod tests {
         registry
             .run_in("victim", Box::new(|_| panic!("injected panic")))
             .await;
-        let close = closed.await.expect("closed with a reason");
+        let close = victim_rx.closed().await.expect("closed with a reason");
         assert_eq!(close.code, 1011);
         assert_eq!(metrics.document_panics.get(), 1);
         while registry.is_loaded("victim") {
             tokio::task::yield_now().await;
         }
         // The other document still serves its connection.
-        assert!(other_closed.try_recv().is_err());
+        assert!(!other_rx.is_closed());
         let state = registry.read("bystander", false).await.unwrap();
         assert_eq!(state.texts.get("u").map(String::as_str), Some("fine"));
         // Reloaded from storage with its text.
-        let (s, _rx, _closed) = sink();
+        let (s, _rx) = sink();
         let _again = registry.join("victim", writer(), s).await.unwrap();
         let state = registry.read("victim", false).await.unwrap();
         assert_eq!(state.texts.get("t").map(String::as_str), Some("kept"));
@@ -487,7 +484,7 @@ mod tests {
             .await;
         assert!(!registry.is_loaded("d"));
 
-        let (s, mut rx, _closed) = sink();
+        let (s, mut rx) = sink();
         let _conn = registry.join("d", writer(), s).await.unwrap();
         let mut sub = registry.subscribe("d", false).await.unwrap();
         assert_eq!(sub.state.sid, 0);
@@ -534,7 +531,7 @@ mod tests {
             .map(|(i, s)| replicated(&other.insert("bob", "t", i as u32, s).unwrap()))
             .collect();
 
-        let (s, mut rx, _closed) = sink();
+        let (s, mut rx) = sink();
         let _conn = registry.join("d", writer(), s).await.unwrap();
         let mut sub = registry.subscribe("d", false).await.unwrap();
         while rx.try_recv().is_some() {}

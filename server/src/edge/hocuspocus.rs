@@ -66,9 +66,7 @@ use crate::access::conns::Admission;
 use crate::base::close::{code, Close};
 use crate::base::name::DocName;
 use crate::documents::refusal::protocol_error_close;
-use crate::documents::{
-    outbox, Attached, ConnSink, JoinError, CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES,
-};
+use crate::documents::{outbox, Attached, JoinError, CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES};
 
 /// Documents one socket may have open, waiting or refused at once.
 pub const MAX_DOCUMENTS: usize = 64;
@@ -114,8 +112,8 @@ type DocEvents = Pin<Box<dyn futures_util::Stream<Item = (Arc<str>, u64, Event)>
 /// What a document's events come from. The stream ends after its last event, or at once when
 /// the document leaves the socket (`left`'s sender is dropped).
 struct Source {
+    /// Frames from the document, and its close.
     frames: outbox::Receiver,
-    closed: oneshot::Receiver<Close>,
     grant: Grant,
     left: oneshot::Receiver<()>,
     done: bool,
@@ -131,19 +129,15 @@ fn doc_events(name: Arc<str>, key: u64, source: Source) -> DocEvents {
             let event = tokio::select! {
                 biased;
                 _ = &mut s.left => return None,
-                close = &mut s.closed => {
-                    s.done = true;
-                    Event::Closed(close.ok())
-                }
                 close = s.grant.ended() => {
                     s.done = true;
                     Event::Ended(close)
                 }
-                frame = s.frames.recv() => match frame {
-                    Some(frame) => Event::Frame(frame),
-                    None => {
+                next = s.frames.next() => match next {
+                    outbox::Next::Frame(frame) => Event::Frame(frame),
+                    outbox::Next::Closed(close) => {
                         s.done = true;
-                        Event::Closed(None)
+                        Event::Closed(close)
                     }
                 },
             };
@@ -334,15 +328,10 @@ impl Connection {
         // Before the room's greeting, as Hocuspocus does.
         self.reply(name, Reply::Authenticated(scope));
         let (frames_tx, frames_rx) = outbox::outbox(CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES);
-        let (close_tx, closed) = oneshot::channel::<Close>();
         // Filed under the user before joining, so a revocation reaches it.
         let grant = Grant::register(state, &identity);
         let info = conn_info(state, &identity, role, true, true);
-        let sink = ConnSink {
-            frames: frames_tx,
-            close: close_tx,
-        };
-        let attached = match Box::pin(state.registry.join(name, info, sink)).await {
+        let attached = match Box::pin(state.registry.join(name, info, frames_tx)).await {
             Ok(attached) => attached,
             Err(e) => {
                 let code = match e {
@@ -364,7 +353,6 @@ impl Connection {
         self.next_key += 1;
         let source = Source {
             frames: frames_rx,
-            closed,
             grant,
             left: left_rx,
             done: false,

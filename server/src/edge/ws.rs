@@ -30,7 +30,6 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use tandem_engine::protocol::Role;
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::extract::{authenticate, document_role};
@@ -42,9 +41,7 @@ use crate::access::token::Identity;
 use crate::base::close::{code, Close};
 use crate::base::name::DocName;
 use crate::documents::outbox;
-use crate::documents::{
-    Attached, ConnSink, JoinError, Registry, CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES,
-};
+use crate::documents::{Attached, JoinError, Registry, CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES};
 use crate::infra::metrics::Metrics;
 
 fn wants_extensions(query: Option<&str>) -> bool {
@@ -146,8 +143,8 @@ async fn serve(setup: Box<Setup>) {
 /// An attached connection: what its loop uses.
 struct Conn {
     socket: Socket,
+    /// Frames from the document, and its close.
     frames_rx: outbox::Receiver,
-    close_rx: oneshot::Receiver<Close>,
     live: Live,
     attached: Attached,
     pace: Pace,
@@ -189,17 +186,12 @@ async fn attach(setup: Box<Setup>) -> Option<Box<Conn>> {
     metrics.connections.inc();
     metrics.connections_accepted.inc();
     let (frames_tx, frames_rx) = outbox::outbox(CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES);
-    let (close_tx, close_rx) = oneshot::channel::<Close>();
     // Filed under the user, so a revocation closes this connection.
     let live = Live::register(&state, admission, &identity);
     let info = super::extract::conn_info(&state, &identity, role, extensions, false);
     let registry: &Registry = &state.registry;
     let mut socket = socket;
-    let sink_for_join = ConnSink {
-        frames: frames_tx,
-        close: close_tx,
-    };
-    let attached = match registry.join(&doc, info, sink_for_join).await {
+    let attached = match registry.join(&doc, info, frames_tx).await {
         Ok(a) => a,
         Err(e) => {
             let code = match e {
@@ -219,7 +211,6 @@ async fn attach(setup: Box<Setup>) -> Option<Box<Conn>> {
     Some(Box::new(Conn {
         socket,
         frames_rx,
-        close_rx,
         live,
         attached,
         pace,
@@ -235,7 +226,6 @@ async fn run(conn: Box<Conn>) {
     let Conn {
         mut socket,
         mut frames_rx,
-        mut close_rx,
         live,
         attached,
         mut pace,
@@ -247,12 +237,12 @@ async fn run(conn: Box<Conn>) {
     let close: Option<Close> = loop {
         tokio::select! {
             biased;
-            close = &mut close_rx => break close.ok(),
             close = live.revoked() => break Some(close),
-            frame = frames_rx.recv() => {
-                // The document dropped this connection: its reason, sent just before, may
-                // have arrived after the poll of `close_rx` above (another thread).
-                let Some(frame) = frame else { break close_rx.try_recv().ok() };
+            next = frames_rx.next() => {
+                let frame = match next {
+                    outbox::Next::Frame(frame) => frame,
+                    outbox::Next::Closed(close) => break close,
+                };
                 // Everything queued now goes out in one flush (up to WRITE_BATCH frames).
                 let more = std::iter::from_fn(|| frames_rx.try_recv());
                 // Boxed: one allocation per flush (next to a system call), and the future

@@ -9,6 +9,12 @@
 //! connection; most connections are idle most of the time, so this queue allocates only while
 //! frames are waiting and gives its buffer back once drained. A fan-out wakes every reader of
 //! the document, so the wake-up is a single [`AtomicWaker`], not a list of waiters.
+//!
+//! A sender may also hold a [`Direct`] writer (a y-websocket connection's socket, see
+//! `edge::wire`): when nothing of the connection is waiting (no queued frame, none taken and not
+//! yet written), [`Sender::try_send_all`] writes the frames to the socket itself, and the socket
+//! loop is not woken at all. What the socket does not take at once stays with the writer, ahead
+//! of anything written later, and the receiver is asked to flush it ([`Next::Flush`]).
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -29,11 +35,30 @@ pub enum TrySendError {
     Closed,
 }
 
+/// What a [`Direct`] writer did with frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// All of them are on the socket.
+    All,
+    /// They are taken: some are on the socket, the rest waits in the writer for a flush.
+    Part,
+    /// None of them: queue them.
+    Nothing,
+}
+
+/// Writes frames to the connection's socket from the document's side, without waiting.
+pub trait Direct: Send + Sync + std::fmt::Debug {
+    /// Writes `frames` (whole, in order) if the socket takes them now.
+    fn write_now(&self, frames: &[Bytes]) -> Written;
+}
+
 /// What the receiver takes next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Next {
     /// A frame to write.
     Frame(Bytes),
+    /// Frames the document wrote are partly on the socket: flush the rest.
+    Flush,
     /// The connection ends: with the close the document sent (once), or `None` when the
     /// document dropped it without one. Frames still queued are not delivered.
     Closed(Option<Close>),
@@ -44,6 +69,11 @@ struct State {
     frames: VecDeque<Bytes>,
     /// Bytes of the queued frames.
     bytes: usize,
+    /// Frames taken by the receiver and not written yet ([`Receiver::sent`] ends it): the
+    /// document must not write around them.
+    in_flight: bool,
+    /// The [`Direct`] writer holds bytes for the receiver to flush.
+    flush: bool,
     /// The document closed the connection (its close, until taken).
     closed: bool,
     close: Option<Close>,
@@ -70,6 +100,7 @@ impl Inner {
 #[derive(Debug)]
 pub struct Sender {
     inner: Arc<Inner>,
+    direct: Option<Box<dyn Direct>>,
 }
 
 /// The receiving half, held by the connection's socket loop.
@@ -90,12 +121,19 @@ pub fn outbox(capacity: usize, max_bytes: usize) -> (Sender, Receiver) {
     (
         Sender {
             inner: inner.clone(),
+            direct: None,
         },
         Receiver { inner },
     )
 }
 
 impl Sender {
+    /// This sender, writing through `direct` when nothing of the connection is waiting.
+    pub fn with_direct(mut self, direct: Box<dyn Direct>) -> Sender {
+        self.direct = Some(direct);
+        self
+    }
+
     /// Queues `frame` unless the queue is full, or the receiver is gone or closed.
     pub fn try_send(&self, frame: Bytes) -> Result<(), TrySendError> {
         let mut state = self.inner.lock();
@@ -113,14 +151,35 @@ impl Sender {
         Ok(())
     }
 
-    /// Queues every frame of `frames` (draining it), or none of them when they do not all fit
-    /// or the receiver is gone. Returns the bytes queued. One wake-up for all of them.
+    /// Sends every frame of `frames` (draining it), or none of them when they do not all fit
+    /// or the receiver is gone. Returns their bytes. With a [`Direct`] writer and nothing of
+    /// the connection waiting, they are written now; otherwise queued, with one wake-up for
+    /// all of them.
     pub fn try_send_all(&self, frames: &mut Vec<Bytes>) -> Result<usize, TrySendError> {
         let mut state = self.inner.lock();
         if state.receiver_gone || state.closed {
             return Err(TrySendError::Closed);
         }
         let bytes = frames.iter().map(Bytes::len).sum();
+        if let Some(direct) = &self.direct {
+            // Under the lock: the receiver cannot take a frame meanwhile.
+            if state.frames.is_empty() && !state.in_flight {
+                match direct.write_now(frames) {
+                    Written::All => {
+                        frames.clear();
+                        return Ok(bytes);
+                    }
+                    Written::Part => {
+                        frames.clear();
+                        state.flush = true;
+                        drop(state);
+                        self.inner.wake.wake();
+                        return Ok(bytes);
+                    }
+                    Written::Nothing => {}
+                }
+            }
+        }
         if !self.fits(&state, frames.len(), bytes) {
             return Err(TrySendError::Full);
         }
@@ -201,9 +260,12 @@ impl Receiver {
     /// The next frame; `None` once the connection ended (closed by the document, or the sender
     /// gone and the queue drained).
     pub async fn recv(&mut self) -> Option<Bytes> {
-        match self.next().await {
-            Next::Frame(frame) => Some(frame),
-            Next::Closed(_) => None,
+        loop {
+            match self.next().await {
+                Next::Frame(frame) => return Some(frame),
+                Next::Flush => {}
+                Next::Closed(_) => return None,
+            }
         }
     }
 
@@ -216,7 +278,8 @@ impl Receiver {
         }
     }
 
-    /// The next frame if one is queued (none once the document closed the connection).
+    /// The next frame if one is queued (none once the document closed the connection). A
+    /// flush asked for meanwhile is dropped: the caller flushes after writing the frame anyway.
     pub fn try_recv(&mut self) -> Option<Bytes> {
         match self.take() {
             Some(Next::Frame(frame)) => Some(frame),
@@ -239,14 +302,25 @@ impl Receiver {
         self.len() == 0
     }
 
+    /// The frames taken so far are written (or the connection is ending): the document may
+    /// write to the socket itself again.
+    pub fn sent(&mut self) {
+        self.inner.lock().in_flight = false;
+    }
+
     /// What is there to take now, if anything.
     fn take(&mut self) -> Option<Next> {
         let mut state = self.inner.lock();
         if state.closed {
             return Some(Next::Closed(state.close.take()));
         }
+        if state.flush {
+            state.flush = false;
+            return Some(Next::Flush);
+        }
         match state.frames.pop_front() {
             Some(frame) => {
+                state.in_flight = true;
                 state.bytes -= frame.len();
                 // A drained queue gives its buffer back (one small allocation per burst).
                 if state.frames.is_empty() {
@@ -370,6 +444,62 @@ mod tests {
         assert_eq!(rx.next().await, Next::Frame(Bytes::from_static(b"a")));
         assert_eq!(rx.next().await, Next::Closed(None));
         assert!(!rx.is_closed(), "no close was sent");
+    }
+
+    /// A socket that takes what it is told to, and records it.
+    #[derive(Debug)]
+    struct Socket {
+        answer: Mutex<Written>,
+        wrote: Mutex<Vec<Bytes>>,
+    }
+
+    impl Direct for Arc<Socket> {
+        fn write_now(&self, frames: &[Bytes]) -> Written {
+            let answer = *self.answer.lock().unwrap();
+            if answer != Written::Nothing {
+                self.wrote.lock().unwrap().extend_from_slice(frames);
+            }
+            answer
+        }
+    }
+
+    #[tokio::test]
+    async fn a_direct_writer_takes_frames_only_when_nothing_waits() {
+        use futures_util::FutureExt;
+        let socket = Arc::new(Socket {
+            answer: Mutex::new(Written::All),
+            wrote: Mutex::new(Vec::new()),
+        });
+        let (tx, mut rx) = outbox(8, usize::MAX);
+        let tx = tx.with_direct(Box::new(socket.clone()));
+        let f = |s: &'static [u8]| Bytes::from_static(s);
+
+        // Written at once: nothing for the socket loop, not even a wake-up.
+        assert_eq!(tx.try_send_all(&mut vec![f(b"a"), f(b"b")]), Ok(2));
+        assert_eq!(rx.next().now_or_never(), None);
+        // Partly written: the socket loop is asked to flush.
+        *socket.answer.lock().unwrap() = Written::Part;
+        assert_eq!(tx.try_send_all(&mut vec![f(b"c")]), Ok(1));
+        assert_eq!(rx.next().await, Next::Flush);
+        // Not written: queued.
+        *socket.answer.lock().unwrap() = Written::Nothing;
+        assert_eq!(tx.try_send_all(&mut vec![f(b"d")]), Ok(1));
+        // A frame queued goes before anything later, even when the socket would take it.
+        *socket.answer.lock().unwrap() = Written::All;
+        assert_eq!(tx.try_send_all(&mut vec![f(b"e")]), Ok(1));
+        assert_eq!(rx.next().await, Next::Frame(f(b"d")));
+        // Taken and not written yet: the next frames still queue behind it.
+        assert_eq!(tx.try_send_all(&mut vec![f(b"g")]), Ok(1));
+        assert_eq!(rx.try_recv(), Some(f(b"e")));
+        assert_eq!(rx.try_recv(), Some(f(b"g")));
+        assert_eq!(tx.try_send_all(&mut vec![f(b"h")]), Ok(1));
+        assert_eq!(rx.try_recv(), Some(f(b"h")));
+        // Written by the socket loop: the document writes directly again.
+        rx.sent();
+        assert_eq!(tx.try_send_all(&mut vec![f(b"i")]), Ok(1));
+        assert_eq!(rx.try_recv(), None);
+        let wrote: Vec<Bytes> = socket.wrote.lock().unwrap().clone();
+        assert_eq!(wrote, vec![f(b"a"), f(b"b"), f(b"c"), f(b"i")]);
     }
 
     #[test]

@@ -126,20 +126,24 @@ fn doc_events(name: Arc<str>, key: u64, source: Source) -> DocEvents {
             if s.done {
                 return None;
             }
-            let event = tokio::select! {
-                biased;
-                _ = &mut s.left => return None,
-                close = s.grant.ended() => {
-                    s.done = true;
-                    Event::Ended(close)
-                }
-                next = s.frames.next() => match next {
-                    outbox::Next::Frame(frame) => Event::Frame(frame),
-                    outbox::Next::Closed(close) => {
+            let event = loop {
+                break tokio::select! {
+                    biased;
+                    _ = &mut s.left => return None,
+                    close = s.grant.ended() => {
                         s.done = true;
-                        Event::Closed(close)
+                        Event::Ended(close)
                     }
-                },
+                    next = s.frames.next() => match next {
+                        outbox::Next::Frame(frame) => Event::Frame(frame),
+                        // Only a connection whose document writes to it asks for flushes.
+                        outbox::Next::Flush => continue,
+                        outbox::Next::Closed(close) => {
+                            s.done = true;
+                            Event::Closed(close)
+                        }
+                    },
+                };
             };
             Some(((name, key, event), s))
         }

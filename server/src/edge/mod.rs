@@ -12,7 +12,8 @@
 //!   documents, position checks against the shared store, revocations, readiness.
 //! - [`socket`]: WebSocket plumbing both dialects share (upgrade, batched writes, closes,
 //!   pacing), over [`wsio`] (the byte stream under the codec, with buffers held only while
-//!   bytes wait in them); [`live`]: [`live::Live`], the admission, revocation and expiry of every
+//!   bytes wait in them) and [`wire`] (every accepted TCP connection, which a y-websocket
+//!   connection's document writes small frames to itself); [`live`]: [`live::Live`], the admission, revocation and expiry of every
 //!   long-lived response.
 //! - Routes: [`ws`] (`/ws/{doc}`, y-websocket), [`hocuspocus`] (`/ws`, the Hocuspocus
 //!   dialect), [`sse`] (`/docs/{doc}/events`), [`documents`] (the other document routes),
@@ -39,5 +40,6 @@ pub mod socket;
 pub mod sse;
 pub mod state;
 pub mod webhooks;
+pub mod wire;
 pub mod ws;
 pub mod wsio;

@@ -2,15 +2,24 @@
 //! given shutdown future completes, waits for connections to finish, then flushes and closes
 //! the store.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
+use axum::extract::{ConnectInfo, Request};
+use axum::response::Response;
+use axum::routing::future::RouteFuture;
+use axum::serve::IncomingStream;
+use axum::Router;
 use tokio::net::TcpListener;
+use tower::Service;
 
 use super::cluster::Cluster;
 use super::router::app;
 use super::state::AppState;
+use super::wire::{WireHandle, WireListener};
 use crate::infra::bus::{self, BusError, BusOptions};
 use crate::infra::config::Config;
 use crate::infra::metrics::Metrics;
@@ -40,20 +49,67 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Small frames (keystrokes, cursors) go out at once: without TCP_NODELAY, Nagle's algorithm
-    // holds a frame written behind an unacknowledged one until the peer's delayed ACK (~40 ms).
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
+    let connections = Connections { router: app(state) };
+    axum::serve(WireListener::new(listener), connections)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Makes the service of each accepted connection: the router, with the peer's address
+/// (`ConnectInfo<SocketAddr>`) and the connection ([`WireHandle`]) in every request's
+/// extensions.
+#[derive(Clone)]
+struct Connections {
+    router: Router,
+}
+
+impl<'a> Service<IncomingStream<'a, WireListener>> for Connections {
+    type Response = OnConnection;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<OnConnection, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, incoming: IncomingStream<'a, WireListener>) -> Self::Future {
+        // Small frames (keystrokes, cursors) go out at once: without TCP_NODELAY, Nagle's
+        // algorithm holds a frame written behind an unacknowledged one until the peer's
+        // delayed ACK (~40 ms).
+        if let Err(e) = incoming.io().set_nodelay() {
             tracing::debug!(cause = %e, "could not set TCP_NODELAY");
         }
-    });
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+        std::future::ready(Ok(OnConnection {
+            router: self.router.clone(),
+            peer: *incoming.remote_addr(),
+            wire: WireHandle(incoming.io().wire().clone()),
+        }))
+    }
+}
+
+/// The router, serving one connection.
+#[derive(Clone)]
+struct OnConnection {
+    router: Router,
+    peer: SocketAddr,
+    wire: WireHandle,
+}
+
+impl Service<Request> for OnConnection {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = RouteFuture<Infallible>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The router is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        request.extensions_mut().insert(self.wire.clone());
+        self.router.call(request)
+    }
 }
 
 /// Runs `tandem serve` on a bound listener until `shutdown` completes: opens the store, serves,

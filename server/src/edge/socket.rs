@@ -18,8 +18,7 @@ use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tokio::time::Sleep;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, FrameHeader, Utf8Bytes};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -28,6 +27,7 @@ use super::deflate::{self, Inflow, COMPRESS_OVER};
 use super::error::{ApiError, ErrorCode};
 use super::live::{self, EXPIRED_REASON};
 use super::state::AppState;
+use super::wire::{frame_header, MAX_SERVER_HEADER};
 use super::wsio::LeanIo;
 use crate::access::conns::Admission;
 use crate::access::limits::TokenBucket;
@@ -55,8 +55,17 @@ const FRAGMENT: usize = 32 * 1024;
 
 /// A WebSocket over an upgraded HTTP connection.
 pub type Socket = WebSocketStream<LeanIo<TokioIo<hyper::upgrade::Upgraded>>>;
-/// The longest header of a frame the server sends (unmasked, 64-bit length).
-const MAX_SERVER_HEADER: usize = 10;
+
+/// The largest frame a document may write to a connection's socket itself (see
+/// [`super::wire::DirectWs`]): larger ones go through [`send_batch`], which compresses them
+/// (with `deflate`) or sends them as fragments.
+pub fn direct_limit(deflate: bool) -> usize {
+    if deflate {
+        COMPRESS_OVER
+    } else {
+        FRAGMENT
+    }
+}
 
 /// The `Sec-WebSocket-Key` of a well-formed WebSocket upgrade request (RFC 6455 §4.2.1).
 fn websocket_key(method: &Method, headers: &HeaderMap) -> Option<HeaderValue> {
@@ -235,20 +244,15 @@ pub async fn send_batch(
         let fragments = f.len().div_ceil(FRAGMENT).max(1);
         for i in 0..fragments {
             let chunk = &f[(i * FRAGMENT).min(f.len())..((i + 1) * FRAGMENT).min(f.len())];
-            let opcode = if i == 0 { Data::Binary } else { Data::Continue };
-            let header = FrameHeader {
-                is_final: i + 1 == fragments,
-                // RSV1 on the first frame marks the message compressed (RFC 7692 §6).
-                rsv1: compressed && i == 0,
-                opcode: OpCode::Data(opcode),
-                ..FrameHeader::default()
-            };
+            // RSV1 on the first frame marks the message compressed (RFC 7692 §6).
             let mut head = [0u8; MAX_SERVER_HEADER];
-            let mut rest = &mut head[..];
-            if header.format(chunk.len() as u64, &mut rest).is_err() {
-                return false;
-            }
-            let used = MAX_SERVER_HEADER - rest.len();
+            let used = frame_header(
+                chunk.len(),
+                i == 0,
+                i + 1 == fragments,
+                compressed,
+                &mut head,
+            );
             if poll_fn(|cx| socket.get_mut().poll_room(cx)).await.is_err() {
                 return false;
             }

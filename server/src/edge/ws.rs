@@ -24,6 +24,7 @@
 //! a permission-denied message and the connection stays open.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::HeaderMap;
@@ -36,6 +37,7 @@ use super::extract::{authenticate, document_role};
 use super::live::Live;
 use super::socket::{self, Pace, Received, Socket, Tick};
 use super::state::AppState;
+use super::wire::{DirectWs, Wire, WireHandle};
 use crate::access::conns::Admission;
 use crate::access::token::Identity;
 use crate::base::close::{code, Close};
@@ -82,8 +84,13 @@ pub async fn handler(
     let verdict = admit_to_document(&state, request.headers(), query.as_deref(), &doc);
     let extensions = wants_extensions(query.as_deref());
     let limits = state.config.limits.clone();
+    let wire = request
+        .extensions()
+        .get::<WireHandle>()
+        .map(|w| w.0.clone());
     let setup = Box::new(Setup {
         socket: None,
+        wire,
         deflate: upgrade.deflate(),
         admission,
         verdict,
@@ -111,6 +118,9 @@ async fn refuse(mut socket: Socket, close: Close) {
 /// it runs, and this future lives as long as the connection.
 struct Setup {
     socket: Option<Socket>,
+    /// The TCP connection under the socket, which the document writes small frames to itself
+    /// (absent when the router is served without [`super::serve`]).
+    wire: Option<Arc<Wire>>,
     /// Whether permessage-deflate was negotiated.
     deflate: bool,
     /// The connection slot, held until the connection ends (refused ones included).
@@ -165,6 +175,7 @@ async fn attach(setup: Box<Setup>) -> Option<Box<Conn>> {
     // Unboxed by a call, so the box is freed now rather than when this future ends.
     let Setup {
         socket,
+        wire,
         deflate,
         admission,
         verdict,
@@ -186,6 +197,12 @@ async fn attach(setup: Box<Setup>) -> Option<Box<Conn>> {
     metrics.connections.inc();
     metrics.connections_accepted.inc();
     let (frames_tx, frames_rx) = outbox::outbox(CONNECTION_QUEUE, CONNECTION_QUEUE_BYTES);
+    let frames_tx = match wire {
+        Some(wire) => {
+            frames_tx.with_direct(Box::new(DirectWs::new(wire, socket::direct_limit(deflate))))
+        }
+        None => frames_tx,
+    };
     // Filed under the user, so a revocation closes this connection.
     let live = Live::register(&state, admission, &identity);
     let info = super::extract::conn_info(&state, &identity, role, extensions, false);
@@ -241,6 +258,13 @@ async fn run(conn: Box<Conn>) {
             next = frames_rx.next() => {
                 let frame = match next {
                     outbox::Next::Frame(frame) => frame,
+                    // The document wrote frames the socket took only in part.
+                    outbox::Next::Flush => {
+                        if socket.flush().await.is_err() {
+                            break None;
+                        }
+                        continue;
+                    }
                     outbox::Next::Closed(close) => break close,
                 };
                 // Everything queued now goes out in one flush (up to WRITE_BATCH frames).
@@ -251,6 +275,8 @@ async fn run(conn: Box<Conn>) {
                 if !Box::pin(socket::send_batch(&mut socket, batch, deflate, &metrics)).await {
                     break None;
                 }
+                // Written: the document may write to the socket itself again.
+                frames_rx.sent();
             }
             msg = socket.next(), if pace.reading() => {
                 pace.heard(&msg, &metrics);

@@ -498,6 +498,12 @@ mod tests {
         rx.sent();
         assert_eq!(tx.try_send_all(&mut vec![f(b"i")]), Ok(1));
         assert_eq!(rx.try_recv(), None);
+        // The socket loop is closing the connection: nothing more goes to the socket.
+        drop(rx);
+        assert_eq!(
+            tx.try_send_all(&mut vec![f(b"j")]),
+            Err(TrySendError::Closed)
+        );
         let wrote: Vec<Bytes> = socket.wrote.lock().unwrap().clone();
         assert_eq!(wrote, vec![f(b"a"), f(b"b"), f(b"c"), f(b"i")]);
     }

@@ -301,6 +301,9 @@ async fn run(conn: Box<Conn>) {
             },
         }
     };
+    // From here the document writes nothing more to the socket itself: no data frame may
+    // follow the close frame `finish` sends (or answers with).
+    drop(frames_rx);
     // Boxed: leaving and closing happen once, at the end.
     Box::pin(async move {
         let conn = attached.id();

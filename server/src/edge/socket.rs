@@ -27,7 +27,7 @@ use super::deflate::{self, Inflow, COMPRESS_OVER};
 use super::error::{ApiError, ErrorCode};
 use super::live::{self, EXPIRED_REASON};
 use super::state::AppState;
-use super::wire::{frame_header, MAX_SERVER_HEADER};
+use super::wire::frame_header;
 use super::wsio::LeanIo;
 use crate::access::conns::Admission;
 use crate::access::limits::TokenBucket;
@@ -55,6 +55,8 @@ const FRAGMENT: usize = 32 * 1024;
 
 /// A WebSocket over an upgraded HTTP connection.
 pub type Socket = WebSocketStream<LeanIo<TokioIo<hyper::upgrade::Upgraded>>>;
+/// The longest header of a frame the server sends (unmasked, 64-bit length).
+const MAX_SERVER_HEADER: usize = 10;
 
 /// The largest frame a document may write to a connection's socket itself (see
 /// [`super::wire::DirectWs`]): larger ones go through [`send_batch`], which compresses them
@@ -244,15 +246,13 @@ pub async fn send_batch(
         let fragments = f.len().div_ceil(FRAGMENT).max(1);
         for i in 0..fragments {
             let chunk = &f[(i * FRAGMENT).min(f.len())..((i + 1) * FRAGMENT).min(f.len())];
-            // RSV1 on the first frame marks the message compressed (RFC 7692 §6).
+            let header = frame_header(i == 0, i + 1 == fragments, compressed);
             let mut head = [0u8; MAX_SERVER_HEADER];
-            let used = frame_header(
-                chunk.len(),
-                i == 0,
-                i + 1 == fragments,
-                compressed,
-                &mut head,
-            );
+            let mut rest = &mut head[..];
+            if header.format(chunk.len() as u64, &mut rest).is_err() {
+                return false;
+            }
+            let used = MAX_SERVER_HEADER - rest.len();
             if poll_fn(|cx| socket.get_mut().poll_room(cx)).await.is_err() {
                 return false;
             }

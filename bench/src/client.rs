@@ -139,11 +139,13 @@ pub enum ClientError {
     },
 }
 
-/// Small buffers: tens of thousands of these live in one process.
+/// Small buffers: tens of thousands of these live in one process. Frames fed without a flush
+/// ([`Sender::feed`]) collect up to 64 KiB before they are written (the write buffer grows only
+/// on a client that feeds); [`Sender::send`] writes at once.
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 * 1024)
-        .write_buffer_size(0)
+        .write_buffer_size(64 * 1024)
         .max_message_size(Some(256 << 20))
         .max_frame_size(Some(256 << 20))
 }

@@ -323,6 +323,10 @@ pub struct PeerOpts {
     pub full_check: bool,
     /// With `full_check`: complete once the document reaches this state.
     pub expected: Option<Arc<Expected>>,
+    /// With `full_check` and no `expected`: keep what arrives and apply it to the client's
+    /// document when the client stops, so the check's cost falls after the workload's clock
+    /// (completion is by the tracked ids alone; the text is checked just the same).
+    pub check_after: bool,
     /// Keep the step2 payload.
     pub keep_step2: bool,
     /// Count distinct other clients' awareness states until this many were seen.
@@ -359,6 +363,9 @@ pub struct Peer {
     pub step2: Option<Bytes>,
     /// The client's document, when full-checking.
     pub editor: Option<Editor>,
+    /// With [`PeerOpts::check_after`]: every update received, each after its length (u32 LE),
+    /// to apply to `editor` when the client stops.
+    deferred: Vec<u8>,
     presence: HashSet<u64>,
     presence_done: bool,
     doc_cov: Option<Coverage>,
@@ -397,6 +404,7 @@ impl Peer {
             synced_at: None,
             step2: None,
             editor,
+            deferred: Vec::new(),
             presence: HashSet::new(),
             presence_done: false,
             doc_cov,
@@ -620,7 +628,11 @@ impl Peer {
             }
         }
         if let Some(ed) = &self.editor {
-            if let Err(e) = ed.apply_update(update) {
+            if self.opts.check_after && self.opts.expected.is_none() {
+                self.deferred
+                    .extend_from_slice(&(update.len() as u32).to_le_bytes());
+                self.deferred.extend_from_slice(update);
+            } else if let Err(e) = ed.apply_update(update) {
                 self.error(format!("{e:#}"));
             }
         }
@@ -694,6 +706,22 @@ impl Peer {
                     self.presence_done = true;
                     self.presence = HashSet::new();
                     self.progress.bump(&self.progress.presence);
+                }
+            }
+        }
+    }
+
+    /// Applies the updates kept by [`PeerOpts::check_after`] to the client's document, in the
+    /// order they arrived.
+    fn apply_deferred(&mut self) {
+        let deferred = std::mem::take(&mut self.deferred);
+        let mut rest = &deferred[..];
+        while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+            let (update, tail) = tail.split_at(u32::from_le_bytes(*len) as usize);
+            rest = tail;
+            if let Some(ed) = &self.editor {
+                if let Err(e) = ed.apply_update(update) {
+                    self.error(format!("{e:#}"));
                 }
             }
         }
@@ -780,6 +808,7 @@ pub async fn read_loop(
         }
     };
     peer.flush();
+    peer.apply_deferred();
     if let Some(a) = &peer.opts.acks {
         a.ended.store(true, Ordering::Release);
         a.notify.notify_waiters();

@@ -4,7 +4,7 @@
 //! - local keystroke insert time,
 //! - time to apply one remote single-keystroke update,
 //! - updates/s replaying `seph-blog1.json.gz`, one transaction per update, checked against the
-//!   trace's `endContent`;
+//!   trace's `endContent`, and the same replay straight into yrs (what the engine adds);
 //! - time to check, and to load, the replayed document's whole encoded state.
 //!
 //! The traces are read from `$TANDEM_TRACES` or `../shared/traces` beside the repository.
@@ -121,6 +121,21 @@ fn main() {
         secs,
         updates.len() as f64 / secs
     );
+
+    // The same replay straight into yrs (no guard, no dependency check, no observers): what
+    // the engine adds per update is the difference.
+    let raw = yrs::Doc::with_options(yrs::Options {
+        offset_kind: yrs::OffsetKind::Utf16,
+        ..yrs::Options::with_client_id(yrs::ClientID::new(7))
+    });
+    let start = Instant::now();
+    for u in &updates {
+        use yrs::updates::decoder::Decode;
+        use yrs::Transact;
+        let decoded = yrs::Update::decode_v1(u).unwrap();
+        raw.transact_mut().apply_update(decoded).unwrap();
+    }
+    per_op("trace replay straight into yrs", updates.len(), start);
 
     // 4. A whole document's state, as the server loads it and a joiner's step 2 carries it:
     // the structural check alone (its blocks refer to each other throughout, so the cycle

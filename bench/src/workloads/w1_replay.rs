@@ -28,6 +28,11 @@ const LOG_EVERY_NS: u64 = 5_000_000_000;
 /// Client id of the writer's document.
 const WRITER_CLIENT: u64 = 1_000_001;
 
+/// The writer hands its socket this many updates per write (each still one WebSocket message
+/// and one Yjs transaction), and writes what it has before it waits for the readers. One
+/// `send` per update made the generator's writer, not the server, the limit of W6.
+const WRITE_EVERY: u32 = 32;
+
 /// Readers, full-check readers and writer window of a replay.
 struct Shape {
     readers: usize,
@@ -99,6 +104,7 @@ async fn replay(env: &Env, workload: Workload, shape: Shape) -> Result<WorkloadR
                 doc_track: Some(tracker.clone()),
                 doc_latency: Some(latency.clone()),
                 full_check: i < shape.full_check,
+                check_after: true,
                 pace: Some(PaceSlot {
                     pace: pace.clone(),
                     reader: i,
@@ -157,21 +163,35 @@ async fn replay(env: &Env, workload: Workload, shape: Shape) -> Result<WorkloadR
             next_log = now_ns() + LOG_EVERY_NS;
         }
         if let Some(seq) = seq {
-            if tracked_sent >= window
-                && !pace
+            if tracked_sent >= window && pace.min(0) < tracked_sent + 1 - window {
+                if let Err(e) = sender.flush().await {
+                    r.fail(format!("the writer's connection failed: {e}"));
+                    break;
+                }
+                if !pace
                     .wait(0, tracked_sent + 1 - window, s.phase_timeout())
                     .await
-            {
-                stalled = true;
-                break;
+                {
+                    stalled = true;
+                    break;
+                }
             }
             tracker.mark_sent(*seq);
             tracked_sent += 1;
         }
-        if let Err(e) = sender.send(sender.dialect.update(u)).await {
+        if let Err(e) = sender.feed(sender.dialect.update(u)).await {
             r.fail(format!("the writer's connection failed: {e}"));
             break;
         }
+        if tracked_sent % WRITE_EVERY == 0 {
+            if let Err(e) = sender.flush().await {
+                r.fail(format!("the writer's connection failed: {e}"));
+                break;
+            }
+        }
+    }
+    if let Err(e) = sender.flush().await {
+        r.fail(format!("the writer's connection failed: {e}"));
     }
     let sent_done = now_ns();
     if stalled {

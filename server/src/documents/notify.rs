@@ -111,16 +111,24 @@ impl Watch {
             match change {
                 Change::Text { field, grew, .. } => {
                     let inserted = *grew;
+                    // Typing keeps touching the same field: its entries are updated in place
+                    // (no strings made per keystroke).
                     if local {
-                        self.dirty.insert(field.clone(), author.to_owned());
+                        match self.dirty.get_mut(field.as_str()) {
+                            Some(last) if last == author => {}
+                            Some(last) => author.clone_into(last),
+                            None => {
+                                self.dirty.insert(field.clone(), author.to_owned());
+                            }
+                        }
                         if inserted && field.starts_with("comment:") && !self.known.contains(field)
                         {
                             self.new_comments.push((field.clone(), author.to_owned()));
                         }
-                    } else {
+                    } else if !self.refresh.contains(field.as_str()) {
                         self.refresh.insert(field.clone());
                     }
-                    if inserted {
+                    if inserted && !self.known.contains(field.as_str()) {
                         self.known.insert(field.clone());
                     }
                 }

@@ -182,7 +182,16 @@ impl AsyncWrite for WireIo {
 #[derive(Debug, Clone)]
 pub struct WireHandle(pub Arc<Wire>);
 
-/// Accepts connections as [`WireIo`]s.
+/// Each accepted connection's socket receive buffer (`SO_RCVBUF`). The kernel's starting
+/// buffer (128 KiB, grown only for a reader that keeps up over several round trips) can
+/// advertise a window below one segment on loopback, where a segment is 64 KiB: a client
+/// writing faster than its document takes the updates then waits for TCP's window probe, 200
+/// ms, after a pause (silly-window avoidance keeps it from sending less than a segment). W6
+/// stalled that way in most runs with 4,096 updates in flight. The buffer holds kernel memory
+/// only while data waits in it: an idle connection costs nothing more.
+pub const RECV_BUFFER: usize = 256 * 1024;
+
+/// Accepts connections as [`WireIo`]s, their sockets given [`RECV_BUFFER`].
 #[derive(Debug)]
 pub struct WireListener {
     inner: TcpListener,
@@ -203,6 +212,11 @@ impl axum::serve::Listener for WireListener {
         loop {
             match self.inner.accept().await {
                 Ok((stream, peer)) => {
+                    if let Err(e) =
+                        socket2::SockRef::from(&stream).set_recv_buffer_size(RECV_BUFFER)
+                    {
+                        tracing::debug!(cause = %e, "could not set SO_RCVBUF");
+                    }
                     let wire = Arc::new(Wire::new(stream));
                     return (WireIo { wire }, peer);
                 }
@@ -316,6 +330,20 @@ mod tests {
         let wire = Arc::new(Wire::new(server));
         let io = WireIo { wire: wire.clone() };
         (wire, io, client)
+    }
+
+    #[tokio::test]
+    async fn accepted_sockets_get_the_receive_buffer() {
+        use axum::serve::Listener;
+        let mut listener = WireListener::new(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (io, _) = listener.accept().await;
+        let size = socket2::SockRef::from(&io.wire.stream)
+            .recv_buffer_size()
+            .unwrap();
+        // Linux reports twice what was set (the other half is its bookkeeping).
+        assert!(size >= RECV_BUFFER, "SO_RCVBUF {size}");
     }
 
     /// Reads one unmasked binary frame's payload.

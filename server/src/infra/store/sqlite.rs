@@ -1120,6 +1120,30 @@ fn doc_state<'a>(
 
 /// Appends `updates` to the log of `doc`: small appends to `recent_updates`, counted in
 /// `recent` (see [`Recent`]), others to `updates`.
+/// Rows per statement of [`MANY_ROWS`].
+const ROWS_PER_INSERT: usize = 32;
+
+/// One statement inserting [`ROWS_PER_INSERT`] rows into `updates`.
+static MANY_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let rows: Vec<String> = (0..ROWS_PER_INSERT)
+        .map(|i| {
+            let p = i * 5;
+            format!(
+                "(?{}, ?{}, ?{}, ?{}, ?{})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO updates (doc_id, sid, data, author, at) VALUES {}",
+        rows.join(", ")
+    )
+});
+
 fn append(
     tx: &Connection,
     docs: &mut HashMap<String, DocState>,
@@ -1131,6 +1155,8 @@ fn append(
     let Some(state) = doc_state(tx, docs, doc, true, now_ms)? else {
         return Err(StoreError::UnknownDocument(doc.to_owned()));
     };
+    let first = state.last_sid + 1;
+    let mut rest = updates;
     let mut insert = if Recent::takes(updates) {
         recent.add(updates);
         tx.prepare_cached(
@@ -1138,12 +1164,28 @@ fn append(
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
     } else {
+        // Rows of a large append go in [`ROWS_PER_INSERT`] to a statement: one statement's
+        // fixed cost (its run, its cursor, its reset) then counts once for all of them.
+        let mut many = tx.prepare_cached(&MANY_ROWS)?;
+        while rest.len() >= ROWS_PER_INSERT {
+            let (chunk, tail) = rest.split_at(ROWS_PER_INSERT);
+            for (i, update) in chunk.iter().enumerate() {
+                state.last_sid += 1;
+                let at = i * 5;
+                many.raw_bind_parameter(at + 1, state.id)?;
+                many.raw_bind_parameter(at + 2, state.last_sid)?;
+                many.raw_bind_parameter(at + 3, &update.update[..])?;
+                many.raw_bind_parameter(at + 4, &update.author)?;
+                many.raw_bind_parameter(at + 5, now_ms)?;
+            }
+            many.raw_execute()?;
+            rest = tail;
+        }
         tx.prepare_cached(
             "INSERT INTO updates (doc_id, sid, data, author, at) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
     };
-    let first = state.last_sid + 1;
-    for update in updates {
+    for update in rest {
         state.last_sid += 1;
         insert.execute(params![
             state.id,
@@ -2339,6 +2381,33 @@ mod tests {
         let done = store.compact("a", snap(19, "s")).await.unwrap();
         assert_eq!(done.removed, 19);
         assert_eq!(store.load("a").await.unwrap().unwrap().updates.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_large_append_stores_every_row_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        store.append("a", upd("first"), "u").await.unwrap();
+        // Two full statements of rows and a remainder, each row with its own author.
+        let n = 2 * ROWS_PER_INSERT + 5;
+        let many: Vec<NewUpdate> = (0..n)
+            .map(|i| NewUpdate {
+                update: upd(&format!("m{i}")),
+                author: format!("user{i}"),
+            })
+            .collect();
+        let range = store.append_batch("a", many).await.unwrap();
+        assert_eq!((range.first, range.last), (2, n as Sid + 1));
+        let loaded = store.load("a").await.unwrap().unwrap();
+        let got: Vec<(Sid, Bytes, String)> = loaded
+            .updates
+            .iter()
+            .map(|e| (e.sid, e.update.clone(), e.author.clone()))
+            .collect();
+        let mut want = vec![(1, upd("first"), "u".to_owned())];
+        want.extend((0..n).map(|i| (i as Sid + 2, upd(&format!("m{i}")), format!("user{i}"))));
+        assert_eq!(got, want);
+        assert_eq!(loaded.last_sid, n as Sid + 1);
     }
 
     #[tokio::test]

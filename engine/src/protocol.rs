@@ -799,7 +799,17 @@ impl Room {
                 self.admit(update.len())?;
                 let bound = Some((self.limits.max_pending, WhenFull::DropWaiting));
                 let bounded = self.doc.apply_bounded(update, author.as_deref(), bound)?;
+                // The frame that carries a changing update to the others is made once; what
+                // is stored is the update inside it (one copy of the bytes, not two).
+                let mut frame = None;
                 let (update, changed) = match bounded {
+                    Bounded::Applied(applied) if applied.changed => {
+                        let f = sync_frame(SYNC_UPDATE, update);
+                        let at = f.len() - update.len();
+                        let stored = f.slice(at..);
+                        frame = Some(f);
+                        (stored, true)
+                    }
                     Bounded::Applied(applied) => (Bytes::copy_from_slice(update), applied.changed),
                     Bounded::Trimmed { ready, changed, .. } => {
                         self.resync_in_place(conn, kind, extensions, out);
@@ -815,7 +825,7 @@ impl Room {
                 if changed {
                     out.messages.push(Outgoing {
                         to: To::AllExcept(conn),
-                        frame: sync_frame(SYNC_UPDATE, &update),
+                        frame: frame.unwrap_or_else(|| sync_frame(SYNC_UPDATE, &update)),
                     });
                 }
                 // Stored even when it changed nothing, so the connection's ack count stays

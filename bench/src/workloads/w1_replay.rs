@@ -4,9 +4,9 @@
 //! updates (durably, for tandem) rather than the rate at which it fans them out.
 //!
 //! Correctness: every reader must receive every update (matched by id, so merged deliveries
-//! count), and the full-check readers (the first `w1_full_check`) apply every update to their
-//! own yrs document, whose text must equal the replayed text (`endContent` for the whole
-//! trace).
+//! count), and the full-check readers (the first `w1_full_check`) keep every update and, once
+//! the clock has stopped, apply them to their own yrs document, whose text must equal the
+//! replayed text (`endContent` for the whole trace).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -84,8 +84,9 @@ async fn replay(env: &Env, workload: Workload, shape: Shape) -> Result<WorkloadR
     r.metric("prepare_s", t0.elapsed().as_secs_f64());
     r.note(format!(
         "seph-blog1, {n} transactions, one update each; {} readers, the first {} of them full-check \
-         (apply every update to a yrs document and compare the text), the rest check by id that \
-         every update arrived; writer window {} updates",
+         (keep every update and, after the clock, apply them to a yrs document and compare the \
+         text), all check by id that every update arrived; the writer writes {WRITE_EVERY} \
+         updates per socket write, window {} updates",
         shape.readers,
         shape.full_check.min(shape.readers),
         shape.window

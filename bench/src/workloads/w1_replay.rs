@@ -184,7 +184,7 @@ async fn replay(env: &Env, workload: Workload, shape: Shape) -> Result<WorkloadR
             r.fail(format!("the writer's connection failed: {e}"));
             break;
         }
-        if tracked_sent % WRITE_EVERY == 0 {
+        if tracked_sent.is_multiple_of(WRITE_EVERY) {
             if let Err(e) = sender.flush().await {
                 r.fail(format!("the writer's connection failed: {e}"));
                 break;

@@ -363,9 +363,9 @@ pub struct Peer {
     pub step2: Option<Bytes>,
     /// The client's document, when full-checking.
     pub editor: Option<Editor>,
-    /// With [`PeerOpts::check_after`]: every update received, each after its length (u32 LE),
-    /// to apply to `editor` when the client stops.
-    deferred: Vec<u8>,
+    /// When the check waits for the end ([`PeerOpts::check_after`]): every update received,
+    /// each after its length (u32 LE), to apply to `editor` when the client stops.
+    deferred: Option<Vec<u8>>,
     presence: HashSet<u64>,
     presence_done: bool,
     doc_cov: Option<Coverage>,
@@ -398,13 +398,15 @@ impl Peer {
         let doc_cov = opts.doc_track.as_ref().map(|t| Coverage::new(t, opts.me));
         let aw_cov = opts.aw_track.as_ref().map(|t| Coverage::new(t, opts.me));
         let editor = opts.full_check.then(|| Editor::new(READER_CLIENT));
+        let deferred =
+            (opts.full_check && opts.check_after && opts.expected.is_none()).then(Vec::new);
         Peer {
             opts,
             progress,
             synced_at: None,
             step2: None,
             editor,
-            deferred: Vec::new(),
+            deferred,
             presence: HashSet::new(),
             presence_done: false,
             doc_cov,
@@ -627,12 +629,11 @@ impl Peer {
                 self.error(format!("update scan: {e}"));
             }
         }
-        if let Some(ed) = &self.editor {
-            if self.opts.check_after && self.opts.expected.is_none() {
-                self.deferred
-                    .extend_from_slice(&(update.len() as u32).to_le_bytes());
-                self.deferred.extend_from_slice(update);
-            } else if let Err(e) = ed.apply_update(update) {
+        if let Some(kept) = &mut self.deferred {
+            kept.extend_from_slice(&(update.len() as u32).to_le_bytes());
+            kept.extend_from_slice(update);
+        } else if let Some(ed) = &self.editor {
+            if let Err(e) = ed.apply_update(update) {
                 self.error(format!("{e:#}"));
             }
         }
@@ -714,8 +715,10 @@ impl Peer {
     /// Applies the updates kept by [`PeerOpts::check_after`] to the client's document, in the
     /// order they arrived.
     fn apply_deferred(&mut self) {
-        let deferred = std::mem::take(&mut self.deferred);
-        let mut rest = &deferred[..];
+        let Some(kept) = self.deferred.take() else {
+            return;
+        };
+        let mut rest = &kept[..];
         while let Some((len, tail)) = rest.split_first_chunk::<4>() {
             let (update, tail) = tail.split_at(u32::from_le_bytes(*len) as usize);
             rest = tail;

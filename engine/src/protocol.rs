@@ -799,35 +799,33 @@ impl Room {
                 self.admit(update.len())?;
                 let bound = Some((self.limits.max_pending, WhenFull::DropWaiting));
                 let bounded = self.doc.apply_bounded(update, author.as_deref(), bound)?;
-                // The frame that carries a changing update to the others is made once; what
-                // is stored is the update inside it (one copy of the bytes, not two).
-                let mut frame = None;
-                let (update, changed) = match bounded {
-                    Bounded::Applied(applied) if applied.changed => {
-                        let f = sync_frame(SYNC_UPDATE, update);
-                        let at = f.len() - update.len();
-                        let stored = f.slice(at..);
-                        frame = Some(f);
-                        (stored, true)
-                    }
-                    Bounded::Applied(applied) => (Bytes::copy_from_slice(update), applied.changed),
+                let trimmed: Option<Vec<u8>>;
+                let (update, changed): (&[u8], bool) = match bounded {
+                    Bounded::Applied(applied) => (update, applied.changed),
                     Bounded::Trimmed { ready, changed, .. } => {
                         self.resync_in_place(conn, kind, extensions, out);
-                        let ready = ready.map_or(Bytes::from_static(&EMPTY_UPDATE), Bytes::from);
-                        (ready, changed)
+                        trimmed = ready;
+                        (trimmed.as_deref().unwrap_or(&EMPTY_UPDATE), changed)
                     }
                     // Not with `DropWaiting`; nothing was applied.
                     Bounded::Refused { .. } => {
                         self.resync_in_place(conn, kind, extensions, out);
-                        (Bytes::from_static(&EMPTY_UPDATE), false)
+                        (&EMPTY_UPDATE, false)
                     }
                 };
-                if changed {
+                // A changing update goes to the others in a frame made once; what is stored is
+                // the update inside it (one copy of the bytes, not two).
+                let update = if changed {
+                    let frame = sync_frame(SYNC_UPDATE, update);
+                    let stored = frame.slice(frame.len() - update.len()..);
                     out.messages.push(Outgoing {
                         to: To::AllExcept(conn),
-                        frame: frame.unwrap_or_else(|| sync_frame(SYNC_UPDATE, &update)),
+                        frame,
                     });
-                }
+                    stored
+                } else {
+                    Bytes::copy_from_slice(update)
+                };
                 // Stored even when it changed nothing, so the connection's ack count stays
                 // aligned with the updates it sent.
                 let changes = self.doc.take_changes();

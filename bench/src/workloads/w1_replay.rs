@@ -31,7 +31,15 @@ const WRITER_CLIENT: u64 = 1_000_001;
 /// The writer hands its socket this many updates per write (each still one WebSocket message
 /// and one Yjs transaction), and writes what it has before it waits for the readers. One
 /// `send` per update made the generator's writer, not the server, the limit of W6.
-const WRITE_EVERY: u32 = 32;
+const WRITE_EVERY: usize = 32;
+
+/// Why the writer stopped before the end of the trace.
+enum Halt {
+    /// Its connection failed.
+    Failed(crate::client::ClientError),
+    /// The slowest reader stopped receiving.
+    Stalled,
+}
 
 /// Readers, full-check readers and writer window of a replay.
 struct Shape {
@@ -152,54 +160,50 @@ async fn replay(env: &Env, workload: Workload, shape: Shape) -> Result<WorkloadR
     let start = now_ns();
     let window = shape.window.max(1) as u32;
     let mut tracked_sent = 0u32;
-    let mut stalled = false;
     let mut next_log = now_ns() + LOG_EVERY_NS;
-    for (u, seq) in replay.updates.iter().zip(&seqs) {
-        if now_ns() >= next_log {
-            log(&format!(
-                "w1: {tracked_sent}/{n} updates sent, slowest reader at {}; {}",
-                pace.min(0),
-                progress.summary()
-            ));
-            next_log = now_ns() + LOG_EVERY_NS;
-        }
-        if let Some(seq) = seq {
-            if tracked_sent >= window && pace.min(0) < tracked_sent + 1 - window {
-                if let Err(e) = sender.flush().await {
-                    r.fail(format!("the writer's connection failed: {e}"));
-                    break;
-                }
-                if !pace
-                    .wait(0, tracked_sent + 1 - window, s.phase_timeout())
-                    .await
-                {
-                    stalled = true;
-                    break;
-                }
+    let sent: Result<(), Halt> = async {
+        for (i, (u, seq)) in replay.updates.iter().zip(&seqs).enumerate() {
+            if now_ns() >= next_log {
+                log(&format!(
+                    "w1: {tracked_sent}/{n} updates sent, slowest reader at {}; {}",
+                    pace.min(0),
+                    progress.summary()
+                ));
+                next_log = now_ns() + LOG_EVERY_NS;
             }
-            tracker.mark_sent(*seq);
-            tracked_sent += 1;
-        }
-        if let Err(e) = sender.feed(sender.dialect.update(u)).await {
-            r.fail(format!("the writer's connection failed: {e}"));
-            break;
-        }
-        if tracked_sent.is_multiple_of(WRITE_EVERY) {
-            if let Err(e) = sender.flush().await {
-                r.fail(format!("the writer's connection failed: {e}"));
-                break;
+            if let Some(seq) = seq {
+                // What is written waits for the readers only when it must.
+                if tracked_sent >= window && pace.min(0) < tracked_sent + 1 - window {
+                    sender.flush().await.map_err(Halt::Failed)?;
+                    if !pace
+                        .wait(0, tracked_sent + 1 - window, s.phase_timeout())
+                        .await
+                    {
+                        return Err(Halt::Stalled);
+                    }
+                }
+                tracker.mark_sent(*seq);
+                tracked_sent += 1;
+            }
+            sender
+                .feed(sender.dialect.update(u))
+                .await
+                .map_err(Halt::Failed)?;
+            if (i + 1).is_multiple_of(WRITE_EVERY) {
+                sender.flush().await.map_err(Halt::Failed)?;
             }
         }
+        sender.flush().await.map_err(Halt::Failed)
     }
-    if let Err(e) = sender.flush().await {
-        r.fail(format!("the writer's connection failed: {e}"));
+    .await;
+    match sent {
+        Ok(()) => {}
+        Err(Halt::Failed(e)) => r.fail(format!("the writer's connection failed: {e}")),
+        Err(Halt::Stalled) => r.fail(format!(
+            "the slowest reader stopped receiving after {tracked_sent} of {n} updates were sent"
+        )),
     }
     let sent_done = now_ns();
-    if stalled {
-        r.fail(format!(
-            "the slowest reader stopped receiving after {tracked_sent} of {n} updates were sent"
-        ));
-    }
     let all = progress
         .wait(
             "readers to receive every update",

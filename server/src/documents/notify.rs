@@ -114,7 +114,7 @@ impl Watch {
                     // Typing keeps touching the same field: its entries are updated in place
                     // (no strings made per keystroke).
                     if local {
-                        match self.dirty.get_mut(field.as_str()) {
+                        match self.dirty.get_mut(field) {
                             Some(last) if last == author => {}
                             Some(last) => author.clone_into(last),
                             None => {
@@ -125,10 +125,10 @@ impl Watch {
                         {
                             self.new_comments.push((field.clone(), author.to_owned()));
                         }
-                    } else if !self.refresh.contains(field.as_str()) {
+                    } else if !self.refresh.contains(field) {
                         self.refresh.insert(field.clone());
                     }
-                    if inserted && !self.known.contains(field.as_str()) {
+                    if inserted && !self.known.contains(field) {
                         self.known.insert(field.clone());
                     }
                 }

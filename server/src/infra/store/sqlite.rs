@@ -1118,8 +1118,6 @@ fn doc_state<'a>(
     Ok(docs.get_mut(doc))
 }
 
-/// Appends `updates` to the log of `doc`: small appends to `recent_updates`, counted in
-/// `recent` (see [`Recent`]), others to `updates`.
 /// Rows per statement of [`MANY_ROWS`].
 const ROWS_PER_INSERT: usize = 32;
 
@@ -1144,6 +1142,9 @@ static MANY_ROWS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// Appends `updates` to the log of `doc`: small appends to `recent_updates`, counted in
+/// `recent` (see [`Recent`]), others to `updates`, [`ROWS_PER_INSERT`] rows to a statement
+/// (one statement's fixed cost, its run, cursor and reset, then counts once for all of them).
 fn append(
     tx: &Connection,
     docs: &mut HashMap<String, DocState>,
@@ -1156,19 +1157,13 @@ fn append(
         return Err(StoreError::UnknownDocument(doc.to_owned()));
     };
     let first = state.last_sid + 1;
+    let small = Recent::takes(updates);
     let mut rest = updates;
-    let mut insert = if Recent::takes(updates) {
+    if small {
         recent.add(updates);
-        tx.prepare_cached(
-            "INSERT INTO recent_updates (doc_id, sid, data, author, at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
     } else {
-        // Rows of a large append go in [`ROWS_PER_INSERT`] to a statement: one statement's
-        // fixed cost (its run, its cursor, its reset) then counts once for all of them.
         let mut many = tx.prepare_cached(&MANY_ROWS)?;
-        while rest.len() >= ROWS_PER_INSERT {
-            let (chunk, tail) = rest.split_at(ROWS_PER_INSERT);
+        while let Some((chunk, tail)) = rest.split_first_chunk::<ROWS_PER_INSERT>() {
             for (i, update) in chunk.iter().enumerate() {
                 state.last_sid += 1;
                 let at = i * 5;
@@ -1181,10 +1176,12 @@ fn append(
             many.raw_execute()?;
             rest = tail;
         }
-        tx.prepare_cached(
-            "INSERT INTO updates (doc_id, sid, data, author, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-    };
+    }
+    let mut insert = tx.prepare_cached(if small {
+        "INSERT INTO recent_updates (doc_id, sid, data, author, at) VALUES (?1, ?2, ?3, ?4, ?5)"
+    } else {
+        "INSERT INTO updates (doc_id, sid, data, author, at) VALUES (?1, ?2, ?3, ?4, ?5)"
+    })?;
     for update in rest {
         state.last_sid += 1;
         insert.execute(params![

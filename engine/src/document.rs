@@ -110,6 +110,15 @@ pub(crate) enum Bounded {
     },
 }
 
+/// What [`Document::apply_run`] did.
+#[derive(Debug, Default)]
+pub(crate) struct Run {
+    /// Whether each integrated update changed the document: the run's first updates, in order.
+    pub changed: Vec<bool>,
+    /// Why yrs refused the update after them; the document may hold part of it.
+    pub error: Option<DocumentError>,
+}
+
 /// State shared with yrs observers (which run inside a transaction's commit).
 #[derive(Default)]
 struct Feed {
@@ -902,6 +911,81 @@ impl Document {
         Ok(txn.has_changes())
     }
 
+    /// Whether remote updates can be integrated in runs ([`Document::apply_run`]): not while
+    /// the change feed computes text deltas, which subscribers receive update by update.
+    pub(crate) fn takes_runs(&self) -> bool {
+        let feed = lock(&self.feed);
+        !feed.enabled || feed.no_deltas
+    }
+
+    /// Integrates remote updates by one author in one transaction, as [`Document::apply_update`]
+    /// would one by one, and stops before the first that cannot go this way: one the guard
+    /// refuses, one whose dependencies are missing (it would wait) or one that yrs refuses.
+    /// The caller applies that one with [`Document::apply_bounded`]. A transaction per update
+    /// costs about as much as integrating it (observers, squashing, the after-transaction
+    /// work); a run pays that once.
+    ///
+    /// The change feed records the run as one change per field ([`Document::takes_runs`]
+    /// says when runs are allowed), and the revision counts it once.
+    pub(crate) fn apply_run(&mut self, updates: &[&[u8]], author: Option<&str>) -> Run {
+        let mut summaries = Vec::with_capacity(updates.len());
+        for update in updates {
+            match guard::check_update_v1(update) {
+                Ok(summary) => summaries.push(summary),
+                Err(_) => break,
+            }
+        }
+        for summary in &summaries {
+            self.register_roots(&summary.roots);
+        }
+        let mut changed = Vec::with_capacity(summaries.len());
+        let Ok(mut txn) = (match author {
+            Some(a) => self.doc.try_transact_mut_with(a),
+            None => self.doc.try_transact_mut(),
+        }) else {
+            return Run {
+                changed,
+                error: None,
+            };
+        };
+        for (update, summary) in updates.iter().zip(&summaries) {
+            let sv = txn.state_vector();
+            if !summary.dependencies_met(|client| sv.get(&yrs::ClientID::new(client))) {
+                break;
+            }
+            if !summary.parents.is_empty() && parents_ok(&txn, &summary.parents).is_err() {
+                break;
+            }
+            let Ok(decoded) = Update::decode_v1(update) else {
+                break;
+            };
+            // Blocks past the state vector are new (the dependencies are met, so none leaves a
+            // gap); a deletion is new when the transaction's delete set grows.
+            let inserts = summary
+                .provides
+                .iter()
+                .any(|&(client, _, end)| end > sv.get(&yrs::ClientID::new(client)));
+            let deleted = if summary.deletes.is_empty() {
+                None
+            } else {
+                Some(deleted_units(txn.delete_set()))
+            };
+            if let Err(e) = txn.apply_update(decoded) {
+                return Run {
+                    changed,
+                    error: Some(DocumentError::Apply(e.to_string())),
+                };
+            }
+            let deletes = deleted.is_some_and(|before| deleted_units(txn.delete_set()) > before);
+            changed.push(inserts || deletes);
+        }
+        drop(txn);
+        if changed.contains(&true) && !self.waiting.is_empty() {
+            self.integrate_waiting();
+        }
+        Run { changed, error: None }
+    }
+
     /// Refuses an update naming as a parent an item this document holds that is neither a type
     /// nor deleted content. yrs refuses it too, but only when it reaches that item, with the
     /// update's earlier blocks already integrated; the check keeps a refused update from
@@ -911,28 +995,7 @@ impl Document {
             return Ok(());
         }
         let txn = self.doc.try_transact().map_err(|_| DocumentError::Busy)?;
-        let sv = txn.state_vector();
-        for &(client, clock) in parents {
-            let client = yrs::ClientID::new(client);
-            if clock >= sv.get(&client) {
-                continue;
-            }
-            let id = yrs::ID::new(client, clock);
-            if yrs::BranchID::get_nested(&txn, &id).is_some() {
-                continue;
-            }
-            // Not a type (rare: a type deleted and collected, or a forged parent). The block
-            // holding the id leads this client's part of a diff from that clock.
-            let mut from = sv.clone();
-            from.set_min(client, clock);
-            let kind = guard::first_block_kind(&txn.encode_diff_v1(&from));
-            if !kind.is_some_and(guard::can_parent) {
-                return Err(DocumentError::Decode(DecodeError::Malformed(
-                    "an item's parent is neither a type nor deleted",
-                )));
-            }
-        }
-        Ok(())
+        parents_ok(&txn, parents)
     }
 
     /// Integrates waiting updates whose dependencies have arrived, until none is left that can;
@@ -975,6 +1038,39 @@ impl Document {
     pub fn pending_len(&self) -> usize {
         self.waiting_bytes + pending_len(&self.doc.transact())
     }
+}
+
+/// [`Document::check_parents`] against `txn`'s state.
+fn parents_ok<T: ReadTxn>(txn: &T, parents: &[(u64, u32)]) -> Result<(), DocumentError> {
+    let sv = txn.state_vector();
+    for &(client, clock) in parents {
+        let client = yrs::ClientID::new(client);
+        if clock >= sv.get(&client) {
+            continue;
+        }
+        let id = yrs::ID::new(client, clock);
+        if yrs::BranchID::get_nested(txn, &id).is_some() {
+            continue;
+        }
+        // Not a type (rare: a type deleted and collected, or a forged parent). The block
+        // holding the id leads this client's part of a diff from that clock.
+        let mut from = sv.clone();
+        from.set_min(client, clock);
+        let kind = guard::first_block_kind(&txn.encode_diff_v1(&from));
+        if !kind.is_some_and(guard::can_parent) {
+            return Err(DocumentError::Decode(DecodeError::Malformed(
+                "an item's parent is neither a type nor deleted",
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Clock units a transaction's delete set holds.
+fn deleted_units(set: &yrs::IdSet) -> u64 {
+    set.iter()
+        .flat_map(|(_, ranges)| ranges.iter().map(|r| u64::from(r.end - r.start)))
+        .sum()
 }
 
 /// The most bytes a lib0 varint of a client id (below 2^53) takes; 32-bit values take 5.

@@ -686,22 +686,27 @@ impl Room {
     pub fn handle(&mut self, conn: ConnId, frame: &[u8], now_ms: u64) -> Output {
         self.set_time(now_ms);
         let mut out = Output::default();
+        self.handle_into(conn, frame, &mut out);
+        out
+    }
+
+    fn handle_into(&mut self, conn: ConnId, frame: &[u8], out: &mut Output) {
         if frame.len() > self.limits.max_frame {
             out.error = Some(ProtocolError::FrameTooLarge {
                 size: frame.len(),
                 limit: self.limits.max_frame,
             });
-            return out;
+            return;
         }
         if !self.conns.contains_key(&conn) {
             out.error = Some(ProtocolError::UnknownConnection);
-            return out;
+            return;
         }
         let mut r = Reader::new(frame);
         // This connection's accepted awareness entries, the latest per client id.
         let mut published = BTreeMap::new();
         while !r.is_empty() {
-            if let Err(e) = self.message(conn, &mut r, &mut out, &mut published) {
+            if let Err(e) = self.message(conn, &mut r, out, &mut published) {
                 out.error = Some(e);
                 break;
             }
@@ -710,7 +715,123 @@ impl Room {
             let entries: Vec<(u64, AwarenessUpdateEntry)> = published.into_iter().collect();
             out.awareness_out = Some(awareness_payload(&entries));
         }
+    }
+
+    /// [`Room::handle`] for frames of one connection that are each one sync update
+    /// ([`plain_update`]), in order: what they produce is what handling them one by one
+    /// produces, except that consecutive updates from a writer are integrated in one
+    /// transaction when the document allows it ([`Document::apply_run`]), and their changes
+    /// then come with the run's last update. Stops at the first error, as the connection
+    /// closes on it.
+    pub fn handle_updates(&mut self, conn: ConnId, frames: &[&[u8]], now_ms: u64) -> Output {
+        self.set_time(now_ms);
+        let mut out = Output::default();
+        let writer = self
+            .conns
+            .get(&conn)
+            .filter(|c| c.info.role != Role::Read)
+            .map(|c| c.info.user.clone());
+        let mut rest = frames;
+        while let Some((first, tail)) = rest.split_first() {
+            let run = match &writer {
+                Some(author) if self.doc.takes_runs() => self.run(conn, author, rest, &mut out),
+                _ => 0,
+            };
+            if out.error.is_some() {
+                break;
+            }
+            if run > 0 {
+                rest = &rest[run..];
+                continue;
+            }
+            self.handle_into(conn, first, &mut out);
+            if out.error.is_some() {
+                break;
+            }
+            rest = tail;
+        }
         out
+    }
+
+    /// Integrates as many of `frames` (plain updates from writer `conn`) as go in one run;
+    /// returns how many did (0: the first must go through [`Room::handle_into`]).
+    fn run(
+        &mut self,
+        conn: ConnId,
+        author: &Option<String>,
+        frames: &[&[u8]],
+        out: &mut Output,
+    ) -> usize {
+        let mut updates = Vec::with_capacity(frames.len());
+        let mut incoming = 0usize;
+        for frame in frames {
+            let Some(update) = (frame.len() <= self.limits.max_frame)
+                .then(|| plain_update(frame))
+                .flatten()
+            else {
+                break;
+            };
+            // Admitted together as they would be one by one (each counts in the estimate).
+            if self.admit(incoming.saturating_add(update.len())).is_err() {
+                break;
+            }
+            if update.len() > EMPTY_UPDATE.len() {
+                incoming += update.len();
+            }
+            updates.push(update);
+        }
+        if updates.len() < 2 {
+            return 0;
+        }
+        let run = self.doc.apply_run(&updates, author.as_deref());
+        let done = run.changed.len();
+        for (update, changed) in updates.iter().zip(run.changed) {
+            self.take_update(out, conn, author.clone(), update, changed, Vec::new());
+        }
+        if let Some(last) = out.accepted.last_mut().filter(|_| done > 0) {
+            last.changes = self.doc.take_changes();
+        }
+        if let Some(e) = run.error {
+            out.error = Some(e.into());
+        }
+        done
+    }
+
+    /// An update from `conn` that went in: a changing one goes to the others, and every one
+    /// is handed over for storage.
+    fn take_update(
+        &mut self,
+        out: &mut Output,
+        conn: ConnId,
+        author: Option<String>,
+        update: &[u8],
+        changed: bool,
+        changes: Vec<Change>,
+    ) {
+        // A changing update goes to the others in a frame made once; what is stored is the
+        // update inside it (one copy of the bytes, not two).
+        let update = if changed {
+            let frame = sync_frame(SYNC_UPDATE, update);
+            let stored = frame.slice(frame.len() - update.len()..);
+            out.messages.push(Outgoing {
+                to: To::AllExcept(conn),
+                frame,
+            });
+            stored
+        } else {
+            Bytes::copy_from_slice(update)
+        };
+        // Stored even when it changed nothing, so the connection's ack count stays aligned
+        // with the updates it sent.
+        self.accept(
+            out,
+            Accepted {
+                conn: Some(conn),
+                author,
+                update,
+                changes,
+            },
+        );
     }
 
     fn message(
@@ -813,31 +934,8 @@ impl Room {
                         (&EMPTY_UPDATE, false)
                     }
                 };
-                // A changing update goes to the others in a frame made once; what is stored is
-                // the update inside it (one copy of the bytes, not two).
-                let update = if changed {
-                    let frame = sync_frame(SYNC_UPDATE, update);
-                    let stored = frame.slice(frame.len() - update.len()..);
-                    out.messages.push(Outgoing {
-                        to: To::AllExcept(conn),
-                        frame,
-                    });
-                    stored
-                } else {
-                    Bytes::copy_from_slice(update)
-                };
-                // Stored even when it changed nothing, so the connection's ack count stays
-                // aligned with the updates it sent.
                 let changes = self.doc.take_changes();
-                self.accept(
-                    out,
-                    Accepted {
-                        conn: Some(conn),
-                        author,
-                        update,
-                        changes,
-                    },
-                );
+                self.take_update(out, conn, author, update, changed, changes);
                 Ok(())
             }
             other => Err(ProtocolError::UnknownSyncMessage(other)),
@@ -1165,6 +1263,17 @@ impl Room {
         let update = self.presence.full_update().ok()?;
         (!update.clients.is_empty()).then(|| awareness_update_frame(&update))
     }
+}
+
+/// The update a frame carries when the frame is exactly one sync update message (what a
+/// client sends for each local transaction), for [`Room::handle_updates`].
+pub fn plain_update(frame: &[u8]) -> Option<&[u8]> {
+    let mut r = Reader::new(frame);
+    if r.var_u64().ok()? != MSG_SYNC || r.var_u64().ok()? != SYNC_UPDATE {
+        return None;
+    }
+    let update = r.var_bytes().ok()?;
+    r.is_empty().then_some(update)
 }
 
 /// Whether `frame` holds a conditional register write (tandem's set-field message with an

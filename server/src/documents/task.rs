@@ -263,21 +263,23 @@ impl DocTask {
         };
         metrics.documents_loaded.inc();
         let mut doc = self.start(ctx, loaded);
+        let mut batch = Vec::with_capacity(COMMAND_BATCH);
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => {
-                        doc.command(cmd);
                         // Whatever else is already waiting joins this batch (bounded, so
                         // storage and timers still get their turn).
-                        for _ in 1..COMMAND_BATCH {
+                        batch.push(cmd);
+                        while batch.len() < COMMAND_BATCH {
                             match self.rx.try_recv() {
-                                Some(cmd) => doc.command(cmd),
+                                Some(cmd) => batch.push(cmd),
                                 None => break,
                             }
                         }
+                        doc.commands(&mut batch);
                     }
                     None => break,
                 },
@@ -435,6 +437,51 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 impl Running {
+    /// Handles a batch of commands in order (draining it). Consecutive frames of one
+    /// connection that are plain updates go to the room together
+    /// ([`Room::handle_updates`]).
+    fn commands(&mut self, batch: &mut Vec<Command>) {
+        let mut cmds = batch.drain(..).peekable();
+        while let Some(cmd) = cmds.next() {
+            match cmd {
+                Command::Frame {
+                    conn,
+                    frame,
+                    received,
+                } if self.takes_updates(conn, &frame) => {
+                    let mut frames = vec![frame];
+                    while let Some(Command::Frame { frame, .. }) = cmds.next_if(|next| {
+                        matches!(next, Command::Frame { conn: c, frame, .. }
+                            if *c == conn && protocol::plain_update(frame).is_some())
+                    }) {
+                        frames.push(frame);
+                    }
+                    self.updates(conn, &frames, received);
+                }
+                cmd => self.command(cmd),
+            }
+        }
+    }
+
+    /// Whether `frame` from `conn` is a plain update the room takes now (not parked for an
+    /// exclusive turn; see [`Command::Frame`] in [`Running::command`]).
+    fn takes_updates(&self, conn: ConnId, frame: &[u8]) -> bool {
+        self.fanout.contains(conn)
+            && !(self.shared && !self.under_lock && self.parked.contains(&conn))
+            && protocol::plain_update(frame).is_some()
+    }
+
+    /// Plain updates from `conn`, the first received at `received`.
+    fn updates(&mut self, conn: ConnId, frames: &[Bytes], received: Instant) {
+        let now = now_ms();
+        let bytes: usize = frames.iter().map(Bytes::len).sum();
+        self.ctx.metrics.bytes_received.add(bytes as u64);
+        let slices: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        if let Some(out) = self.guarded(|room| room.handle_updates(conn, &slices, now)) {
+            self.dispatch(out, Some((conn, received)));
+        }
+    }
+
     fn command(&mut self, cmd: Command) {
         let now = now_ms();
         match cmd {

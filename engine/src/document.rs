@@ -920,7 +920,8 @@ impl Document {
 
     /// Integrates remote updates by one author in one transaction, as [`Document::apply_update`]
     /// would one by one, and stops before the first that cannot go this way: one the guard
-    /// refuses, one whose dependencies are missing (it would wait) or one that yrs refuses.
+    /// refuses, one whose dependencies are missing (it would wait) or one that yrs refuses;
+    /// while updates wait, none goes this way.
     /// The caller applies that one with [`Document::apply_bounded`]. A transaction per update
     /// costs about as much as integrating it (observers, squashing, the after-transaction
     /// work); a run pays that once.
@@ -928,6 +929,11 @@ impl Document {
     /// The change feed records the run as one change per field ([`Document::takes_runs`]
     /// says when runs are allowed), and the revision counts it once.
     pub(crate) fn apply_run(&mut self, updates: &[&[u8]], author: Option<&str>) -> Run {
+        // While updates wait, each one that integrates may release them (in its turn, as
+        // `apply_bounded` does): one by one.
+        if !self.waiting.is_empty() {
+            return Run::default();
+        }
         let mut summaries = Vec::with_capacity(updates.len());
         for update in updates {
             match guard::check_update_v1(update) {
@@ -979,11 +985,10 @@ impl Document {
             let deletes = deleted.is_some_and(|before| deleted_units(txn.delete_set()) > before);
             changed.push(inserts || deletes);
         }
-        drop(txn);
-        if changed.contains(&true) && !self.waiting.is_empty() {
-            self.integrate_waiting();
+        Run {
+            changed,
+            error: None,
         }
-        Run { changed, error: None }
     }
 
     /// Refuses an update naming as a parent an item this document holds that is neither a type

@@ -4,7 +4,8 @@
 //! - local keystroke insert time,
 //! - time to apply one remote single-keystroke update,
 //! - updates/s replaying `seph-blog1.json.gz`, one transaction per update, checked against the
-//!   trace's `endContent`, and the same replay straight into yrs (what the engine adds);
+//!   trace's `endContent`, the same replay straight into yrs (what the engine adds), and as
+//!   a writer's frames through a room, one per call and in runs of 32;
 //! - time to check, and to load, the replayed document's whole encoded state.
 //!
 //! The traces are read from `$TANDEM_TRACES` or `../shared/traces` beside the repository.
@@ -136,6 +137,42 @@ fn main() {
         raw.transact_mut().apply_update(decoded).unwrap();
     }
     per_op("trace replay straight into yrs", updates.len(), start);
+
+    // The same replay as a writer's frames through a room: one frame at a time, and in runs
+    // of 32 (`Room::handle_updates`, one yrs transaction per run), as the server hands over
+    // what a connection sent while the document task was busy.
+    use tandem_engine::protocol::{ConnInfo, Limits, Role, Room};
+    let frames: Vec<Vec<u8>> = updates
+        .iter()
+        .map(|u| {
+            let mut w = tandem_engine::wire::Writer::new();
+            w.var_u64(0).var_u64(2).var_bytes(u);
+            w.finish()
+        })
+        .collect();
+    for per in [1, 32] {
+        let mut room = Room::new(Document::new(8), Limits::default());
+        let writer = ConnInfo {
+            role: Role::Write,
+            user: Some("seph".into()),
+            extensions: false,
+            name: None,
+            stateless: false,
+        };
+        room.join(1, writer, 0);
+        let start = Instant::now();
+        for chunk in frames.chunks(per) {
+            let chunk: Vec<&[u8]> = chunk.iter().map(|f| &f[..]).collect();
+            let out = room.handle_updates(1, &chunk, 0);
+            assert!(out.error.is_none() && out.accepted.len() == chunk.len());
+        }
+        per_op(
+            &format!("trace replay through a room, {per} frames per call"),
+            updates.len(),
+            start,
+        );
+        assert_eq!(room.document().text("text").unwrap(), trace.end_content);
+    }
 
     // 4. A whole document's state, as the server loads it and a joiner's step 2 carries it:
     // the structural check alone (its blocks refer to each other throughout, so the cycle

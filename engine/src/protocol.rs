@@ -717,12 +717,11 @@ impl Room {
         }
     }
 
-    /// [`Room::handle`] for frames of one connection that are each one sync update
-    /// ([`plain_update`]), in order: what they produce is what handling them one by one
-    /// produces, except that consecutive updates from a writer are integrated in one
-    /// transaction when the document allows it ([`Document::apply_run`]), and their changes
-    /// then come with the run's last update. Stops at the first error, as the connection
-    /// closes on it.
+    /// [`Room::handle`] for several frames of one connection, in order: what they produce is
+    /// what handling them one by one produces, except that consecutive frames that are each
+    /// one sync update ([`plain_update`]) from a writer are integrated in one transaction
+    /// when the document allows it ([`Document::apply_run`]), and their changes then come
+    /// with the run's last update. Stops at the first error, as the connection closes on it.
     pub fn handle_updates(&mut self, conn: ConnId, frames: &[&[u8]], now_ms: u64) -> Output {
         self.set_time(now_ms);
         let mut out = Output::default();

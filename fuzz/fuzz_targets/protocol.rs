@@ -6,7 +6,8 @@
 //! - anything else: the rest is decoded with `arbitrary` into [`Action`]s: joins, leaves,
 //!   ticks and frames built from valid message shapes (edits made on a real client replica,
 //!   state vectors, awareness entries, register writes) with fuzzed payloads, optionally with
-//!   one byte corrupted.
+//!   one byte corrupted, sent a frame at a time or as a burst of frames handled together
+//!   (`Room::handle_updates`, whose consecutive updates integrate in one transaction).
 //!
 //! Each connection has a client replica (a `Document`) and a stock client's view of presence
 //! ([`Mirror`]); every frame the room sends is delivered to them. A connection may speak the
@@ -133,6 +134,13 @@ enum Action {
         conn: u8,
         msgs: Vec<Msg>,
         corrupt: Option<(u16, u8)>,
+    },
+    /// Each message in a frame of its own, handed to the room together
+    /// (`Room::handle_updates`), as the server does with what a connection sent while the
+    /// document was busy: consecutive edits go in one transaction.
+    Burst {
+        conn: u8,
+        msgs: Vec<Msg>,
     },
 }
 
@@ -718,12 +726,13 @@ impl Harness {
         self.check_memory("tick");
     }
 
-    /// Sends `frame` from `conn`. `requests` names the register each set-field request id
-    /// in the frame writes (in order); `tainted` marks the replica as no longer comparable.
+    /// Sends `frames` from `conn` (one: `Room::handle`; several: `Room::handle_updates`).
+    /// `requests` names the register each set-field request id in the frames writes (in
+    /// order); `tainted` marks the replica as no longer comparable.
     fn send(
         &mut self,
         conn: ConnId,
-        frame: &[u8],
+        frames: &[&[u8]],
         requests: &[String],
         tainted: bool,
         stock: bool,
@@ -738,7 +747,10 @@ impl Harness {
             let d = self.room.document();
             (decoded_sv(d), d.texts(), d.fields(), d.pending_len())
         });
-        let out = alloc::in_room(|| self.room.handle(conn, frame, self.now));
+        let out = match frames {
+            [frame] => alloc::in_room(|| self.room.handle(conn, frame, self.now)),
+            _ => alloc::in_room(|| self.room.handle_updates(conn, frames, self.now)),
+        };
         self.check_memory("handle");
         if !joined {
             assert!(
@@ -1045,6 +1057,13 @@ impl Harness {
         requests: &[String],
         taint: bool,
     ) {
+        // The replica made its edit whether or not the frame reaches the room (a corrupted
+        // name sends it to another document).
+        if taint {
+            if let Some(c) = self.clients.get_mut(&conn) {
+                c.tainted = true;
+            }
+        }
         let body = match ClientFrame::parse(frame) {
             Ok(ClientFrame::Document { name, body }) if name == DOC => body,
             // A pong, or another document (its messages wait for its Auth).
@@ -1079,7 +1098,7 @@ impl Harness {
         }
         let room = room.into_owned();
         // Whether a stock provider sent it is checked by the caller (the document stays open).
-        self.send(conn, &room, requests, taint, false);
+        self.send(conn, &[&room], requests, taint, false);
     }
 
     /// The server acknowledges `forward` more updates of Hocuspocus connection `conn`.
@@ -1437,7 +1456,7 @@ fn frame_script(h: &mut Harness, mut data: &[u8]) {
                 let (frame, rest) = data.split_at(len);
                 data = rest;
                 h.join(conn, op == 0, false, conn as u8, false, false);
-                h.send(conn, frame, &[], false, false);
+                h.send(conn, &[frame], &[], false, false);
             }
             2 => h.leave(conn),
             3 => h.tick(len as u64),
@@ -1545,7 +1564,25 @@ fn structured(h: &mut Harness, data: &[u8]) {
                 if trace() {
                     eprintln!("frame {frame:?}");
                 }
-                h.send(conn, &frame, &requests, taint, stock);
+                h.send(conn, &[&frame], &requests, taint, stock);
+            }
+            Action::Burst { conn, msgs } => {
+                let conn = conn_id(conn);
+                let mut frames = Vec::new();
+                let (mut taint, mut stock) = (false, true);
+                for msg in &msgs {
+                    let built = h.build(conn, std::slice::from_ref(msg));
+                    taint |= built.taint;
+                    stock &= !built.squatted && msg.is_stock(false);
+                    // Request ids count within a frame: register writes are not checked here.
+                    if !built.frame.is_empty() {
+                        frames.push(built.frame);
+                    }
+                }
+                if !frames.is_empty() {
+                    let frames: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+                    h.send(conn, &frames, &[], taint, stock);
+                }
             }
         }
     }

@@ -263,7 +263,6 @@ impl DocTask {
         };
         metrics.documents_loaded.inc();
         let mut doc = self.start(ctx, loaded);
-        let mut batch = Vec::with_capacity(COMMAND_BATCH);
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -271,7 +270,9 @@ impl DocTask {
                 cmd = self.rx.recv() => match cmd {
                     Some(cmd) => {
                         // Whatever else is already waiting joins this batch (bounded, so
-                        // storage and timers still get their turn).
+                        // storage and timers still get their turn). Made per turn: an idle
+                        // document keeps no room for commands.
+                        let mut batch = Vec::with_capacity(COMMAND_BATCH);
                         batch.push(cmd);
                         while batch.len() < COMMAND_BATCH {
                             match self.rx.try_recv() {
@@ -279,7 +280,7 @@ impl DocTask {
                                 None => break,
                             }
                         }
-                        doc.commands(&mut batch);
+                        doc.commands(batch);
                     }
                     None => break,
                 },
@@ -437,11 +438,10 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 impl Running {
-    /// Handles a batch of commands in order (draining it). Consecutive frames of one
-    /// connection that are plain updates go to the room together
-    /// ([`Room::handle_updates`]).
-    fn commands(&mut self, batch: &mut Vec<Command>) {
-        let mut cmds = batch.drain(..).peekable();
+    /// Handles a batch of commands in order. Consecutive frames of one connection that are
+    /// plain updates go to the room together ([`Room::handle_updates`]).
+    fn commands(&mut self, batch: Vec<Command>) {
+        let mut cmds = batch.into_iter().peekable();
         while let Some(cmd) = cmds.next() {
             match cmd {
                 Command::Frame {

@@ -162,8 +162,7 @@ fn main() {
         room.join(1, writer, 0);
         let start = Instant::now();
         for chunk in frames.chunks(per) {
-            let chunk: Vec<&[u8]> = chunk.iter().map(|f| &f[..]).collect();
-            let out = room.handle_updates(1, &chunk, 0);
+            let out = room.handle_updates(1, chunk, 0);
             assert!(out.error.is_none() && out.accepted.len() == chunk.len());
         }
         per_op(

@@ -954,8 +954,10 @@ impl Document {
                 error: None,
             };
         };
+        // The transaction's state vector, advanced by each update's blocks as it goes in
+        // (with its dependencies met, a client's clock becomes the furthest end it provides).
+        let mut sv = txn.state_vector();
         for (update, summary) in updates.iter().zip(&summaries) {
-            let sv = txn.state_vector();
             if !summary.dependencies_met(|client| sv.get(&yrs::ClientID::new(client))) {
                 break;
             }
@@ -984,6 +986,10 @@ impl Document {
             }
             let deletes = deleted.is_some_and(|before| deleted_units(txn.delete_set()) > before);
             changed.push(inserts || deletes);
+            for &(client, _, end) in &summary.provides {
+                sv.set_max(yrs::ClientID::new(client), end);
+            }
+            debug_assert_eq!(sv, txn.state_vector());
         }
         Run {
             changed,

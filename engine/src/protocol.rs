@@ -722,51 +722,54 @@ impl Room {
     /// one sync update ([`plain_update`]) from a writer are integrated in one transaction
     /// when the document allows it ([`Document::apply_run`]), and their changes then come
     /// with the run's last update. Stops at the first error, as the connection closes on it.
-    pub fn handle_updates(&mut self, conn: ConnId, frames: &[&[u8]], now_ms: u64) -> Output {
+    pub fn handle_updates<F: AsRef<[u8]>>(
+        &mut self,
+        conn: ConnId,
+        frames: &[F],
+        now_ms: u64,
+    ) -> Output {
         self.set_time(now_ms);
         let mut out = Output::default();
-        let writer = self
-            .conns
-            .get(&conn)
-            .filter(|c| c.info.role != Role::Read)
-            .map(|c| c.info.user.clone());
+        // The author of a writer's runs, when runs can be made at all.
+        let runs = match frames.len() > 1 && self.doc.takes_runs() {
+            true => self.conns.get(&conn).filter(|c| c.info.role != Role::Read),
+            false => None,
+        }
+        .map(|c| c.info.user.clone());
         let mut rest = frames;
         while let Some((first, tail)) = rest.split_first() {
-            let run = match &writer {
-                Some(author) if self.doc.takes_runs() => self.run(conn, author, rest, &mut out),
-                _ => 0,
+            let done = match &runs {
+                Some(author) => self.run(conn, author, rest, &mut out),
+                None => 0,
             };
+            if done == 0 {
+                self.handle_into(conn, first.as_ref(), &mut out);
+                rest = tail;
+            } else {
+                rest = &rest[done..];
+            }
             if out.error.is_some() {
                 break;
             }
-            if run > 0 {
-                rest = &rest[run..];
-                continue;
-            }
-            self.handle_into(conn, first, &mut out);
-            if out.error.is_some() {
-                break;
-            }
-            rest = tail;
         }
         out
     }
 
     /// Integrates as many of `frames` (plain updates from writer `conn`) as go in one run;
-    /// returns how many did (0: the first must go through [`Room::handle_into`]).
-    fn run(
+    /// returns how many frames it took, including one yrs refused (0: the first must go
+    /// through [`Room::handle_into`]).
+    fn run<F: AsRef<[u8]>>(
         &mut self,
         conn: ConnId,
         author: &Option<String>,
-        frames: &[&[u8]],
+        frames: &[F],
         out: &mut Output,
     ) -> usize {
         let mut updates = Vec::with_capacity(frames.len());
         let mut incoming = 0usize;
         for frame in frames {
-            let Some(update) = (frame.len() <= self.limits.max_frame)
-                .then(|| plain_update(frame))
-                .flatten()
+            let frame = frame.as_ref();
+            let Some(update) = plain_update(frame).filter(|_| frame.len() <= self.limits.max_frame)
             else {
                 break;
             };
@@ -790,10 +793,13 @@ impl Room {
         if let Some(last) = out.accepted.last_mut().filter(|_| done > 0) {
             last.changes = self.doc.take_changes();
         }
-        if let Some(e) = run.error {
-            out.error = Some(e.into());
+        match run.error {
+            Some(e) => {
+                out.error = Some(e.into());
+                done + 1
+            }
+            None => done,
         }
-        done
     }
 
     /// An update from `conn` that went in: a changing one goes to the others, and every one

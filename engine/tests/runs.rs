@@ -8,20 +8,8 @@ use tandem_engine::protocol::{plain_update, ConnInfo, Limits, Output, Role, Room
 use tandem_engine::wire::Writer;
 use tandem_engine::{Change, Document, ProtocolError};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+mod common;
+use common::Rng;
 
 fn info(role: Role, user: &str) -> ConnInfo {
     ConnInfo {
@@ -135,7 +123,7 @@ fn touched(changes: &[Change]) -> Vec<(String, Option<String>)> {
 /// Compares one case; returns how many transactions the runs saved.
 fn compare(seed: u64) -> u64 {
     let mut saved = 0;
-    let mut rng = Rng(seed.max(1));
+    let mut rng = Rng::new(seed);
     let frames = frames(&mut rng);
     for (feed, deltas) in [(false, false), (true, false), (true, true)] {
         let mut one = room(feed, deltas);
@@ -148,8 +136,7 @@ fn compare(seed: u64) -> u64 {
         let mut rest: &[Vec<u8>] = &frames;
         while !rest.is_empty() {
             let n = (1 + rng.below(20) as usize).min(rest.len());
-            let chunk: Vec<&[u8]> = rest[..n].iter().map(|f| &f[..]).collect();
-            together.add(runs.handle_updates(1, &chunk, 0));
+            together.add(runs.handle_updates(1, &rest[..n], 0));
             rest = &rest[n..];
         }
         let case = format!("seed {seed}, feed {feed}, deltas {deltas}");
@@ -216,10 +203,9 @@ fn typed(n: usize) -> Vec<Vec<u8>> {
 #[test]
 fn a_run_is_one_transaction_with_its_changes_on_its_last_update() {
     let frames = typed(5);
-    let chunk: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
     let mut room = room(true, false);
     let revision = room.document().revision();
-    let out = room.handle_updates(1, &chunk, 0);
+    let out = room.handle_updates(1, &frames, 0);
     assert!(out.error.is_none());
     assert_eq!(out.accepted.len(), 5, "every update is stored");
     assert_eq!(out.messages.len(), 5, "and sent on");
@@ -244,10 +230,7 @@ fn a_run_is_one_transaction_with_its_changes_on_its_last_update() {
 #[test]
 fn a_duplicate_inside_a_run_is_stored_but_not_sent() {
     let frames = typed(3);
-    let chunk: Vec<&[u8]> = [&frames[0], &frames[1], &frames[0], &frames[2]]
-        .iter()
-        .map(|f| &f[..])
-        .collect();
+    let chunk = [&frames[0], &frames[1], &frames[0], &frames[2]];
     let mut room = room(false, false);
     let out = room.handle_updates(1, &chunk, 0);
     assert_eq!(out.accepted.len(), 4, "the ack count stays aligned");
@@ -267,10 +250,7 @@ fn a_duplicate_inside_a_run_is_stored_but_not_sent() {
 fn a_run_stops_at_a_malformed_update_and_keeps_what_came_before() {
     let frames = typed(3);
     let bad = update_frame(&[1, 1, 5, 0, 4, 1]);
-    let chunk: Vec<&[u8]> = [&frames[0], &frames[1], &bad, &frames[2]]
-        .iter()
-        .map(|f| &f[..])
-        .collect();
+    let chunk = [&frames[0], &frames[1], &bad, &frames[2]];
     let mut room = room(false, false);
     let out = room.handle_updates(1, &chunk, 0);
     assert!(out.error.is_some(), "the connection closes on it");
@@ -281,9 +261,8 @@ fn a_run_stops_at_a_malformed_update_and_keeps_what_came_before() {
 #[test]
 fn a_viewers_updates_are_refused_one_by_one() {
     let frames = typed(2);
-    let chunk: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
     let mut room = room(false, false);
-    let out = room.handle_updates(2, &chunk, 0);
+    let out = room.handle_updates(2, &frames, 0);
     assert!(out.error.is_none());
     assert!(out.accepted.is_empty());
     assert_eq!(out.messages.len(), 2, "a permission-denied answer each");

@@ -456,28 +456,35 @@ impl Running {
                     }) {
                         frames.push(frame);
                     }
-                    self.updates(conn, &frames, received);
+                    self.frames(conn, &frames, received);
                 }
                 cmd => self.command(cmd),
             }
         }
     }
 
-    /// Whether `frame` from `conn` is a plain update the room takes now (not parked for an
-    /// exclusive turn; see [`Command::Frame`] in [`Running::command`]).
+    /// Whether `frame` from `conn` is a plain update the room takes now.
     fn takes_updates(&self, conn: ConnId, frame: &[u8]) -> bool {
         self.fanout.contains(conn)
-            && !(self.shared && !self.under_lock && self.parked.contains(&conn))
             && protocol::plain_update(frame).is_some()
+            && !self.waits_for_lock(conn, frame)
     }
 
-    /// Plain updates from `conn`, the first received at `received`.
-    fn updates(&mut self, conn: ConnId, frames: &[Bytes], received: Instant) {
+    /// Whether `frame` from `conn` waits for an exclusive turn under the document's write
+    /// lock (several nodes: a conditional register write, and what its connection sends
+    /// after it).
+    fn waits_for_lock(&self, conn: ConnId, frame: &[u8]) -> bool {
+        self.shared
+            && !self.under_lock
+            && (self.parked.contains(&conn) || protocol::holds_conditional_write(frame))
+    }
+
+    /// Frames from `conn` for the room, the first received at `received`.
+    fn frames(&mut self, conn: ConnId, frames: &[Bytes], received: Instant) {
         let now = now_ms();
         let bytes: usize = frames.iter().map(Bytes::len).sum();
         self.ctx.metrics.bytes_received.add(bytes as u64);
-        let slices: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
-        if let Some(out) = self.guarded(|room| room.handle_updates(conn, &slices, now)) {
+        if let Some(out) = self.guarded(|room| room.handle_updates(conn, frames, now)) {
             self.dispatch(out, Some((conn, received)));
         }
     }
@@ -513,19 +520,13 @@ impl Running {
                 if !self.fanout.contains(conn) {
                     return;
                 }
-                if self.shared
-                    && !self.under_lock
-                    && (self.parked.contains(&conn) || protocol::holds_conditional_write(&frame))
-                {
+                if self.waits_for_lock(conn, &frame) {
                     self.parked.insert(conn);
                     self.exclusive
                         .push_back(Exclusive::Frame(conn, frame, received));
                     return;
                 }
-                self.ctx.metrics.bytes_received.add(frame.len() as u64);
-                if let Some(out) = self.guarded(|room| room.handle(conn, &frame, now)) {
-                    self.dispatch(out, Some((conn, received)));
-                }
+                self.frames(conn, &[frame], received);
             }
             Command::Leave { conn } => {
                 self.left(conn);
